@@ -1,0 +1,289 @@
+"""One region's data plane: its store, its key service and the record operations.
+
+Domain code: knows nothing of gRPC. Every operation checks the subject's state
+in the cell database *before* any data key is used, so an erasure recorded
+there is effective at once, whatever the in-process key cache still holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vault import ids
+from vault.config import Limits, RegionConfig
+from vault.crypto import RecordContext, dek_associated_data, new_data_key, open_fields, seal_fields
+from vault.errors import Conflict, Erased, FieldViolation, InvalidArgument, NotFound
+from vault.keys import DataKeyCache, KeyProvider, KeyRef
+from vault.store import CellStore, DuplicateKey, RecordRow, SubjectRow
+
+STATE_ACTIVE = "active"
+STATE_RESTRICTED = "restricted"
+STATE_ERASED = "erased"
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectView:
+    subject_id: str
+    region: str
+    state: str
+    minor: bool
+    created_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordView:
+    record_id: str
+    subject_id: str
+    category: str
+    fields: dict[str, str]
+    version: int
+    created_at_us: int
+    updated_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPage:
+    records: list[RecordView]
+    next_page_token: str
+
+
+def key_name_for(subject_id: str) -> str:
+    """The Transit key name of a subject: derived from the id, nothing else."""
+    return f"subject-{subject_id}"
+
+
+def _subject_view(row: SubjectRow) -> SubjectView:
+    return SubjectView(row.id, row.region, row.state, row.minor, row.created_at)
+
+
+def _encode_page_token(subject_id: str, category: str, after: str) -> str:
+    raw = json.dumps({"v": 1, "s": subject_id, "c": category, "a": after}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, subject_id: str, category: str) -> str:
+    bad = InvalidArgument(FieldViolation("page_token", "is not a token from this listing"))
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except ValueError:
+        raise bad from None
+    if (
+        not isinstance(data, dict)
+        or data.get("v") != 1
+        or data.get("s") != subject_id
+        or data.get("c") != category
+        or not isinstance(data.get("a"), str)
+    ):
+        raise bad
+    return str(data["a"])
+
+
+class Cell:
+    """The record operations of one region."""
+
+    def __init__(
+        self,
+        region: RegionConfig,
+        store: CellStore,
+        keys: KeyProvider,
+        cache: DataKeyCache,
+        limits: Limits,
+        clock: Callable[[], int] = _now_us,
+    ) -> None:
+        self.region = region
+        self.store = store
+        self.keys = keys
+        self.cache = cache
+        self.limits = limits
+        self._clock = clock
+
+    # -- keys -------------------------------------------------------------
+
+    def _key_ref(self, row: SubjectRow) -> KeyRef:
+        return KeyRef(row.key_mount, row.key_name)
+
+    def _mount_for(self, subject_id: str) -> str:
+        mounts = self.region.transit_mounts
+        digest = hashlib.sha256(subject_id.encode()).digest()
+        return mounts[int.from_bytes(digest[:8], "big") % len(mounts)]
+
+    def _data_key(self, row: SubjectRow) -> bytes:
+        if row.state == STATE_ERASED:
+            raise Erased("subject has been erased")
+        dek = self.cache.get(row.id)
+        if dek is None:
+            dek = self.keys.unwrap(
+                self._key_ref(row), row.wrapped_dek, dek_associated_data(row.id, row.region)
+            )
+            self.cache.put(row.id, dek)
+        return dek
+
+    def _open(self, dek: bytes, rec: RecordRow) -> RecordView:
+        ctx = RecordContext(rec.id, rec.subject_id, self.region.id, rec.category, rec.version)
+        fields = open_fields(dek, ctx, rec.envelope)
+        return RecordView(
+            rec.id, rec.subject_id, rec.category, fields, rec.version, rec.created_at, rec.updated_at
+        )
+
+    # -- subjects ---------------------------------------------------------
+
+    def create_subject(self, *, minor: bool, idempotency_key: str = "") -> SubjectView:
+        if idempotency_key:
+            existing = self.store.subject_by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return self._replayed_subject(existing, minor)
+        sid = ids.new_subject_id(self.region.id)
+        ref = KeyRef(self._mount_for(sid), key_name_for(sid))
+        # Key first, then the row: if the key service is down nothing is written.
+        # A key whose row insert then fails guards no data and is harmless.
+        self.keys.create_key(ref)
+        dek = new_data_key()
+        wrapped = self.keys.wrap(ref, dek, dek_associated_data(sid, self.region.id))
+        now = self._clock()
+        row = SubjectRow(sid, self.region.id, STATE_ACTIVE, minor, ref.mount, ref.name, wrapped, now, now)
+        try:
+            self.store.insert_subject(row, idempotency_key or None)
+        except DuplicateKey:
+            existing = self.store.subject_by_idempotency_key(idempotency_key)
+            if existing is None:
+                raise
+            return self._replayed_subject(existing, minor)
+        self.cache.put(sid, dek)
+        return _subject_view(row)
+
+    def _replayed_subject(self, existing: SubjectRow, minor: bool) -> SubjectView:
+        if existing.minor != minor:
+            raise InvalidArgument(
+                FieldViolation("idempotency_key", "was already used for a different request")
+            )
+        return _subject_view(existing)
+
+    def get_subject(self, subject_id: str) -> SubjectView:
+        row = self.store.get_subject(subject_id)
+        if row is None:
+            raise NotFound("subject not found")
+        return _subject_view(row)
+
+    def _live_subject(self, subject_id: str) -> SubjectRow:
+        row = self.store.get_subject(subject_id)
+        if row is None:
+            raise NotFound("subject not found")
+        if row.state == STATE_ERASED:
+            raise Erased("subject has been erased")
+        return row
+
+    # -- records ----------------------------------------------------------
+
+    def put_record(
+        self,
+        *,
+        subject_id: str,
+        category: str,
+        fields: dict[str, str],
+        record_id: str = "",
+        expected_version: int = 0,
+        idempotency_key: str = "",
+    ) -> RecordView:
+        if record_id:
+            return self._update_record(subject_id, category, fields, record_id, expected_version)
+        subject = self._live_subject(subject_id)
+        if idempotency_key:
+            existing = self.store.record_by_idempotency_key(subject_id, idempotency_key)
+            if existing is not None:
+                return self._replayed_record(subject, existing, category)
+        dek = self._data_key(subject)
+        rid = ids.new_record_id(self.region.id)
+        now = self._clock()
+        ctx = RecordContext(rid, subject_id, self.region.id, category, 1)
+        row = RecordRow(rid, subject_id, category, 1, seal_fields(dek, ctx, fields), now, now)
+        try:
+            self.store.insert_record(row, idempotency_key or None)
+        except DuplicateKey:
+            existing = self.store.record_by_idempotency_key(subject_id, idempotency_key)
+            if existing is None:
+                raise
+            return self._replayed_record(subject, existing, category)
+        return RecordView(rid, subject_id, category, dict(fields), 1, now, now)
+
+    def _replayed_record(self, subject: SubjectRow, existing: RecordRow, category: str) -> RecordView:
+        if existing.category != category:
+            raise InvalidArgument(
+                FieldViolation("idempotency_key", "was already used for a different request")
+            )
+        return self._open(self._data_key(subject), existing)
+
+    def _update_record(
+        self,
+        subject_id: str,
+        category: str,
+        fields: dict[str, str],
+        record_id: str,
+        expected_version: int,
+    ) -> RecordView:
+        found = self.store.get_record(record_id)
+        if found is None:
+            raise NotFound("record not found")
+        rec, subject = found
+        if subject_id and subject_id != rec.subject_id:
+            raise InvalidArgument(
+                FieldViolation("subject_id", "does not match the subject of the record")
+            )
+        if category != rec.category:
+            raise InvalidArgument(
+                FieldViolation("category", "cannot change; delete and re-create the record")
+            )
+        if expected_version and expected_version != rec.version:
+            raise Conflict("record version does not match expected_version")
+        dek = self._data_key(subject)
+        version = rec.version + 1
+        now = self._clock()
+        ctx = RecordContext(rec.id, rec.subject_id, self.region.id, category, version)
+        row = RecordRow(
+            rec.id, rec.subject_id, category, version, seal_fields(dek, ctx, fields), rec.created_at, now
+        )
+        if not self.store.update_record(row, rec.version):
+            raise Conflict("record was changed concurrently")
+        return RecordView(rec.id, rec.subject_id, category, dict(fields), version, rec.created_at, now)
+
+    def get_record(self, record_id: str) -> RecordView:
+        found = self.store.get_record(record_id)
+        if found is None:
+            raise NotFound("record not found")
+        rec, subject = found
+        return self._open(self._data_key(subject), rec)
+
+    def list_records(
+        self, subject_id: str, category: str, page_size: int, page_token: str
+    ) -> RecordPage:
+        after = _decode_page_token(page_token, subject_id, category) if page_token else None
+        subject = self._live_subject(subject_id)
+        rows = self.store.list_records(subject_id, category or None, after, page_size + 1)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        views = []
+        if rows:
+            dek = self._data_key(subject)
+            views = [self._open(dek, r) for r in rows]
+        token = _encode_page_token(subject_id, category, rows[-1].id) if more else ""
+        return RecordPage(views, token)
+
+    def delete_record(self, record_id: str, expected_version: int = 0) -> None:
+        found = self.store.get_record(record_id)
+        if found is None:
+            raise NotFound("record not found")
+        rec, subject = found
+        if subject.state == STATE_ERASED:
+            raise Erased("subject has been erased")
+        if expected_version and expected_version != rec.version:
+            raise Conflict("record version does not match expected_version")
+        if not self.store.delete_record(record_id, rec.version):
+            raise Conflict("record was changed concurrently")

@@ -1,0 +1,230 @@
+"""Settings, read once into frozen objects.
+
+``regions/regions.yaml`` is validated here: every problem found is reported at
+once in a :class:`~vault.errors.ConfigError`, and a node refuses to start on an
+invalid file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vault.errors import ConfigError, ConfigProblem, FieldViolation, InvalidArgument
+from vault.residency._countries import ISO_3166_ALPHA2
+
+REGION_IDS = ("cn", "us", "de", "ru", "sg")
+_REGION_RE = re.compile(r"^[a-z]{2}$")
+_MOUNT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def default_regions_file() -> Path:
+    """``$PDVAULT_REGIONS``, else the ``regions/regions.yaml`` of this checkout."""
+    env = os.environ.get("PDVAULT_REGIONS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "regions" / "regions.yaml"
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    id: str
+    name: str
+    jurisdiction: str
+    endpoint: str
+    database_url: str
+    openbao_address: str
+    transit_mounts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RegionsConfig:
+    version: int
+    regions: dict[str, RegionConfig]
+    country_region: dict[str, str]
+    default_region: str
+    source: str = "<memory>"
+
+    @property
+    def region_ids(self) -> frozenset[str]:
+        return frozenset(self.regions)
+
+    def region_for(self, country: str, requested: str = "") -> str:
+        """The residency region of a person living in ``country``.
+
+        ``requested``, when given, must agree with the country's rule: a caller
+        cannot pin a German resident's data to another region.
+        """
+        cc = country.strip().upper()
+        if not cc:
+            raise InvalidArgument(FieldViolation("country", "is required"))
+        if cc not in ISO_3166_ALPHA2:
+            raise InvalidArgument(
+                FieldViolation("country", "is not an ISO 3166-1 alpha-2 country code")
+            )
+        region = self.country_region.get(cc, self.default_region)
+        if requested and requested != region:
+            if requested not in self.regions:
+                raise InvalidArgument(FieldViolation("region", "is not a known region"))
+            raise InvalidArgument(
+                FieldViolation("region", "does not agree with the residency rule for the country")
+            )
+        return region
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Bounds of the in-process cache of unwrapped data keys."""
+
+    max_entries: int = 10_000
+    max_age_seconds: float = 300.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_entries > 0 and self.max_age_seconds > 0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits; exceeding one is RESOURCE_EXHAUSTED or INVALID_ARGUMENT."""
+
+    max_fields: int = 64
+    max_field_name: int = 128
+    max_field_value: int = 64 * 1024
+    max_record_bytes: int = 256 * 1024
+    max_page_size: int = 500
+    default_page_size: int = 50
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    limits: Limits = field(default_factory=Limits)
+    openbao_timeout_seconds: float = 5.0
+
+
+def _substitute(value: str, variables: dict[str, str]) -> str:
+    for k, v in variables.items():
+        value = value.replace("{" + k + "}", v)
+    return value
+
+
+def load_regions(path: Path | None = None, **variables: str) -> RegionsConfig:
+    """Reads and validates a regions file; ``variables`` fill ``{placeholders}``."""
+    path = path or default_regions_file()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(str(path), [ConfigProblem("file", f"cannot be read ({e.strerror})")]) from e
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), [ConfigProblem("file", "is not valid YAML")]) from e
+    return parse_regions(raw, source=str(path), variables=variables)
+
+
+def parse_regions(
+    raw: Any, *, source: str = "<memory>", variables: dict[str, str] | None = None
+) -> RegionsConfig:
+    variables = variables or {}
+    problems: list[ConfigProblem] = []
+
+    def bad(where: str, problem: str) -> None:
+        problems.append(ConfigProblem(where, problem))
+
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [ConfigProblem("file", "must be a mapping")])
+    version = raw.get("version")
+    if version != 1:
+        bad("version", "must be 1")
+
+    regions: dict[str, RegionConfig] = {}
+    raw_regions = raw.get("regions")
+    if not isinstance(raw_regions, list) or not raw_regions:
+        bad("regions", "must be a non-empty list")
+        raw_regions = []
+    for i, r in enumerate(raw_regions):
+        where = f"regions[{i}]"
+        if not isinstance(r, dict):
+            bad(where, "must be a mapping")
+            continue
+        rid = r.get("id")
+        if not isinstance(rid, str) or not _REGION_RE.match(rid):
+            bad(f"{where}.id", "must be a two-letter lowercase region id")
+            continue
+        where = f"regions[{rid}]"
+        if rid in regions:
+            bad(where, "is declared twice")
+            continue
+        missing = [k for k in ("name", "jurisdiction", "endpoint", "database_url") if not r.get(k)]
+        for k in missing:
+            bad(f"{where}.{k}", "is required")
+        bao = r.get("openbao")
+        mounts: list[Any] = []
+        address = ""
+        if not isinstance(bao, dict):
+            bad(f"{where}.openbao", "must be a mapping with address and mounts")
+        else:
+            address = str(bao.get("address") or "")
+            if not address:
+                bad(f"{where}.openbao.address", "is required")
+            mounts = bao.get("mounts") or []
+            if not isinstance(mounts, list) or not mounts:
+                bad(f"{where}.openbao.mounts", "must list at least one transit mount")
+                mounts = []
+            for m in mounts:
+                if not isinstance(m, str) or not _MOUNT_RE.match(m):
+                    bad(f"{where}.openbao.mounts", f"has an invalid mount name {m!r}")
+            if len(set(map(str, mounts))) != len(mounts):
+                bad(f"{where}.openbao.mounts", "lists a mount twice")
+        if missing or not isinstance(bao, dict):
+            continue
+        regions[rid] = RegionConfig(
+            id=rid,
+            name=str(r["name"]),
+            jurisdiction=str(r["jurisdiction"]),
+            endpoint=_substitute(str(r["endpoint"]), variables),
+            database_url=_substitute(str(r["database_url"]), variables),
+            openbao_address=_substitute(address, variables),
+            transit_mounts=tuple(str(m) for m in mounts),
+        )
+
+    default_region = raw.get("default_region")
+    if default_region not in regions:
+        bad("default_region", "must name a declared region")
+
+    country_region: dict[str, str] = {}
+    countries = raw.get("countries") or {}
+    if not isinstance(countries, dict):
+        bad("countries", "must map region ids to lists of country codes")
+        countries = {}
+    for rid, codes in countries.items():
+        if rid not in regions:
+            bad(f"countries.{rid}", "is not a declared region")
+            continue
+        if not isinstance(codes, list):
+            bad(f"countries.{rid}", "must be a list of country codes")
+            continue
+        for cc in codes:
+            if not isinstance(cc, str) or cc not in ISO_3166_ALPHA2:
+                bad(f"countries.{rid}", f"{cc!r} is not an ISO 3166-1 alpha-2 code")
+            elif cc in country_region:
+                bad(f"countries.{rid}", f"{cc} is already mapped to {country_region[cc]}")
+            else:
+                country_region[cc] = rid
+
+    if problems:
+        raise ConfigError(source, problems)
+    return RegionsConfig(
+        version=1,
+        regions=regions,
+        country_region=country_region,
+        default_region=str(default_region),
+        source=source,
+    )

@@ -1,0 +1,99 @@
+"""The record envelope, format version 1.
+
+A record's fields are serialised as canonical JSON (sorted keys, UTF-8, no
+whitespace) and sealed with AES-256-GCM under the subject's data key (DEK)::
+
+    envelope = version (1 byte, 0x01) || nonce (12 bytes) || ciphertext || tag (16 bytes)
+
+The associated data binds the envelope to where it belongs, so a stored
+envelope copied onto another record, subject, region, category or version
+fails to open::
+
+    aad = b"pdvault/record/v1" || for each of (record_id, subject_id, region, category):
+              len (4 bytes, big-endian) || utf-8 bytes
+          || version (8 bytes, big-endian)
+
+Every failure to open — wrong length, unknown format version, wrong key,
+altered byte, wrong associated data — is the same :class:`DecryptionFailed`,
+so the error says nothing an attacker could use.
+
+The DEK itself is 32 random bytes, stored only wrapped by the subject's
+Transit key; the wrap's associated data (:func:`dek_associated_data`) binds it
+to the subject and region.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vault.errors import DecryptionFailed
+
+ENVELOPE_V1 = 0x01
+DEK_BYTES = 32
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
+_HEADER = 1 + _NONCE_BYTES
+_MIN_LEN = _HEADER + _TAG_BYTES
+_RECORD_AAD_LABEL = b"pdvault/record/v1"
+_DEK_AAD_LABEL = b"pdvault/dek/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordContext:
+    """Where a record belongs; all of it is authenticated, none of it secret."""
+
+    record_id: str
+    subject_id: str
+    region: str
+    category: str
+    version: int
+
+    def associated_data(self) -> bytes:
+        parts = [_RECORD_AAD_LABEL]
+        for s in (self.record_id, self.subject_id, self.region, self.category):
+            b = s.encode("utf-8")
+            parts.append(struct.pack(">I", len(b)))
+            parts.append(b)
+        parts.append(struct.pack(">q", self.version))
+        return b"".join(parts)
+
+
+def new_data_key() -> bytes:
+    return os.urandom(DEK_BYTES)
+
+
+def dek_associated_data(subject_id: str, region: str) -> bytes:
+    """Associated data for the Transit wrap of a subject's DEK."""
+    return b"|".join((_DEK_AAD_LABEL, region.encode(), subject_id.encode()))
+
+
+def seal_fields(dek: bytes, ctx: RecordContext, fields: dict[str, str]) -> bytes:
+    plaintext = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    nonce = os.urandom(_NONCE_BYTES)
+    ct = AESGCM(dek).encrypt(nonce, plaintext.encode("utf-8"), ctx.associated_data())
+    return bytes((ENVELOPE_V1,)) + nonce + ct
+
+
+def open_fields(dek: bytes, ctx: RecordContext, envelope: bytes) -> dict[str, str]:
+    if len(envelope) < _MIN_LEN or envelope[0] != ENVELOPE_V1 or len(dek) != DEK_BYTES:
+        raise DecryptionFailed()
+    nonce = envelope[1:_HEADER]
+    try:
+        plaintext = AESGCM(dek).decrypt(nonce, envelope[_HEADER:], ctx.associated_data())
+    except InvalidTag:
+        raise DecryptionFailed() from None
+    # Authenticated plaintext we wrote ourselves; a parse failure would be a bug,
+    # still reported as the one opaque error rather than leaking content.
+    try:
+        fields = json.loads(plaintext)
+    except ValueError:
+        raise DecryptionFailed() from None
+    if not isinstance(fields, dict):
+        raise DecryptionFailed()
+    return {str(k): str(v) for k, v in fields.items()}

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from vault.config import CacheSettings
+
+
+class DataKeyCache:
+    """A bounded, thread-safe cache of unwrapped data keys.
+
+    Entries expire ``max_age_seconds`` after they were unwrapped and the least
+    recently used entry is evicted beyond ``max_entries``. The cache is only a
+    performance device: whether a subject may be decrypted at all (erasure) is
+    decided from the cell database on every request, never from here.
+    """
+
+    def __init__(
+        self, settings: CacheSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> bytes | None:
+        if not self._settings.enabled:
+            self.misses += 1
+            return None
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] <= now:
+                if entry is not None:
+                    del self._entries[key]
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[1]
+
+    def put(self, key: str, dek: bytes) -> None:
+        if not self._settings.enabled:
+            return
+        expires = self._clock() + self._settings.max_age_seconds
+        with self._lock:
+            self._entries[key] = (expires, dek)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._settings.max_entries:
+                self._entries.popitem(last=False)
+
+    def evict(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRef:
+    """Where a subject's key-encryption key lives: a Transit mount and key name."""
+
+    mount: str
+    name: str
+
+
+class KeyProvider(Protocol):
+    """A key service holding one non-exportable key-encryption key per subject.
+
+    Implementations raise only :class:`~vault.errors.KeyServiceUnavailable`
+    (the service cannot be reached or refused the call: fail closed) and
+    :class:`~vault.errors.DecryptionFailed` (the wrapped key does not open:
+    altered, bound to another subject, or the key is destroyed).
+    """
+
+    def create_key(self, ref: KeyRef) -> None:
+        """Creates the key (idempotent), non-exportable, no plaintext backup."""
+        ...
+
+    def wrap(self, ref: KeyRef, plaintext: bytes, associated_data: bytes) -> str:
+        """Encrypts ``plaintext`` (a data key) under the key; returns the opaque wrap."""
+        ...
+
+    def unwrap(self, ref: KeyRef, wrapped: str, associated_data: bytes) -> bytes:
+        """Decrypts a wrap made by :meth:`wrap` with the same associated data."""
+        ...

@@ -1,0 +1,100 @@
+"""OpenBao / HashiCorp Vault Transit adapter (hvac).
+
+Every failure of the key service is wrapped: unreachable, sealed, forbidden or
+erroring → :class:`KeyServiceUnavailable` (the vault fails closed); a wrap that
+does not open or a key that no longer exists → :class:`DecryptionFailed`.
+Nothing from the key service's answer (which may echo request data) reaches an
+error message.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections import Counter
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import requests
+
+from vault.errors import DecryptionFailed, KeyServiceUnavailable
+from vault.keys._provider import KeyRef
+
+KEY_TYPE = "aes256-gcm96"
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+class TransitKeyProvider:
+    """:class:`~vault.keys.KeyProvider` over a Transit secrets engine."""
+
+    def __init__(self, client: hvac.Client) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        # Calls made to the key service, by operation; read by tests and metrics.
+        self.calls: Counter[str] = Counter()
+
+    @classmethod
+    def connect(cls, address: str, token: str, timeout: float = 5.0) -> TransitKeyProvider:
+        return cls(hvac.Client(url=address, token=token, timeout=timeout))
+
+    def _count(self, op: str) -> None:
+        with self._lock:
+            self.calls[op] += 1
+
+    def _call(self, op: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self._count(op)
+        try:
+            return fn(*args, **kwargs)
+        except (requests.exceptions.RequestException, hvac.exceptions.VaultDown) as e:
+            raise KeyServiceUnavailable(f"key service unreachable during {op}") from e
+        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as e:
+            raise KeyServiceUnavailable(f"key service refused {op} (permission)") from e
+        except (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway) as e:
+            raise KeyServiceUnavailable(f"key service failed during {op}") from e
+
+    def create_key(self, ref: KeyRef) -> None:
+        self._call(
+            "create_key",
+            self._client.secrets.transit.create_key,
+            name=ref.name,
+            key_type=KEY_TYPE,
+            exportable=False,
+            allow_plaintext_backup=False,
+            mount_point=ref.mount,
+        )
+
+    def wrap(self, ref: KeyRef, plaintext: bytes, associated_data: bytes) -> str:
+        try:
+            resp = self._call(
+                "encrypt",
+                self._client.secrets.transit.encrypt_data,
+                name=ref.name,
+                plaintext=_b64(plaintext),
+                associated_data=_b64(associated_data),
+                mount_point=ref.mount,
+            )
+        except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath) as e:
+            raise KeyServiceUnavailable("key service rejected encrypt") from e
+        return str(resp["data"]["ciphertext"])
+
+    def unwrap(self, ref: KeyRef, wrapped: str, associated_data: bytes) -> bytes:
+        try:
+            resp = self._call(
+                "decrypt",
+                self._client.secrets.transit.decrypt_data,
+                name=ref.name,
+                ciphertext=wrapped,
+                associated_data=_b64(associated_data),
+                mount_point=ref.mount,
+            )
+        except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath) as e:
+            # Altered wrap, wrong associated data, or the key no longer exists.
+            raise DecryptionFailed() from e
+        try:
+            return base64.b64decode(resp["data"]["plaintext"], validate=True)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DecryptionFailed() from e

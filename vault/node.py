@@ -1,0 +1,98 @@
+"""A node: routes each request to the home cell named by the ID's region prefix."""
+
+from __future__ import annotations
+
+from vault import ids, validation
+from vault.cell import Cell, RecordPage, RecordView, SubjectView
+from vault.config import Limits, RegionsConfig
+from vault.errors import KeyServiceUnavailable
+
+
+class RegionNotServed(KeyServiceUnavailable):
+    """The home region of the ID is not served by this node (no forwarding yet)."""
+
+    reason = "REGION_NOT_SERVED"
+
+
+class Node:
+    """The vault as one process sees it: the cells it serves, behind one API."""
+
+    def __init__(self, regions: RegionsConfig, cells: dict[str, Cell], limits: Limits) -> None:
+        self.regions = regions
+        self.cells = cells
+        self.limits = limits
+        self._region_ids = regions.region_ids
+
+    def _cell(self, region: str) -> Cell:
+        cell = self.cells.get(region)
+        if cell is None:
+            raise RegionNotServed("the home region of this id is not served by this node")
+        return cell
+
+    def _subject(self, value: str, field: str = "subject_id") -> tuple[Cell, str]:
+        vid = ids.parse_id(value, "sub", field=field, regions=self._region_ids)
+        return self._cell(vid.region), vid.value
+
+    def _record(self, value: str, field: str = "record_id") -> tuple[Cell, str]:
+        vid = ids.parse_id(value, "rec", field=field, regions=self._region_ids)
+        return self._cell(vid.region), vid.value
+
+    def create_subject(
+        self, *, country: str, region: str = "", minor: bool = False, idempotency_key: str = ""
+    ) -> SubjectView:
+        home = self.regions.region_for(country, region)
+        key = validation.idempotency_key(idempotency_key)
+        return self._cell(home).create_subject(minor=minor, idempotency_key=key)
+
+    def get_subject(self, subject_id: str) -> SubjectView:
+        cell, sid = self._subject(subject_id)
+        return cell.get_subject(sid)
+
+    def put_record(
+        self,
+        *,
+        subject_id: str,
+        category: str,
+        fields: dict[str, str],
+        record_id: str = "",
+        expected_version: int = 0,
+        idempotency_key: str = "",
+    ) -> RecordView:
+        category = validation.category(category)
+        fields = validation.fields(fields, self.limits)
+        expected_version = validation.expected_version(expected_version)
+        key = validation.idempotency_key(idempotency_key)
+        if record_id:
+            cell, rid = self._record(record_id)
+            if subject_id:
+                self._subject(subject_id)  # well-formed; the cell checks it owns the record
+            return cell.put_record(
+                subject_id=subject_id,
+                category=category,
+                fields=fields,
+                record_id=rid,
+                expected_version=expected_version,
+            )
+        cell, sid = self._subject(subject_id)
+        return cell.put_record(
+            subject_id=sid, category=category, fields=fields, idempotency_key=key
+        )
+
+    def get_record(self, record_id: str) -> RecordView:
+        cell, rid = self._record(record_id)
+        return cell.get_record(rid)
+
+    def list_records(
+        self, subject_id: str, category: str = "", page_size: int = 0, page_token: str = ""
+    ) -> RecordPage:
+        cell, sid = self._subject(subject_id)
+        return cell.list_records(
+            sid,
+            validation.optional_category(category),
+            validation.page_size(page_size, self.limits),
+            page_token,
+        )
+
+    def delete_record(self, record_id: str, expected_version: int = 0) -> None:
+        cell, rid = self._record(record_id)
+        cell.delete_record(rid, validation.expected_version(expected_version))

@@ -1,0 +1,17 @@
+"""Cell storage: SQLAlchemy schema (no plaintext columns), migrations, repository."""
+
+from vault.store._cellstore import CellStore, DuplicateKey, RecordRow, SubjectRow
+from vault.store._engine import make_engine, migrate
+from vault.store._models import metadata, records, subjects
+
+__all__ = [
+    "CellStore",
+    "DuplicateKey",
+    "RecordRow",
+    "SubjectRow",
+    "make_engine",
+    "metadata",
+    "migrate",
+    "records",
+    "subjects",
+]

@@ -1,0 +1,187 @@
+"""Repository of one cell's database (SQLAlchemy Core on the hot path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from vault.errors import StoreUnavailable
+from vault.store._models import records, subjects
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectRow:
+    id: str
+    region: str
+    state: str
+    minor: bool
+    key_mount: str
+    key_name: str
+    wrapped_dek: str
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRow:
+    id: str
+    subject_id: str
+    category: str
+    version: int
+    envelope: bytes
+    created_at: int
+    updated_at: int
+
+
+class DuplicateKey(Exception):
+    """An insert hit a unique constraint (idempotency key or id)."""
+
+
+_SUBJECT_COLS = (
+    subjects.c.id,
+    subjects.c.region,
+    subjects.c.state,
+    subjects.c.minor,
+    subjects.c.key_mount,
+    subjects.c.key_name,
+    subjects.c.wrapped_dek,
+    subjects.c.created_at,
+    subjects.c.updated_at,
+)
+_RECORD_COLS = (
+    records.c.id,
+    records.c.subject_id,
+    records.c.category,
+    records.c.version,
+    records.c.envelope,
+    records.c.created_at,
+    records.c.updated_at,
+)
+
+
+
+class CellStore:
+    """All reads and writes of one cell. Database failures become StoreUnavailable."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError as e:
+            raise DuplicateKey() from e
+        except (OperationalError, DBAPIError) as e:
+            raise StoreUnavailable("cell database unavailable") from e
+
+    # -- subjects ---------------------------------------------------------
+
+    def insert_subject(self, row: SubjectRow, idempotency_key: str | None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(subjects).values(
+                    id=row.id,
+                    region=row.region,
+                    state=row.state,
+                    minor=row.minor,
+                    key_mount=row.key_mount,
+                    key_name=row.key_name,
+                    wrapped_dek=row.wrapped_dek,
+                    idempotency_key=idempotency_key,
+                    created_at=row.created_at,
+                    updated_at=row.updated_at,
+                )
+            )
+
+    def get_subject(self, subject_id: str) -> SubjectRow | None:
+        with self._tx() as conn:
+            r = conn.execute(select(*_SUBJECT_COLS).where(subjects.c.id == subject_id)).first()
+        return SubjectRow(*r) if r else None
+
+    def subject_by_idempotency_key(self, key: str) -> SubjectRow | None:
+        with self._tx() as conn:
+            r = conn.execute(
+                select(*_SUBJECT_COLS).where(subjects.c.idempotency_key == key)
+            ).first()
+        return SubjectRow(*r) if r else None
+
+    # -- records ----------------------------------------------------------
+
+    def get_record(self, record_id: str) -> tuple[RecordRow, SubjectRow] | None:
+        """The record and its subject, read in one statement (one consistent view)."""
+        with self._tx() as conn:
+            r = conn.execute(
+                select(*_RECORD_COLS, *_SUBJECT_COLS)
+                .join_from(records, subjects, records.c.subject_id == subjects.c.id)
+                .where(records.c.id == record_id)
+            ).first()
+        if r is None:
+            return None
+        n = len(_RECORD_COLS)
+        return RecordRow(*r[:n]), SubjectRow(*r[n:])
+
+    def record_by_idempotency_key(self, subject_id: str, key: str) -> RecordRow | None:
+        with self._tx() as conn:
+            r = conn.execute(
+                select(*_RECORD_COLS).where(
+                    and_(records.c.subject_id == subject_id, records.c.idempotency_key == key)
+                )
+            ).first()
+        return RecordRow(*r) if r else None
+
+    def insert_record(self, row: RecordRow, idempotency_key: str | None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(records).values(
+                    id=row.id,
+                    subject_id=row.subject_id,
+                    category=row.category,
+                    version=row.version,
+                    envelope=row.envelope,
+                    idempotency_key=idempotency_key,
+                    created_at=row.created_at,
+                    updated_at=row.updated_at,
+                )
+            )
+
+    def update_record(self, row: RecordRow, previous_version: int) -> bool:
+        """Compare-and-set on ``version``; False when another writer got there first."""
+        with self._tx() as conn:
+            res = conn.execute(
+                update(records)
+                .where(and_(records.c.id == row.id, records.c.version == previous_version))
+                .values(version=row.version, envelope=row.envelope, updated_at=row.updated_at)
+            )
+        return res.rowcount == 1
+
+    def delete_record(self, record_id: str, version: int | None) -> bool:
+        cond = records.c.id == record_id
+        if version is not None:
+            cond = and_(cond, records.c.version == version)
+        with self._tx() as conn:
+            res = conn.execute(delete(records).where(cond))
+        return res.rowcount == 1
+
+    def list_records(
+        self, subject_id: str, category: str | None, after: str | None, limit: int
+    ) -> list[RecordRow]:
+        cond = records.c.subject_id == subject_id
+        if category:
+            cond = and_(cond, records.c.category == category)
+        if after:
+            cond = and_(cond, records.c.id > after)
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(*_RECORD_COLS).where(cond).order_by(records.c.id).limit(limit)
+            ).all()
+        return [RecordRow(*r) for r in rows]
+
+    def count_records(self) -> int:
+        with self._tx() as conn:
+            return int(conn.execute(select(func.count()).select_from(records)).scalar_one())

@@ -1,0 +1,64 @@
+"""The cell schema. No column holds plaintext personal data.
+
+``subjects`` keeps a person's id, state, the minor flag (a processing rule, not
+content), where their key lives and their data key *wrapped* by that key.
+``records`` keeps ids, category, version, timestamps and the sealed envelope.
+Timestamps are integer microseconds since the epoch (UTC), identical on SQLite
+and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+subjects = Table(
+    "subjects",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("region", String(8), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("minor", Boolean, nullable=False, default=False),
+    Column("key_mount", String(128), nullable=False),
+    Column("key_name", String(128), nullable=False),
+    Column("wrapped_dek", Text, nullable=False),
+    Column("idempotency_key", String(128), nullable=True, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+records = Table(
+    "records",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("subject_id", String(64), ForeignKey("subjects.id"), nullable=False),
+    Column("category", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
+    Column("idempotency_key", String(128), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    UniqueConstraint("subject_id", "idempotency_key", name="uq_records_subject_idempotency"),
+    Index("ix_records_subject_id_id", "subject_id", "id"),
+)

@@ -1,0 +1,146 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SubjectState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUBJECT_STATE_UNSPECIFIED: _ClassVar[SubjectState]
+    SUBJECT_STATE_ACTIVE: _ClassVar[SubjectState]
+    SUBJECT_STATE_RESTRICTED: _ClassVar[SubjectState]
+    SUBJECT_STATE_ERASED: _ClassVar[SubjectState]
+SUBJECT_STATE_UNSPECIFIED: SubjectState
+SUBJECT_STATE_ACTIVE: SubjectState
+SUBJECT_STATE_RESTRICTED: SubjectState
+SUBJECT_STATE_ERASED: SubjectState
+
+class CreateSubjectRequest(_message.Message):
+    __slots__ = ("country", "region", "minor", "idempotency_key")
+    COUNTRY_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    MINOR_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    country: str
+    region: str
+    minor: bool
+    idempotency_key: str
+    def __init__(self, country: _Optional[str] = ..., region: _Optional[str] = ..., minor: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class Subject(_message.Message):
+    __slots__ = ("subject_id", "region", "state", "created_at", "minor", "country")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MINOR_FIELD_NUMBER: _ClassVar[int]
+    COUNTRY_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    region: str
+    state: SubjectState
+    created_at: _timestamp_pb2.Timestamp
+    minor: bool
+    country: str
+    def __init__(self, subject_id: _Optional[str] = ..., region: _Optional[str] = ..., state: _Optional[_Union[SubjectState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., minor: _Optional[bool] = ..., country: _Optional[str] = ...) -> None: ...
+
+class GetSubjectRequest(_message.Message):
+    __slots__ = ("subject_id",)
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    def __init__(self, subject_id: _Optional[str] = ...) -> None: ...
+
+class PutRecordRequest(_message.Message):
+    __slots__ = ("subject_id", "category", "fields", "record_id", "expected_version", "idempotency_key")
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    category: str
+    fields: _containers.ScalarMap[str, str]
+    record_id: str
+    expected_version: int
+    idempotency_key: str
+    def __init__(self, subject_id: _Optional[str] = ..., category: _Optional[str] = ..., fields: _Optional[_Mapping[str, str]] = ..., record_id: _Optional[str] = ..., expected_version: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class Record(_message.Message):
+    __slots__ = ("record_id", "subject_id", "category", "fields", "version", "created_at", "updated_at")
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    subject_id: str
+    category: str
+    fields: _containers.ScalarMap[str, str]
+    version: int
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, record_id: _Optional[str] = ..., subject_id: _Optional[str] = ..., category: _Optional[str] = ..., fields: _Optional[_Mapping[str, str]] = ..., version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetRecordRequest(_message.Message):
+    __slots__ = ("record_id",)
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    def __init__(self, record_id: _Optional[str] = ...) -> None: ...
+
+class ListRecordsRequest(_message.Message):
+    __slots__ = ("subject_id", "category", "page_size", "page_token")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    category: str
+    page_size: int
+    page_token: str
+    def __init__(self, subject_id: _Optional[str] = ..., category: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListRecordsResponse(_message.Message):
+    __slots__ = ("records", "next_page_token")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    next_page_token: str
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteRecordRequest(_message.Message):
+    __slots__ = ("record_id", "expected_version")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    expected_version: int
+    def __init__(self, record_id: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class DeleteRecordResponse(_message.Message):
+    __slots__ = ("record_id", "deleted")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    deleted: bool
+    def __init__(self, record_id: _Optional[str] = ..., deleted: _Optional[bool] = ...) -> None: ...
