@@ -155,7 +155,7 @@ def parse_regions(
             bad(where, "must be a mapping")
             continue
         rid = r.get("id")
-        if not isinstance(rid, str) or not _REGION_RE.match(rid):
+        if not isinstance(rid, str) or not _REGION_RE.fullmatch(rid):
             bad(f"{where}.id", "must be a two-letter lowercase region id")
             continue
         where = f"regions[{rid}]"
@@ -179,7 +179,7 @@ def parse_regions(
                 bad(f"{where}.openbao.mounts", "must list at least one transit mount")
                 mounts = []
             for m in mounts:
-                if not isinstance(m, str) or not _MOUNT_RE.match(m):
+                if not isinstance(m, str) or not _MOUNT_RE.fullmatch(m):
                     bad(f"{where}.openbao.mounts", f"has an invalid mount name {m!r}")
             if len(set(map(str, mounts))) != len(mounts):
                 bad(f"{where}.openbao.mounts", "lists a mount twice")

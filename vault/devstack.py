@@ -102,6 +102,10 @@ class OpenBaoServer:
         self.ports = self._ports()
 
     @property
+    def audit_log(self) -> Path:
+        return self.dir / "audit.log"
+
+    @property
     def address(self) -> str:
         return f"http://127.0.0.1:{self.ports.api}"
 
@@ -139,6 +143,15 @@ cluster_addr  = "http://127.0.0.1:{self.ports.cluster}"
 disable_mlock = true
 ui            = false
 log_level     = "warn"
+
+# OpenBao's own audit log: every request, with sensitive values HMAC-ed.
+audit "file" "pdvault-local" {{
+  description = "pdvault local stack"
+  options {{
+    file_path = "{self.audit_log}"
+    mode      = "0600"
+  }}
+}}
 """
 
     # -- process ----------------------------------------------------------

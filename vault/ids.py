@@ -18,7 +18,7 @@ from vault.errors import FieldViolation, InvalidArgument
 
 Kind = Literal["sub", "rec"]
 
-_ID_RE = re.compile(r"^(?P<region>[a-z]{2})_(?P<kind>sub|rec)_(?P<rand>[a-z2-7]{26})$")
+_ID_RE = re.compile(r"(?P<region>[a-z]{2})_(?P<kind>sub|rec)_(?P<rand>[a-z2-7]{26})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ def parse_id(value: str, kind: Kind, *, field: str, regions: frozenset[str]) -> 
     """Parses and validates an ID of ``kind``; raises InvalidArgument naming ``field``."""
     if not value:
         raise InvalidArgument(FieldViolation(field, "is required"))
-    m = _ID_RE.match(value)
+    m = _ID_RE.fullmatch(value)
     if m is None or m.group("kind") != kind:
         expected = "subject" if kind == "sub" else "record"
         raise InvalidArgument(FieldViolation(field, f"is not a well-formed {expected} id"))

@@ -8,14 +8,14 @@ from vault.config import Limits
 from vault.errors import FieldViolation, InvalidArgument, TooLarge
 
 _CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
-_FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _IDEMPOTENCY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
 def category(value: str) -> str:
     if not value:
         raise InvalidArgument(FieldViolation("category", "is required"))
-    if len(value) > 128 or not _CATEGORY_RE.match(value):
+    if len(value) > 128 or not _CATEGORY_RE.fullmatch(value):
         raise InvalidArgument(
             FieldViolation("category", "must be a dotted lowercase name like user.contact.email")
         )
@@ -27,7 +27,7 @@ def optional_category(value: str) -> str:
 
 
 def idempotency_key(value: str) -> str:
-    if value and not _IDEMPOTENCY_RE.match(value):
+    if value and not _IDEMPOTENCY_RE.fullmatch(value):
         raise InvalidArgument(
             FieldViolation("idempotency_key", "must be 1-128 characters of [A-Za-z0-9_.:-]")
         )
@@ -44,11 +44,11 @@ def fields(value: dict[str, str], limits: Limits) -> dict[str, str]:
     for i, (name, v) in enumerate(sorted(value.items())):
         # Field names can themselves be personal data in careless clients: refer
         # to a bad one by position, never by name.
-        if len(name) > limits.max_field_name or not _FIELD_NAME_RE.match(name):
+        if len(name) > limits.max_field_name or not _FIELD_NAME_RE.fullmatch(name):
             violations.append(
                 FieldViolation(
                     f"fields[{i}]",
-                    f"name must be 1-{limits.max_field_name} characters of [A-Za-z0-9_.-]",
+                    f"name must be 1-{limits.max_field_name} characters of [A-Za-z0-9_-]",
                 )
             )
         size = len(v.encode("utf-8"))

@@ -1,0 +1,49 @@
+from vault.config import CacheSettings
+from vault.keys import DataKeyCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_entries_expire_after_max_age() -> None:
+    clock = Clock()
+    cache = DataKeyCache(CacheSettings(max_entries=10, max_age_seconds=30), clock)
+    cache.put("s", b"k" * 32)
+    clock.t += 29.9
+    assert cache.get("s") == b"k" * 32
+    clock.t += 0.2
+    assert cache.get("s") is None
+    assert len(cache) == 0
+
+
+def test_least_recently_used_is_evicted_beyond_max_entries() -> None:
+    cache = DataKeyCache(CacheSettings(max_entries=2, max_age_seconds=60), Clock())
+    cache.put("a", b"a")
+    cache.put("b", b"b")
+    assert cache.get("a") == b"a"  # a is now more recent than b
+    cache.put("c", b"c")
+    assert len(cache) == 2
+    assert cache.get("b") is None
+    assert cache.get("a") == b"a"
+    assert cache.get("c") == b"c"
+
+
+def test_disabled_cache_holds_nothing() -> None:
+    cache = DataKeyCache(CacheSettings(max_entries=0), Clock())
+    cache.put("a", b"a")
+    assert cache.get("a") is None
+    assert len(cache) == 0
+
+
+def test_evict_and_counters() -> None:
+    cache = DataKeyCache(CacheSettings(), Clock())
+    cache.put("a", b"a")
+    assert cache.get("a") == b"a"
+    cache.evict("a")
+    assert cache.get("a") is None
+    assert (cache.hits, cache.misses) == (1, 1)

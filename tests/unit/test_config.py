@@ -1,0 +1,72 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vault.config import default_regions_file, load_regions, parse_regions
+from vault.errors import ConfigError, InvalidArgument
+
+
+@pytest.fixture
+def raw() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load(default_regions_file().read_text())  # type: ignore[no-any-return]
+
+
+def test_shipped_regions_file_is_valid() -> None:
+    cfg = load_regions(data_dir="/d", openbao_addr="http://bao")
+    assert set(cfg.regions) == {"cn", "us", "de", "ru", "sg"}
+    assert cfg.regions["de"].database_url == "sqlite:////d/cells/de.db"
+    assert cfg.regions["cn"].openbao_address == "http://bao"
+
+
+@pytest.mark.parametrize(
+    ("country", "region"),
+    [("DE", "de"), ("FR", "de"), ("NO", "de"), ("IS", "de"), ("CN", "cn"), ("RU", "ru"),
+     ("US", "us"), ("SG", "sg"), ("JP", "sg"), ("br", "sg")],
+)
+def test_country_to_region(country: str, region: str) -> None:
+    assert load_regions(data_dir="/d", openbao_addr="x").region_for(country) == region
+
+
+def test_requested_region_must_agree_with_the_country() -> None:
+    cfg = load_regions(data_dir="/d", openbao_addr="x")
+    assert cfg.region_for("DE", "de") == "de"
+    with pytest.raises(InvalidArgument) as e:
+        cfg.region_for("DE", "us")
+    assert e.value.violations[0].field == "region"
+
+
+@pytest.mark.parametrize("country", ["", "XX", "DEU", "1"])
+def test_unknown_countries_are_rejected(country: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        load_regions(data_dir="/d", openbao_addr="x").region_for(country)
+    assert e.value.violations[0].field == "country"
+
+
+def test_every_problem_is_reported_at_once(raw: dict) -> None:  # type: ignore[type-arg]
+    bad = copy.deepcopy(raw)
+    bad["default_region"] = "zz"
+    bad["countries"]["de"].append("XX")
+    bad["countries"]["us"].append("DE")
+    bad["regions"][0]["openbao"]["mounts"] = []
+    del bad["regions"][1]["endpoint"]
+    with pytest.raises(ConfigError) as e:
+        parse_regions(bad)
+    wheres = {p.where for p in e.value.problems}
+    assert {"default_region", "countries.de", "countries.us", "regions[cn].openbao.mounts",
+            "regions[us].endpoint"} <= wheres
+
+
+def test_yaml_norway_problem_is_caught(tmp_path: Path, raw: dict) -> None:  # type: ignore[type-arg]
+    text = default_regions_file().read_text().replace('"NO"', "NO")
+    f = tmp_path / "regions.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_regions(f)
+    assert any("False" in p.problem for p in e.value.problems)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load_regions(tmp_path / "missing.yaml")

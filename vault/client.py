@@ -1,0 +1,170 @@
+"""A typed Python client for the pdvault gRPC API.
+
+    from vault.client import VaultClient
+
+    with VaultClient("127.0.0.1:50051") as vc:
+        person = vc.create_subject(country="DE")
+        rec = vc.put_record(person.subject_id, "user.contact.email", {"address": "ada@example.org"})
+        print(vc.get_record(rec.record_id).fields)
+
+Every failure raises :class:`VaultClientError`, which carries the gRPC status
+code, the stable ``reason`` from the server's ErrorInfo and any field
+violations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from vault.v1 import vault_pb2 as pb
+from vault.v1 import vault_pb2_grpc as pb_grpc
+
+
+@dataclass
+class VaultClientError(Exception):
+    """A call failed. ``reason`` is the server's stable error code (ErrorInfo)."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    violations: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    @classmethod
+    def from_rpc_error(cls, err: grpc.RpcError) -> VaultClientError:
+        code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
+        message: str = err.details() or ""  # type: ignore[attr-defined]
+        reason = ""
+        violations: list[tuple[str, str]] = []
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        if status is not None:
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    reason = info.reason
+                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    br = error_details_pb2.BadRequest()
+                    detail.Unpack(br)
+                    violations = [(v.field, v.description) for v in br.field_violations]
+        return cls(code, message, reason, violations)
+
+
+class VaultClient:
+    """Blocking client; one channel per instance, safe to share between threads."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float = 10.0,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=options)
+        )
+        self._stub = pb_grpc.PersonalDataVaultStub(self._channel)
+        self._timeout = timeout
+        self.token = token
+
+    def __enter__(self) -> VaultClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self._timeout, metadata=self._metadata())
+        except grpc.RpcError as e:
+            raise VaultClientError.from_rpc_error(e) from None
+
+    # -- subjects ---------------------------------------------------------
+
+    def create_subject(
+        self, country: str, *, region: str = "", minor: bool = False, idempotency_key: str = ""
+    ) -> pb.Subject:
+        req = pb.CreateSubjectRequest(
+            country=country, region=region, minor=minor, idempotency_key=idempotency_key
+        )
+        return self._call(self._stub.CreateSubject, req)  # type: ignore[no-any-return]
+
+    def get_subject(self, subject_id: str) -> pb.Subject:
+        req = pb.GetSubjectRequest(subject_id=subject_id)
+        return self._call(self._stub.GetSubject, req)  # type: ignore[no-any-return]
+
+    # -- records ----------------------------------------------------------
+
+    def put_record(
+        self,
+        subject_id: str,
+        category: str,
+        fields: Mapping[str, str],
+        *,
+        record_id: str = "",
+        expected_version: int = 0,
+        idempotency_key: str = "",
+    ) -> pb.Record:
+        req = pb.PutRecordRequest(
+            subject_id=subject_id,
+            category=category,
+            fields=dict(fields),
+            record_id=record_id,
+            expected_version=expected_version,
+            idempotency_key=idempotency_key,
+        )
+        return self._call(self._stub.PutRecord, req)  # type: ignore[no-any-return]
+
+    def get_record(self, record_id: str) -> pb.Record:
+        req = pb.GetRecordRequest(record_id=record_id)
+        return self._call(self._stub.GetRecord, req)  # type: ignore[no-any-return]
+
+    def list_records(
+        self, subject_id: str, *, category: str = "", page_size: int = 0, page_token: str = ""
+    ) -> pb.ListRecordsResponse:
+        req = pb.ListRecordsRequest(
+            subject_id=subject_id, category=category, page_size=page_size, page_token=page_token
+        )
+        return self._call(self._stub.ListRecords, req)  # type: ignore[no-any-return]
+
+    def iter_records(
+        self, subject_id: str, *, category: str = "", page_size: int = 0
+    ) -> Iterator[pb.Record]:
+        """Every record of a subject, following page tokens."""
+        token = ""
+        while True:
+            page = self.list_records(
+                subject_id, category=category, page_size=page_size, page_token=token
+            )
+            yield from page.records
+            token = page.next_page_token
+            if not token:
+                return
+
+    def delete_record(self, record_id: str, *, expected_version: int = 0) -> pb.DeleteRecordResponse:
+        req = pb.DeleteRecordRequest(record_id=record_id, expected_version=expected_version)
+        return self._call(self._stub.DeleteRecord, req)  # type: ignore[no-any-return]

@@ -1,0 +1,42 @@
+"""Domain views → protobuf messages."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from vault.cell import RecordView, SubjectView
+from vault.v1 import vault_pb2 as pb
+
+_STATES = {
+    "active": pb.SUBJECT_STATE_ACTIVE,
+    "restricted": pb.SUBJECT_STATE_RESTRICTED,
+    "erased": pb.SUBJECT_STATE_ERASED,
+}
+
+
+def _ts(us: int) -> Timestamp:
+    t = Timestamp()
+    t.FromMicroseconds(us)
+    return t
+
+
+def subject_pb(v: SubjectView) -> pb.Subject:
+    return pb.Subject(
+        subject_id=v.subject_id,
+        region=v.region,
+        state=_STATES.get(v.state, pb.SUBJECT_STATE_UNSPECIFIED),
+        created_at=_ts(v.created_at_us),
+        minor=v.minor,
+    )
+
+
+def record_pb(v: RecordView) -> pb.Record:
+    return pb.Record(
+        record_id=v.record_id,
+        subject_id=v.subject_id,
+        category=v.category,
+        fields=v.fields,
+        version=v.version,
+        created_at=_ts(v.created_at_us),
+        updated_at=_ts(v.updated_at_us),
+    )
