@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
@@ -86,9 +87,15 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
 
 
 def start_stack(
-    bao: Bao, data_dir: Path, *, cache: CacheSettings | None = None
+    bao: Bao,
+    data_dir: Path,
+    *,
+    cache: CacheSettings | None = None,
+    database_urls: dict[str, str] | None = None,
 ) -> Stack:
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
+    for rid, url in (database_urls or {}).items():
+        regions.regions[rid] = dataclasses.replace(regions.regions[rid], database_url=url)
     settings = NodeSettings(data_dir=data_dir, port=0, cache=cache or CacheSettings())
     provider = TransitKeyProvider.connect(bao.address, bao.node_token)
     node = build_node(

@@ -64,20 +64,26 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def node_policy(mounts: list[str]) -> str:
-    """The least privilege a node needs on its Transit mounts (HCL)."""
+    """The least privilege a node needs on its Transit mounts (HCL).
+
+    A node may create subject keys and use them, never reconfigure, export,
+    back up or delete them: ``+`` matches exactly one path segment, so
+    ``keys/+`` does not reach ``keys/NAME/config``. Destroying a key is the
+    erasure workflow's job, with its own credential.
+    """
     blocks = []
     for m in mounts:
         blocks.append(
-            f"""path "{m}/keys/subject-*" {{
+            f"""path "{m}/keys/+" {{
   capabilities = ["create", "read", "update"]
 }}
-path "{m}/encrypt/subject-*" {{
+path "{m}/encrypt/+" {{
   capabilities = ["update"]
 }}
-path "{m}/decrypt/subject-*" {{
+path "{m}/decrypt/+" {{
   capabilities = ["update"]
 }}
-path "{m}/rewrap/subject-*" {{
+path "{m}/rewrap/+" {{
   capabilities = ["update"]
 }}
 """
@@ -132,6 +138,8 @@ class OpenBaoServer:
 storage "raft" {{
   path    = "{raft}"
   node_id = "pdvault-local"
+  # Single node: elect itself quickly instead of waiting out production timeouts.
+  performance_multiplier = 1
 }}
 listener "tcp" {{
   address         = "127.0.0.1:{self.ports.api}"
@@ -140,7 +148,6 @@ listener "tcp" {{
 }}
 api_addr      = "http://127.0.0.1:{self.ports.api}"
 cluster_addr  = "http://127.0.0.1:{self.ports.cluster}"
-disable_mlock = true
 ui            = false
 log_level     = "warn"
 
@@ -177,8 +184,12 @@ audit "file" "pdvault-local" {{
             start_new_session=True,
         )
         log.close()
-        self._wait_listening(timeout)
-        self._init_and_unseal(timeout)
+        try:
+            self._wait_listening(timeout)
+            self._init_and_unseal(timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def running(self) -> bool:
@@ -217,7 +228,7 @@ audit "file" "pdvault-local" {{
         return self._unseal_material()["root_token"]
 
     def _init_and_unseal(self, timeout: float) -> None:
-        client = hvac.Client(url=self.address, timeout=10)
+        client = hvac.Client(url=self.address, timeout=timeout)
         if not client.sys.is_initialized():
             self._say("initialising a new local OpenBao (raft storage)")
             result = client.sys.initialize(secret_shares=1, secret_threshold=1)

@@ -1,0 +1,144 @@
+"""The data-key cache keeps OpenBao off the hot path; OpenBao or the database down fails closed."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.conftest import Bao, Stack, start_stack
+from vault.client import VaultClient, VaultClientError
+from vault.config import CacheSettings, Limits, load_regions
+from vault.devstack import OpenBaoServer
+from vault.keys import DataKeyCache, TransitKeyProvider
+from vault.node import Node
+from vault.cell import Cell
+from vault.store import CellStore, make_engine
+
+pytestmark = pytest.mark.integration
+
+
+def _audit_decrypts(bao: Bao) -> int:
+    return bao.transit_requests("decrypt")
+
+
+def test_warm_reads_make_no_openbao_call(stack: Stack, client: VaultClient) -> None:
+    s = client.create_subject("DE")
+    recs = [client.put_record(s.subject_id, "user.name", {"n": str(i)}).record_id for i in range(5)]
+    client.get_record(recs[0])  # warm (creation already cached the key)
+    before_calls = sum(stack.provider.calls.values())
+    before_audit = _audit_decrypts(stack.bao)
+    for _ in range(40):
+        for rid in recs:
+            client.get_record(rid)
+        client.list_records(s.subject_id)
+    assert sum(stack.provider.calls.values()) == before_calls
+    assert _audit_decrypts(stack.bao) == before_audit
+
+
+def test_without_the_cache_every_read_unwraps(bao: Bao, tmp_path: Path) -> None:
+    """The counters above can see Transit calls: with the cache off, each read is one decrypt."""
+    cold = start_stack(bao, tmp_path, cache=CacheSettings(max_entries=0))
+    try:
+        c = cold.client()
+        s = c.create_subject("DE")
+        r = c.put_record(s.subject_id, "user.name", {"n": "1"})
+        before = cold.provider.calls["decrypt"]
+        before_audit = _audit_decrypts(bao)
+        for _ in range(10):
+            c.get_record(r.record_id)
+        assert cold.provider.calls["decrypt"] - before == 10
+        assert _audit_decrypts(bao) - before_audit == 10
+    finally:
+        cold.stop()
+
+
+def test_expired_cache_entry_is_unwrapped_again(stack: Stack, client: VaultClient) -> None:
+    s = client.create_subject("DE")
+    r = client.put_record(s.subject_id, "user.name", {"n": "1"})
+    stack.node.cells["de"].cache.evict(s.subject_id)
+    before = stack.provider.calls["decrypt"]
+    client.get_record(r.record_id)
+    client.get_record(r.record_id)
+    assert stack.provider.calls["decrypt"] - before == 1
+
+
+@pytest.fixture
+def own_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
+    """An OpenBao of this test alone, so stopping it disturbs no other test."""
+    d = tmp_path_factory.mktemp("own-openbao")
+    server = OpenBaoServer(d, log=False)
+    server.start()
+    try:
+        regions = load_regions(data_dir=str(d), openbao_addr=server.address)
+        yield Bao(server, Path(regions.source), server.configure(regions), server.audit_log)
+    finally:
+        server.stop()
+
+
+def _count(stack: Stack, region: str, table: str) -> int:
+    with sqlite3.connect(stack.db_path(region)) as db:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def _unavailable(fn, *args, **kwargs) -> VaultClientError:  # type: ignore[no-untyped-def]
+    with pytest.raises(VaultClientError) as e:
+        fn(*args, **kwargs)
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE, e.value
+    return e.value
+
+
+def test_openbao_down_fails_closed_and_recovers_without_restart(own_bao: Bao, tmp_path: Path, canary: str) -> None:
+    stack = start_stack(own_bao, tmp_path)
+    try:
+        c = stack.client()
+        s = c.create_subject("DE")
+        r = c.put_record(s.subject_id, "user.name", {"first": "Ada"})
+        stack.node.cells["de"].cache.clear()  # a cold subject: its key must come from OpenBao
+        subjects, records = _count(stack, "de", "subjects"), _count(stack, "de", "records")
+
+        own_bao.server.stop()
+        e = _unavailable(c.create_subject, "DE")
+        assert e.reason == "KEY_SERVICE_UNAVAILABLE"
+        _unavailable(c.put_record, s.subject_id, "user.name", {"first": canary})
+        _unavailable(c.put_record, s.subject_id, "user.name", {"first": canary}, record_id=r.record_id)
+        _unavailable(c.get_record, r.record_id)
+        assert (_count(stack, "de", "subjects"), _count(stack, "de", "records")) == (subjects, records)
+
+        own_bao.server.start()  # unsealed again by the devstack; the vault is not restarted
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                got = c.get_record(r.record_id)
+                break
+            except VaultClientError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert dict(got.fields) == {"first": "Ada"} and got.version == 1
+        c.put_record(s.subject_id, "user.name", {"first": "Grace"}, record_id=r.record_id, expected_version=1)
+        assert c.get_subject(c.create_subject("DE").subject_id).region == "de"
+    finally:
+        stack.stop()
+
+
+def test_database_down_is_unavailable(bao: Bao) -> None:
+    """A cell whose PostgreSQL cannot be reached answers UNAVAILABLE, not a stack trace."""
+    regions = load_regions(data_dir="/nonexistent", openbao_addr=bao.address)
+    rc = regions.regions["de"]
+    engine = make_engine("postgresql+psycopg://pdvault@127.0.0.1:1/none?connect_timeout=2")
+    cell = Cell(rc, CellStore(engine), TransitKeyProvider.connect(bao.address, bao.node_token),
+                DataKeyCache(CacheSettings()), Limits())
+    node = Node(regions, {"de": cell}, Limits())
+    from vault.errors import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable) as e:
+        node.get_record("de_rec_" + "a" * 26)
+    assert "127.0.0.1" not in str(e.value)
+    with pytest.raises(StoreUnavailable):
+        node.create_subject(country="DE")
+    engine.dispose()
