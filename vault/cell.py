@@ -131,7 +131,13 @@ class Cell:
         ctx = RecordContext(rec.id, rec.subject_id, self.region.id, rec.category, rec.version)
         fields = open_fields(dek, ctx, rec.envelope)
         return RecordView(
-            rec.id, rec.subject_id, rec.category, fields, rec.version, rec.created_at, rec.updated_at
+            rec.id,
+            rec.subject_id,
+            rec.category,
+            fields,
+            rec.version,
+            rec.created_at,
+            rec.updated_at,
         )
 
     # -- subjects ---------------------------------------------------------
@@ -149,7 +155,9 @@ class Cell:
         dek = new_data_key()
         wrapped = self.keys.wrap(ref, dek, dek_associated_data(sid, self.region.id))
         now = self._clock()
-        row = SubjectRow(sid, self.region.id, STATE_ACTIVE, minor, ref.mount, ref.name, wrapped, now, now)
+        row = SubjectRow(
+            sid, self.region.id, STATE_ACTIVE, minor, ref.mount, ref.name, wrapped, now, now
+        )
         try:
             self.store.insert_subject(row, idempotency_key or None)
         except DuplicateKey:
@@ -214,7 +222,9 @@ class Cell:
             return self._replayed_record(subject, existing, category)
         return RecordView(rid, subject_id, category, dict(fields), 1, now, now)
 
-    def _replayed_record(self, subject: SubjectRow, existing: RecordRow, category: str) -> RecordView:
+    def _replayed_record(
+        self, subject: SubjectRow, existing: RecordRow, category: str
+    ) -> RecordView:
         if existing.category != category:
             raise InvalidArgument(
                 FieldViolation("idempotency_key", "was already used for a different request")
@@ -248,11 +258,19 @@ class Cell:
         now = self._clock()
         ctx = RecordContext(rec.id, rec.subject_id, self.region.id, category, version)
         row = RecordRow(
-            rec.id, rec.subject_id, category, version, seal_fields(dek, ctx, fields), rec.created_at, now
+            rec.id,
+            rec.subject_id,
+            category,
+            version,
+            seal_fields(dek, ctx, fields),
+            rec.created_at,
+            now,
         )
         if not self.store.update_record(row, rec.version):
             raise Conflict("record was changed concurrently")
-        return RecordView(rec.id, rec.subject_id, category, dict(fields), version, rec.created_at, now)
+        return RecordView(
+            rec.id, rec.subject_id, category, dict(fields), version, rec.created_at, now
+        )
 
     def get_record(self, record_id: str) -> RecordView:
         found = self.store.get_record(record_id)

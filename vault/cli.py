@@ -69,8 +69,7 @@ pdvault is running.
   data dir     {data_dir}
   OpenBao      {bao.address}  (local-only unseal material: {bao.dir / "LOCAL-ONLY-unseal.json"})
 
-Next: follow the README quickstart, e.g.
-  .venv/bin/python -c "from vault.client import VaultClient; print(VaultClient('{settings.host}:{port}').create_subject(country='DE'))"
+Next: the README quickstart (Python client, endpoint {settings.host}:{port}).
 Stop with Ctrl-C.""",
             flush=True,
         )
@@ -111,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     up.add_argument("--port", type=int, default=int(os.environ.get("PDVAULT_PORT", DEFAULT_PORT)))
     up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--regions", type=Path, default=None, help="regions file (default: regions/regions.yaml)")
+    up.add_argument(
+        "--regions", type=Path, default=None, help="regions file (default: regions/regions.yaml)"
+    )
     up.add_argument("-v", "--verbose", action="store_true", help="log every request (no content)")
 
     regions = sub.add_parser("regions", help="region configuration")

@@ -41,11 +41,11 @@ class VaultClientError(Exception):
 
     @classmethod
     def from_rpc_error(cls, err: grpc.RpcError) -> VaultClientError:
-        code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
-        message: str = err.details() or ""  # type: ignore[attr-defined]
+        code: grpc.StatusCode = err.code()
+        message: str = err.details() or ""
         reason = ""
         violations: list[tuple[str, str]] = []
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        status = rpc_status.from_call(err)
         if status is not None:
             for detail in status.details:
                 if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -76,7 +76,7 @@ class VaultClient:
             if credentials is not None
             else grpc.insecure_channel(target, options=options)
         )
-        self._stub = pb_grpc.PersonalDataVaultStub(self._channel)
+        self._stub = pb_grpc.PersonalDataVaultStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
         self.token = token
 
@@ -165,6 +165,8 @@ class VaultClient:
             if not token:
                 return
 
-    def delete_record(self, record_id: str, *, expected_version: int = 0) -> pb.DeleteRecordResponse:
+    def delete_record(
+        self, record_id: str, *, expected_version: int = 0
+    ) -> pb.DeleteRecordResponse:
         req = pb.DeleteRecordRequest(record_id=record_id, expected_version=expected_version)
         return self._call(self._stub.DeleteRecord, req)  # type: ignore[no-any-return]

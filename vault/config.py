@@ -123,7 +123,9 @@ def load_regions(path: Path | None = None, **variables: str) -> RegionsConfig:
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as e:
-        raise ConfigError(str(path), [ConfigProblem("file", f"cannot be read ({e.strerror})")]) from e
+        raise ConfigError(
+            str(path), [ConfigProblem("file", f"cannot be read ({e.strerror})")]
+        ) from e
     except yaml.YAMLError as e:
         raise ConfigError(str(path), [ConfigProblem("file", "is not valid YAML")]) from e
     return parse_regions(raw, source=str(path), variables=variables)

@@ -26,9 +26,7 @@ from vault.v1 import vault_pb2, vault_pb2_grpc
 log = logging.getLogger("vault.server")
 
 MAX_MESSAGE_BYTES = 1024 * 1024
-SERVICE_NAMES = (
-    vault_pb2.DESCRIPTOR.services_by_name["PersonalDataVault"].full_name,
-)
+SERVICE_NAMES = (vault_pb2.DESCRIPTOR.services_by_name["PersonalDataVault"].full_name,)
 
 
 def build_node(
@@ -57,7 +55,9 @@ def build_node(
                 rc.openbao_address, openbao_token, timeout=settings.openbao_timeout_seconds
             )
             providers[rc.openbao_address] = provider
-        cells[rid] = Cell(rc, CellStore(engine), provider, DataKeyCache(settings.cache), settings.limits)
+        cells[rid] = Cell(
+            rc, CellStore(engine), provider, DataKeyCache(settings.cache), settings.limits
+        )
     return Node(regions, cells, settings.limits)
 
 
@@ -80,13 +80,16 @@ class VaultServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(
+        vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(  # type: ignore[no-untyped-call]
             PersonalDataVaultServicer(self.node, self._executor), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")

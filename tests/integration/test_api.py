@@ -27,8 +27,12 @@ def test_create_and_get_subject(client: VaultClient) -> None:
     assert client.get_subject(s.subject_id) == s
 
 
-@pytest.mark.parametrize(("country", "region"), [("CN", "cn"), ("US", "us"), ("RU", "ru"), ("SG", "sg"), ("BR", "sg")])
-def test_subjects_land_in_their_residency_region(client: VaultClient, country: str, region: str) -> None:
+@pytest.mark.parametrize(
+    ("country", "region"), [("CN", "cn"), ("US", "us"), ("RU", "ru"), ("SG", "sg"), ("BR", "sg")]
+)
+def test_subjects_land_in_their_residency_region(
+    client: VaultClient, country: str, region: str
+) -> None:
     s = client.create_subject(country)
     assert s.region == region and s.subject_id.startswith(f"{region}_sub_")
 
@@ -42,8 +46,11 @@ def test_record_round_trip_update_and_delete(client: VaultClient) -> None:
     assert (got.subject_id, got.category, got.version) == (s.subject_id, "user.contact.email", 1)
 
     r2 = client.put_record(
-        s.subject_id, "user.contact.email", {"address": "ada@example.com"},
-        record_id=r.record_id, expected_version=1,
+        s.subject_id,
+        "user.contact.email",
+        {"address": "ada@example.com"},
+        record_id=r.record_id,
+        expected_version=1,
     )
     assert r2.version == 2
     assert r2.created_at == r.created_at
@@ -59,8 +66,17 @@ def test_record_round_trip_update_and_delete(client: VaultClient) -> None:
 def test_stale_expected_version_is_failed_precondition(client: VaultClient) -> None:
     s = client.create_subject("US")
     r = client.put_record(s.subject_id, "user.name", {"first": "Ada"})
-    client.put_record(s.subject_id, "user.name", {"first": "Grace"}, record_id=r.record_id, expected_version=1)
-    e = _error(client.put_record, s.subject_id, "user.name", {"first": "Lost"}, record_id=r.record_id, expected_version=1)
+    client.put_record(
+        s.subject_id, "user.name", {"first": "Grace"}, record_id=r.record_id, expected_version=1
+    )
+    e = _error(
+        client.put_record,
+        s.subject_id,
+        "user.name",
+        {"first": "Lost"},
+        record_id=r.record_id,
+        expected_version=1,
+    )
     assert e.code == grpc.StatusCode.FAILED_PRECONDITION and e.reason == "VERSION_CONFLICT"
     e = _error(client.delete_record, r.record_id, expected_version=1)
     assert e.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -70,8 +86,9 @@ def test_stale_expected_version_is_failed_precondition(client: VaultClient) -> N
 def test_pagination_visits_every_record_once(client: VaultClient) -> None:
     s = client.create_subject("SG")
     written = {
-        client.put_record(s.subject_id, "user.contact.phone_number" if i % 3 else "user.name",
-                          {"v": str(i)}).record_id
+        client.put_record(
+            s.subject_id, "user.contact.phone_number" if i % 3 else "user.name", {"v": str(i)}
+        ).record_id
         for i in range(23)
     }
     seen: list[str] = []
@@ -111,7 +128,9 @@ def test_idempotent_creates(client: VaultClient) -> None:
     r2 = client.put_record(s1.subject_id, "user.name", {"first": "Ada"}, idempotency_key="k1")
     assert r1.record_id == r2.record_id
     assert len(client.list_records(s1.subject_id).records) == 1
-    e = _error(client.put_record, s1.subject_id, "user.contact.email", {"a": "b"}, idempotency_key="k1")
+    e = _error(
+        client.put_record, s1.subject_id, "user.contact.email", {"a": "b"}, idempotency_key="k1"
+    )
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -129,23 +148,34 @@ def test_idempotent_creates(client: VaultClient) -> None:
         (lambda c: c.put_record("de_sub_" + "a" * 26, "user.name", {"bad name": "x"}), "fields[0]"),
         (lambda c: c.put_record("", "user.name", {"a": "b"}), "subject_id"),
         (lambda c: c.list_records("de_sub_" + "a" * 26, page_size=10_000), "page_size"),
-        (lambda c: c.put_record("de_sub_" + "a" * 26, "user.name", {"a": "b"}, expected_version=-1), "expected_version"),
+        (
+            lambda c: c.put_record(
+                "de_sub_" + "a" * 26, "user.name", {"a": "b"}, expected_version=-1
+            ),
+            "expected_version",
+        ),
     ],
 )
-def test_bad_input_is_invalid_argument_with_field_violations(client: VaultClient, call, field: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_invalid_argument_with_field_violations(
+    client: VaultClient, call, field: str
+) -> None:  # type: ignore[no-untyped-def]
     e = _error(call, client)
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT
     assert e.reason == "INVALID_ARGUMENT"
     assert field in [f for f, _ in e.violations]
 
 
-def test_oversize_records_are_resource_exhausted_and_nothing_is_written(client: VaultClient) -> None:
+def test_oversize_records_are_resource_exhausted_and_nothing_is_written(
+    client: VaultClient,
+) -> None:
     s = client.create_subject("DE")
     e = _error(client.put_record, s.subject_id, "user.content", {f"f{i}": "x" for i in range(65)})
     assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     e = _error(client.put_record, s.subject_id, "user.content", {"a": "x" * (70 * 1024)})
     assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    e = _error(client.put_record, s.subject_id, "user.content", {f"f{i}": "x" * 60_000 for i in range(5)})
+    e = _error(
+        client.put_record, s.subject_id, "user.content", {f"f{i}": "x" * 60_000 for i in range(5)}
+    )
     assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert client.list_records(s.subject_id).records == []
 
@@ -164,7 +194,9 @@ def test_record_cannot_be_moved_to_another_subject_or_category(client: VaultClie
     r = client.put_record(a.subject_id, "user.name", {"first": "Ada"})
     e = _error(client.put_record, b.subject_id, "user.name", {"first": "x"}, record_id=r.record_id)
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT
-    e = _error(client.put_record, a.subject_id, "user.contact.email", {"first": "x"}, record_id=r.record_id)
+    e = _error(
+        client.put_record, a.subject_id, "user.contact.email", {"first": "x"}, record_id=r.record_id
+    )
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT
     assert dict(client.get_record(r.record_id).fields) == {"first": "Ada"}
 
@@ -192,6 +224,10 @@ def test_health_and_reflection(stack) -> None:  # type: ignore[no-untyped-def]
             resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
         refl = reflection_pb2_grpc.ServerReflectionStub(ch)
-        resp = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+        resp = next(
+            refl.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+        )
         names = {s.name for s in resp.list_services_response.service}
         assert "vault.v1.PersonalDataVault" in names

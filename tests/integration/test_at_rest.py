@@ -36,8 +36,12 @@ def test_database_files_hold_no_plaintext(stack: Stack, client: VaultClient, can
     ids = []
     for country, region in (("DE", "de"), ("US", "us"), ("CN", "cn")):
         s = client.create_subject(country)
-        r = client.put_record(s.subject_id, "user.contact.email", {"address": f"{canary}@example.org", "note": canary})
-        client.put_record(s.subject_id, "user.contact.email", {"address": canary}, record_id=r.record_id)
+        r = client.put_record(
+            s.subject_id, "user.contact.email", {"address": f"{canary}@example.org", "note": canary}
+        )
+        client.put_record(
+            s.subject_id, "user.contact.email", {"address": canary}, record_id=r.record_id
+        )
         ids.append((region, r.record_id))
     for region, rid in ids:
         assert client.get_record(rid).fields["address"] == canary  # it is really there
@@ -49,7 +53,9 @@ def test_database_files_hold_no_plaintext(stack: Stack, client: VaultClient, can
                 assert needle not in data, f"plaintext found in {p.name}"
 
 
-def test_every_byte_flip_of_a_stored_envelope_fails_opaquely(stack: Stack, client: VaultClient) -> None:
+def test_every_byte_flip_of_a_stored_envelope_fails_opaquely(
+    stack: Stack, client: VaultClient
+) -> None:
     s = client.create_subject("DE")
     r = client.put_record(s.subject_id, "user.name", {"first": "Ada"})
     original = _envelope(stack, "de", r.record_id)
@@ -70,8 +76,10 @@ def test_swapped_envelopes_do_not_open(stack: Stack, client: VaultClient) -> Non
     s1 = client.create_subject("DE")
     s2 = client.create_subject("DE")
     a = client.put_record(s1.subject_id, "user.name", {"first": "Ada"})
-    b = client.put_record(s1.subject_id, "user.name", {"first": "Bob"})       # same subject, other record
-    c = client.put_record(s2.subject_id, "user.name", {"first": "Cyd"})       # other subject
+    b = client.put_record(
+        s1.subject_id, "user.name", {"first": "Bob"}
+    )  # same subject, other record
+    c = client.put_record(s2.subject_id, "user.name", {"first": "Cyd"})  # other subject
     env_a = _envelope(stack, "de", a.record_id)
     _set_envelope(stack, "de", b.record_id, env_a)
     _read_fails_opaquely(client, b.record_id)
@@ -106,15 +114,23 @@ def test_wrapped_data_key_is_bound_to_its_subject(stack: Stack, client: VaultCli
     b = client.create_subject("DE")
     rb = client.put_record(b.subject_id, "user.name", {"first": "Bea"})
     with sqlite3.connect(stack.db_path("de")) as db:
-        row_a = db.execute("SELECT wrapped_dek, key_name FROM subjects WHERE id = ?", (a.subject_id,)).fetchone()
-        db.execute("UPDATE subjects SET wrapped_dek = ?, key_name = ? WHERE id = ?", (*row_a, b.subject_id))
+        row_a = db.execute(
+            "SELECT wrapped_dek, key_name FROM subjects WHERE id = ?", (a.subject_id,)
+        ).fetchone()
+        db.execute(
+            "UPDATE subjects SET wrapped_dek = ?, key_name = ? WHERE id = ?", (*row_a, b.subject_id)
+        )
     stack.node.cells["de"].cache.evict(b.subject_id)
     _read_fails_opaquely(client, rb.record_id)
 
 
-def test_subject_keys_are_non_exportable_without_plaintext_backup(stack: Stack, client: VaultClient) -> None:
+def test_subject_keys_are_non_exportable_without_plaintext_backup(
+    stack: Stack, client: VaultClient
+) -> None:
     s = client.create_subject("RU")
-    key = stack.bao.root().secrets.transit.read_key(name=f"subject-{s.subject_id}", mount_point="transit-ru")
+    key = stack.bao.root().secrets.transit.read_key(
+        name=f"subject-{s.subject_id}", mount_point="transit-ru"
+    )
     data = key["data"]
     assert data["exportable"] is False
     assert data["allow_plaintext_backup"] is False
@@ -122,7 +138,9 @@ def test_subject_keys_are_non_exportable_without_plaintext_backup(stack: Stack, 
     assert data["type"] == "aes256-gcm96"
 
 
-def test_node_token_cannot_export_delete_or_reconfigure_keys(stack: Stack, client: VaultClient) -> None:
+def test_node_token_cannot_export_delete_or_reconfigure_keys(
+    stack: Stack, client: VaultClient
+) -> None:
     import hvac
     import hvac.exceptions
 
@@ -130,8 +148,12 @@ def test_node_token_cannot_export_delete_or_reconfigure_keys(stack: Stack, clien
     node = hvac.Client(url=stack.bao.address, token=stack.bao.node_token)
     name = f"subject-{s.subject_id}"
     with pytest.raises(hvac.exceptions.Forbidden):
-        node.secrets.transit.update_key_configuration(name=name, exportable=True, mount_point="transit-sg")
+        node.secrets.transit.update_key_configuration(
+            name=name, exportable=True, mount_point="transit-sg"
+        )
     with pytest.raises(hvac.exceptions.Forbidden):
         node.secrets.transit.delete_key(name=name, mount_point="transit-sg")
     with pytest.raises(hvac.exceptions.Forbidden):
-        node.secrets.transit.export_key(name=name, key_type="encryption-key", mount_point="transit-sg")
+        node.secrets.transit.export_key(
+            name=name, key_type="encryption-key", mount_point="transit-sg"
+        )

@@ -11,12 +11,12 @@ import grpc
 import pytest
 
 from tests.conftest import Bao, Stack, start_stack
+from vault.cell import Cell
 from vault.client import VaultClient, VaultClientError
 from vault.config import CacheSettings, Limits, load_regions
 from vault.devstack import OpenBaoServer
 from vault.keys import DataKeyCache, TransitKeyProvider
 from vault.node import Node
-from vault.cell import Cell
 from vault.store import CellStore, make_engine
 
 pytestmark = pytest.mark.integration
@@ -92,7 +92,9 @@ def _unavailable(fn, *args, **kwargs) -> VaultClientError:  # type: ignore[no-un
     return e.value
 
 
-def test_openbao_down_fails_closed_and_recovers_without_restart(own_bao: Bao, tmp_path: Path, canary: str) -> None:
+def test_openbao_down_fails_closed_and_recovers_without_restart(
+    own_bao: Bao, tmp_path: Path, canary: str
+) -> None:
     stack = start_stack(own_bao, tmp_path)
     try:
         c = stack.client()
@@ -105,9 +107,14 @@ def test_openbao_down_fails_closed_and_recovers_without_restart(own_bao: Bao, tm
         e = _unavailable(c.create_subject, "DE")
         assert e.reason == "KEY_SERVICE_UNAVAILABLE"
         _unavailable(c.put_record, s.subject_id, "user.name", {"first": canary})
-        _unavailable(c.put_record, s.subject_id, "user.name", {"first": canary}, record_id=r.record_id)
+        _unavailable(
+            c.put_record, s.subject_id, "user.name", {"first": canary}, record_id=r.record_id
+        )
         _unavailable(c.get_record, r.record_id)
-        assert (_count(stack, "de", "subjects"), _count(stack, "de", "records")) == (subjects, records)
+        assert (_count(stack, "de", "subjects"), _count(stack, "de", "records")) == (
+            subjects,
+            records,
+        )
 
         own_bao.server.start()  # unsealed again by the devstack; the vault is not restarted
         deadline = time.monotonic() + 30
@@ -120,7 +127,9 @@ def test_openbao_down_fails_closed_and_recovers_without_restart(own_bao: Bao, tm
                     raise
                 time.sleep(0.2)
         assert dict(got.fields) == {"first": "Ada"} and got.version == 1
-        c.put_record(s.subject_id, "user.name", {"first": "Grace"}, record_id=r.record_id, expected_version=1)
+        c.put_record(
+            s.subject_id, "user.name", {"first": "Grace"}, record_id=r.record_id, expected_version=1
+        )
         assert c.get_subject(c.create_subject("DE").subject_id).region == "de"
     finally:
         stack.stop()
@@ -131,8 +140,13 @@ def test_database_down_is_unavailable(bao: Bao) -> None:
     regions = load_regions(data_dir="/nonexistent", openbao_addr=bao.address)
     rc = regions.regions["de"]
     engine = make_engine("postgresql+psycopg://pdvault@127.0.0.1:1/none?connect_timeout=2")
-    cell = Cell(rc, CellStore(engine), TransitKeyProvider.connect(bao.address, bao.node_token),
-                DataKeyCache(CacheSettings()), Limits())
+    cell = Cell(
+        rc,
+        CellStore(engine),
+        TransitKeyProvider.connect(bao.address, bao.node_token),
+        DataKeyCache(CacheSettings()),
+        Limits(),
+    )
     node = Node(regions, {"de": cell}, Limits())
     from vault.errors import StoreUnavailable
 

@@ -52,7 +52,11 @@ class Up:
 
 def _bao_processes(data_dir: Path) -> list[str]:
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines() if "server" in line and str(data_dir) in line and "bao" in line]
+    return [
+        line
+        for line in out.splitlines()
+        if "server" in line and str(data_dir) in line and "bao" in line
+    ]
 
 
 def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) -> None:
@@ -60,13 +64,17 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
     up = Up(data_dir)
     try:
         with grpc.insecure_channel(up.target) as ch:
-            status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            status = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
             assert status.status == health_pb2.HealthCheckResponse.SERVING
         with VaultClient(up.target) as c:
             written = {}
             for country in ("DE", "US", "CN", "RU", "SG"):
                 s = c.create_subject(country)
-                r = c.put_record(s.subject_id, "user.contact.email", {"address": f"{country}@example.org"})
+                r = c.put_record(
+                    s.subject_id, "user.contact.email", {"address": f"{country}@example.org"}
+                )
                 written[r.record_id] = (s.subject_id, f"{country}@example.org")
     finally:
         code = up.stop()
@@ -92,8 +100,19 @@ def test_second_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     up = Up(tmp_path / "pdv")
     try:
         second = subprocess.run(
-            [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(tmp_path / "pdv"), "--port", "0"],
-            capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "vault.cli",
+                "up",
+                "--data-dir",
+                str(tmp_path / "pdv"),
+                "--port",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert second.returncode != 0
         assert "already using" in second.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import psycopg
@@ -43,11 +42,23 @@ def pg_stack(bao: Bao, pg_url: str, tmp_path_factory: pytest.TempPathFactory) ->
 def test_schema_is_migrated_by_alembic(pg_stack: Stack, pg_url: str) -> None:
     with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://")) as db:
         (rev,) = db.execute("SELECT version_num FROM alembic_version").fetchone()  # type: ignore[misc]
-        cols = {r[0] for r in db.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'records'")}
+        cols = {
+            r[0]
+            for r in db.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'records'"
+            )
+        }
     assert rev == "0001"
-    assert cols == {"id", "subject_id", "category", "version", "envelope", "idempotency_key",
-                    "created_at", "updated_at"}
+    assert cols == {
+        "id",
+        "subject_id",
+        "category",
+        "version",
+        "envelope",
+        "idempotency_key",
+        "created_at",
+        "updated_at",
+    }
 
 
 def test_round_trip_on_postgresql(pg_stack: Stack, pg_url: str, canary: str) -> None:
@@ -55,10 +66,22 @@ def test_round_trip_on_postgresql(pg_stack: Stack, pg_url: str, canary: str) -> 
     s = c.create_subject("DE")
     r = c.put_record(s.subject_id, "user.contact.email", {"address": canary})
     assert c.get_record(r.record_id).fields["address"] == canary
-    r2 = c.put_record(s.subject_id, "user.contact.email", {"address": "x"}, record_id=r.record_id, expected_version=1)
+    r2 = c.put_record(
+        s.subject_id,
+        "user.contact.email",
+        {"address": "x"},
+        record_id=r.record_id,
+        expected_version=1,
+    )
     assert r2.version == 2
     with pytest.raises(VaultClientError) as e:
-        c.put_record(s.subject_id, "user.contact.email", {"address": "y"}, record_id=r.record_id, expected_version=1)
+        c.put_record(
+            s.subject_id,
+            "user.contact.email",
+            {"address": "y"},
+            record_id=r.record_id,
+            expected_version=1,
+        )
     assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
     for i in range(7):
         c.put_record(s.subject_id, "user.name", {"i": str(i)})

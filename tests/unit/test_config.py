@@ -22,8 +22,18 @@ def test_shipped_regions_file_is_valid() -> None:
 
 @pytest.mark.parametrize(
     ("country", "region"),
-    [("DE", "de"), ("FR", "de"), ("NO", "de"), ("IS", "de"), ("CN", "cn"), ("RU", "ru"),
-     ("US", "us"), ("SG", "sg"), ("JP", "sg"), ("br", "sg")],
+    [
+        ("DE", "de"),
+        ("FR", "de"),
+        ("NO", "de"),
+        ("IS", "de"),
+        ("CN", "cn"),
+        ("RU", "ru"),
+        ("US", "us"),
+        ("SG", "sg"),
+        ("JP", "sg"),
+        ("br", "sg"),
+    ],
 )
 def test_country_to_region(country: str, region: str) -> None:
     assert load_regions(data_dir="/d", openbao_addr="x").region_for(country) == region
@@ -54,8 +64,13 @@ def test_every_problem_is_reported_at_once(raw: dict) -> None:  # type: ignore[t
     with pytest.raises(ConfigError) as e:
         parse_regions(bad)
     wheres = {p.where for p in e.value.problems}
-    assert {"default_region", "countries.de", "countries.us", "regions[cn].openbao.mounts",
-            "regions[us].endpoint"} <= wheres
+    assert {
+        "default_region",
+        "countries.de",
+        "countries.us",
+        "regions[cn].openbao.mounts",
+        "regions[us].endpoint",
+    } <= wheres
 
 
 def test_yaml_norway_problem_is_caught(tmp_path: Path, raw: dict) -> None:  # type: ignore[type-arg]

@@ -11,9 +11,13 @@ def test_generated_code_matches_the_proto_files(tmp_path: Path) -> None:
     assert generated, "protoc produced nothing"
     committed = _protogen.ROOT
     stale = [
-        str(rel) for rel in generated
-        if not (committed / rel).exists() or (committed / rel).read_bytes() != (tmp_path / rel).read_bytes()
+        str(rel)
+        for rel in generated
+        if not (committed / rel).exists()
+        or (committed / rel).read_bytes() != (tmp_path / rel).read_bytes()
     ]
     assert stale == [], f"generated code is out of date, run `make proto`: {stale}"
-    extra = {p.name for p in (committed / "vault" / "v1").glob("*_pb2*")} - {p.name for p in generated}
+    extra = {p.name for p in (committed / "vault" / "v1").glob("*_pb2*")} - {
+        p.name for p in generated
+    }
     assert extra == set(), f"generated files without a .proto: {extra}"

@@ -26,6 +26,7 @@ from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
 log = logging.getLogger("vault.access")
+Ctx = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 
 
@@ -35,13 +36,19 @@ class PersonalDataVaultServicer(pb_grpc.PersonalDataVaultServicer):
         self._executor = executor
 
     async def _run(
-        self, method: str, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any,
+        self,
+        method: str,
+        context: Ctx,
+        fn: Callable[..., T],
+        *args: Any,
         **kwargs: Any,
     ) -> T:
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+            result = await loop.run_in_executor(
+                self._executor, functools.partial(fn, *args, **kwargs)
+            )
         except VaultError as e:
             code = code_for(e)
             log.info("%s %s %s %.1fms", method, code.name, e.reason, _ms(start))
@@ -54,7 +61,7 @@ class PersonalDataVaultServicer(pb_grpc.PersonalDataVaultServicer):
         return result
 
     async def CreateSubject(
-        self, request: pb.CreateSubjectRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CreateSubjectRequest, context: Ctx
     ) -> pb.Subject:
         v = await self._run(
             "CreateSubject",
@@ -68,13 +75,13 @@ class PersonalDataVaultServicer(pb_grpc.PersonalDataVaultServicer):
         return subject_pb(v)
 
     async def GetSubject(
-        self, request: pb.GetSubjectRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetSubjectRequest, context: Ctx
     ) -> pb.Subject:
         v = await self._run("GetSubject", context, self._node.get_subject, request.subject_id)
         return subject_pb(v)
 
     async def PutRecord(
-        self, request: pb.PutRecordRequest, context: grpc.aio.ServicerContext
+        self, request: pb.PutRecordRequest, context: Ctx
     ) -> pb.Record:
         v = await self._run(
             "PutRecord",
@@ -90,13 +97,13 @@ class PersonalDataVaultServicer(pb_grpc.PersonalDataVaultServicer):
         return record_pb(v)
 
     async def GetRecord(
-        self, request: pb.GetRecordRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetRecordRequest, context: Ctx
     ) -> pb.Record:
         v = await self._run("GetRecord", context, self._node.get_record, request.record_id)
         return record_pb(v)
 
     async def ListRecords(
-        self, request: pb.ListRecordsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListRecordsRequest, context: Ctx
     ) -> pb.ListRecordsResponse:
         page = await self._run(
             "ListRecords",
@@ -112,7 +119,7 @@ class PersonalDataVaultServicer(pb_grpc.PersonalDataVaultServicer):
         )
 
     async def DeleteRecord(
-        self, request: pb.DeleteRecordRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DeleteRecordRequest, context: Ctx
     ) -> pb.DeleteRecordResponse:
         await self._run(
             "DeleteRecord",
@@ -128,6 +135,6 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-async def _abort(context: grpc.aio.ServicerContext, status: grpc.Status) -> NoReturn:
+async def _abort(context: Ctx, status: grpc.Status) -> NoReturn:
     await context.abort_with_status(status)
     raise AssertionError("abort_with_status returned")  # pragma: no cover

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -59,7 +61,7 @@ def to_status(err: errors.VaultError) -> grpc.Status:
             )
         )
     status = status_pb2.Status(code=code.value[0], message=message, details=details)
-    return rpc_status.to_status(status)
+    return cast(grpc.Status, rpc_status.to_status(status))
 
 
 def internal_status() -> grpc.Status:
@@ -68,4 +70,4 @@ def internal_status() -> grpc.Status:
         message="internal error",
         details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN))],
     )
-    return rpc_status.to_status(status)
+    return cast(grpc.Status, rpc_status.to_status(status))

@@ -63,7 +63,6 @@ _RECORD_COLS = (
 )
 
 
-
 class CellStore:
     """All reads and writes of one cell. Database failures become StoreUnavailable."""
 

@@ -44,9 +44,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["subject_id"], ["subjects.id"], name="fk_records_subject_id_subjects"
         ),
-        sa.UniqueConstraint(
-            "subject_id", "idempotency_key", name="uq_records_subject_idempotency"
-        ),
+        sa.UniqueConstraint("subject_id", "idempotency_key", name="uq_records_subject_idempotency"),
     )
     op.create_index("ix_records_subject_id_id", "records", ["subject_id", "id"])
 
