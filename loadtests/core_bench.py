@@ -1,0 +1,109 @@
+"""GetRecord and PutRecord throughput of a pdvault node at 16 concurrent callers.
+
+    .venv/bin/python loadtests/core_bench.py                  # starts its own local stack
+    .venv/bin/python loadtests/core_bench.py --target 127.0.0.1:50051 --token "$TOKEN"
+
+Prints requests/s and p50/p99 latency per operation. Without ``--target`` it
+starts ``pdvault up`` in a temporary data dir (a separate process, so the
+server and this client do not share a GIL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _loadgen import run  # noqa: E402
+
+from vault.v1 import vault_pb2 as pb  # noqa: E402
+from vault.v1 import vault_pb2_grpc as pb_grpc  # noqa: E402
+
+
+def start_stack(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = re.search(r"endpoint\s+(\S+:\d+)", line)
+        if m:
+            return proc, m.group(1)
+    raise SystemExit("pdvault up did not start")
+
+
+async def bench(target: str, token: str | None, seconds: float, concurrency: int, subjects: int,
+                payload: int) -> None:
+    md = (("authorization", f"Bearer {token}"),) if token else ()
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.PersonalDataVaultStub(ch)
+        value = "x" * payload
+        print(f"setup: {subjects} subjects with one record each ...", file=sys.stderr)
+        sids, rids = [], []
+        for i in range(subjects):
+            s = await stub.CreateSubject(pb.CreateSubjectRequest(country=("DE", "US", "SG")[i % 3]), metadata=md)
+            r = await stub.PutRecord(
+                pb.PutRecordRequest(subject_id=s.subject_id, category="user.contact.email",
+                                    fields={"address": value}), metadata=md)
+            sids.append(s.subject_id)
+            rids.append(r.record_id)
+        rng = random.Random(7)
+
+        async def get(_: int) -> None:
+            await stub.GetRecord(pb.GetRecordRequest(record_id=rng.choice(rids)), metadata=md)
+
+        async def put(_: int) -> None:
+            await stub.PutRecord(
+                pb.PutRecordRequest(subject_id=rng.choice(sids), category="user.contact.email",
+                                    fields={"address": value}), metadata=md)
+
+        print(f"target {target}, {concurrency} concurrent callers, {seconds:.0f}s per operation, "
+              f"{payload}-byte field; {os.cpu_count()} cores, Python {platform.python_version()}, "
+              f"grpcio {grpc.__version__}")
+        for name, fn in (("GetRecord", get), ("PutRecord", put)):
+            res = await run(name, fn, concurrency=concurrency, seconds=seconds)
+            print(res.row(), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", help="host:port of a running node (default: start a local stack)")
+    ap.add_argument("--token", default=os.environ.get("PDVAULT_TOKEN"))
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--subjects", type=int, default=200)
+    ap.add_argument("--payload", type=int, default=64, help="bytes per field value")
+    args = ap.parse_args()
+    proc = None
+    target = args.target
+    tmp = None
+    if target is None:
+        tmp = tempfile.TemporaryDirectory(prefix="pdvault-bench-")
+        proc, target = start_stack(Path(tmp.name))
+    try:
+        asyncio.run(bench(target, args.token, args.seconds, args.concurrency, args.subjects, args.payload))
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        if tmp is not None:
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
