@@ -39,10 +39,11 @@ class Result:
 
     def row(self) -> str:
         errs = sum(self.errors.values())
+        mean = statistics.fmean(self.latencies_ms) if self.latencies_ms else float("nan")
         return (
             f"{self.name:<28} {self.rps:>9.0f} req/s   p50 {self.percentile(50):6.2f} ms   "
             f"p99 {self.percentile(99):6.2f} ms   p99.9 {self.percentile(99.9):6.2f} ms   "
-            f"mean {statistics.fmean(self.latencies_ms) if self.latencies_ms else float('nan'):6.2f} ms"
+            f"mean {mean:6.2f} ms"
             f"   n={self.ok} errors={errs}"
         )
 
@@ -68,9 +69,10 @@ async def run(
                 return
             try:
                 await call(i)
-            except Exception as e:  # noqa: BLE001 - every failure is counted by kind
+            except Exception as e:
                 if t0 >= measure_from:
-                    key = getattr(e, "code", lambda: type(e).__name__)()
+                    code = getattr(e, "code", None)
+                    key = code() if callable(code) else type(e).__name__
                     result.errors[str(key)] = result.errors.get(str(key), 0) + 1
                 continue
             if t0 >= measure_from:

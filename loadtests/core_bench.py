@@ -25,10 +25,10 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _loadgen import run  # noqa: E402
+from _loadgen import run
 
-from vault.v1 import vault_pb2 as pb  # noqa: E402
-from vault.v1 import vault_pb2_grpc as pb_grpc  # noqa: E402
+from vault.v1 import vault_pb2 as pb
+from vault.v1 import vault_pb2_grpc as pb_grpc
 
 
 def start_stack(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
@@ -47,8 +47,9 @@ def start_stack(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     raise SystemExit("pdvault up did not start")
 
 
-async def bench(target: str, token: str | None, seconds: float, concurrency: int, subjects: int,
-                payload: int) -> None:
+async def bench(
+    target: str, token: str | None, seconds: float, concurrency: int, subjects: int, payload: int
+) -> None:
     md = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(target) as ch:
         stub = pb_grpc.PersonalDataVaultStub(ch)
@@ -56,10 +57,17 @@ async def bench(target: str, token: str | None, seconds: float, concurrency: int
         print(f"setup: {subjects} subjects with one record each ...", file=sys.stderr)
         sids, rids = [], []
         for i in range(subjects):
-            s = await stub.CreateSubject(pb.CreateSubjectRequest(country=("DE", "US", "SG")[i % 3]), metadata=md)
+            s = await stub.CreateSubject(
+                pb.CreateSubjectRequest(country=("DE", "US", "SG")[i % 3]), metadata=md
+            )
             r = await stub.PutRecord(
-                pb.PutRecordRequest(subject_id=s.subject_id, category="user.contact.email",
-                                    fields={"address": value}), metadata=md)
+                pb.PutRecordRequest(
+                    subject_id=s.subject_id,
+                    category="user.contact.email",
+                    fields={"address": value},
+                ),
+                metadata=md,
+            )
             sids.append(s.subject_id)
             rids.append(r.record_id)
         rng = random.Random(7)
@@ -69,19 +77,28 @@ async def bench(target: str, token: str | None, seconds: float, concurrency: int
 
         async def put(_: int) -> None:
             await stub.PutRecord(
-                pb.PutRecordRequest(subject_id=rng.choice(sids), category="user.contact.email",
-                                    fields={"address": value}), metadata=md)
+                pb.PutRecordRequest(
+                    subject_id=rng.choice(sids),
+                    category="user.contact.email",
+                    fields={"address": value},
+                ),
+                metadata=md,
+            )
 
-        print(f"target {target}, {concurrency} concurrent callers, {seconds:.0f}s per operation, "
-              f"{payload}-byte field; {os.cpu_count()} cores, Python {platform.python_version()}, "
-              f"grpcio {grpc.__version__}")
+        print(
+            f"target {target}, {concurrency} concurrent callers, {seconds:.0f}s per operation, "
+            f"{payload}-byte field; {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"grpcio {grpc.__version__}"
+        )
         for name, fn in (("GetRecord", get), ("PutRecord", put)):
             res = await run(name, fn, concurrency=concurrency, seconds=seconds)
             print(res.row(), flush=True)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--target", help="host:port of a running node (default: start a local stack)")
     ap.add_argument("--token", default=os.environ.get("PDVAULT_TOKEN"))
     ap.add_argument("--seconds", type=float, default=10)
@@ -96,7 +113,9 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory(prefix="pdvault-bench-")
         proc, target = start_stack(Path(tmp.name))
     try:
-        asyncio.run(bench(target, args.token, args.seconds, args.concurrency, args.subjects, args.payload))
+        asyncio.run(
+            bench(target, args.token, args.seconds, args.concurrency, args.subjects, args.payload)
+        )
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,527 @@
+"""Every validation rule of the policy file has a negative test here."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vault.errors import ConfigError
+from vault.policy import check_main, default_policy_path, load_policy, parse_policy
+
+MARKETING = "purposes.marketing.communications.email"
+
+
+def valid() -> dict[str, Any]:
+    """A small valid policy; each test breaks one thing."""
+    return {
+        "version": 1,
+        "revision": "2026-11-29",
+        "categories": {
+            "user.contact.email": {"description": "Email address.", "fields": ["address"]},
+            "user.name": {"description": "Name.", "fields": ["first", "last"]},
+            "user.content": {"description": "Free-form."},
+        },
+        "purposes": {
+            "essential.service": {
+                "description": "Provide the service.",
+                "legal_basis": "contract",
+                "categories": {
+                    "user.contact.email": "*",
+                    "user.name": ["first", "last"],
+                    "user.content": ["anything-goes_1"],
+                },
+                "operations": ["read", "write"],
+                "requires_consent": False,
+                "minors": True,
+                "allowed_when_restricted": False,
+                "retention_days": None,
+            },
+            "marketing.communications.email": {
+                "description": "Marketing email.",
+                "legal_basis": "consent",
+                "categories": {"user.contact.email": ["address"]},
+                "operations": ["read"],
+                "requires_consent": True,
+                "minors": False,
+                "allowed_when_restricted": False,
+                "retention_days": 730,
+            },
+        },
+    }
+
+
+def problems(raw: object) -> dict[str, list[str]]:
+    with pytest.raises(ConfigError) as e:
+        parse_policy(raw, "test.yaml")
+    assert e.value.source == "test.yaml"
+    out: dict[str, list[str]] = {}
+    for p in e.value.problems:
+        out.setdefault(p.where, []).append(p.problem)
+    return out
+
+
+def broken(path: str, value: Any) -> dict[str, Any]:
+    """valid() with the key at ``path`` (a list of keys) set to ``value``."""
+    raw = valid()
+    *parents, last = path.split("/")
+    node = raw
+    for k in parents:
+        node = node[k]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return raw
+
+
+_DELETE = object()
+ESS = "purposes/essential.service"
+MKT = "purposes/marketing.communications.email"
+
+
+def test_valid_policy_parses() -> None:
+    policy = parse_policy(valid(), "test.yaml")
+    assert policy.revision == "2026-11-29"
+    assert policy.categories["user.content"].fields is None
+    assert policy.categories["user.name"].fields == frozenset({"first", "last"})
+    p = policy.purposes["essential.service"]
+    assert p.categories["user.contact.email"] is None
+    assert p.categories["user.name"] == frozenset({"first", "last"})
+    assert p.operations == frozenset({"read", "write"})
+    assert policy.purposes["marketing.communications.email"].retention_days == 730
+
+
+def test_document_must_be_a_mapping() -> None:
+    assert "file" in problems(["version", 1])
+    assert "file" in problems(None)
+
+
+# --- top level ----------------------------------------------------------------------
+
+
+def test_unknown_top_level_key() -> None:
+    assert "purpose" in problems(broken("purpose", {}))
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", True, None, 1.0])
+def test_version_must_be_1(version: object) -> None:
+    assert "version" in problems(broken("version", version))
+
+
+def test_version_missing() -> None:
+    assert "version" in problems(broken("version", _DELETE))
+
+
+@pytest.mark.parametrize("revision", [_DELETE, "", "  ", 7, None])
+def test_revision_is_a_required_string(revision: object) -> None:
+    assert "revision" in problems(broken("revision", revision))
+
+
+# --- categories ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [_DELETE, {}, [], "user.name", None])
+def test_categories_must_be_a_non_empty_mapping(value: object) -> None:
+    assert "categories" in problems(broken("categories", value))
+
+
+@pytest.mark.parametrize(
+    "name", ["contact.email", "user", "user.Contact", "user..email", "user.contact-email", "user.1"]
+)
+def test_category_name_must_follow_the_taxonomy(name: str) -> None:
+    assert f"categories.{name}" in problems(broken(f"categories/{name}", {"description": "x"}))
+
+
+def test_category_must_be_a_mapping() -> None:
+    assert "categories.user.name" in problems(broken("categories/user.name", ["first"]))
+
+
+def test_unknown_category_key() -> None:
+    raw = broken("categories/user.name/fileds", ["first"])
+    assert "categories.user.name.fileds" in problems(raw)
+
+
+@pytest.mark.parametrize("value", [_DELETE, "", 3])
+def test_category_description_is_required(value: object) -> None:
+    where = "categories.user.name.description"
+    assert where in problems(broken("categories/user.name/description", value))
+
+
+@pytest.mark.parametrize("value", ["first", [], {"first": 1}])
+def test_category_fields_must_be_a_non_empty_list(value: object) -> None:
+    where = "categories.user.name.fields"
+    assert where in problems(broken("categories/user.name/fields", value))
+
+
+@pytest.mark.parametrize("field", ["first.name", "-first", "", "first name", 7, True])
+def test_category_field_names(field: object) -> None:
+    raw = broken("categories/user.name/fields", ["last", field])
+    assert "categories.user.name.fields[1]" in problems(raw)
+
+
+def test_category_field_listed_twice() -> None:
+    raw = broken("categories/user.name/fields", ["first", "last", "first"])
+    assert "categories.user.name.fields[2]" in problems(raw)
+
+
+# --- purposes -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [_DELETE, {}, [], None])
+def test_purposes_must_be_a_non_empty_mapping(value: object) -> None:
+    assert "purposes" in problems(broken("purposes", value))
+
+
+@pytest.mark.parametrize("name", ["Essential", "essential..service", "1st", "essential.", "a-b"])
+def test_purpose_name(name: str) -> None:
+    raw = valid()
+    raw["purposes"][name] = raw["purposes"].pop("essential.service")
+    assert f"purposes.{name}" in problems(raw)
+
+
+def test_purpose_must_be_a_mapping() -> None:
+    assert "purposes.essential.service" in problems(broken(ESS, "contract"))
+
+
+def test_unknown_purpose_key() -> None:
+    where = "purposes.essential.service.retention"
+    assert where in problems(broken(f"{ESS}/retention", 30))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "description",
+        "legal_basis",
+        "categories",
+        "operations",
+        "requires_consent",
+        "minors",
+        "allowed_when_restricted",
+        "retention_days",
+    ],
+)
+def test_every_purpose_key_is_required(key: str) -> None:
+    found = problems(broken(f"{ESS}/{key}", _DELETE))
+    assert found[f"purposes.essential.service.{key}"] == ["is required"]
+
+
+@pytest.mark.parametrize(
+    "basis", ["Consent", "legitimate_interest", "", None, 1, ["consent"], {"consent": True}]
+)
+def test_legal_basis_must_be_known(basis: object) -> None:
+    assert f"{MARKETING}.legal_basis" in problems(broken(f"{MKT}/legal_basis", basis))
+
+
+@pytest.mark.parametrize("key", ["requires_consent", "minors", "allowed_when_restricted"])
+@pytest.mark.parametrize("value", ["false", "no", 0, 1, None])
+def test_flags_must_be_booleans(key: str, value: object) -> None:
+    assert f"purposes.essential.service.{key}" in problems(broken(f"{ESS}/{key}", value))
+
+
+def test_consent_basis_requires_consent() -> None:
+    found = problems(broken(f"{MKT}/requires_consent", False))
+    assert any("legal_basis is consent" in p for p in found[f"{MARKETING}.requires_consent"])
+
+
+def test_marketing_never_applies_to_minors() -> None:
+    assert f"{MARKETING}.minors" in problems(broken(f"{MKT}/minors", True))
+
+
+def test_marketing_needs_consent_whatever_the_basis() -> None:
+    raw = broken(f"{MKT}/legal_basis", "legitimate_interests")
+    raw["purposes"]["marketing.communications.email"]["requires_consent"] = False
+    assert f"{MARKETING}.requires_consent" in problems(raw)
+
+
+def test_non_marketing_purposes_may_include_minors() -> None:
+    assert parse_policy(valid(), "t").purposes["essential.service"].minors
+
+
+@pytest.mark.parametrize("value", [[], "read", None, {"read": True}])
+def test_operations_must_be_a_non_empty_list(value: object) -> None:
+    where = "purposes.essential.service.operations"
+    assert where in problems(broken(f"{ESS}/operations", value))
+
+
+@pytest.mark.parametrize("op", ["sell", "READ", "update", 1, None])
+def test_unknown_operation(op: object) -> None:
+    raw = broken(f"{ESS}/operations", ["read", op])
+    assert "purposes.essential.service.operations[1]" in problems(raw)
+
+
+def test_operation_listed_twice() -> None:
+    raw = broken(f"{ESS}/operations", ["read", "write", "read"])
+    assert "purposes.essential.service.operations[2]" in problems(raw)
+
+
+@pytest.mark.parametrize("days", [-1, -365, 0, 1.5, "30", True])
+def test_retention_must_be_positive_days(days: object) -> None:
+    where = "purposes.essential.service.retention_days"
+    assert where in problems(broken(f"{ESS}/retention_days", days))
+
+
+def test_retention_may_be_null() -> None:
+    assert parse_policy(valid(), "t").purposes["essential.service"].retention_days is None
+
+
+@pytest.mark.parametrize("value", [{}, [], "*", None])
+def test_purpose_categories_must_be_a_non_empty_mapping(value: object) -> None:
+    where = "purposes.essential.service.categories"
+    assert where in problems(broken(f"{ESS}/categories", value))
+
+
+def test_purpose_names_an_undeclared_category() -> None:
+    raw = broken(f"{ESS}/categories/user.financial", "*")
+    found = problems(raw)
+    assert found["purposes.essential.service.categories.user.financial"] == [
+        "is not a declared category"
+    ]
+
+
+def test_purpose_field_not_declared_by_category() -> None:
+    raw = broken(f"{ESS}/categories/user.name", ["first", "middle"])
+    found = problems(raw)
+    assert any("'middle'" in p for p in found["purposes.essential.service.categories.user.name"])
+
+
+def test_free_form_category_accepts_any_field_name() -> None:
+    policy = parse_policy(valid(), "t")
+    assert policy.purposes["essential.service"].categories["user.content"] == frozenset(
+        {"anything-goes_1"}
+    )
+
+
+@pytest.mark.parametrize("value", ["all", "**", [], None, 1, {"first": True}])
+def test_grant_must_be_star_or_field_list(value: object) -> None:
+    where = "purposes.essential.service.categories.user.name"
+    assert where in problems(broken(f"{ESS}/categories/user.name", value))
+
+
+def test_granted_field_names_are_checked_in_free_form_categories() -> None:
+    raw = broken(f"{ESS}/categories/user.content", ["ok", "not.ok"])
+    assert "purposes.essential.service.categories.user.content[1]" in problems(raw)
+
+
+# --- every problem at once ----------------------------------------------------------
+
+
+def test_every_problem_is_reported_together() -> None:
+    raw = valid()
+    raw["version"] = 2
+    raw["colour"] = "blue"
+    raw["categories"]["user.name"]["fields"] = ["first", "first.name"]
+    ess = raw["purposes"]["essential.service"]
+    ess["legal_basis"] = "because"
+    ess["operations"] = ["read", "sell"]
+    ess["retention_days"] = -1
+    ess["categories"]["user.financial"] = "*"
+    mkt = raw["purposes"]["marketing.communications.email"]
+    mkt["minors"] = True
+    mkt["requires_consent"] = False
+    with pytest.raises(ConfigError) as e:
+        parse_policy(raw, "test.yaml")
+    wheres = {p.where for p in e.value.problems}
+    assert wheres >= {
+        "version",
+        "colour",
+        "categories.user.name.fields[1]",
+        "purposes.essential.service.legal_basis",
+        "purposes.essential.service.operations[1]",
+        "purposes.essential.service.retention_days",
+        "purposes.essential.service.categories.user.financial",
+        f"{MARKETING}.minors",
+        f"{MARKETING}.requires_consent",
+    }
+    # The message lists them all, one per line.
+    assert str(e.value).count("\n") == len(e.value.problems)
+
+
+# --- files and YAML -----------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_load_round_trips_a_valid_file(tmp_path: Path) -> None:
+    path = write(tmp_path, yaml.safe_dump(valid()))
+    policy = load_policy(path)
+    assert policy.source == str(path)
+    assert set(policy.purposes) == {"essential.service", "marketing.communications.email"}
+
+
+def test_yaml_that_does_not_parse(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_policy(write(tmp_path, "version: 1\npurposes: [unclosed\n"))
+    [problem] = e.value.problems
+    assert problem.where == "file"
+    assert "not valid YAML" in problem.problem
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_policy(tmp_path / "absent.yaml")
+    assert e.value.problems[0].where == "file"
+
+
+def test_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(b"version: 1\nrevision: \xff\xfe\n")
+    with pytest.raises(ConfigError) as e:
+        load_policy(path)
+    assert e.value.problems[0].where == "file"
+
+
+def test_unquoted_date_revision_is_reported(tmp_path: Path) -> None:
+    text = yaml.safe_dump(valid()).replace("revision: '2026-11-29'", "revision: 2026-11-29")
+    assert "revision: 2026-11-29" in text
+    with pytest.raises(ConfigError) as e:
+        load_policy(write(tmp_path, text))
+    [problem] = e.value.problems
+    assert problem.where == "revision"
+    assert "quote" in problem.problem
+
+
+def test_yaml_11_booleans_are_booleans(tmp_path: Path) -> None:
+    text = yaml.safe_dump(valid()).replace("minors: true", "minors: yes")
+    assert "minors: yes" in text
+    assert load_policy(write(tmp_path, text)).purposes["essential.service"].minors is True
+
+
+def test_yaml_11_boolean_field_name_is_reported(tmp_path: Path) -> None:
+    # `on` is a boolean to YAML 1.1: a field so named must be quoted.
+    raw = valid()
+    raw["categories"]["user.content"]["fields"] = ["PLACEHOLDER"]
+    text = yaml.safe_dump(raw).replace("- PLACEHOLDER", "- on")
+    with pytest.raises(ConfigError) as e:
+        load_policy(write(tmp_path, text))
+    [problem] = e.value.problems
+    assert problem.where == "categories.user.content.fields[0]"
+    assert "YAML boolean" in problem.problem
+
+
+def test_yaml_11_boolean_purpose_name_is_reported(tmp_path: Path) -> None:
+    raw = valid()
+    raw["purposes"]["PLACEHOLDER"] = copy.deepcopy(raw["purposes"]["essential.service"])
+    text = yaml.safe_dump(raw).replace("PLACEHOLDER:", "no:")
+    with pytest.raises(ConfigError) as e:
+        load_policy(write(tmp_path, text))
+    assert "purposes.False" in {p.where for p in e.value.problems}
+
+
+def test_duplicate_keys_are_reported_with_other_problems(tmp_path: Path) -> None:
+    text = yaml.safe_dump(valid(), sort_keys=False)
+    # Declare essential.service a second time and break the version.
+    ess_block = text[text.index("  essential.service:") : text.index("  marketing.")]
+    text = text.replace("version: 1", "version: 2") + ess_block
+    with pytest.raises(ConfigError) as e:
+        load_policy(write(tmp_path, text))
+    found = [(p.where, p.problem) for p in e.value.problems]
+    assert any("'essential.service' is declared twice" in problem for _, problem in found)
+    assert ("version", "must be 1") in found
+
+
+def test_duplicate_keys_alone_are_reported(tmp_path: Path) -> None:
+    text = yaml.safe_dump(valid(), sort_keys=False).replace(
+        "    minors: true\n", "    minors: true\n    minors: true\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_policy(write(tmp_path, text))
+    [problem] = e.value.problems
+    assert problem.where.startswith("line ")
+    assert "'minors' is declared twice" in problem.problem
+
+
+def test_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    text = """
+version: 1
+revision: r1
+categories:
+  user.name: {description: Name.}
+purposes:
+  essential.service: &base
+    description: Provide the service.
+    legal_basis: contract
+    categories: {user.name: "*"}
+    operations: [read]
+    requires_consent: false
+    minors: true
+    allowed_when_restricted: false
+    retention_days: null
+  essential.service.support:
+    <<: *base
+    retention_days: 30
+"""
+    policy = load_policy(write(tmp_path, text))
+    assert policy.purposes["essential.service.support"].retention_days == 30
+
+
+# --- pdvault policy check -----------------------------------------------------------
+
+
+def test_check_main_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_main(str(default_policy_path())) == 0
+    out, err = capsys.readouterr()
+    policy = load_policy(default_policy_path())
+    assert out == (
+        f"OK: policy revision {policy.revision}, {len(policy.purposes)} purposes, "
+        f"{len(policy.categories)} categories\n"
+    )
+    assert err == ""
+
+
+def test_check_main_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = broken(f"{MKT}/minors", True)
+    raw["version"] = 3
+    assert check_main(str(write(tmp_path, yaml.safe_dump(raw)))) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "version: must be 1" in err
+    assert f"{MARKETING}.minors:" in err
+
+
+# --- robustness ---------------------------------------------------------------------
+
+_yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    where=st.sampled_from(
+        [
+            "version",
+            "revision",
+            "categories",
+            "categories/user.name",
+            "categories/user.name/fields",
+            "categories/user.name/description",
+            "purposes",
+            ESS,
+            *(f"{ESS}/{k}" for k in ("description", "legal_basis", "categories", "operations")),
+            f"{ESS}/categories/user.name",
+            f"{MKT}/requires_consent",
+            f"{MKT}/minors",
+            f"{MKT}/retention_days",
+        ]
+    ),
+    value=_yaml_values,
+)
+def test_any_malformed_value_is_a_config_error(where: str, value: object) -> None:
+    try:
+        parse_policy(broken(where, value), "t")
+    except ConfigError as e:
+        assert e.problems

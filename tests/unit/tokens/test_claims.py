@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from vault.errors import AccessDenied, Unauthenticated
+from vault.tokens import Claims
+
+NOW = 1_750_000_000
+SUBJECT = "de_sub_" + "a" * 26
+OTHER_SUBJECT = "us_sub_" + "b" * 26
+
+
+def make_claims(**overrides: Any) -> Claims:
+    fields: dict[str, Any] = {
+        "iss": "pdvault",
+        "sub": "crm-backend",
+        "aud": "pdvault",
+        "purpose": "essential.service",
+        "categories": {
+            "user.name": frozenset({"first", "last"}),
+            "user.contact.email": None,
+        },
+        "operations": frozenset({"read", "write"}),
+        "regions": frozenset({"de", "us"}),
+        "subjects": frozenset({SUBJECT}),
+        "transfer_basis": "scc",
+        "iat": NOW,
+        "nbf": NOW,
+        "exp": NOW + 300,
+        "jti": "j" * 22,
+        "parent_jti": None,
+    }
+    fields.update(overrides)
+    return Claims(**fields)
+
+
+def test_payload_shape() -> None:
+    payload = make_claims().to_payload()
+    assert payload == {
+        "iss": "pdvault",
+        "sub": "crm-backend",
+        "aud": "pdvault",
+        "purpose": "essential.service",
+        "categories": {"user.contact.email": "*", "user.name": ["first", "last"]},
+        "operations": ["read", "write"],
+        "regions": ["de", "us"],
+        "subjects": [SUBJECT],
+        "transfer_basis": "scc",
+        "iat": "2025-06-15T15:06:40+00:00",
+        "nbf": "2025-06-15T15:06:40+00:00",
+        "exp": "2025-06-15T15:11:40+00:00",
+        "jti": "j" * 22,
+    }
+    json.dumps(payload)  # JSON-compatible
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        make_claims(),
+        make_claims(subjects=None, transfer_basis=None),
+        make_claims(parent_jti="p" * 22, categories={}),
+    ],
+)
+def test_payload_round_trip(claims: Claims) -> None:
+    payload = json.loads(json.dumps(claims.to_payload()))
+    assert Claims.from_payload(payload) == claims
+
+
+def test_optional_claims_are_absent_when_unset() -> None:
+    payload = make_claims(transfer_basis=None).to_payload()
+    assert "transfer_basis" not in payload
+    assert "parent_jti" not in payload
+    assert make_claims(subjects=None).to_payload()["subjects"] == "*"
+
+
+def test_categories_are_read_only() -> None:
+    claims = make_claims()
+    with pytest.raises(TypeError):
+        claims.categories["user.extra"] = None  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        claims.jti = "x" * 22  # type: ignore[misc]
+
+
+def _mutated(**changes: Any) -> dict[str, Any]:
+    payload = make_claims().to_payload()
+    for key, value in changes.items():
+        if value is _DELETE:
+            del payload[key]
+        else:
+            payload[key] = value
+    return payload
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        [],
+        "claims",
+        _mutated(iss=_DELETE),
+        _mutated(subjects=_DELETE),
+        _mutated(exp=_DELETE),
+        _mutated(jti=_DELETE),
+        _mutated(extra="x"),
+        _mutated(iss=1),
+        _mutated(sub=""),
+        _mutated(sub="has space"),
+        _mutated(purpose="Not.Taxonomy"),
+        _mutated(operations=["read", "frobnicate"]),
+        _mutated(operations=[]),
+        _mutated(operations="read"),
+        _mutated(operations=["read", "read"]),
+        _mutated(regions=["de", "xx"]),
+        _mutated(regions=[]),
+        _mutated(subjects=[]),
+        _mutated(subjects=None),
+        _mutated(subjects=["not-a-subject-id"]),
+        _mutated(subjects=["de_rec_" + "a" * 26]),
+        _mutated(categories=[]),
+        _mutated(categories={"user.name": []}),
+        _mutated(categories={"user.name": "first"}),
+        _mutated(categories={"user.name": None}),
+        _mutated(categories={"user.name": [1]}),
+        _mutated(categories={"User Name": "*"}),
+        _mutated(categories={"user.name": ["bad field"]}),
+        _mutated(transfer_basis="whatever"),
+        _mutated(transfer_basis=None),
+        _mutated(transfer_basis=["scc"]),
+        _mutated(parent_jti=None),
+        _mutated(parent_jti="short"),
+        _mutated(jti="short"),
+        _mutated(jti=12345678901234567890),
+        _mutated(exp=1_750_000_300),
+        _mutated(exp="2025-06-15 15:11:40+00:00"),
+        _mutated(exp="2025-06-15T15:11:40"),
+        _mutated(exp="2025-06-15T15:11:40.5+00:00"),
+        _mutated(exp="2025-13-15T15:11:40+00:00"),
+        _mutated(exp="0001-01-01T00:00:00+01:00"),
+        _mutated(exp="2025-06-15T15:06:40+00:00"),  # exp == nbf
+        _mutated(nbf="2025-06-15T15:20:00+00:00"),  # nbf > exp
+        _mutated(iat="2025-06-15T15:08:00+00:00"),  # iat > nbf
+        _mutated(jti="j" * 22, parent_jti="j" * 22),
+    ],
+)
+def test_from_payload_rejects_malformed_claims(payload: object) -> None:
+    with pytest.raises(Unauthenticated) as caught:
+        Claims.from_payload(payload)
+    assert caught.value.reason == "MALFORMED_CLAIMS"
+    assert caught.value.__cause__ is None
+    for value in ("crm-backend", SUBJECT, "frobnicate", "whatever", "not-a-subject-id"):
+        assert value not in caught.value.message
+
+
+def test_rfc3339_with_z_and_offsets_is_accepted() -> None:
+    payload = make_claims().to_payload()
+    payload["exp"] = "2025-06-15T17:11:40+02:00"
+    payload["nbf"] = "2025-06-15T15:06:40Z"
+    claims = Claims.from_payload(payload)
+    assert claims.exp == NOW + 300
+    assert claims.nbf == NOW
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"operations": frozenset({"read", "frobnicate"})},
+        {"regions": frozenset()},
+        {"subjects": frozenset()},
+        {"categories": {"user.name": frozenset()}},
+        {"transfer_basis": "nope"},
+        {"exp": NOW},
+        {"exp": NOW - 1},
+        {"nbf": NOW - 1},
+        {"iat": -1, "nbf": -1},
+        {"exp": True},
+    ],
+)
+def test_claims_are_validated_when_built(change: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        make_claims(**change)
+
+
+def test_new_sets_times_and_a_random_jti() -> None:
+    kwargs: dict[str, Any] = {
+        "sub": "crm-backend",
+        "purpose": "essential.service",
+        "categories": {"user.name": None},
+        "operations": frozenset({"read"}),
+        "regions": frozenset({"de"}),
+        "subjects": None,
+        "ttl": 60,
+        "now": NOW + 0.9,
+    }
+    a, b = Claims.new(**kwargs), Claims.new(**kwargs)
+    assert (a.iat, a.nbf, a.exp) == (NOW, NOW, NOW + 60)
+    assert a.iss == a.aud == "pdvault"
+    assert a.jti != b.jti
+    with pytest.raises(ValueError):
+        Claims.new(**{**kwargs, "ttl": 0})
+
+
+def test_allows_helpers() -> None:
+    claims = make_claims()
+    assert claims.allows_operation("read")
+    assert not claims.allows_operation("erase")
+    assert claims.allows_region("de")
+    assert not claims.allows_region("cn")
+    assert claims.allows_subject(SUBJECT)
+    assert not claims.allows_subject(OTHER_SUBJECT)
+    assert make_claims(subjects=None).allows_subject(OTHER_SUBJECT)
+    assert claims.allows_field("user.name", "first")
+    assert not claims.allows_field("user.name", "middle")
+    assert claims.allows_field("user.contact.email", "anything")
+    assert not claims.allows_field("user.device.device_id", "id")
+    assert claims.allows(
+        operation="read", category="user.name", field_name="last", region="us", subject_id=SUBJECT
+    )
+    assert not claims.allows(
+        operation="erase", category="user.name", field_name="last", region="us", subject_id=SUBJECT
+    )
+
+
+def test_fields_for() -> None:
+    claims = make_claims()
+    assert claims.fields_for("user.name") == frozenset({"first", "last"})
+    assert claims.fields_for("user.contact.email") is None
+    with pytest.raises(AccessDenied) as caught:
+        claims.fields_for("user.device.device_id")
+    assert caught.value.reason == "CATEGORY_NOT_GRANTED"
+    assert "user.device" not in caught.value.message
+
+
+def test_validity_period() -> None:
+    claims = make_claims()
+    claims.check_validity_period(NOW)
+    claims.check_validity_period(NOW + 299.999)
+    with pytest.raises(Unauthenticated) as caught:
+        claims.check_validity_period(NOW + 300)
+    assert caught.value.reason == "EXPIRED"
+    with pytest.raises(Unauthenticated) as caught:
+        claims.check_validity_period(NOW - 0.5)
+    assert caught.value.reason == "NOT_YET_VALID"
+    claims.check_validity_period(NOW - 10, nbf_leeway=10)
+    with pytest.raises(Unauthenticated):
+        claims.check_validity_period(NOW + 300, nbf_leeway=10_000)

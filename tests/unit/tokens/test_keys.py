@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
+
+from vault.tokens import KeySet, SigningKey, VerificationKey
+
+
+def test_generated_keys_differ_and_kid_is_the_public_paserk_id() -> None:
+    a, b = SigningKey.generate(), SigningKey.generate()
+    assert a.kid != b.kid
+    assert a.kid.startswith("k4.pid.")
+    assert a.public().kid == a.kid
+    assert a.public().to_paserk().startswith("k4.public.")
+
+
+def test_pem_round_trip_keeps_the_key() -> None:
+    key = SigningKey.generate()
+    pem = key.private_pem()
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    again = SigningKey.from_pem(pem)
+    assert again.kid == key.kid
+    assert again == key
+    assert again.public() == key.public()
+
+
+def test_repr_shows_no_private_material() -> None:
+    key = SigningKey.generate()
+    body = b"".join(key.private_pem().splitlines()[1:-1]).decode()
+    assert body not in repr(key)
+    assert key.kid in repr(key)
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        b"",
+        b"not a pem",
+        generate_private_key(SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    ],
+)
+def test_from_pem_refuses_anything_but_an_ed25519_private_key(pem: bytes) -> None:
+    with pytest.raises(ValueError):
+        SigningKey.from_pem(pem)
+
+
+def test_from_pem_refuses_a_public_key() -> None:
+    key = SigningKey.generate()
+    pub = key._private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(ValueError):
+        SigningKey.from_pem(pub)
+
+
+def test_paserk_round_trip() -> None:
+    public = SigningKey.generate().public()
+    again = VerificationKey.from_paserk(public.kid, public.to_paserk())
+    assert again == public
+    assert again.kid == public.kid
+
+
+def test_from_paserk_refuses_a_kid_that_is_not_the_keys() -> None:
+    public = SigningKey.generate().public()
+    other = SigningKey.generate().public()
+    with pytest.raises(ValueError, match="kid"):
+        VerificationKey.from_paserk(other.kid, public.to_paserk())
+
+
+@pytest.mark.parametrize(
+    "paserk",
+    ["", "k4.public.", "k4.public.AAAA", "k2.public.AAAA", "k4.local.AAAA", "garbage"],
+)
+def test_verification_key_refuses_malformed_paserk(paserk: str) -> None:
+    with pytest.raises(ValueError):
+        VerificationKey(paserk)
+
+
+def test_verification_key_refuses_a_secret_paserk() -> None:
+    key = SigningKey.generate()
+    secret = key._paseto.to_paserk()
+    assert secret.startswith("k4.secret.")
+    with pytest.raises(ValueError):
+        VerificationKey(secret)
+
+
+def test_keyset_looks_keys_up_by_kid() -> None:
+    a, b = SigningKey.generate().public(), SigningKey.generate().public()
+    keys = KeySet([a, b])
+    assert keys.get(a.kid) == a
+    assert keys.get(b.kid) == b
+    assert keys.get("k4.pid.unknown") is None
+    assert a.kid in keys
+    assert len(keys) == 2
+    assert keys.kids == frozenset({a.kid, b.kid})
+    assert set(keys) == {a, b}
+
+
+def test_keyset_refuses_duplicates_and_emptiness() -> None:
+    a = SigningKey.generate().public()
+    with pytest.raises(ValueError):
+        KeySet([a, VerificationKey(a.paserk)])
+    with pytest.raises(ValueError):
+        KeySet([])

@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from vault.errors import Unauthenticated
+from vault.tokens import Claims, KeySet, SigningKey, TokenVerifier, issue
+
+NOW = 1_750_000_000
+
+
+class FakeClock:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Revocations:
+    def __init__(self) -> None:
+        self.jtis: set[str] = set()
+        self.asked: list[str] = []
+
+    def __call__(self, jti: str) -> bool:
+        self.asked.append(jti)
+        return jti in self.jtis
+
+
+def make_claims(jti: str = "j" * 22, **overrides: Any) -> Claims:
+    fields: dict[str, Any] = {
+        "iss": "pdvault",
+        "sub": "crm-backend",
+        "aud": "pdvault",
+        "purpose": "essential.service",
+        "categories": {"user.name": None},
+        "operations": frozenset({"read"}),
+        "regions": frozenset({"de"}),
+        "subjects": None,
+        "iat": NOW,
+        "nbf": NOW,
+        "exp": NOW + 300,
+        "jti": jti,
+    }
+    fields.update(overrides)
+    return Claims(**fields)
+
+
+@pytest.fixture(scope="module")
+def key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def make_verifier(
+    key: SigningKey, clock: FakeClock | None = None, **kwargs: Any
+) -> tuple[TokenVerifier, FakeClock, Revocations]:
+    clock = clock or FakeClock()
+    revoked = Revocations()
+    verifier = TokenVerifier(KeySet([key.public()]), revoked, clock, **kwargs)
+    return verifier, clock, revoked
+
+
+def reason(verifier: TokenVerifier, token: str) -> str:
+    with pytest.raises(Unauthenticated) as caught:
+        verifier.verify(token)
+    return caught.value.reason
+
+
+def test_second_verification_is_a_cache_hit(key: SigningKey) -> None:
+    verifier, _, _ = make_verifier(key)
+    token = issue(make_claims(), key)
+    first = verifier.verify(token)
+    assert (verifier.hits, verifier.misses) == (0, 1)
+    second = verifier.verify(token)
+    assert second == first == make_claims()
+    assert (verifier.hits, verifier.misses) == (1, 1)
+    verifier.verify(token)
+    assert (verifier.hits, verifier.misses) == (2, 1)
+    assert len(verifier) == 1
+
+
+def test_cache_is_keyed_by_a_hash_not_the_token(key: SigningKey) -> None:
+    verifier, _, _ = make_verifier(key)
+    token = issue(make_claims(), key)
+    verifier.verify(token)
+    stored = list(verifier._entries)
+    assert stored and all(isinstance(k, bytes) and len(k) == 32 for k in stored)
+    assert token.encode() not in stored
+
+
+def test_revocation_applies_to_a_cached_token(key: SigningKey) -> None:
+    verifier, _, revoked = make_verifier(key)
+    token = issue(make_claims(), key)
+    verifier.verify(token)
+    verifier.verify(token)
+    assert verifier.hits == 1
+    revoked.jtis.add("j" * 22)
+    assert reason(verifier, token) == "REVOKED"
+    assert reason(verifier, token) == "REVOKED"
+    assert len(verifier) == 0
+    assert revoked.asked == ["j" * 22] * 4
+
+
+def test_a_revoked_token_is_refused_on_first_sight_and_not_cached(key: SigningKey) -> None:
+    verifier, _, revoked = make_verifier(key)
+    revoked.jtis.add("r" * 22)
+    token = issue(make_claims(jti="r" * 22), key)
+    assert reason(verifier, token) == "REVOKED"
+    assert len(verifier) == 0
+    revoked.jtis.clear()  # e.g. a revocation list that was wrong and got fixed
+    assert verifier.verify(token).jti == "r" * 22
+
+
+def test_expiry_applies_to_a_cached_token(key: SigningKey) -> None:
+    verifier, clock, _ = make_verifier(key)
+    token = issue(make_claims(), key)
+    verifier.verify(token)
+    clock.now = NOW + 299
+    verifier.verify(token)
+    assert verifier.hits == 1
+    clock.now = NOW + 300
+    assert reason(verifier, token) == "EXPIRED"
+    assert verifier.hits == 2  # served from the cache, and still refused
+    assert len(verifier) == 0
+
+
+def test_failures_are_not_cached(key: SigningKey) -> None:
+    verifier, clock, _ = make_verifier(key)
+    early = issue(make_claims(nbf=NOW + 100, exp=NOW + 400), key)
+    assert reason(verifier, early) == "NOT_YET_VALID"
+    assert reason(verifier, "garbage") == "MALFORMED_TOKEN"
+    assert reason(verifier, "garbage") == "MALFORMED_TOKEN"
+    assert (verifier.hits, verifier.misses) == (0, 3)
+    assert len(verifier) == 0
+    clock.now = NOW + 100
+    assert verifier.verify(early).nbf == NOW + 100
+
+
+def test_forged_token_is_refused_even_after_the_real_one_was_cached(key: SigningKey) -> None:
+    verifier, _, _ = make_verifier(key)
+    token = issue(make_claims(), key)
+    verifier.verify(token)
+    head, purpose, body, footer = token.split(".")
+    forged = ".".join(
+        [head, purpose, body[:-4] + ("AAAA" if body[-4:] != "AAAA" else "BBBB"), footer]
+    )
+    assert reason(verifier, forged) == "BAD_SIGNATURE"
+
+
+def test_cache_is_bounded_lru(key: SigningKey) -> None:
+    verifier, _, _ = make_verifier(key, max_entries=2)
+    tokens = [issue(make_claims(jti=f"{i}" * 22), key) for i in range(3)]
+    verifier.verify(tokens[0])
+    verifier.verify(tokens[1])
+    verifier.verify(tokens[0])  # 0 is now the most recent
+    verifier.verify(tokens[2])  # evicts 1
+    assert len(verifier) == 2
+    before = verifier.hits
+    verifier.verify(tokens[0])
+    assert verifier.hits == before + 1
+    verifier.verify(tokens[1])
+    assert verifier.hits == before + 1  # was evicted: a miss
+
+
+def test_zero_entries_disables_the_cache(key: SigningKey) -> None:
+    verifier, _, _ = make_verifier(key, max_entries=0)
+    token = issue(make_claims(), key)
+    verifier.verify(token)
+    verifier.verify(token)
+    assert (verifier.hits, verifier.misses) == (0, 2)
+
+
+def test_replacing_keys_drops_the_cache(key: SigningKey) -> None:
+    verifier, _, _ = make_verifier(key)
+    token = issue(make_claims(), key)
+    verifier.verify(token)
+    other = SigningKey.generate()
+    verifier.replace_keys(KeySet([other.public()]))
+    assert len(verifier) == 0
+    assert reason(verifier, token) == "UNKNOWN_KEY"
+    assert verifier.verify(issue(make_claims(), other)).jti == "j" * 22
+
+
+def test_oversized_input_is_refused_before_hashing(key: SigningKey) -> None:
+    verifier, _, _ = make_verifier(key)
+    assert reason(verifier, "v4.public." + "A" * 10_000) == "MALFORMED_TOKEN"
+    assert reason(verifier, "v4.public.\ud800.e30") == "MALFORMED_TOKEN"
+
+
+def test_revocation_check_failure_fails_closed(key: SigningKey) -> None:
+    def broken(_jti: str) -> bool:
+        raise RuntimeError("revocation list unavailable")
+
+    verifier = TokenVerifier(KeySet([key.public()]), broken, FakeClock())
+    with pytest.raises(RuntimeError):
+        verifier.verify(issue(make_claims(), key))
+    assert len(verifier) == 0
+
+
+def test_concurrent_verification(key: SigningKey) -> None:
+    verifier, _, _ = make_verifier(key, max_entries=4)
+    jtis = [f"{i}" * 22 for i in range(8)]
+    tokens = [issue(make_claims(jti=jti), key) for jti in jtis]
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for n in range(200):
+                i = (n + offset) % len(tokens)
+                assert verifier.verify(tokens[i]).jti == jtis[i]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert verifier.hits + verifier.misses == 8 * 200
+    assert len(verifier) <= 4

@@ -1,0 +1,47 @@
+"""Purpose tokens: PASETO v4.public claims, keys, issue/decode, cached verification, exchange."""
+
+from vault.tokens._claims import (
+    AUDIENCE,
+    ISSUER,
+    OPERATIONS,
+    REGIONS,
+    TRANSFER_BASES,
+    WILDCARD,
+    Claims,
+    FieldGrant,
+    is_narrowing,
+    narrow,
+    new_jti,
+)
+from vault.tokens._codec import (
+    DEFAULT_NBF_LEEWAY,
+    IMPLICIT_ASSERTION,
+    MAX_TOKEN_LENGTH,
+    decode,
+    issue,
+)
+from vault.tokens._keys import KeySet, SigningKey, VerificationKey
+from vault.tokens._verifier import TokenVerifier
+
+__all__ = [
+    "AUDIENCE",
+    "DEFAULT_NBF_LEEWAY",
+    "IMPLICIT_ASSERTION",
+    "ISSUER",
+    "MAX_TOKEN_LENGTH",
+    "OPERATIONS",
+    "REGIONS",
+    "TRANSFER_BASES",
+    "WILDCARD",
+    "Claims",
+    "FieldGrant",
+    "KeySet",
+    "SigningKey",
+    "TokenVerifier",
+    "VerificationKey",
+    "decode",
+    "is_narrowing",
+    "issue",
+    "narrow",
+    "new_jti",
+]
