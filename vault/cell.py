@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vault import ids
+from vault._inline import ensure_may_block
 from vault.config import Limits, RegionConfig
 from vault.crypto import RecordContext, dek_associated_data, new_data_key, open_fields, seal_fields
 from vault.errors import Conflict, Erased, FieldViolation, InvalidArgument, NotFound
@@ -105,6 +106,8 @@ class Cell:
         self.cache = cache
         self.limits = limits
         self._clock = clock
+        # A local SQLite file answers in microseconds: calls may run inline.
+        self.local_store = store.engine.url.get_backend_name() == "sqlite"
 
     # -- keys -------------------------------------------------------------
 
@@ -121,6 +124,7 @@ class Cell:
             raise Erased("subject has been erased")
         dek = self.cache.get(row.id)
         if dek is None:
+            ensure_may_block()
             dek = self.keys.unwrap(
                 self._key_ref(row), row.wrapped_dek, dek_associated_data(row.id, row.region)
             )
@@ -147,6 +151,7 @@ class Cell:
             existing = self.store.subject_by_idempotency_key(idempotency_key)
             if existing is not None:
                 return self._replayed_subject(existing, minor)
+        ensure_may_block()
         sid = ids.new_subject_id(self.region.id)
         ref = KeyRef(self._mount_for(sid), key_name_for(sid))
         # Key first, then the row: if the key service is down nothing is written.

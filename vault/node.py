@@ -22,6 +22,8 @@ class Node:
         self.cells = cells
         self.limits = limits
         self._region_ids = regions.region_ids
+        # Inline execution only when no served cell's database is across a network.
+        self.inline_capable = all(c.local_store for c in cells.values())
 
     def _cell(self, region: str) -> Cell:
         cell = self.cells.get(region)

@@ -1,7 +1,9 @@
 """The ``vault.v1.PersonalDataVault`` servicer: parse → domain → reply.
 
-Domain calls block (database, OpenBao), so they run on a thread pool and the
-asyncio loop only moves bytes. Errors are mapped in one place
+Domain calls run inline on the event loop when every served cell is a local
+SQLite file and the call needs no key-service round trip; otherwise (cache
+miss, subject creation, a networked database) on a thread pool. See
+:mod:`vault._inline`. Errors are mapped in one place
 (:mod:`vault.service._status`); the access log carries method, status and
 duration only — never request or response content.
 """
@@ -18,6 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from vault._inline import WouldBlock, nonblocking
 from vault.errors import VaultError
 from vault.node import Node
 from vault.service._convert import record_pb, subject_pb
@@ -44,11 +47,8 @@ class PersonalDataVaultServicer(pb_grpc.PersonalDataVaultServicer):
         **kwargs: Any,
     ) -> T:
         start = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(
-                self._executor, functools.partial(fn, *args, **kwargs)
-            )
+            result = await self._call(fn, *args, **kwargs)
         except VaultError as e:
             code = code_for(e)
             log.info("%s %s %s %.1fms", method, code.name, e.reason, _ms(start))
@@ -60,9 +60,17 @@ class PersonalDataVaultServicer(pb_grpc.PersonalDataVaultServicer):
         log.debug("%s OK %.1fms", method, _ms(start))
         return result
 
-    async def CreateSubject(
-        self, request: pb.CreateSubjectRequest, context: Ctx
-    ) -> pb.Subject:
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._node.inline_capable:
+            try:
+                with nonblocking():
+                    return fn(*args, **kwargs)
+            except WouldBlock:
+                pass
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def CreateSubject(self, request: pb.CreateSubjectRequest, context: Ctx) -> pb.Subject:
         v = await self._run(
             "CreateSubject",
             context,
@@ -74,15 +82,11 @@ class PersonalDataVaultServicer(pb_grpc.PersonalDataVaultServicer):
         )
         return subject_pb(v)
 
-    async def GetSubject(
-        self, request: pb.GetSubjectRequest, context: Ctx
-    ) -> pb.Subject:
+    async def GetSubject(self, request: pb.GetSubjectRequest, context: Ctx) -> pb.Subject:
         v = await self._run("GetSubject", context, self._node.get_subject, request.subject_id)
         return subject_pb(v)
 
-    async def PutRecord(
-        self, request: pb.PutRecordRequest, context: Ctx
-    ) -> pb.Record:
+    async def PutRecord(self, request: pb.PutRecordRequest, context: Ctx) -> pb.Record:
         v = await self._run(
             "PutRecord",
             context,
@@ -96,9 +100,7 @@ class PersonalDataVaultServicer(pb_grpc.PersonalDataVaultServicer):
         )
         return record_pb(v)
 
-    async def GetRecord(
-        self, request: pb.GetRecordRequest, context: Ctx
-    ) -> pb.Record:
+    async def GetRecord(self, request: pb.GetRecordRequest, context: Ctx) -> pb.Record:
         v = await self._run("GetRecord", context, self._node.get_record, request.record_id)
         return record_pb(v)
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from vault.errors import StoreUnavailable
@@ -63,6 +63,17 @@ _RECORD_COLS = (
 )
 
 
+# Statements are built once: SQLAlchemy then reuses their compiled form, and
+# the hot path pays only for binding parameters.
+_GET_SUBJECT = select(*_SUBJECT_COLS).where(subjects.c.id == bindparam("sid"))
+_GET_RECORD = (
+    select(*_RECORD_COLS, *_SUBJECT_COLS)
+    .join_from(records, subjects, records.c.subject_id == subjects.c.id)
+    .where(records.c.id == bindparam("rid"))
+)
+_N_RECORD_COLS = len(_RECORD_COLS)
+
+
 class CellStore:
     """All reads and writes of one cell. Database failures become StoreUnavailable."""
 
@@ -76,6 +87,15 @@ class CellStore:
                 yield conn
         except IntegrityError as e:
             raise DuplicateKey() from e
+        except (OperationalError, DBAPIError) as e:
+            raise StoreUnavailable("cell database unavailable") from e
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection for reads: no explicit transaction to begin and commit."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
         except (OperationalError, DBAPIError) as e:
             raise StoreUnavailable("cell database unavailable") from e
 
@@ -99,8 +119,8 @@ class CellStore:
             )
 
     def get_subject(self, subject_id: str) -> SubjectRow | None:
-        with self._tx() as conn:
-            r = conn.execute(select(*_SUBJECT_COLS).where(subjects.c.id == subject_id)).first()
+        with self._read() as conn:
+            r = conn.execute(_GET_SUBJECT, {"sid": subject_id}).first()
         return SubjectRow(*r) if r else None
 
     def subject_by_idempotency_key(self, key: str) -> SubjectRow | None:
@@ -114,16 +134,11 @@ class CellStore:
 
     def get_record(self, record_id: str) -> tuple[RecordRow, SubjectRow] | None:
         """The record and its subject, read in one statement (one consistent view)."""
-        with self._tx() as conn:
-            r = conn.execute(
-                select(*_RECORD_COLS, *_SUBJECT_COLS)
-                .join_from(records, subjects, records.c.subject_id == subjects.c.id)
-                .where(records.c.id == record_id)
-            ).first()
+        with self._read() as conn:
+            r = conn.execute(_GET_RECORD, {"rid": record_id}).first()
         if r is None:
             return None
-        n = len(_RECORD_COLS)
-        return RecordRow(*r[:n]), SubjectRow(*r[n:])
+        return RecordRow(*r[:_N_RECORD_COLS]), SubjectRow(*r[_N_RECORD_COLS:])
 
     def record_by_idempotency_key(self, subject_id: str, key: str) -> RecordRow | None:
         with self._tx() as conn:
