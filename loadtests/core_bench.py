@@ -47,6 +47,35 @@ def start_stack(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     raise SystemExit("pdvault up did not start")
 
 
+def issue_token(data_dir: Path) -> str:
+    """A token from the local stack's administrator credential, via the CLI."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vault.cli",
+            "token",
+            "issue",
+            "--data-dir",
+            str(data_dir),
+            "--service",
+            "core-bench",
+            "--purpose",
+            "essential.service",
+            "--categories",
+            "user.contact.email",
+            "--ops",
+            "read,write",
+            "--ttl",
+            "86400",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
 async def bench(
     target: str, token: str | None, seconds: float, concurrency: int, subjects: int, payload: int
 ) -> None:
@@ -112,6 +141,7 @@ def main() -> None:
     if target is None:
         tmp = tempfile.TemporaryDirectory(prefix="pdvault-bench-")
         proc, target = start_stack(Path(tmp.name))
+        args.token = args.token or issue_token(Path(tmp.name))
     try:
         asyncio.run(
             bench(target, args.token, args.seconds, args.concurrency, args.subjects, args.payload)

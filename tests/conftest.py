@@ -9,15 +9,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import hvac
 import pytest
 
+from vault.authn import ensure_admin_credential
 from vault.client import VaultClient
 from vault.config import CacheSettings, NodeSettings, RegionsConfig, load_regions
 from vault.devstack import OpenBaoServer
 from vault.keys import TransitKeyProvider
 from vault.node import Node
-from vault.server import BackgroundServer, VaultServer, build_node
+from vault.policy import Policy, default_policy_path, load_policy
+from vault.server import BackgroundServer, Vault, VaultServer, build_vault
+from vault.tokens import REGIONS
+from vault.v1 import vault_pb2 as pb
+from vault.v1 import vault_pb2_grpc as pb_grpc
+
+POLICY = load_policy(default_policy_path())
+#: The purpose most tests act under: read, write and delete on everyday data.
+SERVICE_PURPOSE = "essential.service"
 
 
 @dataclass
@@ -50,13 +60,60 @@ class Stack:
     bao: Bao
     data_dir: Path
     regions: RegionsConfig
-    node: Node
+    vault: Vault
     provider: TransitKeyProvider
     server: BackgroundServer
     target: str
+    admin: str
     clients: list[VaultClient] = field(default_factory=list)
 
-    def client(self, token: str | None = None) -> VaultClient:
+    @property
+    def node(self) -> Node:
+        return self.vault.node
+
+    def issue(
+        self,
+        purpose: str = SERVICE_PURPOSE,
+        categories: dict[str, list[str]] | list[str] | None = None,
+        ops: list[str] | None = None,
+        *,
+        regions: list[str] | None = None,
+        subjects: list[str] | None = None,
+        ttl: int = 600,
+        service: str = "test-service",
+    ) -> str:
+        """A real token from the running server's IssueToken (administrator credential).
+
+        ``categories`` defaults to every category of the purpose, ``ops`` to
+        every operation the purpose allows.
+        """
+        p = POLICY.purposes[purpose]
+        cats = categories if categories is not None else sorted(p.categories)
+        grants = (
+            [pb.CategoryGrant(category=c, fields=f) for c, f in cats.items()]
+            if isinstance(cats, dict)
+            else [pb.CategoryGrant(category=c) for c in cats]
+        )
+        with grpc.insecure_channel(self.target) as ch:
+            resp = pb_grpc.TokenServiceStub(ch).IssueToken(
+                pb.IssueTokenRequest(
+                    service=service,
+                    purpose=purpose,
+                    categories=grants,
+                    operations=ops if ops is not None else sorted(p.operations),
+                    regions=regions if regions is not None else sorted(REGIONS),
+                    subjects=subjects or [],
+                    ttl_seconds=ttl,
+                ),
+                metadata=(("authorization", f"Bearer {self.admin}"),),
+                timeout=10,
+            )
+        return str(resp.token)
+
+    def client(self, token: str | None = None, *, anonymous: bool = False) -> VaultClient:
+        """A client with ``token`` (default: a fresh essential.service token)."""
+        if token is None and not anonymous:
+            token = self.issue()
         c = VaultClient(self.target, token=token)
         self.clients.append(c)
         return c
@@ -68,8 +125,6 @@ class Stack:
         for c in self.clients:
             c.close()
         self.server.stop()
-        for cell in self.node.cells.values():
-            cell.store.engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -92,18 +147,25 @@ def start_stack(
     *,
     cache: CacheSettings | None = None,
     database_urls: dict[str, str] | None = None,
+    policy: Policy | None = None,
 ) -> Stack:
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], database_url=url)
     settings = NodeSettings(data_dir=data_dir, port=0, cache=cache or CacheSettings())
     provider = TransitKeyProvider.connect(bao.address, bao.node_token)
-    node = build_node(
-        regions, settings, openbao_token=bao.node_token, providers={bao.address: provider}
+    admin = ensure_admin_credential(data_dir)
+    vault = build_vault(
+        regions,
+        settings,
+        openbao_token=bao.node_token,
+        policy=policy or POLICY,
+        admin_credential=admin,
+        providers={bao.address: provider},
     )
-    bg = BackgroundServer(VaultServer(node, settings))
+    bg = BackgroundServer(VaultServer(vault, settings))
     port = bg.start()
-    return Stack(bao, data_dir, regions, node, provider, bg, f"127.0.0.1:{port}")
+    return Stack(bao, data_dir, regions, vault, provider, bg, f"127.0.0.1:{port}", admin)
 
 
 @pytest.fixture(scope="session")

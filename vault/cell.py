@@ -16,11 +16,14 @@ from dataclasses import dataclass
 
 from vault import ids
 from vault._inline import ensure_may_block
+from vault.authz import Authorizer, Caller
 from vault.config import Limits, RegionConfig
 from vault.crypto import RecordContext, dek_associated_data, new_data_key, open_fields, seal_fields
-from vault.errors import Conflict, Erased, FieldViolation, InvalidArgument, NotFound
+from vault.errors import AccessDenied, Conflict, Erased, FieldViolation, InvalidArgument, NotFound
 from vault.keys import DataKeyCache, KeyProvider, KeyRef
+from vault.policy import SubjectFacts, filter_fields
 from vault.store import CellStore, DuplicateKey, RecordRow, SubjectRow
+from vault.tokens import FieldGrant
 
 STATE_ACTIVE = "active"
 STATE_RESTRICTED = "restricted"
@@ -48,6 +51,15 @@ class RecordView:
     fields: dict[str, str]
     version: int
     created_at_us: int
+    updated_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentView:
+    subject_id: str
+    purpose: str
+    granted: bool
+    source: str
     updated_at_us: int
 
 
@@ -89,7 +101,12 @@ def _decode_page_token(token: str, subject_id: str, category: str) -> str:
 
 
 class Cell:
-    """The record operations of one region."""
+    """The record operations of one region, each on behalf of an authenticated caller.
+
+    Order in every operation: token scope (operation, region, subject) → the
+    rows (no decryption) → erased? → policy with the subject's facts (minor,
+    consent, restriction) → only then the data key.
+    """
 
     def __init__(
         self,
@@ -98,9 +115,11 @@ class Cell:
         keys: KeyProvider,
         cache: DataKeyCache,
         limits: Limits,
+        authz: Authorizer,
         clock: Callable[[], int] = _now_us,
     ) -> None:
         self.region = region
+        self.authz = authz
         self.store = store
         self.keys = keys
         self.cache = cache
@@ -144,9 +163,39 @@ class Cell:
             rec.updated_at,
         )
 
+    def _facts(self, caller: Caller, row: SubjectRow) -> SubjectFacts:
+        if row.state == STATE_ERASED:
+            raise Erased("subject has been erased")
+        consented: frozenset[str] = frozenset()
+        # Only consent-based purposes pay for the consent lookup.
+        if caller.purpose.requires_consent and self.store.consent_granted(
+            row.id, caller.purpose.name
+        ):
+            consented = frozenset({caller.purpose.name})
+        return SubjectFacts(
+            minor=row.minor, restricted=row.state == STATE_RESTRICTED, consented_purposes=consented
+        )
+
+    def _open_for(self, dek: bytes, rec: RecordRow, allowed: FieldGrant) -> RecordView:
+        v = self._open(dek, rec)
+        if allowed is None:
+            return v
+        return RecordView(
+            v.record_id,
+            v.subject_id,
+            v.category,
+            filter_fields(v.fields, allowed),
+            v.version,
+            v.created_at_us,
+            v.updated_at_us,
+        )
+
     # -- subjects ---------------------------------------------------------
 
-    def create_subject(self, *, minor: bool, idempotency_key: str = "") -> SubjectView:
+    def create_subject(
+        self, caller: Caller, *, minor: bool, idempotency_key: str = ""
+    ) -> SubjectView:
+        self.authz.scope(caller, "write", self.region.id, None)
         if idempotency_key:
             existing = self.store.subject_by_idempotency_key(idempotency_key)
             if existing is not None:
@@ -180,7 +229,8 @@ class Cell:
             )
         return _subject_view(existing)
 
-    def get_subject(self, subject_id: str) -> SubjectView:
+    def get_subject(self, caller: Caller, subject_id: str) -> SubjectView:
+        self.authz.scope(caller, "read", self.region.id, subject_id)
         row = self.store.get_subject(subject_id)
         if row is None:
             raise NotFound("subject not found")
@@ -198,6 +248,7 @@ class Cell:
 
     def put_record(
         self,
+        caller: Caller,
         *,
         subject_id: str,
         category: str,
@@ -206,13 +257,19 @@ class Cell:
         expected_version: int = 0,
         idempotency_key: str = "",
     ) -> RecordView:
+        self.authz.known_category(category)
         if record_id:
-            return self._update_record(subject_id, category, fields, record_id, expected_version)
+            return self._update_record(
+                caller, subject_id, category, fields, record_id, expected_version
+            )
+        self.authz.scope(caller, "write", self.region.id, subject_id)
         subject = self._live_subject(subject_id)
+        allowed = self.authz.fields(caller, category, "write", self._facts(caller, subject))
+        self.authz.check_write_fields(category, fields, allowed)
         if idempotency_key:
             existing = self.store.record_by_idempotency_key(subject_id, idempotency_key)
             if existing is not None:
-                return self._replayed_record(subject, existing, category)
+                return self._replayed_record(subject, existing, category, allowed)
         dek = self._data_key(subject)
         rid = ids.new_record_id(self.region.id)
         now = self._clock()
@@ -224,20 +281,21 @@ class Cell:
             existing = self.store.record_by_idempotency_key(subject_id, idempotency_key)
             if existing is None:
                 raise
-            return self._replayed_record(subject, existing, category)
+            return self._replayed_record(subject, existing, category, allowed)
         return RecordView(rid, subject_id, category, dict(fields), 1, now, now)
 
     def _replayed_record(
-        self, subject: SubjectRow, existing: RecordRow, category: str
+        self, subject: SubjectRow, existing: RecordRow, category: str, allowed: FieldGrant
     ) -> RecordView:
         if existing.category != category:
             raise InvalidArgument(
                 FieldViolation("idempotency_key", "was already used for a different request")
             )
-        return self._open(self._data_key(subject), existing)
+        return self._open_for(self._data_key(subject), existing, allowed)
 
     def _update_record(
         self,
+        caller: Caller,
         subject_id: str,
         category: str,
         fields: dict[str, str],
@@ -248,6 +306,7 @@ class Cell:
         if found is None:
             raise NotFound("record not found")
         rec, subject = found
+        self.authz.scope(caller, "write", self.region.id, rec.subject_id)
         if subject_id and subject_id != rec.subject_id:
             raise InvalidArgument(
                 FieldViolation("subject_id", "does not match the subject of the record")
@@ -256,9 +315,15 @@ class Cell:
             raise InvalidArgument(
                 FieldViolation("category", "cannot change; delete and re-create the record")
             )
+        allowed = self.authz.fields(caller, category, "write", self._facts(caller, subject))
+        self.authz.check_write_fields(category, fields, allowed)
         if expected_version and expected_version != rec.version:
             raise Conflict("record version does not match expected_version")
         dek = self._data_key(subject)
+        if allowed is not None:
+            # A caller granted some fields replaces those and keeps the others.
+            kept = {k: v for k, v in self._open(dek, rec).fields.items() if k not in allowed}
+            fields = {**kept, **fields}
         version = rec.version + 1
         now = self._clock()
         ctx = RecordContext(rec.id, rec.subject_id, self.region.id, category, version)
@@ -274,39 +339,94 @@ class Cell:
         if not self.store.update_record(row, rec.version):
             raise Conflict("record was changed concurrently")
         return RecordView(
-            rec.id, rec.subject_id, category, dict(fields), version, rec.created_at, now
+            rec.id,
+            rec.subject_id,
+            category,
+            filter_fields(fields, allowed),
+            version,
+            rec.created_at,
+            now,
         )
 
-    def get_record(self, record_id: str) -> RecordView:
+    def get_record(self, caller: Caller, record_id: str) -> RecordView:
         found = self.store.get_record(record_id)
         if found is None:
             raise NotFound("record not found")
         rec, subject = found
-        return self._open(self._data_key(subject), rec)
+        self.authz.scope(caller, "read", self.region.id, rec.subject_id)
+        allowed = self.authz.fields(caller, rec.category, "read", self._facts(caller, subject))
+        return self._open_for(self._data_key(subject), rec, allowed)
 
     def list_records(
-        self, subject_id: str, category: str, page_size: int, page_token: str
+        self, caller: Caller, subject_id: str, category: str, page_size: int, page_token: str
     ) -> RecordPage:
+        """The subject's records the caller may read; other categories are left out."""
         after = _decode_page_token(page_token, subject_id, category) if page_token else None
+        self.authz.scope(caller, "read", self.region.id, subject_id)
         subject = self._live_subject(subject_id)
-        rows = self.store.list_records(subject_id, category or None, after, page_size + 1)
+        facts = self._facts(caller, subject)
+        if category:
+            visible = frozenset({category})
+            self.authz.fields(caller, category, "read", facts)
+        else:
+            visible = self.authz.readable_categories(caller)
+        grants: dict[str, FieldGrant] = {}
+        for c in visible:
+            try:
+                grants[c] = self.authz.fields(caller, c, "read", facts)
+            except AccessDenied as e:
+                if e.reason != "FIELD_NOT_GRANTED" or category:
+                    raise
+        rows = self.store.list_records(subject_id, frozenset(grants), after, page_size + 1)
         more = len(rows) > page_size
         rows = rows[:page_size]
         views = []
         if rows:
             dek = self._data_key(subject)
-            views = [self._open(dek, r) for r in rows]
+            views = [self._open_for(dek, r, grants[r.category]) for r in rows]
         token = _encode_page_token(subject_id, category, rows[-1].id) if more else ""
         return RecordPage(views, token)
 
-    def delete_record(self, record_id: str, expected_version: int = 0) -> None:
+    def delete_record(self, caller: Caller, record_id: str, expected_version: int = 0) -> None:
         found = self.store.get_record(record_id)
         if found is None:
             raise NotFound("record not found")
         rec, subject = found
-        if subject.state == STATE_ERASED:
-            raise Erased("subject has been erased")
+        self.authz.scope(caller, "delete", self.region.id, rec.subject_id)
+        self.authz.fields(caller, rec.category, "delete", self._facts(caller, subject))
         if expected_version and expected_version != rec.version:
             raise Conflict("record version does not match expected_version")
         if not self.store.delete_record(record_id, rec.version):
             raise Conflict("record was changed concurrently")
+
+    # -- consent and restriction -------------------------------------------
+
+    def set_consent(
+        self, caller: Caller, subject_id: str, purpose: str, granted: bool, source: str
+    ) -> ConsentView:
+        self.authz.scope(caller, "consent", self.region.id, subject_id)
+        self.authz.known_purpose(purpose)
+        self._live_subject(subject_id)
+        now = self._clock()
+        self.store.set_consent(subject_id, purpose, granted, source, now)
+        return ConsentView(subject_id, purpose, granted, source, now)
+
+    def list_consents(self, caller: Caller, subject_id: str) -> list[ConsentView]:
+        self.authz.scope(caller, "consent", self.region.id, subject_id)
+        self._live_subject(subject_id)
+        return [
+            ConsentView(subject_id, p, g, s, at)
+            for p, g, s, at in self.store.list_consents(subject_id)
+        ]
+
+    def restrict_processing(self, caller: Caller, subject_id: str, restricted: bool) -> SubjectView:
+        """Restriction is a processing choice of the subject: the ``consent`` operation."""
+        self.authz.scope(caller, "consent", self.region.id, subject_id)
+        self._live_subject(subject_id)
+        state = STATE_RESTRICTED if restricted else STATE_ACTIVE
+        if not self.store.set_state(subject_id, state, self._clock()):
+            raise Erased("subject has been erased")
+        row = self.store.get_subject(subject_id)
+        if row is None:
+            raise NotFound("subject not found")
+        return _subject_view(row)

@@ -15,12 +15,15 @@ from typing import IO
 
 import hvac
 
+from vault.authn import ADMIN_CREDENTIAL_FILE, ensure_admin_credential
 from vault.config import NodeSettings, load_regions
 from vault.devstack import OpenBaoServer
 from vault.errors import ConfigError
-from vault.server import VaultServer, build_node
+from vault.policy import check_main, default_policy_path, load_policy
+from vault.server import VaultServer, build_vault
 
 DEFAULT_DATA_DIR = Path(".pdvault")
+ENDPOINT_FILE = "endpoint"
 DEFAULT_PORT = 50051
 
 
@@ -48,8 +51,9 @@ async def _up(args: argparse.Namespace) -> int:
     bao = OpenBaoServer(data_dir)
     try:
         regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr=bao.address)
+        policy = load_policy(args.policy or default_policy_path())
     except ConfigError as e:
-        print(f"pdvault: {e}", file=sys.stderr)
+        print(f"pdvault: refusing to start: {e}", file=sys.stderr)
         return 2
     settings = NodeSettings(data_dir=data_dir, host=args.host, port=args.port)
     print(f"pdvault: starting OpenBao ({bao.address}, data in {bao.dir})", file=sys.stderr)
@@ -57,9 +61,13 @@ async def _up(args: argparse.Namespace) -> int:
     server: VaultServer | None = None
     try:
         token = bao.configure(regions)
-        node = build_node(regions, settings, openbao_token=token)
-        server = VaultServer(node, settings)
+        admin = ensure_admin_credential(data_dir)
+        vault = build_vault(
+            regions, settings, openbao_token=token, policy=policy, admin_credential=admin
+        )
+        server = VaultServer(vault, settings)
         port = await server.start()
+        (data_dir / ENDPOINT_FILE).write_text(f"{settings.host}:{port}\n")
         renew = asyncio.create_task(_renew_forever(bao.address, token))
         print(
             f"""
@@ -68,8 +76,12 @@ pdvault is running.
   regions      {", ".join(f"{r.id} ({r.name})" for r in regions.regions.values())}
   data dir     {data_dir}
   OpenBao      {bao.address}  (local-only unseal material: {bao.dir / "LOCAL-ONLY-unseal.json"})
+  policy       {policy.source} (revision {policy.revision}, {len(policy.purposes)} purposes)
+  admin        {data_dir / ADMIN_CREDENTIAL_FILE} (0600)
 
-Next: the README quickstart (Python client, endpoint {settings.host}:{port}).
+Next: issue a purpose token and follow the README quickstart:
+  pdvault token issue --data-dir {args.data_dir} --purpose essential.service \\
+      --categories user.name,user.contact.email --ops read,write
 Stop with Ctrl-C.""",
             flush=True,
         )
@@ -113,17 +125,33 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--regions", type=Path, default=None, help="regions file (default: regions/regions.yaml)"
     )
+    up.add_argument("--policy", type=Path, default=None, help="purpose policy (default: shipped)")
     up.add_argument("-v", "--verbose", action="store_true", help="log every request (no content)")
 
     regions = sub.add_parser("regions", help="region configuration")
     rsub = regions.add_subparsers(dest="regions_command", required=True)
     check = rsub.add_parser("check", help="validate a regions file")
     check.add_argument("file", type=Path, nargs="?", default=None)
+
+    policy = sub.add_parser("policy", help="purpose policy")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    pcheck = psub.add_parser("check", help="validate a policy file")
+    pcheck.add_argument("file", type=Path, nargs="?", default=None)
+
+    from vault import _tokencli
+
+    _tokencli.add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "policy":
+        return check_main(str(args.file or default_policy_path()))
+    if args.command == "token":
+        from vault import _tokencli
+
+        return _tokencli.run(args)
     if args.command == "up":
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.INFO,

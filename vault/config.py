@@ -43,11 +43,21 @@ class RegionConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """The shared control plane: its database and the Transit mount of its keys."""
+
+    database_url: str
+    openbao_address: str
+    transit_mount: str
+
+
+@dataclass(frozen=True)
 class RegionsConfig:
     version: int
     regions: dict[str, RegionConfig]
     country_region: dict[str, str]
     default_region: str
+    control: ControlConfig
     source: str = "<memory>"
 
     @property
@@ -221,6 +231,25 @@ def parse_regions(
             else:
                 country_region[cc] = rid
 
+    control = raw.get("control")
+    control_cfg = ControlConfig("", "", "")
+    if not isinstance(control, dict):
+        bad("control", "must be a mapping with database_url and openbao")
+    else:
+        cbao = control.get("openbao")
+        if not control.get("database_url"):
+            bad("control.database_url", "is required")
+        if not isinstance(cbao, dict) or not cbao.get("address"):
+            bad("control.openbao.address", "is required")
+        elif not isinstance(cbao.get("mount"), str) or not _MOUNT_RE.fullmatch(cbao["mount"]):
+            bad("control.openbao.mount", "must name a transit mount")
+        else:
+            control_cfg = ControlConfig(
+                database_url=_substitute(str(control["database_url"]), variables),
+                openbao_address=_substitute(str(cbao["address"]), variables),
+                transit_mount=str(cbao["mount"]),
+            )
+
     if problems:
         raise ConfigError(source, problems)
     return RegionsConfig(
@@ -228,5 +257,6 @@ def parse_regions(
         regions=regions,
         country_region=country_region,
         default_region=str(default_region),
+        control=control_cfg,
         source=source,
     )

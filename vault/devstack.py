@@ -29,6 +29,7 @@ from pathlib import Path
 import hvac
 import requests
 
+from vault.authn import SIGNING_KEY_NAME
 from vault.config import RegionsConfig
 
 UNSEAL_FILE = "LOCAL-ONLY-unseal.json"
@@ -63,7 +64,7 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-def node_policy(mounts: list[str]) -> str:
+def node_policy(mounts: list[str], control_mount: str) -> str:
     """The least privilege a node needs on its Transit mounts (HCL).
 
     A node may create subject keys and use them, never reconfigure, export,
@@ -88,6 +89,15 @@ path "{m}/rewrap/+" {{
 }}
 """
         )
+    blocks.append(
+        f"""path "{control_mount}/encrypt/{SIGNING_KEY_NAME}" {{
+  capabilities = ["update"]
+}}
+path "{control_mount}/decrypt/{SIGNING_KEY_NAME}" {{
+  capabilities = ["update"]
+}}
+"""
+    )
     blocks.append('path "auth/token/renew-self" {\n  capabilities = ["update"]\n}\n')
     return "\n".join(blocks)
 
@@ -257,14 +267,22 @@ audit "file" "pdvault-local" {{
         client = hvac.Client(url=self.address, token=self.root_token(), timeout=10)
         mounted = client.sys.list_mounted_secrets_engines()["data"]
         mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
-        for mount in mounts:
+        control = regions.control.transit_mount
+        for mount in [*mounts, control]:
             if f"{mount}/" not in mounted:
                 client.sys.enable_secrets_engine(
                     "transit", path=mount, description="pdvault subject keys"
                 )
             # Bound OpenBao's own transit key cache (DESIGN: keys scale to millions).
             client.write_data(f"{mount}/cache-config", data={"size": TRANSIT_CACHE_SIZE})
-        client.sys.create_or_update_policy(NODE_POLICY, node_policy(mounts))
+        client.secrets.transit.create_key(
+            name=SIGNING_KEY_NAME,
+            key_type="aes256-gcm96",
+            exportable=False,
+            allow_plaintext_backup=False,
+            mount_point=control,
+        )
+        client.sys.create_or_update_policy(NODE_POLICY, node_policy(mounts, control))
         token = client.auth.token.create(
             policies=[NODE_POLICY],
             no_default_policy=True,

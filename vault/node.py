@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from vault import ids, validation
-from vault.cell import Cell, RecordPage, RecordView, SubjectView
+from vault.authz import Caller
+from vault.cell import Cell, ConsentView, RecordPage, RecordView, SubjectView
 from vault.config import Limits, RegionsConfig
 from vault.errors import KeyServiceUnavailable
 
@@ -40,18 +41,25 @@ class Node:
         return self._cell(vid.region), vid.value
 
     def create_subject(
-        self, *, country: str, region: str = "", minor: bool = False, idempotency_key: str = ""
+        self,
+        caller: Caller,
+        *,
+        country: str,
+        region: str = "",
+        minor: bool = False,
+        idempotency_key: str = "",
     ) -> SubjectView:
         home = self.regions.region_for(country, region)
         key = validation.idempotency_key(idempotency_key)
-        return self._cell(home).create_subject(minor=minor, idempotency_key=key)
+        return self._cell(home).create_subject(caller, minor=minor, idempotency_key=key)
 
-    def get_subject(self, subject_id: str) -> SubjectView:
+    def get_subject(self, caller: Caller, subject_id: str) -> SubjectView:
         cell, sid = self._subject(subject_id)
-        return cell.get_subject(sid)
+        return cell.get_subject(caller, sid)
 
     def put_record(
         self,
+        caller: Caller,
         *,
         subject_id: str,
         category: str,
@@ -69,6 +77,7 @@ class Node:
             if subject_id:
                 self._subject(subject_id)  # well-formed; the cell checks it owns the record
             return cell.put_record(
+                caller,
                 subject_id=subject_id,
                 category=category,
                 fields=fields,
@@ -77,24 +86,46 @@ class Node:
             )
         cell, sid = self._subject(subject_id)
         return cell.put_record(
-            subject_id=sid, category=category, fields=fields, idempotency_key=key
+            caller, subject_id=sid, category=category, fields=fields, idempotency_key=key
         )
 
-    def get_record(self, record_id: str) -> RecordView:
+    def get_record(self, caller: Caller, record_id: str) -> RecordView:
         cell, rid = self._record(record_id)
-        return cell.get_record(rid)
+        return cell.get_record(caller, rid)
 
     def list_records(
-        self, subject_id: str, category: str = "", page_size: int = 0, page_token: str = ""
+        self,
+        caller: Caller,
+        subject_id: str,
+        category: str = "",
+        page_size: int = 0,
+        page_token: str = "",
     ) -> RecordPage:
         cell, sid = self._subject(subject_id)
         return cell.list_records(
+            caller,
             sid,
             validation.optional_category(category),
             validation.page_size(page_size, self.limits),
             page_token,
         )
 
-    def delete_record(self, record_id: str, expected_version: int = 0) -> None:
+    def delete_record(self, caller: Caller, record_id: str, expected_version: int = 0) -> None:
         cell, rid = self._record(record_id)
-        cell.delete_record(rid, validation.expected_version(expected_version))
+        cell.delete_record(caller, rid, validation.expected_version(expected_version))
+
+    def set_consent(
+        self, caller: Caller, subject_id: str, purpose: str, granted: bool, source: str
+    ) -> ConsentView:
+        cell, sid = self._subject(subject_id)
+        return cell.set_consent(
+            caller, sid, validation.purpose(purpose), granted, validation.label(source, "source")
+        )
+
+    def list_consents(self, caller: Caller, subject_id: str) -> list[ConsentView]:
+        cell, sid = self._subject(subject_id)
+        return cell.list_consents(caller, sid)
+
+    def restrict_processing(self, caller: Caller, subject_id: str, restricted: bool) -> SubjectView:
+        cell, sid = self._subject(subject_id)
+        return cell.restrict_processing(caller, sid, restricted)

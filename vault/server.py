@@ -6,20 +6,26 @@ Per-region instances are built here and only here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from vault.authn import TokenAuthority, load_or_create_signing_key
+from vault.authz import Authorizer
 from vault.cell import Cell
 from vault.config import NodeSettings, RegionsConfig
+from vault.control import ControlStore, Revocations
 from vault.keys import DataKeyCache, KeyProvider, TransitKeyProvider
 from vault.node import Node
-from vault.service import PersonalDataVaultServicer
+from vault.policy import Policy
+from vault.service import PersonalDataVaultServicer, TokenServicer
 from vault.store import CellStore, make_engine, migrate
 from vault.v1 import vault_pb2, vault_pb2_grpc
 
@@ -29,43 +35,82 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 SERVICE_NAMES = (vault_pb2.DESCRIPTOR.services_by_name["PersonalDataVault"].full_name,)
 
 
-def build_node(
+@dataclass
+class Vault:
+    """Everything one node runs, built in one place."""
+
+    node: Node
+    authority: TokenAuthority
+    revocations: Revocations
+    control: ControlStore
+
+    def close(self) -> None:
+        self.revocations.stop()
+        for cell in self.node.cells.values():
+            cell.store.engine.dispose()
+        self.control.engine.dispose()
+
+
+def build_vault(
     regions: RegionsConfig,
     settings: NodeSettings,
     *,
     openbao_token: str,
+    policy: Policy,
+    admin_credential: str | None,
     serve_regions: frozenset[str] | None = None,
     providers: dict[str, KeyProvider] | None = None,
-) -> Node:
-    """Opens (and migrates) every served cell and connects its key service.
+) -> Vault:
+    """Opens (and migrates) every served cell and the control plane, connects
+    the key services, unwraps the token signing key.
 
     Regions sharing one OpenBao address share one client; ``providers``
     (address → provider) lets tests inject an instrumented one.
     """
     providers = dict(providers or {})
+
+    def provider_for(address: str) -> KeyProvider:
+        p = providers.get(address)
+        if p is None:
+            p = TransitKeyProvider.connect(
+                address, openbao_token, timeout=settings.openbao_timeout_seconds
+            )
+            providers[address] = p
+        return p
+
+    authz = Authorizer(policy)
     cells: dict[str, Cell] = {}
     for rid, rc in regions.regions.items():
         if serve_regions is not None and rid not in serve_regions:
             continue
         engine = make_engine(rc.database_url)
         migrate(engine)
-        provider = providers.get(rc.openbao_address)
-        if provider is None:
-            provider = TransitKeyProvider.connect(
-                rc.openbao_address, openbao_token, timeout=settings.openbao_timeout_seconds
-            )
-            providers[rc.openbao_address] = provider
         cells[rid] = Cell(
-            rc, CellStore(engine), provider, DataKeyCache(settings.cache), settings.limits
+            rc,
+            CellStore(engine),
+            provider_for(rc.openbao_address),
+            DataKeyCache(settings.cache),
+            settings.limits,
+            authz,
         )
-    return Node(regions, cells, settings.limits)
+    control = ControlStore(make_engine(regions.control.database_url))
+    revocations = Revocations(control)
+    signing, keyset = load_or_create_signing_key(
+        settings.data_dir / "tokens",
+        provider_for(regions.control.openbao_address),
+        regions.control.transit_mount,
+    )
+    digest = hashlib.sha256(admin_credential.encode()).digest() if admin_credential else None
+    authority = TokenAuthority(signing, keyset, control, revocations, authz, digest)
+    return Vault(Node(regions, cells, settings.limits), authority, revocations, control)
 
 
 class VaultServer:
     """The gRPC server of one node: the vault API, health and reflection."""
 
-    def __init__(self, node: Node, settings: NodeSettings, workers: int = 16) -> None:
-        self.node = node
+    def __init__(self, vault: Vault, settings: NodeSettings, workers: int = 16) -> None:
+        self.vault = vault
+        self.node = vault.node
         self.settings = settings
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vault")
         self._server: grpc.aio.Server | None = None
@@ -81,7 +126,10 @@ class VaultServer:
             ]
         )
         vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(  # type: ignore[no-untyped-call]
-            PersonalDataVaultServicer(self.node, self._executor), server
+            PersonalDataVaultServicer(self.node, self.vault.authority, self._executor), server
+        )
+        vault_pb2_grpc.add_TokenServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            TokenServicer(self.node, self.vault.authority, self._executor), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -95,6 +143,7 @@ class VaultServer:
         self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {self.settings.host}:{self.settings.port}")
+        self.vault.revocations.start()
         await server.start()
         self._server = server
         for name in ("", *SERVICE_NAMES):
@@ -108,6 +157,7 @@ class VaultServer:
         await self._server.stop(grace)
         self._server = None
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self.vault.close()
 
 
 class BackgroundServer:

@@ -74,3 +74,25 @@ def expected_version(value: int) -> int:
     if value < 0:
         raise InvalidArgument(FieldViolation("expected_version", "must not be negative"))
     return value
+
+
+_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
+
+
+def purpose(value: str) -> str:
+    if not value:
+        raise InvalidArgument(FieldViolation("purpose", "is required"))
+    if len(value) > 128 or not _CATEGORY_RE.fullmatch(value):
+        raise InvalidArgument(
+            FieldViolation("purpose", "must be a dotted lowercase name like essential.service")
+        )
+    return value
+
+
+def label(value: str, field: str) -> str:
+    """A short machine label (where a consent came from): never free text."""
+    if not value:
+        raise InvalidArgument(FieldViolation(field, "is required"))
+    if not _LABEL_RE.fullmatch(value):
+        raise InvalidArgument(FieldViolation(field, "must be 1-128 characters of [A-Za-z0-9_.:/-]"))
+    return value

@@ -87,7 +87,7 @@ def test_pagination_visits_every_record_once(client: VaultClient) -> None:
     s = client.create_subject("SG")
     written = {
         client.put_record(
-            s.subject_id, "user.contact.phone_number" if i % 3 else "user.name", {"v": str(i)}
+            s.subject_id, "user.content" if i % 3 else "user.name", {"first": str(i)}
         ).record_id
         for i in range(23)
     }
@@ -112,7 +112,7 @@ def test_page_token_cannot_be_reused_for_another_listing(client: VaultClient) ->
     a = client.create_subject("DE")
     b = client.create_subject("DE")
     for _ in range(3):
-        client.put_record(a.subject_id, "user.name", {"x": "1"})
+        client.put_record(a.subject_id, "user.name", {"first": "1"})
     token = client.list_records(a.subject_id, page_size=1).next_page_token
     e = _error(client.list_records, b.subject_id, page_token=token)
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT and e.violations[0][0] == "page_token"
@@ -129,7 +129,11 @@ def test_idempotent_creates(client: VaultClient) -> None:
     assert r1.record_id == r2.record_id
     assert len(client.list_records(s1.subject_id).records) == 1
     e = _error(
-        client.put_record, s1.subject_id, "user.contact.email", {"a": "b"}, idempotency_key="k1"
+        client.put_record,
+        s1.subject_id,
+        "user.contact.email",
+        {"address": "b"},
+        idempotency_key="k1",
     )
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -150,7 +154,7 @@ def test_idempotent_creates(client: VaultClient) -> None:
         (lambda c: c.list_records("de_sub_" + "a" * 26, page_size=10_000), "page_size"),
         (
             lambda c: c.put_record(
-                "de_sub_" + "a" * 26, "user.name", {"a": "b"}, expected_version=-1
+                "de_sub_" + "a" * 26, "user.name", {"first": "b"}, expected_version=-1
             ),
             "expected_version",
         ),

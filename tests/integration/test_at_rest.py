@@ -37,11 +37,9 @@ def test_database_files_hold_no_plaintext(stack: Stack, client: VaultClient, can
     for country, region in (("DE", "de"), ("US", "us"), ("CN", "cn")):
         s = client.create_subject(country)
         r = client.put_record(
-            s.subject_id, "user.contact.email", {"address": f"{canary}@example.org", "note": canary}
+            s.subject_id, "user.content", {"address": f"{canary}@example.org", "note": canary}
         )
-        client.put_record(
-            s.subject_id, "user.contact.email", {"address": canary}, record_id=r.record_id
-        )
+        client.put_record(s.subject_id, "user.content", {"address": canary}, record_id=r.record_id)
         ids.append((region, r.record_id))
     for region, rid in ids:
         assert client.get_record(rid).fields["address"] == canary  # it is really there

@@ -10,14 +10,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import Bao, Stack, start_stack
+from tests.conftest import POLICY, Bao, Stack, start_stack
+from vault.authz import Authorizer
 from vault.cell import Cell
 from vault.client import VaultClient, VaultClientError
 from vault.config import CacheSettings, Limits, load_regions
 from vault.devstack import OpenBaoServer
+from vault.errors import StoreUnavailable
 from vault.keys import DataKeyCache, TransitKeyProvider
 from vault.node import Node
 from vault.store import CellStore, make_engine
+from vault.tokens import Claims
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +31,9 @@ def _audit_decrypts(bao: Bao) -> int:
 
 def test_warm_reads_make_no_openbao_call(stack: Stack, client: VaultClient) -> None:
     s = client.create_subject("DE")
-    recs = [client.put_record(s.subject_id, "user.name", {"n": str(i)}).record_id for i in range(5)]
+    recs = [
+        client.put_record(s.subject_id, "user.name", {"first": str(i)}).record_id for i in range(5)
+    ]
     client.get_record(recs[0])  # warm (creation already cached the key)
     before_calls = sum(stack.provider.calls.values())
     before_audit = _audit_decrypts(stack.bao)
@@ -46,7 +51,7 @@ def test_without_the_cache_every_read_unwraps(bao: Bao, tmp_path: Path) -> None:
     try:
         c = cold.client()
         s = c.create_subject("DE")
-        r = c.put_record(s.subject_id, "user.name", {"n": "1"})
+        r = c.put_record(s.subject_id, "user.name", {"first": "1"})
         before = cold.provider.calls["decrypt"]
         before_audit = _audit_decrypts(bao)
         for _ in range(10):
@@ -59,7 +64,7 @@ def test_without_the_cache_every_read_unwraps(bao: Bao, tmp_path: Path) -> None:
 
 def test_expired_cache_entry_is_unwrapped_again(stack: Stack, client: VaultClient) -> None:
     s = client.create_subject("DE")
-    r = client.put_record(s.subject_id, "user.name", {"n": "1"})
+    r = client.put_record(s.subject_id, "user.name", {"first": "1"})
     stack.node.cells["de"].cache.evict(s.subject_id)
     before = stack.provider.calls["decrypt"]
     client.get_record(r.record_id)
@@ -139,6 +144,7 @@ def test_database_down_is_unavailable(bao: Bao) -> None:
     """A cell whose PostgreSQL cannot be reached answers UNAVAILABLE, not a stack trace."""
     regions = load_regions(data_dir="/nonexistent", openbao_addr=bao.address)
     rc = regions.regions["de"]
+    authz = Authorizer(POLICY)
     engine = make_engine("postgresql+psycopg://pdvault@127.0.0.1:1/none?connect_timeout=2")
     cell = Cell(
         rc,
@@ -146,13 +152,25 @@ def test_database_down_is_unavailable(bao: Bao) -> None:
         TransitKeyProvider.connect(bao.address, bao.node_token),
         DataKeyCache(CacheSettings()),
         Limits(),
+        authz,
     )
     node = Node(regions, {"de": cell}, Limits())
-    from vault.errors import StoreUnavailable
+    caller = authz.caller(
+        Claims.new(
+            sub="t",
+            purpose="essential.service",
+            categories={"user.name": None},
+            operations=frozenset({"read", "write"}),
+            regions=frozenset({"de"}),
+            subjects=None,
+            ttl=60,
+            now=time.time(),
+        )
+    )
 
     with pytest.raises(StoreUnavailable) as e:
-        node.get_record("de_rec_" + "a" * 26)
+        node.get_record(caller, "de_rec_" + "a" * 26)
     assert "127.0.0.1" not in str(e.value)
     with pytest.raises(StoreUnavailable):
-        node.create_subject(country="DE")
+        node.create_subject(caller, country="DE")
     engine.dispose()

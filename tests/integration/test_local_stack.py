@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 class Up:
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir), "--port", "0"],
             stdout=subprocess.PIPE,
@@ -42,6 +43,26 @@ class Up:
                 return
         self.proc.kill()
         raise AssertionError("pdvault up did not start:\n" + "".join(self.output))
+
+    def token(self, *flags: str) -> str:
+        """A token issued with the CLI, as a script would (administrator credential)."""
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vault.cli",
+                "token",
+                "issue",
+                "--data-dir",
+                str(self.data_dir),
+                *flags,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return out.stdout.strip()
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -68,7 +89,15 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
                 health_pb2.HealthCheckRequest(), timeout=5
             )
             assert status.status == health_pb2.HealthCheckResponse.SERVING
-        with VaultClient(up.target) as c:
+        token = up.token(
+            "--purpose",
+            "essential.service",
+            "--categories",
+            "user.contact.email",
+            "--ops",
+            "read,write",
+        )
+        with VaultClient(up.target, token=token) as c:
             written = {}
             for country in ("DE", "US", "CN", "RU", "SG"):
                 s = c.create_subject(country)
@@ -88,7 +117,8 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
 
     up = Up(data_dir)
     try:
-        with VaultClient(up.target) as c:
+        # The signing key was unwrapped again through OpenBao: old tokens still verify.
+        with VaultClient(up.target, token=token) as c:
             for rid, (sid, address) in written.items():
                 got = c.get_record(rid)
                 assert got.subject_id == sid and got.fields["address"] == address

@@ -84,7 +84,7 @@ def test_round_trip_on_postgresql(pg_stack: Stack, pg_url: str, canary: str) -> 
         )
     assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
     for i in range(7):
-        c.put_record(s.subject_id, "user.name", {"i": str(i)})
+        c.put_record(s.subject_id, "user.name", {"first": str(i)})
     assert len(list(c.iter_records(s.subject_id, page_size=3))) == 8
     with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://")) as db:
         rows = db.execute("SELECT envelope FROM records").fetchall()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from vault.cell import RecordView, SubjectView
+from vault.cell import ConsentView, RecordView, SubjectView
 from vault.v1 import vault_pb2 as pb
 
 _STATES = {
@@ -38,5 +38,15 @@ def record_pb(v: RecordView) -> pb.Record:
         fields=v.fields,
         version=v.version,
         created_at=_ts(v.created_at_us),
+        updated_at=_ts(v.updated_at_us),
+    )
+
+
+def consent_pb(v: ConsentView) -> pb.Consent:
+    return pb.Consent(
+        subject_id=v.subject_id,
+        purpose=v.purpose,
+        granted=v.granted,
+        source=v.source,
         updated_at=_ts(v.updated_at_us),
     )

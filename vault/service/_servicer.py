@@ -11,20 +11,22 @@ duration only — never request or response content.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 
 from vault._inline import WouldBlock, nonblocking
-from vault.errors import VaultError
+from vault.authn import DEFAULT_TTL, IssueRequest, TokenAuthority
+from vault.authz import Caller
+from vault.errors import FieldViolation, InvalidArgument, VaultError
 from vault.node import Node
-from vault.service._convert import record_pb, subject_pb
+from vault.service._convert import consent_pb, record_pb, subject_pb
 from vault.service._status import code_for, internal_status, to_status
+from vault.tokens import Claims
 from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
@@ -33,9 +35,17 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 
 
-class PersonalDataVaultServicer(pb_grpc.PersonalDataVaultServicer):
-    def __init__(self, node: Node, executor: ThreadPoolExecutor) -> None:
+def _authorization(context: Ctx) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
+
+
+class _Base:
+    def __init__(self, node: Node, auth: TokenAuthority, executor: ThreadPoolExecutor) -> None:
         self._node = node
+        self._auth = auth
         self._executor = executor
 
     async def _run(
@@ -46,9 +56,18 @@ class PersonalDataVaultServicer(pb_grpc.PersonalDataVaultServicer):
         *args: Any,
         **kwargs: Any,
     ) -> T:
+        """Authenticates the caller, then runs ``fn(caller, *args, **kwargs)``."""
+
+        def authenticated() -> T:
+            caller = self._auth.authenticate(_authorization(context))
+            return fn(caller, *args, **kwargs)
+
+        return await self._guarded(method, context, authenticated)
+
+    async def _guarded(self, method: str, context: Ctx, fn: Callable[[], T]) -> T:
         start = time.perf_counter()
         try:
-            result = await self._call(fn, *args, **kwargs)
+            result = await self._call(fn)
         except VaultError as e:
             code = code_for(e)
             log.info("%s %s %s %.1fms", method, code.name, e.reason, _ms(start))
@@ -60,16 +79,17 @@ class PersonalDataVaultServicer(pb_grpc.PersonalDataVaultServicer):
         log.debug("%s OK %.1fms", method, _ms(start))
         return result
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _call(self, fn: Callable[[], T]) -> T:
         if self._node.inline_capable:
             try:
                 with nonblocking():
-                    return fn(*args, **kwargs)
+                    return fn()
             except WouldBlock:
                 pass
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+
+class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
     async def CreateSubject(self, request: pb.CreateSubjectRequest, context: Ctx) -> pb.Subject:
         v = await self._run(
             "CreateSubject",
@@ -140,3 +160,106 @@ def _ms(start: float) -> float:
 async def _abort(context: Ctx, status: grpc.Status) -> NoReturn:
     await context.abort_with_status(status)
     raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+    async def SetConsent(self, request: pb.SetConsentRequest, context: Ctx) -> pb.Consent:
+        v = await self._run(
+            "SetConsent",
+            context,
+            self._node.set_consent,
+            request.subject_id,
+            request.purpose,
+            request.granted,
+            request.source,
+        )
+        return consent_pb(v)
+
+    async def ListConsents(
+        self, request: pb.ListConsentsRequest, context: Ctx
+    ) -> pb.ListConsentsResponse:
+        vs = await self._run("ListConsents", context, self._node.list_consents, request.subject_id)
+        return pb.ListConsentsResponse(consents=[consent_pb(v) for v in vs])
+
+    async def RestrictProcessing(
+        self, request: pb.RestrictProcessingRequest, context: Ctx
+    ) -> pb.Subject:
+        v = await self._run(
+            "RestrictProcessing",
+            context,
+            self._node.restrict_processing,
+            request.subject_id,
+            request.restricted,
+        )
+        return subject_pb(v)
+
+
+def _grants(
+    items: Iterable[pb.CategoryGrant],
+) -> tuple[dict[str, frozenset[str] | None], dict[str, list[str]]]:
+    cats: dict[str, frozenset[str] | None] = {}
+    fields: dict[str, list[str]] = {}
+    for g in items:
+        if g.category in cats:
+            raise InvalidArgument(FieldViolation("categories", "lists a category twice"))
+        cats[g.category] = frozenset(g.fields) if g.fields else None
+        if g.fields:
+            fields[g.category] = list(g.fields)
+    return cats, fields
+
+
+def _token_pb(token: str, claims: Claims) -> pb.TokenResponse:
+    resp = pb.TokenResponse(token=token, token_id=claims.jti)
+    resp.expires_at.FromSeconds(claims.exp)
+    return resp
+
+
+class TokenServicer(_Base, pb_grpc.TokenServiceServicer):
+    async def IssueToken(self, request: pb.IssueTokenRequest, context: Ctx) -> pb.TokenResponse:
+        def issue() -> tuple[str, Claims]:
+            self._auth.require_admin(_authorization(context))
+            cats, _ = _grants(request.categories)
+            return self._auth.issue(
+                IssueRequest(
+                    service=request.service,
+                    purpose=request.purpose,
+                    categories=cats,
+                    operations=frozenset(request.operations),
+                    regions=frozenset(request.regions),
+                    subjects=frozenset(request.subjects) if request.subjects else None,
+                    transfer_basis=request.transfer_basis or None,
+                    ttl=request.ttl_seconds or DEFAULT_TTL,
+                )
+            )
+
+        return _token_pb(*await self._guarded("IssueToken", context, issue))
+
+    async def ExchangeToken(
+        self, request: pb.ExchangeTokenRequest, context: Ctx
+    ) -> pb.TokenResponse:
+        def exchange(caller: Caller) -> tuple[str, Claims]:
+            cats, fields = _grants(request.categories)
+            return self._auth.exchange(
+                caller,
+                categories=list(cats) or None,
+                fields=fields or None,
+                operations=list(request.operations) or None,
+                regions=list(request.regions) or None,
+                subjects=list(request.subjects) or None,
+                ttl=request.ttl_seconds or None,
+            )
+
+        return _token_pb(*await self._run("ExchangeToken", context, exchange))
+
+    async def RevokeToken(
+        self, request: pb.RevokeTokenRequest, context: Ctx
+    ) -> pb.RevokeTokenResponse:
+        def revoke() -> bool:
+            authorization = _authorization(context)
+            if not request.token_id:
+                raise InvalidArgument(FieldViolation("token_id", "is required"))
+            if self._auth.is_admin(authorization):
+                return self._auth.revoke(request.token_id, admin=True, caller=None)
+            caller = self._auth.authenticate(authorization)
+            return self._auth.revoke(request.token_id, admin=False, caller=caller)
+
+        revoked = await self._guarded("RevokeToken", context, revoke)
+        return pb.RevokeTokenResponse(token_id=request.token_id, revoked=revoked)

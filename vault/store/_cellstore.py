@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from vault.errors import StoreUnavailable
-from vault.store._models import records, subjects
+from vault.store._models import consents, records, subjects
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,14 +183,19 @@ class CellStore:
         return res.rowcount == 1
 
     def list_records(
-        self, subject_id: str, category: str | None, after: str | None, limit: int
+        self,
+        subject_id: str,
+        categories: frozenset[str] | None,
+        after: str | None,
+        limit: int,
     ) -> list[RecordRow]:
+        """Records of ``subject_id`` in ``categories`` (None: any), ordered by id."""
         cond = records.c.subject_id == subject_id
-        if category:
-            cond = and_(cond, records.c.category == category)
+        if categories is not None:
+            cond = and_(cond, records.c.category.in_(sorted(categories)))
         if after:
             cond = and_(cond, records.c.id > after)
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(*_RECORD_COLS).where(cond).order_by(records.c.id).limit(limit)
             ).all()
@@ -199,3 +204,56 @@ class CellStore:
     def count_records(self) -> int:
         with self._tx() as conn:
             return int(conn.execute(select(func.count()).select_from(records)).scalar_one())
+
+    # -- subject state and consent -----------------------------------------
+
+    def set_state(self, subject_id: str, state: str, now: int) -> bool:
+        """Sets a live subject's state; False if it is erased or does not exist."""
+        with self._tx() as conn:
+            res = conn.execute(
+                update(subjects)
+                .where(and_(subjects.c.id == subject_id, subjects.c.state != "erased"))
+                .values(state=state, updated_at=now)
+            )
+        return res.rowcount == 1
+
+    def consent_granted(self, subject_id: str, purpose: str) -> bool:
+        with self._read() as conn:
+            r = conn.execute(
+                select(consents.c.granted).where(
+                    and_(consents.c.subject_id == subject_id, consents.c.purpose == purpose)
+                )
+            ).first()
+        return bool(r and r[0])
+
+    def set_consent(
+        self, subject_id: str, purpose: str, granted: bool, source: str, now: int
+    ) -> None:
+        with self._tx() as conn:
+            res = conn.execute(
+                update(consents)
+                .where(and_(consents.c.subject_id == subject_id, consents.c.purpose == purpose))
+                .values(granted=granted, source=source, updated_at=now)
+            )
+            if res.rowcount == 0:
+                conn.execute(
+                    insert(consents).values(
+                        subject_id=subject_id,
+                        purpose=purpose,
+                        granted=granted,
+                        source=source,
+                        updated_at=now,
+                    )
+                )
+
+    def list_consents(self, subject_id: str) -> list[tuple[str, bool, str, int]]:
+        """(purpose, granted, source, updated_at) of every consent record of a subject."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    consents.c.purpose, consents.c.granted, consents.c.source, consents.c.updated_at
+                )
+                .where(consents.c.subject_id == subject_id)
+                .order_by(consents.c.purpose)
+            ).all()
+        return [(str(p), bool(g), str(s), int(u)) for p, g, s, u in rows]

@@ -62,3 +62,14 @@ records = Table(
     UniqueConstraint("subject_id", "idempotency_key", name="uq_records_subject_idempotency"),
     Index("ix_records_subject_id_id", "subject_id", "id"),
 )
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("subject_id", String(64), ForeignKey("subjects.id"), primary_key=True),
+    Column("purpose", String(128), primary_key=True),
+    Column("granted", Boolean, nullable=False),
+    # Where the consent was collected ("signup-form-v3"): a label, never free text.
+    Column("source", String(128), nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)

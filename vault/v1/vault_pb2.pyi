@@ -144,3 +144,115 @@ class DeleteRecordResponse(_message.Message):
     record_id: str
     deleted: bool
     def __init__(self, record_id: _Optional[str] = ..., deleted: _Optional[bool] = ...) -> None: ...
+
+class SetConsentRequest(_message.Message):
+    __slots__ = ("subject_id", "purpose", "granted", "source")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    purpose: str
+    granted: bool
+    source: str
+    def __init__(self, subject_id: _Optional[str] = ..., purpose: _Optional[str] = ..., granted: _Optional[bool] = ..., source: _Optional[str] = ...) -> None: ...
+
+class Consent(_message.Message):
+    __slots__ = ("subject_id", "purpose", "granted", "source", "updated_at")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    purpose: str
+    granted: bool
+    source: str
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, subject_id: _Optional[str] = ..., purpose: _Optional[str] = ..., granted: _Optional[bool] = ..., source: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListConsentsRequest(_message.Message):
+    __slots__ = ("subject_id",)
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    def __init__(self, subject_id: _Optional[str] = ...) -> None: ...
+
+class ListConsentsResponse(_message.Message):
+    __slots__ = ("consents",)
+    CONSENTS_FIELD_NUMBER: _ClassVar[int]
+    consents: _containers.RepeatedCompositeFieldContainer[Consent]
+    def __init__(self, consents: _Optional[_Iterable[_Union[Consent, _Mapping]]] = ...) -> None: ...
+
+class RestrictProcessingRequest(_message.Message):
+    __slots__ = ("subject_id", "restricted")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESTRICTED_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    restricted: bool
+    def __init__(self, subject_id: _Optional[str] = ..., restricted: _Optional[bool] = ...) -> None: ...
+
+class CategoryGrant(_message.Message):
+    __slots__ = ("category", "fields")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    category: str
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, category: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class IssueTokenRequest(_message.Message):
+    __slots__ = ("service", "purpose", "categories", "operations", "regions", "subjects", "transfer_basis", "ttl_seconds")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_BASIS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    purpose: str
+    categories: _containers.RepeatedCompositeFieldContainer[CategoryGrant]
+    operations: _containers.RepeatedScalarFieldContainer[str]
+    regions: _containers.RepeatedScalarFieldContainer[str]
+    subjects: _containers.RepeatedScalarFieldContainer[str]
+    transfer_basis: str
+    ttl_seconds: int
+    def __init__(self, service: _Optional[str] = ..., purpose: _Optional[str] = ..., categories: _Optional[_Iterable[_Union[CategoryGrant, _Mapping]]] = ..., operations: _Optional[_Iterable[str]] = ..., regions: _Optional[_Iterable[str]] = ..., subjects: _Optional[_Iterable[str]] = ..., transfer_basis: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class ExchangeTokenRequest(_message.Message):
+    __slots__ = ("categories", "operations", "regions", "subjects", "ttl_seconds")
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    categories: _containers.RepeatedCompositeFieldContainer[CategoryGrant]
+    operations: _containers.RepeatedScalarFieldContainer[str]
+    regions: _containers.RepeatedScalarFieldContainer[str]
+    subjects: _containers.RepeatedScalarFieldContainer[str]
+    ttl_seconds: int
+    def __init__(self, categories: _Optional[_Iterable[_Union[CategoryGrant, _Mapping]]] = ..., operations: _Optional[_Iterable[str]] = ..., regions: _Optional[_Iterable[str]] = ..., subjects: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class TokenResponse(_message.Message):
+    __slots__ = ("token", "token_id", "expires_at")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    token_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, token: _Optional[str] = ..., token_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RevokeTokenRequest(_message.Message):
+    __slots__ = ("token_id",)
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    def __init__(self, token_id: _Optional[str] = ...) -> None: ...
+
+class RevokeTokenResponse(_message.Message):
+    __slots__ = ("token_id", "revoked")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    revoked: bool
+    def __init__(self, token_id: _Optional[str] = ..., revoked: _Optional[bool] = ...) -> None: ...

@@ -64,6 +64,21 @@ class PersonalDataVaultStub:
                 request_serializer=vault_dot_v1_dot_vault__pb2.DeleteRecordRequest.SerializeToString,
                 response_deserializer=vault_dot_v1_dot_vault__pb2.DeleteRecordResponse.FromString,
                 _registered_method=True)
+        self.SetConsent = channel.unary_unary(
+                '/vault.v1.PersonalDataVault/SetConsent',
+                request_serializer=vault_dot_v1_dot_vault__pb2.SetConsentRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.Consent.FromString,
+                _registered_method=True)
+        self.ListConsents = channel.unary_unary(
+                '/vault.v1.PersonalDataVault/ListConsents',
+                request_serializer=vault_dot_v1_dot_vault__pb2.ListConsentsRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.ListConsentsResponse.FromString,
+                _registered_method=True)
+        self.RestrictProcessing = channel.unary_unary(
+                '/vault.v1.PersonalDataVault/RestrictProcessing',
+                request_serializer=vault_dot_v1_dot_vault__pb2.RestrictProcessingRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.Subject.FromString,
+                _registered_method=True)
 
 
 class PersonalDataVaultServicer:
@@ -109,6 +124,28 @@ class PersonalDataVaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetConsent(self, request, context):
+        """Records or withdraws the subject's consent to one purpose. Consent-based
+        purposes read nothing of a subject without an active consent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestrictProcessing(self, request, context):
+        """Restriction of processing (GDPR Art. 18): while restricted, only purposes
+        the policy allows under restriction may process the subject's data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersonalDataVaultServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +178,21 @@ def add_PersonalDataVaultServicer_to_server(servicer, server):
                     servicer.DeleteRecord,
                     request_deserializer=vault_dot_v1_dot_vault__pb2.DeleteRecordRequest.FromString,
                     response_serializer=vault_dot_v1_dot_vault__pb2.DeleteRecordResponse.SerializeToString,
+            ),
+            'SetConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetConsent,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.SetConsentRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.Consent.SerializeToString,
+            ),
+            'ListConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsents,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.ListConsentsRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.ListConsentsResponse.SerializeToString,
+            ),
+            'RestrictProcessing': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestrictProcessing,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.RestrictProcessingRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.Subject.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +357,258 @@ class PersonalDataVault:
             '/vault.v1.PersonalDataVault/DeleteRecord',
             vault_dot_v1_dot_vault__pb2.DeleteRecordRequest.SerializeToString,
             vault_dot_v1_dot_vault__pb2.DeleteRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vault.v1.PersonalDataVault/SetConsent',
+            vault_dot_v1_dot_vault__pb2.SetConsentRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.Consent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vault.v1.PersonalDataVault/ListConsents',
+            vault_dot_v1_dot_vault__pb2.ListConsentsRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.ListConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestrictProcessing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vault.v1.PersonalDataVault/RestrictProcessing',
+            vault_dot_v1_dot_vault__pb2.RestrictProcessingRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.Subject.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class TokenServiceStub:
+    """Purpose tokens. Every call of PersonalDataVault needs one, presented as
+    gRPC metadata "authorization: Bearer <token>".
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.IssueToken = channel.unary_unary(
+                '/vault.v1.TokenService/IssueToken',
+                request_serializer=vault_dot_v1_dot_vault__pb2.IssueTokenRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.TokenResponse.FromString,
+                _registered_method=True)
+        self.ExchangeToken = channel.unary_unary(
+                '/vault.v1.TokenService/ExchangeToken',
+                request_serializer=vault_dot_v1_dot_vault__pb2.ExchangeTokenRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.TokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/vault.v1.TokenService/RevokeToken',
+                request_serializer=vault_dot_v1_dot_vault__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
+
+
+class TokenServiceServicer:
+    """Purpose tokens. Every call of PersonalDataVault needs one, presented as
+    gRPC metadata "authorization: Bearer <token>".
+    """
+
+    def IssueToken(self, request, context):
+        """Administrators only (the administrator credential as bearer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExchangeToken(self, request, context):
+        """Returns a strictly narrower token than the presented one (fewer
+        categories, fields, operations, regions or subjects; same or shorter
+        life; same purpose). Anything wider is PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revokes a token by id on every node (within about a second). An
+        administrator may revoke any token; a token holder its own token and the
+        tokens exchanged from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TokenServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'IssueToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueToken,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.IssueTokenRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.TokenResponse.SerializeToString,
+            ),
+            'ExchangeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExchangeToken,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.ExchangeTokenRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.TokenResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'vault.v1.TokenService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('vault.v1.TokenService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TokenService:
+    """Purpose tokens. Every call of PersonalDataVault needs one, presented as
+    gRPC metadata "authorization: Bearer <token>".
+    """
+
+    @staticmethod
+    def IssueToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vault.v1.TokenService/IssueToken',
+            vault_dot_v1_dot_vault__pb2.IssueTokenRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.TokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExchangeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vault.v1.TokenService/ExchangeToken',
+            vault_dot_v1_dot_vault__pb2.ExchangeTokenRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.TokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vault.v1.TokenService/RevokeToken',
+            vault_dot_v1_dot_vault__pb2.RevokeTokenRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,176 @@
+"""``pdvault token issue|exchange|revoke|inspect`` — tokens on stdout, for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from vault.authn import ADMIN_CREDENTIAL_FILE
+from vault.client import VaultClientError
+from vault.errors import Unauthenticated
+from vault.tokens import REGIONS, KeySet, VerificationKey, decode
+from vault.v1 import vault_pb2 as pb
+from vault.v1 import vault_pb2_grpc as pb_grpc
+
+ENDPOINT_FILE = "endpoint"
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_parser(sub: Any) -> None:
+    tok = sub.add_parser("token", help="purpose tokens: issue, exchange, revoke, inspect")
+    tsub = tok.add_subparsers(dest="token_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", type=Path, default=Path(".pdvault"))
+        p.add_argument("--target", help="host:port (default: the endpoint of the data dir's stack)")
+
+    def narrowing(p: argparse.ArgumentParser, *, required: bool) -> None:
+        p.add_argument("--categories", type=_csv, required=required, help="a,b,…")
+        p.add_argument("--fields", type=_csv, default=[], help="category.field,… (only these)")
+        p.add_argument("--ops", type=_csv, required=required, help="read,write,delete,…")
+        p.add_argument("--regions", type=_csv, default=None, help="de,us,… (default: all)")
+        p.add_argument("--subjects", type=_csv, default=None, help="subject ids (default: any)")
+        p.add_argument("--ttl", type=int, default=None, help="seconds")
+
+    issue = tsub.add_parser("issue", help="issue a token (administrator credential)")
+    common(issue)
+    issue.add_argument("--service", default="local-service", help="the calling service")
+    issue.add_argument("--purpose", required=True)
+    narrowing(issue, required=True)
+    issue.add_argument("--transfer-basis", default="")
+
+    ex = tsub.add_parser("exchange", help="exchange a token for a narrower one")
+    common(ex)
+    ex.add_argument("token")
+    narrowing(ex, required=False)
+
+    rv = tsub.add_parser("revoke", help="revoke a token by id")
+    common(rv)
+    rv.add_argument("token_id")
+    rv.add_argument("--token", help="revoke as this token's holder instead of as administrator")
+
+    ins = tsub.add_parser("inspect", help="show a token's claims and whether it verifies")
+    ins.add_argument("--data-dir", type=Path, default=Path(".pdvault"))
+    ins.add_argument("token")
+
+
+def _target(args: argparse.Namespace) -> str:
+    if args.target:
+        return str(args.target)
+    f: Path = args.data_dir / ENDPOINT_FILE
+    if f.exists():
+        return f.read_text().strip()
+    return str(os.environ.get("PDVAULT_TARGET", "127.0.0.1:50051"))
+
+
+def _admin(data_dir: Path) -> str:
+    f = data_dir / ADMIN_CREDENTIAL_FILE
+    try:
+        return f.read_text().strip()
+    except OSError:
+        raise SystemExit(
+            f"pdvault: no administrator credential at {f} (is `pdvault up` using this data dir?)"
+        ) from None
+
+
+def _grants(categories: list[str], fields: list[str]) -> list[pb.CategoryGrant]:
+    by_cat: dict[str, list[str]] = {c: [] for c in categories}
+    for f in fields:
+        cat, _, name = f.rpartition(".")
+        if cat not in by_cat:
+            raise SystemExit(f"pdvault: --fields {f}: its category is not in --categories")
+        by_cat[cat].append(name)
+    return [pb.CategoryGrant(category=c, fields=fs) for c, fs in by_cat.items()]
+
+
+def _call(target: str, method: str, request: Any, bearer: str) -> Any:
+    with grpc.insecure_channel(target) as ch:
+        stub = pb_grpc.TokenServiceStub(ch)  # type: ignore[no-untyped-call]
+        try:
+            return getattr(stub, method)(
+                request, timeout=15, metadata=(("authorization", f"Bearer {bearer}"),)
+            )
+        except grpc.RpcError as e:
+            err = VaultClientError.from_rpc_error(e)
+            detail = "; ".join(f"{f}: {d}" for f, d in err.violations)
+            print(f"pdvault: {err}" + (f" ({detail})" if detail else ""), file=sys.stderr)
+            raise SystemExit(1) from None
+
+
+def _unverified_claims(token: str) -> dict[str, Any]:
+    parts = token.split(".")
+    raw = parts[2] if len(parts) >= 3 else ""
+    body = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))[:-64]  # strip the signature
+    return dict(json.loads(body))
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = args.token_command
+    if cmd == "issue":
+        req = pb.IssueTokenRequest(
+            service=args.service,
+            purpose=args.purpose,
+            categories=_grants(args.categories, args.fields),
+            operations=args.ops,
+            regions=args.regions or sorted(REGIONS),
+            subjects=args.subjects or [],
+            transfer_basis=args.transfer_basis,
+            ttl_seconds=args.ttl or 0,
+        )
+        resp = _call(_target(args), "IssueToken", req, _admin(args.data_dir))
+        print(resp.token)
+        return 0
+    if cmd == "exchange":
+        ereq = pb.ExchangeTokenRequest(
+            categories=_grants(args.categories or [], args.fields),
+            operations=args.ops or [],
+            regions=args.regions or [],
+            subjects=args.subjects or [],
+            ttl_seconds=args.ttl or 0,
+        )
+        resp = _call(_target(args), "ExchangeToken", ereq, args.token)
+        print(resp.token)
+        return 0
+    if cmd == "revoke":
+        bearer = args.token or _admin(args.data_dir)
+        resp = _call(
+            _target(args), "RevokeToken", pb.RevokeTokenRequest(token_id=args.token_id), bearer
+        )
+        print(f"{resp.token_id} {'revoked' if resp.revoked else 'was already revoked'}")
+        return 0
+    if cmd == "inspect":
+        return _inspect(args)
+    return 2
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    keys_file = args.data_dir / "tokens" / "verification-keys.json"
+    try:
+        claims = _unverified_claims(args.token)
+    except (ValueError, IndexError):
+        print("pdvault: not a readable PASETO v4.public token", file=sys.stderr)
+        return 1
+    status = "not checked (no verification keys in the data dir)"
+    code = 0
+    if keys_file.exists():
+        published = json.loads(keys_file.read_text())["keys"]
+        keyset = KeySet(VerificationKey.from_paserk(k["kid"], k["paserk"]) for k in published)
+        try:
+            decode(args.token, keyset, now=time.time())
+            status = "valid signature, within its validity period (revocation not checked)"
+        except Unauthenticated as e:
+            status = f"INVALID: {e.reason}"
+            code = 1
+    print(json.dumps({"verification": status, "claims": claims}, indent=2))
+    return code

@@ -1,0 +1,259 @@
+"""Authentication: purpose tokens and the administrator credential.
+
+The token signing key (Ed25519) never touches disk in plaintext: it is kept
+wrapped by a non-exportable OpenBao Transit key (``transit-control`` /
+``token-signing``) and unwrapped into memory when a node starts. The
+verification keys (public) are a plain file every node of every region reads.
+
+The administrator credential is a random bearer secret written to the data dir
+(0600) by ``pdvault up``; nodes keep only its SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from vault.authz import Authorizer, Caller
+from vault.control import ControlStore, Revocations, TokenEvent
+from vault.errors import AccessDenied, FieldViolation, InvalidArgument, Unauthenticated
+from vault.keys import KeyProvider, KeyRef
+from vault.tokens import Claims, KeySet, SigningKey, TokenVerifier, VerificationKey, issue, narrow
+
+SIGNING_KEY_NAME = "token-signing"
+ADMIN_CREDENTIAL_FILE = "admin.credential"
+DEFAULT_TTL = 3600
+MAX_TTL = 30 * 24 * 3600
+_ADMIN_PREFIX = "pdva_"
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _signing_aad(kid: str) -> bytes:
+    return b"pdvault/token-signing-key/v1|" + kid.encode()
+
+
+def load_or_create_signing_key(
+    directory: Path, keys: KeyProvider, mount: str
+) -> tuple[SigningKey, KeySet]:
+    """The node's signing key (unwrapped through OpenBao) and the verification keys.
+
+    On first use a key is generated, wrapped by Transit and written as
+    ``signing-key.json`` (ciphertext only) next to ``verification-keys.json``.
+    """
+    ref = KeyRef(mount, SIGNING_KEY_NAME)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key_file = directory / "signing-key.json"
+    pub_file = directory / "verification-keys.json"
+    if key_file.exists():
+        stored = json.loads(key_file.read_text())
+        kid = str(stored["kid"])
+        pem = keys.unwrap(ref, str(stored["wrapped"]), _signing_aad(kid))
+        signing = SigningKey.from_pem(pem)
+        if signing.kid != kid:
+            raise RuntimeError("the unwrapped token signing key does not match its key id")
+    else:
+        signing = SigningKey.generate()
+        wrapped = keys.wrap(ref, signing.private_pem(), _signing_aad(signing.kid))
+        _write_private(key_file, json.dumps({"kid": signing.kid, "wrapped": wrapped}))
+    published: list[dict[str, str]] = []
+    if pub_file.exists():
+        published = list(json.loads(pub_file.read_text())["keys"])
+    pub = signing.public()
+    if all(k["kid"] != pub.kid for k in published):
+        published.append({"kid": pub.kid, "paserk": pub.to_paserk()})
+        pub_file.write_text(json.dumps({"keys": published}, indent=2))
+    keyset = KeySet(VerificationKey.from_paserk(k["kid"], k["paserk"]) for k in published)
+    return signing, keyset
+
+
+def ensure_admin_credential(data_dir: Path) -> str:
+    """The local stack's administrator credential, created on first start (0600)."""
+    path = data_dir / ADMIN_CREDENTIAL_FILE
+    if not path.exists():
+        _write_private(path, _ADMIN_PREFIX + secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthenticated("a bearer token is required", reason="MISSING_TOKEN")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated(
+            "the authorization header must be 'Bearer <token>'", reason="MALFORMED_TOKEN"
+        )
+    return token.strip()
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    service: str
+    purpose: str
+    categories: Mapping[str, frozenset[str] | None]
+    operations: frozenset[str]
+    regions: frozenset[str]
+    subjects: frozenset[str] | None
+    transfer_basis: str | None
+    ttl: int
+
+
+class TokenAuthority:
+    """Issues, exchanges, verifies and revokes purpose tokens."""
+
+    def __init__(
+        self,
+        signing: SigningKey,
+        keys: KeySet,
+        control: ControlStore,
+        revocations: Revocations,
+        authz: Authorizer,
+        admin_credential_sha256: bytes | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._signing = signing
+        self._control = control
+        self._revocations = revocations
+        self._authz = authz
+        self._admin = admin_credential_sha256
+        self._clock = clock
+        self.verifier = TokenVerifier(keys, revocations.is_revoked, clock)
+
+    # -- authentication ---------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        token = _bearer(authorization)
+        if token.startswith(_ADMIN_PREFIX):
+            raise Unauthenticated(
+                "the administrator credential is not a purpose token", reason="MALFORMED_TOKEN"
+            )
+        return self._authz.caller(self.verifier.verify(token))
+
+    def is_admin(self, authorization: str | None) -> bool:
+        try:
+            token = _bearer(authorization)
+        except Unauthenticated:
+            return False
+        if self._admin is None:
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._admin)
+
+    def require_admin(self, authorization: str | None) -> None:
+        if not self.is_admin(authorization):
+            raise Unauthenticated(
+                "the administrator credential is required", reason="ADMIN_REQUIRED"
+            )
+
+    # -- issue / exchange / revoke ----------------------------------------
+
+    def issue(self, req: IssueRequest) -> tuple[str, Claims]:
+        purpose = self._authz.known_purpose(req.purpose)
+        problems = []
+        for c in req.categories:
+            if c not in purpose.categories:
+                problems.append(
+                    FieldViolation("categories", f"{c} is not a category of the purpose")
+                )
+        if not set(req.operations) <= purpose.operations:
+            problems.append(
+                FieldViolation("operations", "includes an operation the purpose does not allow")
+            )
+        if not 0 < req.ttl <= MAX_TTL:
+            problems.append(FieldViolation("ttl_seconds", f"must be between 1 and {MAX_TTL}"))
+        if problems:
+            raise InvalidArgument(problems)
+        try:
+            claims = Claims.new(
+                sub=req.service,
+                purpose=req.purpose,
+                categories=req.categories,
+                operations=req.operations,
+                regions=req.regions,
+                subjects=req.subjects,
+                transfer_basis=req.transfer_basis,
+                ttl=req.ttl,
+                now=self._clock(),
+            )
+        except (TypeError, ValueError) as e:
+            # Claims validation names the claim, never a value.
+            raise InvalidArgument(FieldViolation("claims", str(e))) from None
+        token = issue(claims, self._signing)
+        self._record("issue", claims, caller="admin")
+        return token, claims
+
+    def exchange(
+        self,
+        caller: Caller,
+        *,
+        categories: Collection[str] | None,
+        fields: Mapping[str, Collection[str]] | None,
+        operations: Collection[str] | None,
+        regions: Collection[str] | None,
+        subjects: Collection[str] | None,
+        ttl: int | None,
+    ) -> tuple[str, Claims]:
+        child = narrow(
+            caller.claims,
+            categories=categories,
+            fields=fields,
+            operations=operations,
+            regions=regions,
+            subjects=subjects,
+            ttl=ttl,
+            now=self._clock(),
+        )
+        token = issue(child, self._signing)
+        self._record("exchange", child, caller=caller.service)
+        return token, child
+
+    def revoke(self, jti: str, *, admin: bool, caller: Caller | None) -> bool:
+        """Revokes ``jti``: an administrator any token; a holder its own or its children."""
+        target = self._control.issued(jti)
+        if not admin:
+            assert caller is not None
+            own = jti == caller.claims.jti
+            child = target is not None and target.parent_jti == caller.claims.jti
+            if not (own or child):
+                raise AccessDenied(
+                    "a token may revoke only itself and the tokens exchanged from it",
+                    reason="REVOKE_NOT_ALLOWED",
+                )
+        expires = target.expires_at if target else int(self._clock()) + MAX_TTL
+        revoked = self._control.revoke(jti, expires)
+        self._revocations.add(jti)
+        self._control.record(
+            TokenEvent(
+                "revoke",
+                jti,
+                caller="admin" if admin else (caller.service if caller else "?"),
+                service=target.service if target else "",
+                purpose=target.purpose if target else "",
+                expires_at=expires,
+            )
+        )
+        return revoked
+
+    def _record(self, event: str, claims: Claims, caller: str) -> None:
+        self._control.record(
+            TokenEvent(
+                event,
+                claims.jti,
+                caller=caller,
+                service=claims.sub,
+                purpose=claims.purpose,
+                expires_at=claims.exp,
+                parent_jti=claims.parent_jti,
+            )
+        )

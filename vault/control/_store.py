@@ -1,0 +1,188 @@
+"""Control-plane repository and the node's view of token revocations."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from vault.control._models import revoked_tokens, token_events
+from vault.errors import StoreUnavailable
+from vault.store import migrate
+
+log = logging.getLogger("vault.control")
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One issue, exchange or revocation, by token id (never the token itself)."""
+
+    event: str
+    jti: str
+    caller: str
+    service: str
+    purpose: str
+    expires_at: int
+    parent_jti: str | None = None
+
+
+class ControlStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        migrate(engine, _MIGRATIONS)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError:
+            raise
+        except DBAPIError as e:
+            raise StoreUnavailable("control database unavailable") from e
+
+    def record(self, ev: TokenEvent) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(token_events).values(
+                    at=_now_us(),
+                    event=ev.event,
+                    jti=ev.jti,
+                    parent_jti=ev.parent_jti,
+                    caller=ev.caller,
+                    service=ev.service,
+                    purpose=ev.purpose,
+                    expires_at=ev.expires_at,
+                )
+            )
+
+    def events(self) -> list[TokenEvent]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(
+                    token_events.c.event,
+                    token_events.c.jti,
+                    token_events.c.caller,
+                    token_events.c.service,
+                    token_events.c.purpose,
+                    token_events.c.expires_at,
+                    token_events.c.parent_jti,
+                ).order_by(token_events.c.id)
+            ).all()
+        return [TokenEvent(*r) for r in rows]
+
+    def issued(self, jti: str) -> TokenEvent | None:
+        """The issue or exchange event of a token id, if this vault made that token."""
+        with self._tx() as conn:
+            r = conn.execute(
+                select(
+                    token_events.c.event,
+                    token_events.c.jti,
+                    token_events.c.caller,
+                    token_events.c.service,
+                    token_events.c.purpose,
+                    token_events.c.expires_at,
+                    token_events.c.parent_jti,
+                )
+                .where(token_events.c.jti == jti)
+                .where(token_events.c.event.in_(("issue", "exchange")))
+            ).first()
+        return TokenEvent(*r) if r else None
+
+    def revoke(self, jti: str, expires_at: int) -> bool:
+        """Records a revocation; False if the token id was already revoked."""
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    insert(revoked_tokens).values(
+                        jti=jti, expires_at=expires_at, revoked_at=_now_us()
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def revoked_since(self, after_us: int) -> list[tuple[str, int]]:
+        """(jti, revoked_at) of revocations after ``after_us`` whose tokens are still live."""
+        now_s = int(time.time())
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(revoked_tokens.c.jti, revoked_tokens.c.revoked_at)
+                .where(revoked_tokens.c.revoked_at > after_us)
+                .where(revoked_tokens.c.expires_at >= now_s)
+                .order_by(revoked_tokens.c.revoked_at)
+            ).all()
+        return [(str(j), int(at)) for j, at in rows]
+
+
+class Revocations:
+    """The revoked token ids, as this node knows them.
+
+    A background thread polls the control database every ``interval`` seconds,
+    so a revocation made through any node is effective here within about that
+    long. If the list cannot be refreshed for ``max_staleness`` seconds,
+    :meth:`is_revoked` raises — every token is refused (fail closed) rather
+    than trusting a list that may miss revocations.
+    """
+
+    def __init__(
+        self,
+        store: ControlStore,
+        interval: float = 0.25,
+        max_staleness: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._interval = interval
+        self._max_staleness = max_staleness
+        self._clock = clock
+        self._revoked: set[str] = set()
+        self._cursor = 0
+        self._fresh_at = float("-inf")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        rows = self._store.revoked_since(self._cursor)
+        for jti, at in rows:
+            self._revoked.add(jti)
+            self._cursor = max(self._cursor, at)
+        self._fresh_at = self._clock()
+
+    def add(self, jti: str) -> None:
+        """Effective on this node at once (the poll spreads it to the others)."""
+        self._revoked.add(jti)
+
+    def is_revoked(self, jti: str) -> bool:
+        if self._clock() - self._fresh_at > self._max_staleness:
+            raise StoreUnavailable("token revocation list is stale")
+        return jti in self._revoked
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="revocations", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.refresh()
+            except StoreUnavailable:
+                log.warning("cannot refresh the token revocation list")
