@@ -35,6 +35,7 @@ class Bao:
     server: OpenBaoServer
     regions_template: Path
     node_token: str
+    eraser_token: str
     audit_log: Path
 
     @property
@@ -135,8 +136,8 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
     server.start()
     regions = load_regions(data_dir=str(d), openbao_addr=server.address)
     try:
-        token = server.configure(regions)
-        yield Bao(server, Path(regions.source), token, server.audit_log)
+        creds = server.configure(regions)
+        yield Bao(server, Path(regions.source), creds.node, creds.eraser, server.audit_log)
     finally:
         server.stop()
 
@@ -148,17 +149,24 @@ def start_stack(
     cache: CacheSettings | None = None,
     database_urls: dict[str, str] | None = None,
     policy: Policy | None = None,
+    erasure_poll_seconds: float = 0.2,
 ) -> Stack:
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], database_url=url)
-    settings = NodeSettings(data_dir=data_dir, port=0, cache=cache or CacheSettings())
+    settings = NodeSettings(
+        data_dir=data_dir,
+        port=0,
+        cache=cache or CacheSettings(),
+        erasure_poll_seconds=erasure_poll_seconds,
+    )
     provider = TransitKeyProvider.connect(bao.address, bao.node_token)
     admin = ensure_admin_credential(data_dir)
     vault = build_vault(
         regions,
         settings,
         openbao_token=bao.node_token,
+        eraser_token=bao.eraser_token,
         policy=policy or POLICY,
         admin_credential=admin,
         providers={bao.address: provider},

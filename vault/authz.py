@@ -86,6 +86,21 @@ class Authorizer:
             )
         return allowed
 
+    def subject_visible(self, caller: Caller, facts: SubjectFacts) -> None:
+        """What a purpose may know of a subject at all, whatever the category:
+        consent-based purposes nothing without consent, not-for-minors purposes
+        nothing of a minor. (Restriction does not hide the subject's state.)"""
+        p = caller.purpose
+        if facts.minor and not p.minors:
+            raise AccessDenied(
+                f"purpose {p.name!r} never applies to a minor's data", reason="MINOR_EXCLUDED"
+            )
+        if p.requires_consent and p.name not in facts.consented_purposes:
+            raise AccessDenied(
+                f"purpose {p.name!r} requires the subject's active consent",
+                reason="CONSENT_REQUIRED",
+            )
+
     def readable_categories(self, caller: Caller) -> frozenset[str]:
         """Categories both the token and the purpose allow (for listings)."""
         return frozenset(caller.claims.categories) & frozenset(caller.purpose.categories)

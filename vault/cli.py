@@ -60,15 +60,22 @@ async def _up(args: argparse.Namespace) -> int:
     bao.start()
     server: VaultServer | None = None
     try:
-        token = bao.configure(regions)
+        creds = bao.configure(regions)
         admin = ensure_admin_credential(data_dir)
         vault = build_vault(
-            regions, settings, openbao_token=token, policy=policy, admin_credential=admin
+            regions,
+            settings,
+            openbao_token=creds.node,
+            eraser_token=creds.eraser,
+            policy=policy,
+            admin_credential=admin,
         )
         server = VaultServer(vault, settings)
         port = await server.start()
         (data_dir / ENDPOINT_FILE).write_text(f"{settings.host}:{port}\n")
-        renew = asyncio.create_task(_renew_forever(bao.address, token))
+        renew = [
+            asyncio.create_task(_renew_forever(bao.address, t)) for t in (creds.node, creds.eraser)
+        ]
         print(
             f"""
 pdvault is running.
@@ -91,7 +98,8 @@ Stop with Ctrl-C.""",
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         print("\npdvault: shutting down", file=sys.stderr, flush=True)
-        renew.cancel()
+        for task in renew:
+            task.cancel()
     finally:
         if server is not None:
             await server.stop(grace=5.0)
@@ -138,9 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     pcheck = psub.add_parser("check", help="validate a policy file")
     pcheck.add_argument("file", type=Path, nargs="?", default=None)
 
-    from vault import _tokencli
+    from vault import _rightscli, _tokencli
 
     _tokencli.add_parser(sub)
+    _rightscli.add_parsers(sub)
     return p
 
 
@@ -152,6 +161,15 @@ def main(argv: list[str] | None = None) -> int:
         from vault import _tokencli
 
         return _tokencli.run(args)
+    if args.command in ("export", "receipt", "erasure"):
+        from vault import _rightscli
+
+        runner = {
+            "export": _rightscli.run_export,
+            "receipt": _rightscli.run_receipt,
+            "erasure": _rightscli.run_reapply,
+        }[args.command]
+        return runner(args)
     if args.command == "up":
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.INFO,

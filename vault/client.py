@@ -14,6 +14,7 @@ violations.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -77,6 +78,7 @@ class VaultClient:
             else grpc.insecure_channel(target, options=options)
         )
         self._stub = pb_grpc.PersonalDataVaultStub(self._channel)  # type: ignore[no-untyped-call]
+        self._tokens = pb_grpc.TokenServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
         self.token = token
 
@@ -170,3 +172,79 @@ class VaultClient:
     ) -> pb.DeleteRecordResponse:
         req = pb.DeleteRecordRequest(record_id=record_id, expected_version=expected_version)
         return self._call(self._stub.DeleteRecord, req)  # type: ignore[no-any-return]
+
+    # -- consent and restriction ---------------------------------------------
+
+    def set_consent(
+        self, subject_id: str, purpose: str, granted: bool, *, source: str
+    ) -> pb.Consent:
+        req = pb.SetConsentRequest(
+            subject_id=subject_id, purpose=purpose, granted=granted, source=source
+        )
+        return self._call(self._stub.SetConsent, req)  # type: ignore[no-any-return]
+
+    def list_consents(self, subject_id: str) -> list[pb.Consent]:
+        req = pb.ListConsentsRequest(subject_id=subject_id)
+        return list(self._call(self._stub.ListConsents, req).consents)
+
+    def restrict_processing(self, subject_id: str, restricted: bool = True) -> pb.Subject:
+        req = pb.RestrictProcessingRequest(subject_id=subject_id, restricted=restricted)
+        return self._call(self._stub.RestrictProcessing, req)  # type: ignore[no-any-return]
+
+    # -- erasure and portability ---------------------------------------------
+
+    def erase_subject(
+        self, subject_id: str, *, reason: str = "", grace_period_seconds: int = 0
+    ) -> pb.ErasureReceipt:
+        req = pb.EraseSubjectRequest(subject_id=subject_id, reason=reason)
+        req.grace_period.seconds = grace_period_seconds
+        return self._call(self._stub.EraseSubject, req)  # type: ignore[no-any-return]
+
+    def cancel_erasure(self, subject_id: str) -> pb.Subject:
+        req = pb.CancelErasureRequest(subject_id=subject_id)
+        return self._call(self._stub.CancelErasure, req)  # type: ignore[no-any-return]
+
+    def export_subject_bytes(self, subject_id: str) -> Iterator[bytes]:
+        """The export document's pieces as they arrive (for large subjects)."""
+        req = pb.ExportSubjectRequest(subject_id=subject_id)
+        try:
+            for chunk in self._stub.ExportSubject(
+                req, timeout=self._timeout * 30, metadata=self._metadata()
+            ):
+                yield chunk.data
+        except grpc.RpcError as e:
+            raise VaultClientError.from_rpc_error(e) from None
+
+    def export_subject(self, subject_id: str) -> dict[str, Any]:
+        """The whole export document, parsed."""
+        return dict(json.loads(b"".join(self.export_subject_bytes(subject_id))))
+
+    # -- tokens --------------------------------------------------------------
+
+    def exchange_token(
+        self,
+        *,
+        categories: Mapping[str, Sequence[str]] | Sequence[str] = (),
+        operations: Sequence[str] = (),
+        regions: Sequence[str] = (),
+        subjects: Sequence[str] = (),
+        ttl_seconds: int = 0,
+    ) -> pb.TokenResponse:
+        """A narrower token than this client's (for handing to a processor)."""
+        grants = (
+            [pb.CategoryGrant(category=c, fields=list(f)) for c, f in categories.items()]
+            if isinstance(categories, Mapping)
+            else [pb.CategoryGrant(category=c) for c in categories]
+        )
+        req = pb.ExchangeTokenRequest(
+            categories=grants,
+            operations=list(operations),
+            regions=list(regions),
+            subjects=list(subjects),
+            ttl_seconds=ttl_seconds,
+        )
+        return self._call(self._tokens.ExchangeToken, req)  # type: ignore[no-any-return]
+
+    def revoke_token(self, token_id: str) -> pb.RevokeTokenResponse:
+        req = pb.RevokeTokenRequest(token_id=token_id)
+        return self._call(self._tokens.RevokeToken, req)  # type: ignore[no-any-return]

@@ -119,6 +119,8 @@ class NodeSettings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     limits: Limits = field(default_factory=Limits)
     openbao_timeout_seconds: float = 5.0
+    #: How often a node looks for erasures whose grace period has ended.
+    erasure_poll_seconds: float = 5.0
 
 
 def _substitute(value: str, variables: dict[str, str]) -> str:

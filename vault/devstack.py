@@ -34,6 +34,7 @@ from vault.config import RegionsConfig
 
 UNSEAL_FILE = "LOCAL-ONLY-unseal.json"
 NODE_POLICY = "pdvault-node"
+ERASER_POLICY = "pdvault-eraser"
 TRANSIT_CACHE_SIZE = 20_000
 
 
@@ -100,6 +101,32 @@ path "{control_mount}/decrypt/{SIGNING_KEY_NAME}" {{
     )
     blocks.append('path "auth/token/renew-self" {\n  capabilities = ["update"]\n}\n')
     return "\n".join(blocks)
+
+
+def eraser_policy(mounts: list[str]) -> str:
+    """What the erasure workflow needs: read, reconfigure and delete subject keys,
+    and try an unwrap to prove a key is gone."""
+    return "\n".join(
+        f"""path "{m}/keys/+" {{
+  capabilities = ["read", "delete"]
+}}
+path "{m}/keys/+/config" {{
+  capabilities = ["update"]
+}}
+path "{m}/decrypt/+" {{
+  capabilities = ["update"]
+}}
+"""
+        for m in mounts
+    )
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """OpenBao tokens for a node: everyday key use, and key destruction."""
+
+    node: str
+    eraser: str
 
 
 @dataclass
@@ -262,8 +289,8 @@ audit "file" "pdvault-local" {{
             time.sleep(0.1)
         raise RuntimeError("OpenBao did not become active after unsealing")
 
-    def configure(self, regions: RegionsConfig) -> str:
-        """Mounts Transit per region mount, bounds caches, returns a node token."""
+    def configure(self, regions: RegionsConfig) -> Credentials:
+        """Mounts Transit per region mount, bounds caches, returns the node's tokens."""
         client = hvac.Client(url=self.address, token=self.root_token(), timeout=10)
         mounted = client.sys.list_mounted_secrets_engines()["data"]
         mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
@@ -283,11 +310,16 @@ audit "file" "pdvault-local" {{
             mount_point=control,
         )
         client.sys.create_or_update_policy(NODE_POLICY, node_policy(mounts, control))
-        token = client.auth.token.create(
-            policies=[NODE_POLICY],
-            no_default_policy=True,
-            period="24h",
-            display_name="pdvault-node",
-            no_parent=True,
-        )
-        return str(token["auth"]["client_token"])
+        client.sys.create_or_update_policy(ERASER_POLICY, eraser_policy(mounts))
+
+        def token(policy: str) -> str:
+            t = client.auth.token.create(
+                policies=[policy],
+                no_default_policy=True,
+                period="24h",
+                display_name=policy,
+                no_parent=True,
+            )
+            return str(t["auth"]["client_token"])
+
+        return Credentials(node=token(NODE_POLICY), eraser=token(ERASER_POLICY))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from vault import ids, validation
 from vault.authz import Caller
 from vault.cell import Cell, ConsentView, RecordPage, RecordView, SubjectView
@@ -125,6 +127,10 @@ class Node:
     def list_consents(self, caller: Caller, subject_id: str) -> list[ConsentView]:
         cell, sid = self._subject(subject_id)
         return cell.list_consents(caller, sid)
+
+    def export_subject(self, caller: Caller, subject_id: str) -> Iterator[bytes]:
+        cell, sid = self._subject(subject_id)
+        return cell.export_subject(caller, sid)
 
     def restrict_processing(self, caller: Caller, subject_id: str, restricted: bool) -> SubjectView:
         cell, sid = self._subject(subject_id)

@@ -22,7 +22,8 @@ from vault.authz import Authorizer
 from vault.cell import Cell
 from vault.config import NodeSettings, RegionsConfig
 from vault.control import ControlStore, Revocations
-from vault.keys import DataKeyCache, KeyProvider, TransitKeyProvider
+from vault.erasure import Eraser
+from vault.keys import DataKeyCache, KeyProvider, TransitKeyProvider, TransitKeyShredder
 from vault.node import Node
 from vault.policy import Policy
 from vault.service import PersonalDataVaultServicer, TokenServicer
@@ -43,6 +44,7 @@ class Vault:
     authority: TokenAuthority
     revocations: Revocations
     control: ControlStore
+    eraser: Eraser
 
     def close(self) -> None:
         self.revocations.stop()
@@ -56,6 +58,7 @@ def build_vault(
     settings: NodeSettings,
     *,
     openbao_token: str,
+    eraser_token: str | None = None,
     policy: Policy,
     admin_credential: str | None,
     serve_regions: frozenset[str] | None = None,
@@ -102,7 +105,13 @@ def build_vault(
     )
     digest = hashlib.sha256(admin_credential.encode()).digest() if admin_credential else None
     authority = TokenAuthority(signing, keyset, control, revocations, authz, digest)
-    return Vault(Node(regions, cells, settings.limits), authority, revocations, control)
+    shredders: dict[str, TransitKeyShredder] = {}
+    if eraser_token:
+        for rid in cells:
+            address = regions.regions[rid].openbao_address
+            shredders[rid] = TransitKeyShredder.connect(address, eraser_token)
+    eraser = Eraser(regions, cells, control, shredders, signing, keyset)
+    return Vault(Node(regions, cells, settings.limits), authority, revocations, control, eraser)
 
 
 class VaultServer:
@@ -116,6 +125,7 @@ class VaultServer:
         self._server: grpc.aio.Server | None = None
         self.health = health_aio.HealthServicer()
         self.port = 0
+        self._worker: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         server = grpc.aio.server(
@@ -126,7 +136,10 @@ class VaultServer:
             ]
         )
         vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(  # type: ignore[no-untyped-call]
-            PersonalDataVaultServicer(self.node, self.vault.authority, self._executor), server
+            PersonalDataVaultServicer(
+                self.node, self.vault.authority, self.vault.eraser, self._executor
+            ),
+            server,
         )
         vault_pb2_grpc.add_TokenServiceServicer_to_server(  # type: ignore[no-untyped-call]
             TokenServicer(self.node, self.vault.authority, self._executor), server
@@ -146,13 +159,28 @@ class VaultServer:
         self.vault.revocations.start()
         await server.start()
         self._server = server
+        self._worker = asyncio.create_task(self._erasure_worker())
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
+    async def _erasure_worker(self) -> None:
+        """Destroys the keys of erasures whose grace period has ended (also after a restart)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                done = await loop.run_in_executor(self._executor, self.vault.eraser.process_due)
+                if done:
+                    log.info("erasure worker: %d erasure(s) completed", done)
+            except Exception as e:  # keep the worker alive; the next round retries
+                log.warning("erasure worker: %s", type(e).__name__)
+            await asyncio.sleep(self.settings.erasure_poll_seconds)
+
     async def stop(self, grace: float = 5.0) -> None:
         if self._server is None:
             return
+        if self._worker is not None:
+            self._worker.cancel()
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
         self._server = None

@@ -27,3 +27,23 @@ token_events = Table(
     Column("purpose", String(128), nullable=False),
     Column("expires_at", BigInteger, nullable=False),
 )
+
+# The erasure ledger: every subject key the vault destroyed (or will destroy at
+# ``destroy_after``), so that `pdvault erasure reapply` can destroy it again
+# after an OpenBao snapshot restore brings it back. Kept in the control plane,
+# not the cell, so that restoring a cell backup cannot roll it back.
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("subject_id", String(64), primary_key=True),
+    Column("region", String(8), nullable=False),
+    Column("key_mount", String(128), nullable=False),
+    Column("key_name", String(128), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("requested_at", BigInteger, nullable=False),
+    Column("destroy_after", BigInteger, nullable=False),
+    Column("destroyed_at", BigInteger, nullable=True, index=True),
+    # Set by the node destroying the key, so two nodes never race on one erasure.
+    Column("claimed_at", BigInteger, nullable=True),
+    Column("receipt", String(8192), nullable=True),
+)

@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from vault.control._models import revoked_tokens, token_events
+from vault.control._models import erasures, revoked_tokens, token_events
 from vault.errors import StoreUnavailable
 from vault.store import migrate
 
@@ -36,6 +36,34 @@ class TokenEvent:
     purpose: str
     expires_at: int
     parent_jti: str | None = None
+
+
+@dataclass(frozen=True)
+class ErasureEntry:
+    """One ledger entry: which key was (or is to be) destroyed for which subject."""
+
+    subject_id: str
+    region: str
+    key_mount: str
+    key_name: str
+    reason: str
+    requested_at: int
+    destroy_after: int
+    destroyed_at: int | None = None
+    receipt: str | None = None
+
+
+_ERASURE_COLS = (
+    erasures.c.subject_id,
+    erasures.c.region,
+    erasures.c.key_mount,
+    erasures.c.key_name,
+    erasures.c.reason,
+    erasures.c.requested_at,
+    erasures.c.destroy_after,
+    erasures.c.destroyed_at,
+    erasures.c.receipt,
+)
 
 
 class ControlStore:
@@ -125,6 +153,89 @@ class ControlStore:
                 .order_by(revoked_tokens.c.revoked_at)
             ).all()
         return [(str(j), int(at)) for j, at in rows]
+
+    # -- erasure ledger ------------------------------------------------------
+
+    def erasure(self, subject_id: str) -> ErasureEntry | None:
+        with self._tx() as conn:
+            r = conn.execute(
+                select(*_ERASURE_COLS).where(erasures.c.subject_id == subject_id)
+            ).first()
+        return ErasureEntry(*r) if r else None
+
+    def add_erasure(self, e: ErasureEntry) -> bool:
+        """Adds a ledger entry; False if the subject already has one."""
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    insert(erasures).values(
+                        subject_id=e.subject_id,
+                        region=e.region,
+                        key_mount=e.key_mount,
+                        key_name=e.key_name,
+                        reason=e.reason,
+                        requested_at=e.requested_at,
+                        destroy_after=e.destroy_after,
+                        destroyed_at=None,
+                        receipt=None,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def claim_erasure(self, subject_id: str, now_us: int, stale_after_us: int) -> bool:
+        """Takes the right to carry out a due erasure (compare-and-set); a claim
+        older than ``stale_after_us`` (its node died) can be taken over."""
+        with self._tx() as conn:
+            res = conn.execute(
+                update(erasures)
+                .where(
+                    and_(
+                        erasures.c.subject_id == subject_id,
+                        erasures.c.destroyed_at.is_(None),
+                        (erasures.c.claimed_at.is_(None))
+                        | (erasures.c.claimed_at < now_us - stale_after_us),
+                    )
+                )
+                .values(claimed_at=now_us)
+            )
+        return res.rowcount == 1
+
+    def mark_destroyed(self, subject_id: str, at: int, receipt: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(erasures)
+                .where(and_(erasures.c.subject_id == subject_id, erasures.c.destroyed_at.is_(None)))
+                .values(destroyed_at=at, receipt=receipt)
+            )
+
+    def cancel_erasure(self, subject_id: str) -> bool:
+        """Removes a pending (not yet destroyed) entry; False if there is none."""
+        with self._tx() as conn:
+            res = conn.execute(
+                delete(erasures).where(
+                    and_(erasures.c.subject_id == subject_id, erasures.c.destroyed_at.is_(None))
+                )
+            )
+        return res.rowcount == 1
+
+    def due_erasures(self, now_us: int, region: str | None = None) -> list[ErasureEntry]:
+        cond = and_(erasures.c.destroyed_at.is_(None), erasures.c.destroy_after <= now_us)
+        if region is not None:
+            cond = and_(cond, erasures.c.region == region)
+        with self._tx() as conn:
+            rows = conn.execute(select(*_ERASURE_COLS).where(cond)).all()
+        return [ErasureEntry(*r) for r in rows]
+
+    def destroyed_erasures(self) -> list[ErasureEntry]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(*_ERASURE_COLS)
+                .where(erasures.c.destroyed_at.is_not(None))
+                .order_by(erasures.c.destroyed_at)
+            ).all()
+        return [ErasureEntry(*r) for r in rows]
 
 
 class Revocations:

@@ -2,6 +2,6 @@
 
 from vault.keys._cache import DataKeyCache
 from vault.keys._provider import KeyProvider, KeyRef
-from vault.keys._transit import TransitKeyProvider
+from vault.keys._transit import TransitKeyProvider, TransitKeyShredder
 
-__all__ = ["DataKeyCache", "KeyProvider", "KeyRef", "TransitKeyProvider"]
+__all__ = ["DataKeyCache", "KeyProvider", "KeyRef", "TransitKeyProvider", "TransitKeyShredder"]

@@ -98,3 +98,85 @@ class TransitKeyProvider:
             return base64.b64decode(resp["data"]["plaintext"], validate=True)
         except (KeyError, TypeError, ValueError) as e:
             raise DecryptionFailed() from e
+
+
+class TransitKeyShredder:
+    """Destroys subject keys: the erasure workflow's own, separate credential.
+
+    The node's everyday token cannot reconfigure or delete keys; this one can,
+    and is used only by the erase flow and ``pdvault erasure reapply``.
+    """
+
+    def __init__(self, client: hvac.Client) -> None:
+        self._client = client
+
+    @classmethod
+    def connect(cls, address: str, token: str, timeout: float = 10.0) -> TransitKeyShredder:
+        return cls(hvac.Client(url=address, token=token, timeout=timeout))
+
+    def _call(self, op: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (requests.exceptions.RequestException, hvac.exceptions.VaultDown) as e:
+            raise KeyServiceUnavailable(f"key service unreachable during {op}") from e
+        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as e:
+            raise KeyServiceUnavailable(f"key service refused {op} (permission)") from e
+        except (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway) as e:
+            raise KeyServiceUnavailable(f"key service failed during {op}") from e
+
+    def versions(self, ref: KeyRef) -> tuple[int, ...]:
+        """The key's versions; empty when the key does not exist."""
+        try:
+            resp = self._call(
+                "read_key",
+                self._client.secrets.transit.read_key,
+                name=ref.name,
+                mount_point=ref.mount,
+            )
+        except hvac.exceptions.InvalidPath:
+            return ()
+        return tuple(sorted(int(v) for v in resp["data"]["keys"]))
+
+    def destroy(self, ref: KeyRef) -> tuple[int, ...]:
+        """Deletes the key and every version of it; returns the versions destroyed.
+
+        Idempotent: a key that no longer exists destroys nothing and returns ().
+        """
+        versions = self.versions(ref)
+        if not versions:
+            return ()
+        self._call(
+            "update_key_configuration",
+            self._client.secrets.transit.update_key_configuration,
+            name=ref.name,
+            deletion_allowed=True,
+            mount_point=ref.mount,
+        )
+        self._call(
+            "delete_key",
+            self._client.secrets.transit.delete_key,
+            name=ref.name,
+            mount_point=ref.mount,
+        )
+        return versions
+
+    def prove_destroyed(self, ref: KeyRef, wrapped: str, associated_data: bytes) -> str:
+        """Asks the key service to unwrap the subject's data key and records its refusal.
+
+        Returns the evidence (the request and the key service's answer). Raises
+        RuntimeError if the unwrap succeeds: then the key was not destroyed.
+        """
+        path = f"{ref.mount}/decrypt/{ref.name}"
+        try:
+            self._call(
+                "decrypt",
+                self._client.secrets.transit.decrypt_data,
+                name=ref.name,
+                ciphertext=wrapped,
+                associated_data=_b64(associated_data),
+                mount_point=ref.mount,
+            )
+        except (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest) as e:
+            answer = "; ".join(str(x) for x in (e.errors or [])) or type(e).__name__
+            return f"POST {path} refused: {answer}"
+        raise RuntimeError("the subject key still decrypts after its destruction")

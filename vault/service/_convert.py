@@ -5,12 +5,14 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vault.cell import ConsentView, RecordView, SubjectView
+from vault.erasure import ErasureView
 from vault.v1 import vault_pb2 as pb
 
 _STATES = {
     "active": pb.SUBJECT_STATE_ACTIVE,
     "restricted": pb.SUBJECT_STATE_RESTRICTED,
     "erased": pb.SUBJECT_STATE_ERASED,
+    "erasure_pending": pb.SUBJECT_STATE_ERASURE_PENDING,
 }
 
 
@@ -50,3 +52,21 @@ def consent_pb(v: ConsentView) -> pb.Consent:
         source=v.source,
         updated_at=_ts(v.updated_at_us),
     )
+
+
+def erasure_pb(v: ErasureView) -> pb.ErasureReceipt:
+    r = pb.ErasureReceipt(
+        subject_id=v.subject_id,
+        region=v.region,
+        state=pb.ERASURE_STATE_COMPLETED if v.completed else pb.ERASURE_STATE_PENDING,
+        key_name=v.key_name,
+        key_versions_destroyed=list(v.key_versions_destroyed),
+        records_affected=v.records_affected,
+        requested_at=_ts(v.requested_at_us),
+        destroy_after=_ts(v.destroy_after_us),
+        evidence=v.evidence,
+        signed_receipt=v.signed_receipt,
+    )
+    if v.erased_at_us:
+        r.erased_at.CopyFrom(_ts(v.erased_at_us))
+    return r

@@ -13,18 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from vault import validation
 from vault._inline import WouldBlock, nonblocking
 from vault.authn import DEFAULT_TTL, IssueRequest, TokenAuthority
 from vault.authz import Caller
+from vault.erasure import Eraser, ErasureView
 from vault.errors import FieldViolation, InvalidArgument, VaultError
 from vault.node import Node
-from vault.service._convert import consent_pb, record_pb, subject_pb
+from vault.service._convert import consent_pb, erasure_pb, record_pb, subject_pb
 from vault.service._status import code_for, internal_status, to_status
 from vault.tokens import Claims
 from vault.v1 import vault_pb2 as pb
@@ -32,6 +34,7 @@ from vault.v1 import vault_pb2_grpc as pb_grpc
 
 log = logging.getLogger("vault.access")
 Ctx = grpc.aio.ServicerContext[Any, Any]
+EXPORT_CHUNK_BYTES = 64 * 1024
 T = TypeVar("T")
 
 
@@ -90,6 +93,52 @@ class _Base:
 
 
 class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
+    def __init__(
+        self, node: Node, auth: TokenAuthority, eraser: Eraser, executor: ThreadPoolExecutor
+    ) -> None:
+        super().__init__(node, auth, executor)
+        self._eraser = eraser
+
+    async def EraseSubject(
+        self, request: pb.EraseSubjectRequest, context: Ctx
+    ) -> pb.ErasureReceipt:
+        def erase(caller: Caller) -> ErasureView:
+            reason = validation.label(request.reason or "subject_request", "reason")
+            grace = request.grace_period
+            if grace.nanos or grace.seconds < 0:
+                raise InvalidArgument(
+                    FieldViolation(
+                        "grace_period", "must be a whole, non-negative number of seconds"
+                    )
+                )
+            return self._eraser.erase(caller, request.subject_id, reason, grace.seconds)
+
+        return erasure_pb(await self._run("EraseSubject", context, erase))
+
+    async def CancelErasure(self, request: pb.CancelErasureRequest, context: Ctx) -> pb.Subject:
+        v = await self._run("CancelErasure", context, self._eraser.cancel, request.subject_id)
+        return subject_pb(v)
+
+    async def ExportSubject(
+        self, request: pb.ExportSubjectRequest, context: Ctx
+    ) -> AsyncIterator[pb.ExportChunk]:
+        pieces = await self._run(
+            "ExportSubject", context, self._node.export_subject, request.subject_id
+        )
+        loop = asyncio.get_running_loop()
+        seq = 0
+        buf = bytearray()
+        while True:
+            piece = await loop.run_in_executor(self._executor, next, pieces, None)
+            if piece is not None:
+                buf += piece
+            while len(buf) >= EXPORT_CHUNK_BYTES or (piece is None and buf):
+                yield pb.ExportChunk(data=bytes(buf[:EXPORT_CHUNK_BYTES]), sequence=seq)
+                del buf[:EXPORT_CHUNK_BYTES]
+                seq += 1
+            if piece is None:
+                return
+
     async def CreateSubject(self, request: pb.CreateSubjectRequest, context: Ctx) -> pb.Subject:
         v = await self._run(
             "CreateSubject",
@@ -152,15 +201,6 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
         )
         return pb.DeleteRecordResponse(record_id=request.record_id, deleted=True)
 
-
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000
-
-
-async def _abort(context: Ctx, status: grpc.Status) -> NoReturn:
-    await context.abort_with_status(status)
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
-
     async def SetConsent(self, request: pb.SetConsentRequest, context: Ctx) -> pb.Consent:
         v = await self._run(
             "SetConsent",
@@ -190,6 +230,15 @@ async def _abort(context: Ctx, status: grpc.Status) -> NoReturn:
             request.restricted,
         )
         return subject_pb(v)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+async def _abort(context: Ctx, status: grpc.Status) -> NoReturn:
+    await context.abort_with_status(status)
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
 def _grants(

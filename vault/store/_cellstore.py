@@ -212,10 +212,24 @@ class CellStore:
         with self._tx() as conn:
             res = conn.execute(
                 update(subjects)
-                .where(and_(subjects.c.id == subject_id, subjects.c.state != "erased"))
+                .where(
+                    and_(
+                        subjects.c.id == subject_id,
+                        subjects.c.state.not_in(("erased", "erasure_pending")),
+                    )
+                )
                 .values(state=state, updated_at=now)
             )
         return res.rowcount == 1
+
+    def force_state(self, subject_id: str, state: str, now: int) -> None:
+        """Sets the state whatever it was (the erasure workflow's transitions)."""
+        with self._tx() as conn:
+            conn.execute(
+                update(subjects)
+                .where(subjects.c.id == subject_id)
+                .values(state=state, updated_at=now)
+            )
 
     def consent_granted(self, subject_id: str, purpose: str) -> bool:
         with self._read() as conn:
@@ -257,3 +271,28 @@ class CellStore:
                 .order_by(consents.c.purpose)
             ).all()
         return [(str(p), bool(g), str(s), int(u)) for p, g, s, u in rows]
+
+    def erase_subject_data(self, subject_id: str, now: int) -> int:
+        """Deletes every record and consent of a subject, drops its wrapped data key
+        and marks it erased, in one transaction; returns the records deleted."""
+        with self._tx() as conn:
+            n = conn.execute(
+                select(func.count()).select_from(records).where(records.c.subject_id == subject_id)
+            ).scalar_one()
+            conn.execute(delete(records).where(records.c.subject_id == subject_id))
+            conn.execute(delete(consents).where(consents.c.subject_id == subject_id))
+            conn.execute(
+                update(subjects)
+                .where(subjects.c.id == subject_id)
+                .values(state="erased", wrapped_dek="", idempotency_key=None, updated_at=now)
+            )
+        return int(n)
+
+    def all_records(self, subject_id: str) -> list[RecordRow]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(*_RECORD_COLS)
+                .where(records.c.subject_id == subject_id)
+                .order_by(records.c.id)
+            ).all()
+        return [RecordRow(*r) for r in rows]

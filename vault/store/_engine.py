@@ -26,6 +26,8 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=10000")
+            # Deleted rows are overwritten with zeros rather than left in free pages.
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
 
         return engine

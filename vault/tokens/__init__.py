@@ -19,6 +19,8 @@ from vault.tokens._codec import (
     MAX_TOKEN_LENGTH,
     decode,
     issue,
+    sign_document,
+    verify_document,
 )
 from vault.tokens._keys import KeySet, SigningKey, VerificationKey
 from vault.tokens._verifier import TokenVerifier
@@ -44,4 +46,6 @@ __all__ = [
     "issue",
     "narrow",
     "new_jti",
+    "sign_document",
+    "verify_document",
 ]

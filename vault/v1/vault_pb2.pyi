@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -16,10 +17,21 @@ class SubjectState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUBJECT_STATE_ACTIVE: _ClassVar[SubjectState]
     SUBJECT_STATE_RESTRICTED: _ClassVar[SubjectState]
     SUBJECT_STATE_ERASED: _ClassVar[SubjectState]
+    SUBJECT_STATE_ERASURE_PENDING: _ClassVar[SubjectState]
+
+class ErasureState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERASURE_STATE_UNSPECIFIED: _ClassVar[ErasureState]
+    ERASURE_STATE_PENDING: _ClassVar[ErasureState]
+    ERASURE_STATE_COMPLETED: _ClassVar[ErasureState]
 SUBJECT_STATE_UNSPECIFIED: SubjectState
 SUBJECT_STATE_ACTIVE: SubjectState
 SUBJECT_STATE_RESTRICTED: SubjectState
 SUBJECT_STATE_ERASED: SubjectState
+SUBJECT_STATE_ERASURE_PENDING: SubjectState
+ERASURE_STATE_UNSPECIFIED: ErasureState
+ERASURE_STATE_PENDING: ErasureState
+ERASURE_STATE_COMPLETED: ErasureState
 
 class CreateSubjectRequest(_message.Message):
     __slots__ = ("country", "region", "minor", "idempotency_key")
@@ -256,3 +268,59 @@ class RevokeTokenResponse(_message.Message):
     token_id: str
     revoked: bool
     def __init__(self, token_id: _Optional[str] = ..., revoked: _Optional[bool] = ...) -> None: ...
+
+class EraseSubjectRequest(_message.Message):
+    __slots__ = ("subject_id", "reason", "grace_period")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    reason: str
+    grace_period: _duration_pb2.Duration
+    def __init__(self, subject_id: _Optional[str] = ..., reason: _Optional[str] = ..., grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ErasureReceipt(_message.Message):
+    __slots__ = ("subject_id", "region", "state", "key_name", "key_versions_destroyed", "records_affected", "requested_at", "erased_at", "destroy_after", "evidence", "signed_receipt")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSIONS_DESTROYED_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERASED_AT_FIELD_NUMBER: _ClassVar[int]
+    DESTROY_AFTER_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    region: str
+    state: ErasureState
+    key_name: str
+    key_versions_destroyed: _containers.RepeatedScalarFieldContainer[int]
+    records_affected: int
+    requested_at: _timestamp_pb2.Timestamp
+    erased_at: _timestamp_pb2.Timestamp
+    destroy_after: _timestamp_pb2.Timestamp
+    evidence: str
+    signed_receipt: str
+    def __init__(self, subject_id: _Optional[str] = ..., region: _Optional[str] = ..., state: _Optional[_Union[ErasureState, str]] = ..., key_name: _Optional[str] = ..., key_versions_destroyed: _Optional[_Iterable[int]] = ..., records_affected: _Optional[int] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., erased_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., destroy_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., evidence: _Optional[str] = ..., signed_receipt: _Optional[str] = ...) -> None: ...
+
+class CancelErasureRequest(_message.Message):
+    __slots__ = ("subject_id",)
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    def __init__(self, subject_id: _Optional[str] = ...) -> None: ...
+
+class ExportSubjectRequest(_message.Message):
+    __slots__ = ("subject_id",)
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    def __init__(self, subject_id: _Optional[str] = ...) -> None: ...
+
+class ExportChunk(_message.Message):
+    __slots__ = ("data", "sequence")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    sequence: int
+    def __init__(self, data: _Optional[bytes] = ..., sequence: _Optional[int] = ...) -> None: ...

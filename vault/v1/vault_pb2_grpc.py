@@ -79,6 +79,21 @@ class PersonalDataVaultStub:
                 request_serializer=vault_dot_v1_dot_vault__pb2.RestrictProcessingRequest.SerializeToString,
                 response_deserializer=vault_dot_v1_dot_vault__pb2.Subject.FromString,
                 _registered_method=True)
+        self.EraseSubject = channel.unary_unary(
+                '/vault.v1.PersonalDataVault/EraseSubject',
+                request_serializer=vault_dot_v1_dot_vault__pb2.EraseSubjectRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.ErasureReceipt.FromString,
+                _registered_method=True)
+        self.CancelErasure = channel.unary_unary(
+                '/vault.v1.PersonalDataVault/CancelErasure',
+                request_serializer=vault_dot_v1_dot_vault__pb2.CancelErasureRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.Subject.FromString,
+                _registered_method=True)
+        self.ExportSubject = channel.unary_stream(
+                '/vault.v1.PersonalDataVault/ExportSubject',
+                request_serializer=vault_dot_v1_dot_vault__pb2.ExportSubjectRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.ExportChunk.FromString,
+                _registered_method=True)
 
 
 class PersonalDataVaultServicer:
@@ -146,6 +161,31 @@ class PersonalDataVaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseSubject(self, request, context):
+        """Crypto-shredding (GDPR Art. 17): marks the subject erased at once (no
+        node decrypts from then on), destroys the subject's key in OpenBao —
+        immediately, or when the grace period ends — deletes the records and
+        returns a receipt signed by the vault. Idempotent. Needs "erase".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelErasure(self, request, context):
+        """Cancels an erasure still inside its grace period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSubject(self, request, context):
+        """Portability (GDPR Art. 20): every record (decrypted), consent and the
+        subject metadata as one JSON document, streamed in chunks. Needs "export".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersonalDataVaultServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +233,21 @@ def add_PersonalDataVaultServicer_to_server(servicer, server):
                     servicer.RestrictProcessing,
                     request_deserializer=vault_dot_v1_dot_vault__pb2.RestrictProcessingRequest.FromString,
                     response_serializer=vault_dot_v1_dot_vault__pb2.Subject.SerializeToString,
+            ),
+            'EraseSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseSubject,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.EraseSubjectRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.ErasureReceipt.SerializeToString,
+            ),
+            'CancelErasure': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelErasure,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.CancelErasureRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.Subject.SerializeToString,
+            ),
+            'ExportSubject': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSubject,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.ExportSubjectRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.ExportChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -438,6 +493,87 @@ class PersonalDataVault:
             '/vault.v1.PersonalDataVault/RestrictProcessing',
             vault_dot_v1_dot_vault__pb2.RestrictProcessingRequest.SerializeToString,
             vault_dot_v1_dot_vault__pb2.Subject.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vault.v1.PersonalDataVault/EraseSubject',
+            vault_dot_v1_dot_vault__pb2.EraseSubjectRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.ErasureReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelErasure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vault.v1.PersonalDataVault/CancelErasure',
+            vault_dot_v1_dot_vault__pb2.CancelErasureRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.Subject.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vault.v1.PersonalDataVault/ExportSubject',
+            vault_dot_v1_dot_vault__pb2.ExportSubjectRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.ExportChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,380 @@
+"""Crypto-shredding against real OpenBao and real databases: once EraseSubject
+returns, no copy of the person's data — live, backup, another node — opens."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import hvac.exceptions
+import pytest
+
+from tests.conftest import Bao, Stack, start_stack
+from vault.client import VaultClient, VaultClientError
+from vault.config import load_regions
+from vault.crypto import dek_associated_data
+from vault.devstack import OpenBaoServer
+from vault.erasure import verify_receipt
+from vault.errors import DecryptionFailed
+from vault.keys import KeyRef
+from vault.v1 import vault_pb2 as pb
+
+pytestmark = pytest.mark.integration
+
+RIGHTS = "essential.subject_rights"
+
+
+def _rights(stack: Stack) -> VaultClient:
+    """A client acting on the person's own request: read, write, export, erase."""
+    return stack.client(stack.issue(RIGHTS))
+
+
+def _code(fn, *args, **kwargs) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+    with pytest.raises(VaultClientError) as e:
+        fn(*args, **kwargs)
+    return e.value.code
+
+
+def _key_exists(bao: Bao, mount: str, name: str) -> bool:
+    try:
+        bao.root().secrets.transit.read_key(name=name, mount_point=mount)
+    except hvac.exceptions.InvalidPath:
+        return False
+    return True
+
+
+def _person(c: VaultClient, canary: str, n: int = 3, country: str = "DE") -> tuple[str, list[str]]:
+    s = c.create_subject(country)
+    rids = [
+        c.put_record(
+            s.subject_id, "user.contact.email", {"address": f"{canary}-{i}@example.org"}
+        ).record_id
+        for i in range(n)
+    ]
+    return s.subject_id, rids
+
+
+def test_erase_destroys_the_key_and_returns_a_signed_receipt(stack: Stack, canary: str) -> None:
+    c = _rights(stack)
+    sid, rids = _person(c, canary)
+    c.set_consent(sid, "marketing.communications.email", True, source="signup-form")
+    receipt = c.erase_subject(sid, reason="subject_request")
+
+    assert receipt.state == pb.ERASURE_STATE_COMPLETED
+    assert (receipt.subject_id, receipt.region) == (sid, "de")
+    assert receipt.key_name == f"transit-de/subject-{sid}"
+    assert list(receipt.key_versions_destroyed) == [1]
+    assert receipt.records_affected == 3
+    assert "refused" in receipt.evidence
+    assert not _key_exists(stack.bao, "transit-de", f"subject-{sid}")
+
+    keys = stack.vault.authority.verifier._keys
+    doc = verify_receipt(receipt.signed_receipt, keys)
+    assert doc["subject_id"] == sid and doc["records_affected"] == 3
+    assert doc["key_versions_destroyed"] == [1]
+    assert canary not in receipt.signed_receipt and canary not in str(doc)
+
+    for rid in rids:  # the records are deleted
+        assert _code(c.get_record, rid) == grpc.StatusCode.NOT_FOUND
+    assert _code(c.list_records, sid) == grpc.StatusCode.FAILED_PRECONDITION
+    assert _code(c.export_subject, sid) == grpc.StatusCode.FAILED_PRECONDITION
+    assert c.get_subject(sid).state == pb.SUBJECT_STATE_ERASED
+    with sqlite3.connect(stack.db_path("de")) as db:
+        assert db.execute(
+            "SELECT count(*) FROM records WHERE subject_id = ?", (sid,)
+        ).fetchone() == (0,)
+        assert db.execute(
+            "SELECT count(*) FROM consents WHERE subject_id = ?", (sid,)
+        ).fetchone() == (0,)
+        assert db.execute("SELECT wrapped_dek FROM subjects WHERE id = ?", (sid,)).fetchone() == (
+            "",
+        )
+
+    again = c.erase_subject(sid)  # idempotent: the same receipt
+    assert again.signed_receipt == receipt.signed_receipt
+
+
+def test_tampered_receipt_does_not_verify(stack: Stack, canary: str) -> None:
+    from vault.errors import Unauthenticated
+
+    c = _rights(stack)
+    sid, _ = _person(c, canary, n=1)
+    signed = c.erase_subject(sid).signed_receipt
+    keys = stack.vault.authority.verifier._keys
+    head, body, foot = signed.rsplit(".", 2)[0], signed.split(".")[2], signed.split(".")[3]
+    flipped = body[:10] + ("A" if body[10] != "A" else "B") + body[11:]
+    with pytest.raises(Unauthenticated):
+        verify_receipt(f"{head}.{flipped}.{foot}", keys)
+
+
+def test_erase_needs_the_erase_operation(stack: Stack, canary: str) -> None:
+    c = stack.client()  # essential.service: read, write, delete — no erase
+    sid, rids = _person(c, canary, n=1)
+    assert _code(c.erase_subject, sid) == grpc.StatusCode.PERMISSION_DENIED
+    assert c.get_record(rids[0]).fields["address"].startswith(canary)
+
+
+def test_backup_taken_before_erasure_no_longer_decrypts(
+    stack: Stack, canary: str, tmp_path: Path
+) -> None:
+    c = _rights(stack)
+    gone, gone_rids = _person(c, canary)
+    _kept, kept_rids = _person(c, "KEPT")
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for f in stack.db_path("de").parent.glob("de.db*"):  # the file and its WAL, as they are
+        shutil.copy2(f, backup / f.name)
+    c.erase_subject(gone)
+
+    restored = start_stack(
+        stack.bao, tmp_path / "restored", database_urls={"de": f"sqlite:///{backup / 'de.db'}"}
+    )
+    try:
+        r = restored.client(restored.issue(RIGHTS))
+        for rid in gone_rids:
+            with pytest.raises(VaultClientError) as e:
+                r.get_record(rid)
+            assert e.value.code == grpc.StatusCode.DATA_LOSS
+        assert _code(r.export_subject, gone) == grpc.StatusCode.DATA_LOSS
+        for rid in kept_rids:
+            assert r.get_record(rid).fields["address"].startswith("KEPT")
+    finally:
+        restored.stop()
+
+
+def test_another_node_with_a_warm_cache_refuses_at_once(
+    stack: Stack, canary: str, tmp_path: Path
+) -> None:
+    """Node 2 serves the same cells (same files, same OpenBao) with the key cached."""
+    urls = {rid: f"sqlite:///{stack.db_path(rid)}" for rid in ("de", "us", "cn", "ru", "sg")}
+    node2 = start_stack(stack.bao, tmp_path / "node2", database_urls=urls)
+    try:
+        c1 = _rights(stack)
+        sid, rids = _person(c1, canary)
+        c2 = node2.client(node2.issue(RIGHTS))
+        assert c2.get_record(rids[0]).fields["address"].startswith(canary)  # node 2 now warm
+        assert node2.node.cells["de"].cache.get(sid) is not None
+        # With a grace period the rows and the key still exist: only the state protects them.
+        c1.erase_subject(sid, grace_period_seconds=3600)
+        t0 = time.perf_counter()
+        with pytest.raises(VaultClientError) as e:
+            c2.get_record(rids[0])
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert e.value.reason == "SUBJECT_ERASED"
+        assert node2.node.cells["de"].cache.get(sid) is not None  # still cached, still refused
+        print(f"node 2 refused the first read after EraseSubject returned ({elapsed_ms:.1f} ms)")
+        c1.cancel_erasure(sid)
+        c1.erase_subject(sid)
+        for rid in rids:
+            assert _code(c2.get_record, rid) == grpc.StatusCode.NOT_FOUND
+        assert _code(c2.list_records, sid) == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        node2.stop()
+
+
+def test_no_canary_anywhere_after_erasure(stack: Stack, canary: str) -> None:
+    c = _rights(stack)
+    sid, _ = _person(c, canary, n=5, country="US")
+    c.erase_subject(sid)
+    places = [
+        *stack.db_path("us").parent.glob("*.db*"),
+        *stack.data_dir.glob("control.db*"),
+        *(stack.bao.server.dir).glob("*.log"),
+    ]
+    assert any(p.name.endswith("audit.log") for p in places)
+    for p in places:
+        data = p.read_bytes()
+        assert canary.encode() not in data, p.name
+        assert canary.encode("utf-16-le") not in data, p.name
+
+
+def test_grace_period_blocks_reads_at_once_and_can_be_cancelled(stack: Stack, canary: str) -> None:
+    c = _rights(stack)
+    sid, rids = _person(c, canary, n=1, country="SG")
+    pending = c.erase_subject(sid, grace_period_seconds=3600)
+    assert pending.state == pb.ERASURE_STATE_PENDING and pending.signed_receipt == ""
+    assert c.get_subject(sid).state == pb.SUBJECT_STATE_ERASURE_PENDING
+    assert _code(c.get_record, rids[0]) == grpc.StatusCode.FAILED_PRECONDITION
+    assert _key_exists(stack.bao, "transit-sg", f"subject-{sid}")
+
+    assert c.cancel_erasure(sid).state == pb.SUBJECT_STATE_ACTIVE
+    assert c.get_record(rids[0]).fields["address"].startswith(canary)
+    assert _code(c.cancel_erasure, sid) == grpc.StatusCode.NOT_FOUND
+
+
+def test_grace_period_ends_in_destruction_by_the_worker(stack: Stack, canary: str) -> None:
+    c = _rights(stack)
+    sid, _ = _person(c, canary, n=2, country="RU")
+    c.erase_subject(sid, grace_period_seconds=1)
+    deadline = time.monotonic() + 15
+    while _key_exists(stack.bao, "transit-ru", f"subject-{sid}"):
+        assert time.monotonic() < deadline, "the worker did not destroy the key"
+        time.sleep(0.1)
+    done = c.erase_subject(sid)
+    assert done.state == pb.ERASURE_STATE_COMPLETED and done.records_affected == 2
+    assert _code(c.cancel_erasure, sid) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_pending_erasure_survives_a_restart(bao: Bao, canary: str, tmp_path: Path) -> None:
+    first = start_stack(bao, tmp_path, erasure_poll_seconds=60)
+    c = first.client(first.issue(RIGHTS))
+    sid, _ = _person(c, canary, n=1)
+    c.erase_subject(sid, grace_period_seconds=1)
+    first.stop()
+    time.sleep(1.1)
+    second = start_stack(
+        bao, tmp_path, erasure_poll_seconds=0.2
+    )  # same data dir, new process state
+    try:
+        deadline = time.monotonic() + 15
+        while _key_exists(bao, "transit-de", f"subject-{sid}"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        second.stop()
+
+
+def test_export_round_trip_of_several_hundred_records(stack: Stack) -> None:
+    c = _rights(stack)
+    s = c.create_subject("DE")
+    written = {}
+    for i in range(300):
+        cat, fields = (
+            ("user.name", {"first": f"Ada{i}", "last": "Lovelace"})
+            if i % 2
+            else ("user.content", {"note": f"n{i}", "body": "x" * 300})
+        )
+        written[c.put_record(s.subject_id, cat, fields).record_id] = (cat, fields)
+    c.set_consent(s.subject_id, "marketing.communications.email", True, source="web")
+    chunks = list(c.export_subject_bytes(s.subject_id))
+    assert len(chunks) > 1, "a large export arrives in several chunks"
+    import json
+
+    doc = json.loads(b"".join(chunks))
+    assert doc["format"] == "pdvault.export" and doc["subject"]["subject_id"] == s.subject_id
+    got = {r["record_id"]: (r["category"], r["fields"]) for r in doc["records"]}
+    assert got == written
+    assert doc["omitted_records"] == 0
+    assert [x["purpose"] for x in doc["consents"]] == ["marketing.communications.email"]
+    e = stack.client()  # essential.service has no export operation
+    assert _code(e.export_subject, s.subject_id) == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.fixture
+def drill_bao(tmp_path: Path) -> Iterator[tuple[Bao, Path]]:
+    """OpenBao in the same data dir as the node, as `pdvault up` lays it out."""
+    server = OpenBaoServer(tmp_path, log=False)
+    server.start()
+    try:
+        regions = load_regions(data_dir=str(tmp_path), openbao_addr=server.address)
+        creds = server.configure(regions)
+        yield (
+            Bao(server, Path(regions.source), creds.node, creds.eraser, server.audit_log),
+            tmp_path,
+        )
+    finally:
+        server.stop()
+
+
+def test_snapshot_restore_drill_then_reapply(drill_bao: tuple[Bao, Path], canary: str) -> None:
+    bao, data_dir = drill_bao
+    stack = start_stack(bao, data_dir)
+    try:
+        c = stack.client(stack.issue(RIGHTS))
+        sid, rids = _person(c, canary, n=2)
+        _other, other_rids = _person(c, "OTHER", n=1)
+        with sqlite3.connect(stack.db_path("de")) as db:
+            (wrapped,) = db.execute(
+                "SELECT wrapped_dek FROM subjects WHERE id = ?", (sid,)
+            ).fetchone()
+        ref, aad = KeyRef("transit-de", f"subject-{sid}"), dek_associated_data(sid, "de")
+        root = bao.root()
+        snapshot = root.sys.take_raft_snapshot()
+        assert snapshot.status_code == 200
+        c.erase_subject(sid)
+        assert not _key_exists(bao, "transit-de", f"subject-{sid}")
+
+        root.sys.force_restore_raft_snapshot(snapshot.content)
+        deadline = time.monotonic() + 30
+        while not _key_exists(bao, "transit-de", f"subject-{sid}"):  # the restore brought it back
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        # The danger: with the key back, a backup's wrapped data key opens again.
+        assert len(stack.provider.unwrap(ref, wrapped, aad)) == 32
+
+        out = subprocess.run(
+            [sys.executable, "-m", "vault.cli", "erasure", "reapply", "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "1 key(s) were back and are destroyed again" in out.stdout
+        assert sid in out.stdout
+        assert not _key_exists(bao, "transit-de", f"subject-{sid}")
+        with pytest.raises(DecryptionFailed):
+            stack.provider.unwrap(ref, wrapped, aad)
+        for rid in rids:
+            assert _code(c.get_record, rid) == grpc.StatusCode.NOT_FOUND
+        stack.node.cells["de"].cache.clear()
+        assert c.get_record(other_rids[0]).fields["address"].startswith("OTHER")
+    finally:
+        stack.stop()
+
+
+def test_receipt_verify_cli_offline(stack: Stack, canary: str, tmp_path: Path) -> None:
+    c = _rights(stack)
+    sid, _ = _person(c, canary, n=1)
+    receipt = c.erase_subject(sid)
+    f = tmp_path / "receipt.txt"
+    f.write_text(receipt.signed_receipt)
+    keys = stack.data_dir / "tokens" / "verification-keys.json"
+    cmd = [sys.executable, "-m", "vault.cli", "receipt", "verify", str(f), "--keys", str(keys)]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert '"verified": true' in ok.stdout and sid in ok.stdout
+    signed = receipt.signed_receipt
+    payload = signed.split(".")[2]
+    f.write_text(
+        signed.replace(payload, payload[:-5] + ("AAAAA" if payload[-5:] != "AAAAA" else "BBBBB"))
+    )
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "INVALID" in bad.stderr
+
+
+def test_export_cli_writes_the_document(stack: Stack, tmp_path: Path) -> None:
+    c = _rights(stack)
+    s = c.create_subject("CN")
+    c.put_record(s.subject_id, "user.name", {"first": "Li", "last": "Na"})
+    out = tmp_path / "export.json"
+    token = stack.issue(RIGHTS)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vault.cli",
+            "export",
+            s.subject_id,
+            "-o",
+            str(out),
+            "--target",
+            stack.target,
+            "--token",
+            token,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    import json
+
+    doc = json.loads(out.read_text())
+    assert [rec["fields"] for rec in doc["records"]] == [{"first": "Li", "last": "Na"}]
