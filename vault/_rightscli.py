@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from vault.devstack import OpenBaoServer
 from vault.erasure import reapply, verify_receipt
 from vault.errors import Unauthenticated
 from vault.keys import TransitKeyShredder
-from vault.store import make_engine
+from vault.store import CellStore, make_engine, migrate
 from vault.tokens import KeySet, VerificationKey
 
 
@@ -58,6 +59,13 @@ def add_parsers(sub: Any) -> None:
         help="a token allowed to delete subject keys (default: $BAO_TOKEN, "
         "else the local stack's root token)",
     )
+
+    rt = sub.add_parser("retention", help="retention of records")
+    rtsub = rt.add_subparsers(dest="retention_command", required=True)
+    sw = rtsub.add_parser("sweep", help="delete every record whose retention has ended")
+    sw.add_argument("--data-dir", type=Path, default=Path(".pdvault"))
+    sw.add_argument("--regions", type=Path, default=None)
+    sw.add_argument("--batch", type=int, default=500)
 
 
 def _target(args: argparse.Namespace) -> str:
@@ -147,3 +155,33 @@ def run_reapply(args: argparse.Namespace) -> int:
         print(f"  FAILED: {sid}", file=sys.stderr)
     control.engine.dispose()
     return 1 if summary.failed else 0
+
+
+def run_retention(args: argparse.Namespace) -> int:
+    """Sweeps the cell databases directly: no key is needed to delete ciphertext."""
+    data_dir: Path = args.data_dir.resolve()
+    regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr="unused")
+    now = time.time_ns() // 1000
+    stores = {}
+    for rid, r in regions.regions.items():
+        engine = make_engine(r.database_url)
+        migrate(engine)
+        stores[rid] = CellStore(engine)
+    totals = {rid: s.count_expired(now) for rid, s in stores.items()}
+    deleted = dict.fromkeys(stores, 0)
+    with Progress(
+        TextColumn("deleting expired records"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task("sweep", total=sum(totals.values()))
+        for rid, store in stores.items():
+            while n := store.sweep_expired(now, args.batch):
+                deleted[rid] += n
+                bar.advance(task, n)
+    for rid in stores:
+        print(f"{rid}: {deleted[rid]} expired record(s) deleted")
+        stores[rid].engine.dispose()
+    print(f"total: {sum(deleted.values())}")
+    return 0

@@ -72,6 +72,15 @@ class Authorizer:
                 "the token does not grant this subject", reason="SUBJECT_NOT_GRANTED"
             )
 
+    def scope_search(self, caller: Caller, region: str) -> None:
+        """A lookup reads no data, only ids: ``read`` in the region suffices;
+        a subject-limited token sees only its subjects among the results."""
+        c = caller.claims
+        if not c.allows_operation("read") or "read" not in caller.purpose.operations:
+            raise AccessDenied("lookups need the read operation", reason="OPERATION_NOT_GRANTED")
+        if not c.allows_region(region):
+            raise AccessDenied("the token does not grant this region", reason="REGION_NOT_GRANTED")
+
     def fields(
         self, caller: Caller, category: str, operation: str, facts: SubjectFacts
     ) -> FieldGrant:

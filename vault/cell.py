@@ -22,6 +22,7 @@ from vault.config import Limits, RegionConfig
 from vault.crypto import RecordContext, dek_associated_data, new_data_key, open_fields, seal_fields
 from vault.errors import AccessDenied, Conflict, Erased, FieldViolation, InvalidArgument, NotFound
 from vault.keys import DataKeyCache, KeyProvider, KeyRef
+from vault.lookup import BlindIndex, normalise
 from vault.policy import SubjectFacts, filter_fields
 from vault.store import CellStore, DuplicateKey, RecordRow, SubjectRow
 from vault.tokens import FieldGrant
@@ -131,6 +132,7 @@ class Cell:
         self._clock = clock
         # A local SQLite file answers in microseconds: calls may run inline.
         self.local_store = store.engine.url.get_backend_name() == "sqlite"
+        self.index = BlindIndex(store, keys, region.transit_mounts[0])
 
     # -- keys -------------------------------------------------------------
 
@@ -166,6 +168,12 @@ class Cell:
             rec.created_at,
             rec.updated_at,
         )
+
+    def _expiry(self, caller: Caller, category: str, now: int) -> int | None:
+        """When the record's retention ends: the policy's retention for the
+        purpose it is written under (restarted by each write)."""
+        days = self.authz.policy.retention_days(caller.purpose.name, category)
+        return None if days is None else now + days * 86_400_000_000
 
     def _facts(self, caller: Caller, row: SubjectRow) -> SubjectFacts:
         if row.state in GONE_STATES:
@@ -282,7 +290,9 @@ class Cell:
         ctx = RecordContext(rid, subject_id, self.region.id, category, 1)
         row = RecordRow(rid, subject_id, category, 1, seal_fields(dek, ctx, fields), now, now)
         try:
-            self.store.insert_record(row, idempotency_key or None)
+            self.store.insert_record(
+                row, idempotency_key or None, self._expiry(caller, category, now)
+            )
         except DuplicateKey:
             existing = self.store.record_by_idempotency_key(subject_id, idempotency_key)
             if existing is None:
@@ -342,7 +352,7 @@ class Cell:
             rec.created_at,
             now,
         )
-        if not self.store.update_record(row, rec.version):
+        if not self.store.update_record(row, rec.version, self._expiry(caller, category, now)):
             raise Conflict("record was changed concurrently")
         return RecordView(
             rec.id,
@@ -512,3 +522,26 @@ class Cell:
             if parts:
                 yield "".join(parts).encode()
         yield f'],"omitted_records":{omitted}}}'.encode()
+
+    # -- lookups and retention -------------------------------------------------
+
+    def set_lookups(self, caller: Caller, subject_id: str, entries: list[tuple[str, str]]) -> int:
+        self.authz.scope(caller, "write", self.region.id, subject_id)
+        subject = self._live_subject(subject_id)
+        self.authz.subject_visible(caller, self._facts(caller, subject))
+        normalised = [
+            (kind, normalise(kind, value, f"lookups[{i}]"))
+            for i, (kind, value) in enumerate(entries)
+        ]
+        digests = [(kind, self.index.digest(kind, v)) for kind, v in normalised]
+        return self.store.add_lookups(subject_id, digests)
+
+    def find_subjects(self, caller: Caller, kind: str, value: str) -> list[str]:
+        """Subjects of this cell with the lookup value, as far as the token reaches."""
+        self.authz.scope_search(caller, self.region.id)
+        found = self.store.find_lookup(kind, self.index.digest(kind, normalise(kind, value)))
+        return [sid for sid in found if caller.claims.allows_subject(sid)]
+
+    def sweep_expired(self, batch: int = 500) -> int:
+        """Deletes one batch of records whose retention has ended."""
+        return self.store.sweep_expired(self._clock(), batch)

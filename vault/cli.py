@@ -161,13 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         from vault import _tokencli
 
         return _tokencli.run(args)
-    if args.command in ("export", "receipt", "erasure"):
+    if args.command in ("export", "receipt", "erasure", "retention"):
         from vault import _rightscli
 
         runner = {
             "export": _rightscli.run_export,
             "receipt": _rightscli.run_receipt,
             "erasure": _rightscli.run_reapply,
+            "retention": _rightscli.run_retention,
         }[args.command]
         return runner(args)
     if args.command == "up":

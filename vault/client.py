@@ -60,6 +60,11 @@ class VaultClientError(Exception):
         return cls(code, message, reason, violations)
 
 
+def _lookups(items: Mapping[str, str] | Sequence[tuple[str, str]]) -> list[pb.Lookup]:
+    pairs = items.items() if isinstance(items, Mapping) else items
+    return [pb.Lookup(kind=k, value=v) for k, v in pairs]
+
+
 class VaultClient:
     """Blocking client; one channel per instance, safe to share between threads."""
 
@@ -108,12 +113,37 @@ class VaultClient:
     # -- subjects ---------------------------------------------------------
 
     def create_subject(
-        self, country: str, *, region: str = "", minor: bool = False, idempotency_key: str = ""
+        self,
+        country: str,
+        *,
+        region: str = "",
+        minor: bool = False,
+        idempotency_key: str = "",
+        lookups: Mapping[str, str] | Sequence[tuple[str, str]] = (),
     ) -> pb.Subject:
+        """``lookups``: values to index for FindSubjects, e.g. {"email": "…"}."""
         req = pb.CreateSubjectRequest(
-            country=country, region=region, minor=minor, idempotency_key=idempotency_key
+            country=country,
+            region=region,
+            minor=minor,
+            idempotency_key=idempotency_key,
+            lookups=_lookups(lookups),
         )
         return self._call(self._stub.CreateSubject, req)  # type: ignore[no-any-return]
+
+    def set_lookups(
+        self, subject_id: str, lookups: Mapping[str, str] | Sequence[tuple[str, str]]
+    ) -> int:
+        req = pb.SetLookupsRequest(subject_id=subject_id, lookups=_lookups(lookups))
+        return int(self._call(self._stub.SetLookups, req).added)
+
+    def find_subjects(
+        self, kind: str, value: str, *, region: str = "", all_regions: bool = False
+    ) -> list[str]:
+        req = pb.FindSubjectsRequest(
+            lookup=pb.Lookup(kind=kind, value=value), region=region, all_regions=all_regions
+        )
+        return list(self._call(self._stub.FindSubjects, req).subject_ids)
 
     def get_subject(self, subject_id: str) -> pb.Subject:
         req = pb.GetSubjectRequest(subject_id=subject_id)

@@ -121,6 +121,8 @@ class NodeSettings:
     openbao_timeout_seconds: float = 5.0
     #: How often a node looks for erasures whose grace period has ended.
     erasure_poll_seconds: float = 5.0
+    #: How often a node deletes records whose retention has ended.
+    retention_sweep_seconds: float = 3600.0
 
 
 def _substitute(value: str, variables: dict[str, str]) -> str:

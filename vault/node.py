@@ -8,7 +8,8 @@ from vault import ids, validation
 from vault.authz import Caller
 from vault.cell import Cell, ConsentView, RecordPage, RecordView, SubjectView
 from vault.config import Limits, RegionsConfig
-from vault.errors import KeyServiceUnavailable
+from vault.errors import FieldViolation, InvalidArgument, KeyServiceUnavailable
+from vault.lookup import normalise
 
 
 class RegionNotServed(KeyServiceUnavailable):
@@ -50,10 +51,38 @@ class Node:
         region: str = "",
         minor: bool = False,
         idempotency_key: str = "",
+        lookups: list[tuple[str, str]] | None = None,
     ) -> SubjectView:
         home = self.regions.region_for(country, region)
         key = validation.idempotency_key(idempotency_key)
-        return self._cell(home).create_subject(caller, minor=minor, idempotency_key=key)
+        for i, (kind, value) in enumerate(lookups or ()):
+            normalise(kind, value, f"lookups[{i}]")  # reject bad input before creating anything
+        cell = self._cell(home)
+        subject = cell.create_subject(caller, minor=minor, idempotency_key=key)
+        if lookups:
+            cell.set_lookups(caller, subject.subject_id, lookups)
+        return subject
+
+    def set_lookups(self, caller: Caller, subject_id: str, lookups: list[tuple[str, str]]) -> int:
+        cell, sid = self._subject(subject_id)
+        return cell.set_lookups(caller, sid, lookups)
+
+    def find_subjects(
+        self, caller: Caller, kind: str, value: str, region: str, all_regions: bool
+    ) -> list[str]:
+        normalise(kind, value)
+        if all_regions:
+            targets = [r for r in self.cells if caller.claims.allows_region(r)]
+        else:
+            if region not in self._region_ids:
+                raise InvalidArgument(
+                    FieldViolation("region", "must name a region, or set all_regions")
+                )
+            targets = [region]
+        found: list[str] = []
+        for r in sorted(targets):
+            found += self._cell(r).find_subjects(caller, kind, value)
+        return found
 
     def get_subject(self, caller: Caller, subject_id: str) -> SubjectView:
         cell, sid = self._subject(subject_id)

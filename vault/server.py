@@ -125,7 +125,7 @@ class VaultServer:
         self._server: grpc.aio.Server | None = None
         self.health = health_aio.HealthServicer()
         self.port = 0
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
         server = grpc.aio.server(
@@ -159,7 +159,10 @@ class VaultServer:
         self.vault.revocations.start()
         await server.start()
         self._server = server
-        self._worker = asyncio.create_task(self._erasure_worker())
+        self._workers = [
+            asyncio.create_task(self._erasure_worker()),
+            asyncio.create_task(self._retention_worker()),
+        ]
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -176,11 +179,26 @@ class VaultServer:
                 log.warning("erasure worker: %s", type(e).__name__)
             await asyncio.sleep(self.settings.erasure_poll_seconds)
 
+    async def _retention_worker(self) -> None:
+        """Deletes records whose retention ended, a batch at a time (safe on many nodes)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.retention_sweep_seconds)
+            for region, cell in self.node.cells.items():
+                try:
+                    total = 0
+                    while n := await loop.run_in_executor(self._executor, cell.sweep_expired):
+                        total += n
+                    if total:
+                        log.info("retention: %d expired record(s) deleted in %s", total, region)
+                except Exception as e:  # the next round retries
+                    log.warning("retention worker: %s", type(e).__name__)
+
     async def stop(self, grace: float = 5.0) -> None:
         if self._server is None:
             return
-        if self._worker is not None:
-            self._worker.cancel()
+        for w in self._workers:
+            w.cancel()
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
         self._server = None

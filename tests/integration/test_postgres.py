@@ -48,7 +48,7 @@ def test_schema_is_migrated_by_alembic(pg_stack: Stack, pg_url: str) -> None:
                 "SELECT column_name FROM information_schema.columns WHERE table_name = 'records'"
             )
         }
-    assert rev == "0002"
+    assert rev == "0003"
     assert cols == {
         "id",
         "subject_id",
@@ -58,6 +58,7 @@ def test_schema_is_migrated_by_alembic(pg_stack: Stack, pg_url: str) -> None:
         "idempotency_key",
         "created_at",
         "updated_at",
+        "expires_at",
     }
 
 

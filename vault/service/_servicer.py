@@ -148,8 +148,35 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
             region=request.region,
             minor=request.minor,
             idempotency_key=request.idempotency_key,
+            lookups=[(x.kind, x.value) for x in request.lookups],
         )
         return subject_pb(v)
+
+    async def SetLookups(
+        self, request: pb.SetLookupsRequest, context: Ctx
+    ) -> pb.SetLookupsResponse:
+        added = await self._run(
+            "SetLookups",
+            context,
+            self._node.set_lookups,
+            request.subject_id,
+            [(x.kind, x.value) for x in request.lookups],
+        )
+        return pb.SetLookupsResponse(added=added)
+
+    async def FindSubjects(
+        self, request: pb.FindSubjectsRequest, context: Ctx
+    ) -> pb.FindSubjectsResponse:
+        ids = await self._run(
+            "FindSubjects",
+            context,
+            self._node.find_subjects,
+            request.lookup.kind,
+            request.lookup.value,
+            request.region,
+            request.all_regions,
+        )
+        return pb.FindSubjectsResponse(subject_ids=ids)
 
     async def GetSubject(self, request: pb.GetSubjectRequest, context: Ctx) -> pb.Subject:
         v = await self._run("GetSubject", context, self._node.get_subject, request.subject_id)

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from vault.errors import StoreUnavailable
-from vault.store._models import consents, records, subjects
+from vault.store._models import cell_keys, consents, lookups, records, subjects
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +149,9 @@ class CellStore:
             ).first()
         return RecordRow(*r) if r else None
 
-    def insert_record(self, row: RecordRow, idempotency_key: str | None) -> None:
+    def insert_record(
+        self, row: RecordRow, idempotency_key: str | None, expires_at: int | None = None
+    ) -> None:
         with self._tx() as conn:
             conn.execute(
                 insert(records).values(
@@ -161,18 +163,51 @@ class CellStore:
                     idempotency_key=idempotency_key,
                     created_at=row.created_at,
                     updated_at=row.updated_at,
+                    expires_at=expires_at,
                 )
             )
 
-    def update_record(self, row: RecordRow, previous_version: int) -> bool:
+    def update_record(
+        self, row: RecordRow, previous_version: int, expires_at: int | None = None
+    ) -> bool:
         """Compare-and-set on ``version``; False when another writer got there first."""
         with self._tx() as conn:
             res = conn.execute(
                 update(records)
                 .where(and_(records.c.id == row.id, records.c.version == previous_version))
-                .values(version=row.version, envelope=row.envelope, updated_at=row.updated_at)
+                .values(
+                    version=row.version,
+                    envelope=row.envelope,
+                    updated_at=row.updated_at,
+                    expires_at=expires_at,
+                )
             )
         return res.rowcount == 1
+
+    def sweep_expired(self, now: int, batch: int = 500) -> int:
+        """Deletes up to ``batch`` records whose retention ended; returns how many.
+
+        Safe on several nodes at once: each DELETE takes whatever is still there.
+        """
+        expired = (
+            select(records.c.id)
+            .where(and_(records.c.expires_at.is_not(None), records.c.expires_at <= now))
+            .limit(batch)
+            .scalar_subquery()
+        )
+        with self._tx() as conn:
+            res = conn.execute(delete(records).where(records.c.id.in_(expired)))
+        return int(res.rowcount)
+
+    def count_expired(self, now: int) -> int:
+        with self._read() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(records)
+                    .where(and_(records.c.expires_at.is_not(None), records.c.expires_at <= now))
+                ).scalar_one()
+            )
 
     def delete_record(self, record_id: str, version: int | None) -> bool:
         cond = records.c.id == record_id
@@ -281,6 +316,7 @@ class CellStore:
             ).scalar_one()
             conn.execute(delete(records).where(records.c.subject_id == subject_id))
             conn.execute(delete(consents).where(consents.c.subject_id == subject_id))
+            conn.execute(delete(lookups).where(lookups.c.subject_id == subject_id))
             conn.execute(
                 update(subjects)
                 .where(subjects.c.id == subject_id)
@@ -296,3 +332,45 @@ class CellStore:
                 .order_by(records.c.id)
             ).all()
         return [RecordRow(*r) for r in rows]
+
+    # -- blind index -----------------------------------------------------------
+
+    def cell_key(self, name: str) -> str | None:
+        with self._read() as conn:
+            r = conn.execute(select(cell_keys.c.wrapped).where(cell_keys.c.name == name)).first()
+        return str(r[0]) if r else None
+
+    def add_cell_key(self, name: str, mount: str, key_name: str, wrapped: str) -> None:
+        """Stores a wrapped cell key unless one exists (the first writer wins)."""
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    insert(cell_keys).values(
+                        name=name, key_mount=mount, key_name=key_name, wrapped=wrapped
+                    )
+                )
+        except DuplicateKey:
+            pass
+
+    def add_lookups(self, subject_id: str, entries: list[tuple[str, str]]) -> int:
+        """Adds (kind, digest) entries for a subject; returns how many were new."""
+        added = 0
+        for kind, digest in entries:
+            try:
+                with self._tx() as conn:
+                    conn.execute(
+                        insert(lookups).values(kind=kind, digest=digest, subject_id=subject_id)
+                    )
+                added += 1
+            except DuplicateKey:
+                continue
+        return added
+
+    def find_lookup(self, kind: str, digest: str) -> list[str]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(lookups.c.subject_id)
+                .where(and_(lookups.c.kind == kind, lookups.c.digest == digest))
+                .order_by(lookups.c.subject_id)
+            ).all()
+        return [str(r[0]) for r in rows]

@@ -57,6 +57,9 @@ records = Table(
     Column("version", Integer, nullable=False),
     Column("envelope", LargeBinary, nullable=False),
     Column("idempotency_key", String(128), nullable=True),
+    # When the policy's retention for the record's category and purpose ends
+    # (microseconds); NULL: kept as long as the account.
+    Column("expires_at", BigInteger, nullable=True, index=True),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     UniqueConstraint("subject_id", "idempotency_key", name="uq_records_subject_idempotency"),
@@ -72,4 +75,25 @@ consents = Table(
     # Where the consent was collected ("signup-form-v3"): a label, never free text.
     Column("source", String(128), nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+)
+
+# Blind index: HMAC-SHA256 of a normalised lookup value (email, phone, account
+# id) under the region's index key. Finds a subject without storing the value.
+lookups = Table(
+    "lookups",
+    metadata,
+    Column("kind", String(32), primary_key=True),
+    Column("digest", String(64), primary_key=True),
+    Column("subject_id", String(64), ForeignKey("subjects.id"), primary_key=True),
+    Index("ix_lookups_subject_id", "subject_id"),
+)
+
+# Keys of the cell itself, stored only wrapped by the region's Transit mount.
+cell_keys = Table(
+    "cell_keys",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("key_mount", String(128), nullable=False),
+    Column("key_name", String(128), nullable=False),
+    Column("wrapped", Text, nullable=False),
 )

@@ -34,16 +34,18 @@ ERASURE_STATE_PENDING: ErasureState
 ERASURE_STATE_COMPLETED: ErasureState
 
 class CreateSubjectRequest(_message.Message):
-    __slots__ = ("country", "region", "minor", "idempotency_key")
+    __slots__ = ("country", "region", "minor", "idempotency_key", "lookups")
     COUNTRY_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     MINOR_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     country: str
     region: str
     minor: bool
     idempotency_key: str
-    def __init__(self, country: _Optional[str] = ..., region: _Optional[str] = ..., minor: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    lookups: _containers.RepeatedCompositeFieldContainer[Lookup]
+    def __init__(self, country: _Optional[str] = ..., region: _Optional[str] = ..., minor: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., lookups: _Optional[_Iterable[_Union[Lookup, _Mapping]]] = ...) -> None: ...
 
 class Subject(_message.Message):
     __slots__ = ("subject_id", "region", "state", "created_at", "minor", "country")
@@ -324,3 +326,41 @@ class ExportChunk(_message.Message):
     data: bytes
     sequence: int
     def __init__(self, data: _Optional[bytes] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class Lookup(_message.Message):
+    __slots__ = ("kind", "value")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    value: str
+    def __init__(self, kind: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class SetLookupsRequest(_message.Message):
+    __slots__ = ("subject_id", "lookups")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    lookups: _containers.RepeatedCompositeFieldContainer[Lookup]
+    def __init__(self, subject_id: _Optional[str] = ..., lookups: _Optional[_Iterable[_Union[Lookup, _Mapping]]] = ...) -> None: ...
+
+class SetLookupsResponse(_message.Message):
+    __slots__ = ("added",)
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    added: int
+    def __init__(self, added: _Optional[int] = ...) -> None: ...
+
+class FindSubjectsRequest(_message.Message):
+    __slots__ = ("lookup", "region", "all_regions")
+    LOOKUP_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    ALL_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    lookup: Lookup
+    region: str
+    all_regions: bool
+    def __init__(self, lookup: _Optional[_Union[Lookup, _Mapping]] = ..., region: _Optional[str] = ..., all_regions: _Optional[bool] = ...) -> None: ...
+
+class FindSubjectsResponse(_message.Message):
+    __slots__ = ("subject_ids",)
+    SUBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    subject_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, subject_ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -94,6 +94,16 @@ class PersonalDataVaultStub:
                 request_serializer=vault_dot_v1_dot_vault__pb2.ExportSubjectRequest.SerializeToString,
                 response_deserializer=vault_dot_v1_dot_vault__pb2.ExportChunk.FromString,
                 _registered_method=True)
+        self.SetLookups = channel.unary_unary(
+                '/vault.v1.PersonalDataVault/SetLookups',
+                request_serializer=vault_dot_v1_dot_vault__pb2.SetLookupsRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.SetLookupsResponse.FromString,
+                _registered_method=True)
+        self.FindSubjects = channel.unary_unary(
+                '/vault.v1.PersonalDataVault/FindSubjects',
+                request_serializer=vault_dot_v1_dot_vault__pb2.FindSubjectsRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.FindSubjectsResponse.FromString,
+                _registered_method=True)
 
 
 class PersonalDataVaultServicer:
@@ -186,6 +196,21 @@ class PersonalDataVaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetLookups(self, request, context):
+        """Lookup values (email, phone, account id) kept only as a blind index: a
+        keyed HMAC of the normalised value under the region's index key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindSubjects(self, request, context):
+        """The subjects with a lookup value, without decrypting anything.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersonalDataVaultServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +273,16 @@ def add_PersonalDataVaultServicer_to_server(servicer, server):
                     servicer.ExportSubject,
                     request_deserializer=vault_dot_v1_dot_vault__pb2.ExportSubjectRequest.FromString,
                     response_serializer=vault_dot_v1_dot_vault__pb2.ExportChunk.SerializeToString,
+            ),
+            'SetLookups': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLookups,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.SetLookupsRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.SetLookupsResponse.SerializeToString,
+            ),
+            'FindSubjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindSubjects,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.FindSubjectsRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.FindSubjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +609,60 @@ class PersonalDataVault:
             '/vault.v1.PersonalDataVault/ExportSubject',
             vault_dot_v1_dot_vault__pb2.ExportSubjectRequest.SerializeToString,
             vault_dot_v1_dot_vault__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLookups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vault.v1.PersonalDataVault/SetLookups',
+            vault_dot_v1_dot_vault__pb2.SetLookupsRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.SetLookupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindSubjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vault.v1.PersonalDataVault/FindSubjects',
+            vault_dot_v1_dot_vault__pb2.FindSubjectsRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.FindSubjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,
