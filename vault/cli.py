@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     pcheck = psub.add_parser("check", help="validate a policy file")
     pcheck.add_argument("file", type=Path, nargs="?", default=None)
 
+    demo = sub.add_parser("demo", help="the whole story against the running local stack")
+    demo.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
     from vault import _rightscli, _tokencli
 
     _tokencli.add_parser(sub)
@@ -155,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from vault import demo as demo_mod
+
+        return demo_mod.run(args.data_dir)
     if args.command == "policy":
         return check_main(str(args.file or default_policy_path()))
     if args.command == "token":

@@ -65,6 +65,12 @@ def _lookups(items: Mapping[str, str] | Sequence[tuple[str, str]]) -> list[pb.Lo
     return [pb.Lookup(kind=k, value=v) for k, v in pairs]
 
 
+def _grants(categories: Mapping[str, Sequence[str]] | Sequence[str]) -> list[pb.CategoryGrant]:
+    if isinstance(categories, Mapping):
+        return [pb.CategoryGrant(category=c, fields=list(f)) for c, f in categories.items()]
+    return [pb.CategoryGrant(category=c) for c in categories]
+
+
 class VaultClient:
     """Blocking client; one channel per instance, safe to share between threads."""
 
@@ -251,6 +257,31 @@ class VaultClient:
 
     # -- tokens --------------------------------------------------------------
 
+    def issue_token(
+        self,
+        *,
+        service: str,
+        purpose: str,
+        categories: Mapping[str, Sequence[str]] | Sequence[str],
+        operations: Sequence[str],
+        regions: Sequence[str] = ("cn", "de", "ru", "sg", "us"),
+        subjects: Sequence[str] = (),
+        transfer_basis: str = "",
+        ttl_seconds: int = 0,
+    ) -> pb.TokenResponse:
+        """Issues a purpose token; this client's bearer must be the administrator credential."""
+        req = pb.IssueTokenRequest(
+            service=service,
+            purpose=purpose,
+            categories=_grants(categories),
+            operations=list(operations),
+            regions=list(regions),
+            subjects=list(subjects),
+            transfer_basis=transfer_basis,
+            ttl_seconds=ttl_seconds,
+        )
+        return self._call(self._tokens.IssueToken, req)  # type: ignore[no-any-return]
+
     def exchange_token(
         self,
         *,
@@ -261,13 +292,8 @@ class VaultClient:
         ttl_seconds: int = 0,
     ) -> pb.TokenResponse:
         """A narrower token than this client's (for handing to a processor)."""
-        grants = (
-            [pb.CategoryGrant(category=c, fields=list(f)) for c, f in categories.items()]
-            if isinstance(categories, Mapping)
-            else [pb.CategoryGrant(category=c) for c in categories]
-        )
         req = pb.ExchangeTokenRequest(
-            categories=grants,
+            categories=_grants(categories),
             operations=list(operations),
             regions=list(regions),
             subjects=list(subjects),

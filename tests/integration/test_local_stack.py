@@ -122,6 +122,16 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
             for rid, (sid, address) in written.items():
                 got = c.get_record(rid)
                 assert got.subject_id == sid and got.fields["address"] == address
+        demo = subprocess.run(
+            [sys.executable, "-m", "vault.cli", "demo", "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert "CONSENT_REQUIRED" in demo.stdout and "verified offline" in demo.stdout
+        assert "the key no longer exists" in demo.stdout
     finally:
         assert up.stop() == 0
 
