@@ -80,7 +80,8 @@ def own_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
     server.start()
     try:
         regions = load_regions(data_dir=str(d), openbao_addr=server.address)
-        yield Bao(server, Path(regions.source), server.configure(regions), server.audit_log)
+        creds = server.configure(regions)
+        yield Bao(server, Path(regions.source), creds.node, creds.eraser, server.audit_log)
     finally:
         server.stop()
 
