@@ -16,7 +16,7 @@ from typing import IO
 import hvac
 
 from vault.authn import ADMIN_CREDENTIAL_FILE, ensure_admin_credential
-from vault.config import NodeSettings, load_regions
+from vault.config import CacheSettings, NodeSettings, load_regions
 from vault.devstack import OpenBaoServer
 from vault.errors import ConfigError
 from vault.policy import check_main, default_policy_path, load_policy
@@ -55,7 +55,14 @@ async def _up(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"pdvault: refusing to start: {e}", file=sys.stderr)
         return 2
-    settings = NodeSettings(data_dir=data_dir, host=args.host, port=args.port)
+    settings = NodeSettings(
+        data_dir=data_dir,
+        host=args.host,
+        port=args.port,
+        cache=CacheSettings(
+            max_entries=args.key_cache_entries, max_age_seconds=args.key_cache_seconds
+        ),
+    )
     print(f"pdvault: starting OpenBao ({bao.address}, data in {bao.dir})", file=sys.stderr)
     bao.start()
     server: VaultServer | None = None
@@ -134,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--regions", type=Path, default=None, help="regions file (default: regions/regions.yaml)"
     )
     up.add_argument("--policy", type=Path, default=None, help="purpose policy (default: shipped)")
+    up.add_argument(
+        "--key-cache-entries",
+        type=int,
+        default=CacheSettings.max_entries,
+        help="unwrapped data keys kept in memory (0: every operation asks OpenBao)",
+    )
+    up.add_argument(
+        "--key-cache-seconds",
+        type=float,
+        default=CacheSettings.max_age_seconds,
+        help="how long an unwrapped data key is kept",
+    )
     up.add_argument("-v", "--verbose", action="store_true", help="log every request (no content)")
 
     regions = sub.add_parser("regions", help="region configuration")
