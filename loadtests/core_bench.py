@@ -47,7 +47,14 @@ def start_stack(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     raise SystemExit("pdvault up did not start")
 
 
-def issue_token(data_dir: Path) -> str:
+def issue_token(
+    data_dir: Path,
+    *,
+    service: str = "core-bench",
+    purpose: str = "essential.service",
+    categories: str = "user.contact.email",
+    ops: str = "read,write",
+) -> str:
     """A token from the local stack's administrator credential, via the CLI."""
     out = subprocess.run(
         [
@@ -59,13 +66,13 @@ def issue_token(data_dir: Path) -> str:
             "--data-dir",
             str(data_dir),
             "--service",
-            "core-bench",
+            service,
             "--purpose",
-            "essential.service",
+            purpose,
             "--categories",
-            "user.contact.email",
+            categories,
             "--ops",
-            "read,write",
+            ops,
             "--ttl",
             "86400",
         ],

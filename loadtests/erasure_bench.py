@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,38 +20,10 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import Result
-from core_bench import start_stack
+from core_bench import issue_token, start_stack
 
 from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
-
-
-def issue(data_dir: Path) -> str:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vault.cli",
-            "token",
-            "issue",
-            "--data-dir",
-            str(data_dir),
-            "--service",
-            "erasure-bench",
-            "--purpose",
-            "essential.subject_rights",
-            "--categories",
-            "user.name,user.contact.email",
-            "--ops",
-            "write,erase",
-            "--ttl",
-            "86400",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
 
 
 async def bench(target: str, token: str, subjects: int, concurrency: int) -> None:
@@ -101,7 +72,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pdvault-erasure-bench-") as d:
         proc, target = start_stack(Path(d))
         try:
-            asyncio.run(bench(target, issue(Path(d)), args.subjects, args.concurrency))
+            token = issue_token(
+                Path(d),
+                service="erasure-bench",
+                purpose="essential.subject_rights",
+                categories="user.name,user.contact.email",
+                ops="write,erase",
+            )
+            asyncio.run(bench(target, token, args.subjects, args.concurrency))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)

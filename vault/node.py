@@ -35,7 +35,8 @@ class Node:
             raise RegionNotServed("the home region of this id is not served by this node")
         return cell
 
-    def _subject(self, value: str, field: str = "subject_id") -> tuple[Cell, str]:
+    def subject_cell(self, value: str, field: str = "subject_id") -> tuple[Cell, str]:
+        """The home cell of a subject id (validated) and the id."""
         vid = ids.parse_id(value, "sub", field=field, regions=self._region_ids)
         return self._cell(vid.region), vid.value
 
@@ -64,7 +65,7 @@ class Node:
         return subject
 
     def set_lookups(self, caller: Caller, subject_id: str, lookups: list[tuple[str, str]]) -> int:
-        cell, sid = self._subject(subject_id)
+        cell, sid = self.subject_cell(subject_id)
         return cell.set_lookups(caller, sid, lookups)
 
     def find_subjects(
@@ -85,7 +86,7 @@ class Node:
         return found
 
     def get_subject(self, caller: Caller, subject_id: str) -> SubjectView:
-        cell, sid = self._subject(subject_id)
+        cell, sid = self.subject_cell(subject_id)
         return cell.get_subject(caller, sid)
 
     def put_record(
@@ -106,7 +107,7 @@ class Node:
         if record_id:
             cell, rid = self._record(record_id)
             if subject_id:
-                self._subject(subject_id)  # well-formed; the cell checks it owns the record
+                self.subject_cell(subject_id)  # well-formed; the cell checks it owns the record
             return cell.put_record(
                 caller,
                 subject_id=subject_id,
@@ -115,7 +116,7 @@ class Node:
                 record_id=rid,
                 expected_version=expected_version,
             )
-        cell, sid = self._subject(subject_id)
+        cell, sid = self.subject_cell(subject_id)
         return cell.put_record(
             caller, subject_id=sid, category=category, fields=fields, idempotency_key=key
         )
@@ -132,7 +133,7 @@ class Node:
         page_size: int = 0,
         page_token: str = "",
     ) -> RecordPage:
-        cell, sid = self._subject(subject_id)
+        cell, sid = self.subject_cell(subject_id)
         return cell.list_records(
             caller,
             sid,
@@ -148,19 +149,19 @@ class Node:
     def set_consent(
         self, caller: Caller, subject_id: str, purpose: str, granted: bool, source: str
     ) -> ConsentView:
-        cell, sid = self._subject(subject_id)
+        cell, sid = self.subject_cell(subject_id)
         return cell.set_consent(
             caller, sid, validation.purpose(purpose), granted, validation.label(source, "source")
         )
 
     def list_consents(self, caller: Caller, subject_id: str) -> list[ConsentView]:
-        cell, sid = self._subject(subject_id)
+        cell, sid = self.subject_cell(subject_id)
         return cell.list_consents(caller, sid)
 
     def export_subject(self, caller: Caller, subject_id: str) -> Iterator[bytes]:
-        cell, sid = self._subject(subject_id)
+        cell, sid = self.subject_cell(subject_id)
         return cell.export_subject(caller, sid)
 
     def restrict_processing(self, caller: Caller, subject_id: str, restricted: bool) -> SubjectView:
-        cell, sid = self._subject(subject_id)
+        cell, sid = self.subject_cell(subject_id)
         return cell.restrict_processing(caller, sid, restricted)

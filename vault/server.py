@@ -110,8 +110,9 @@ def build_vault(
         for rid in cells:
             address = regions.regions[rid].openbao_address
             shredders[rid] = TransitKeyShredder.connect(address, eraser_token)
-    eraser = Eraser(regions, cells, control, shredders, signing, keyset)
-    return Vault(Node(regions, cells, settings.limits), authority, revocations, control, eraser)
+    node = Node(regions, cells, settings.limits)
+    eraser = Eraser(node, control, shredders, signing, keyset)
+    return Vault(node, authority, revocations, control, eraser)
 
 
 class VaultServer:

@@ -24,15 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from vault import ids
 from vault.authz import Caller
-from vault.cell import GONE_STATES, STATE_ACTIVE, STATE_ERASURE_PENDING, Cell, SubjectView
-from vault.config import RegionsConfig
+from vault.cell import GONE_STATES, STATE_ACTIVE, STATE_ERASURE_PENDING, SubjectView
 from vault.control import ControlStore, ErasureEntry
 from vault.crypto import dek_associated_data
 from vault.erasure._receipt import sign_receipt, verify_receipt
 from vault.errors import Erased, FieldViolation, InvalidArgument, NotFound, VaultError
 from vault.keys import KeyRef, TransitKeyShredder
+from vault.node import Node
 from vault.tokens import KeySet, SigningKey
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
@@ -74,8 +73,7 @@ class ReapplySummary:
 class Eraser:
     def __init__(
         self,
-        regions: RegionsConfig,
-        cells: dict[str, Cell],
+        node: Node,
         control: ControlStore,
         shredders: dict[str, TransitKeyShredder],
         signing: SigningKey,
@@ -83,28 +81,19 @@ class Eraser:
         clock: Callable[[], int] = _now_us,
     ) -> None:
         self._keys = keys
-        self._regions = regions
-        self._cells = cells
+        self._node = node
+        self._cells = node.cells
         self._control = control
         self._shredders = shredders
         self._signing = signing
         self._clock = clock
-
-    def _cell(self, subject_id: str) -> tuple[Cell, str]:
-        vid = ids.parse_id(subject_id, "sub", field="subject_id", regions=self._regions.region_ids)
-        cell = self._cells.get(vid.region)
-        if cell is None:
-            from vault.node import RegionNotServed
-
-            raise RegionNotServed("the home region of this id is not served by this node")
-        return cell, vid.value
 
     # -- the RPCs ------------------------------------------------------------
 
     def erase(
         self, caller: Caller, subject_id: str, reason: str, grace_seconds: int
     ) -> ErasureView:
-        cell, sid = self._cell(subject_id)
+        cell, sid = self._node.subject_cell(subject_id)
         cell.authz.scope(caller, "erase", cell.region.id, sid)
         if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
             raise InvalidArgument(
@@ -136,7 +125,7 @@ class Eraser:
         return self._view(entry)
 
     def cancel(self, caller: Caller, subject_id: str) -> SubjectView:
-        cell, sid = self._cell(subject_id)
+        cell, sid = self._node.subject_cell(subject_id)
         cell.authz.scope(caller, "erase", cell.region.id, sid)
         if not self._control.cancel_erasure(sid):
             entry = self._control.erasure(sid)
