@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -98,3 +99,43 @@ def test_idempotent_create_on_postgresql(pg_stack: Stack) -> None:
     c = pg_stack.client()
     a = c.create_subject("AT", idempotency_key="pg-1")
     assert c.create_subject("AT", idempotency_key="pg-1").subject_id == a.subject_id
+
+
+def test_pg_dump_taken_before_erasure_no_longer_decrypts(
+    pg_stack: Stack, pg_url: str, tmp_path_factory: pytest.TempPathFactory, canary: str
+) -> None:
+    """A real pg_dump before the erasure, restored into a fresh database and cell."""
+    rights = pg_stack.client(pg_stack.issue("essential.subject_rights"))
+    gone = rights.create_subject("DE")
+    gone_rec = rights.put_record(gone.subject_id, "user.name", {"first": canary})
+    kept = rights.create_subject("DE")
+    kept_rec = rights.put_record(kept.subject_id, "user.name", {"first": "Kept"})
+    dump = tmp_path_factory.mktemp("pgdump") / "cell.dump"
+    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    subprocess.run(["pg_dump", "-Fc", "-f", str(dump), dsn], check=True, timeout=120)
+    rights.erase_subject(gone.subject_id)
+
+    restored_db = f"pdvault_restored_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{restored_db}"')
+    try:
+        restored_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{restored_db}"
+        subprocess.run(
+            ["pg_restore", "--no-owner", "-d", restored_url.replace("+psycopg", ""), str(dump)],
+            check=True,
+            timeout=120,
+        )
+        node = start_stack(
+            pg_stack.bao, tmp_path_factory.mktemp("pg-restored"), database_urls={"de": restored_url}
+        )
+        try:
+            c = node.client(node.issue("essential.subject_rights"))
+            with pytest.raises(VaultClientError) as e:
+                c.get_record(gone_rec.record_id)
+            assert e.value.code == grpc.StatusCode.DATA_LOSS
+            assert c.get_record(kept_rec.record_id).fields == {"first": "Kept"}
+        finally:
+            node.stop()
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{restored_db}" WITH (FORCE)')

@@ -48,20 +48,18 @@ class CreateSubjectRequest(_message.Message):
     def __init__(self, country: _Optional[str] = ..., region: _Optional[str] = ..., minor: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., lookups: _Optional[_Iterable[_Union[Lookup, _Mapping]]] = ...) -> None: ...
 
 class Subject(_message.Message):
-    __slots__ = ("subject_id", "region", "state", "created_at", "minor", "country")
+    __slots__ = ("subject_id", "region", "state", "created_at", "minor")
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     MINOR_FIELD_NUMBER: _ClassVar[int]
-    COUNTRY_FIELD_NUMBER: _ClassVar[int]
     subject_id: str
     region: str
     state: SubjectState
     created_at: _timestamp_pb2.Timestamp
     minor: bool
-    country: str
-    def __init__(self, subject_id: _Optional[str] = ..., region: _Optional[str] = ..., state: _Optional[_Union[SubjectState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., minor: _Optional[bool] = ..., country: _Optional[str] = ...) -> None: ...
+    def __init__(self, subject_id: _Optional[str] = ..., region: _Optional[str] = ..., state: _Optional[_Union[SubjectState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., minor: _Optional[bool] = ...) -> None: ...
 
 class GetSubjectRequest(_message.Message):
     __slots__ = ("subject_id",)
