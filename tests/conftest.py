@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -126,6 +128,42 @@ class Stack:
         for c in self.clients:
             c.close()
         self.server.stop()
+
+
+_SCAN = """
+import sys
+needles = [bytes.fromhex(h) for h in sys.argv[1].split(",")]
+for path in sys.argv[2:]:
+    data = open(path, "rb").read()
+    if any(n in data for n in needles):
+        print(path)
+"""
+
+
+def files_containing(paths: list[Path], *needles: str) -> list[str]:
+    """The files holding any of ``needles`` (UTF-8, UTF-16-LE, lower case), read by
+    another process.
+
+    Never read a live SQLite file from the test process itself: closing any
+    descriptor of a file drops every POSIX lock this process holds on it,
+    including those of the in-process node's SQLite connections.
+    """
+    forms = {f for n in needles for f in (n.encode(), n.lower().encode(), n.encode("utf-16-le"))}
+    files = [str(p) for p in paths if p.is_file()]
+    assert files, "nothing to scan"
+    out = subprocess.run(
+        [sys.executable, "-c", _SCAN, ",".join(f.hex() for f in forms), *files],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return out.stdout.split()
+
+
+def copy_live_files(paths: list[Path], target: Path) -> None:
+    """Copies files (a live SQLite database and its WAL) from another process."""
+    subprocess.run(["cp", "-p", *map(str, paths), str(target)], check=True, timeout=120)
 
 
 @pytest.fixture(scope="session")

@@ -161,10 +161,18 @@ class TokenAuthority:
     def issue(self, req: IssueRequest) -> tuple[str, Claims]:
         purpose = self._authz.known_purpose(req.purpose)
         problems = []
-        for c in req.categories:
+        for c, fields in req.categories.items():
             if c not in purpose.categories:
                 problems.append(
                     FieldViolation("categories", f"{c} is not a category of the purpose")
+                )
+                continue
+            may = purpose.categories[c]
+            if may is None:
+                may = self._authz.policy.categories[c].fields
+            if fields is not None and may is not None and not fields <= may:
+                problems.append(
+                    FieldViolation("categories", f"asks for fields of {c} the purpose cannot see")
                 )
         if not set(req.operations) <= purpose.operations:
             problems.append(
@@ -230,6 +238,17 @@ class TokenAuthority:
                     "a token may revoke only itself and the tokens exchanged from it",
                     reason="REVOKE_NOT_ALLOWED",
                 )
+        actor = "admin" if admin else (caller.service if caller else "?")
+        revoked = self._revoke_one(jti, target, actor)
+        # Tokens exchanged from a revoked token go with it, however deep.
+        pending = [jti]
+        while pending:
+            for descendant in self._control.children(pending.pop()):
+                self._revoke_one(descendant.jti, descendant, actor)
+                pending.append(descendant.jti)
+        return revoked
+
+    def _revoke_one(self, jti: str, target: TokenEvent | None, actor: str) -> bool:
         expires = target.expires_at if target else int(self._clock()) + MAX_TTL
         revoked = self._control.revoke(jti, expires)
         self._revocations.add(jti)
@@ -237,7 +256,7 @@ class TokenAuthority:
             TokenEvent(
                 "revoke",
                 jti,
-                caller="admin" if admin else (caller.service if caller else "?"),
+                caller=actor,
                 service=target.service if target else "",
                 purpose=target.purpose if target else "",
                 expires_at=expires,

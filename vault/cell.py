@@ -8,7 +8,6 @@ there is effective at once, whatever the in-process key cache still holds.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import time
@@ -409,7 +408,14 @@ class Cell:
             raise NotFound("record not found")
         rec, subject = found
         self.authz.scope(caller, "delete", self.region.id, rec.subject_id)
-        self.authz.fields(caller, rec.category, "delete", self._facts(caller, subject))
+        allowed = self.authz.fields(caller, rec.category, "delete", self._facts(caller, subject))
+        declared = self.authz.policy.categories[rec.category].fields
+        if allowed is not None and (declared is None or not declared <= allowed):
+            # A caller granted only some fields would delete fields it cannot see.
+            raise AccessDenied(
+                "deleting a record needs every field of its category",
+                reason="FIELD_NOT_GRANTED",
+            )
         if expected_version and expected_version != rec.version:
             raise Conflict("record version does not match expected_version")
         if not self.store.delete_record(record_id, rec.version):
@@ -461,10 +467,14 @@ class Cell:
         self.authz.scope(caller, "export", self.region.id, subject_id)
         subject = self._live_subject(subject_id)
         facts = self._facts(caller, subject)
+        self.authz.subject_visible(caller, facts)
         grants: dict[str, FieldGrant] = {}
         for c in self.authz.readable_categories(caller):
-            with contextlib.suppress(AccessDenied):
+            try:
                 grants[c] = self.authz.fields(caller, c, "export", facts)
+            except AccessDenied as e:
+                if e.reason != "FIELD_NOT_GRANTED":
+                    raise
         consents = self.store.list_consents(subject_id)
         dek = self._data_key(subject)
         return self._export_pieces(subject, grants, consents, dek, page_size)

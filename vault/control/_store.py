@@ -129,6 +129,24 @@ class ControlStore:
             ).first()
         return TokenEvent(*r) if r else None
 
+    def children(self, jti: str) -> list[TokenEvent]:
+        """The tokens exchanged directly from ``jti``."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(
+                    token_events.c.event,
+                    token_events.c.jti,
+                    token_events.c.caller,
+                    token_events.c.service,
+                    token_events.c.purpose,
+                    token_events.c.expires_at,
+                    token_events.c.parent_jti,
+                )
+                .where(token_events.c.parent_jti == jti)
+                .where(token_events.c.event == "exchange")
+            ).all()
+        return [TokenEvent(*r) for r in rows]
+
     def revoke(self, jti: str, expires_at: int) -> bool:
         """Records a revocation; False if the token id was already revoked."""
         try:

@@ -441,7 +441,8 @@ def narrow(
     Every argument left ``None`` keeps the parent's value. ``categories``
     keeps a subset of the parent's categories; ``fields`` maps a kept category
     to a subset of its fields (any subset when the parent grants all of them);
-    ``ttl`` shortens the life (``exp = min(parent.exp, now + ttl)``).
+    ``ttl`` shortens the life (``exp = now + ttl``, which must not pass
+    ``parent.exp``: asking for more life than the parent has left widens).
     Purpose, issuer, audience, caller and transfer basis are inherited
     unchanged; ``jti`` is new and ``parent_jti`` is the parent's ``jti``.
 
@@ -507,7 +508,9 @@ def narrow(
 
     start = math.floor(now)
     nbf = max(parent.nbf, start)
-    exp = parent.exp if ttl is None else min(parent.exp, start + ttl)
+    if ttl is not None and start + ttl > parent.exp:
+        _widens("ttl")  # a longer life than the parent has left is a wider token
+    exp = parent.exp if ttl is None else start + ttl
     if exp <= nbf:
         raise AccessDenied(
             "the parent token has no lifetime left to hand on", reason="EXCHANGE_EXPIRED"

@@ -103,8 +103,11 @@ def test_dropping_categories() -> None:
 
 
 def test_ttl_never_outlives_the_parent() -> None:
-    child = narrow(make_parent(), ttl=10**6, now=NOW + 10)
-    assert child.exp == NOW + 3600
+    with pytest.raises(AccessDenied) as e:
+        narrow(make_parent(), ttl=10**6, now=NOW + 10)
+    assert e.value.reason == "EXCHANGE_WIDENS"
+    assert narrow(make_parent(), ttl=3590, now=NOW + 10).exp == NOW + 3600
+    assert narrow(make_parent(), ttl=60, now=NOW + 10).exp == NOW + 70
 
 
 def test_child_never_starts_before_the_parent() -> None:
@@ -287,8 +290,11 @@ def requests(draw: st.DrawFn, parent: Claims | None = None) -> dict[str, Any]:
     return request
 
 
-def _oracle_widens(parent: Claims, request: Mapping[str, Any]) -> bool:
+def _oracle_widens(parent: Claims, request: Mapping[str, Any], now: float) -> bool:
     """Independent statement of 'wider than the parent' for a request."""
+    ttl = request.get("ttl")
+    if ttl is not None and int(now // 1) + ttl > parent.exp:
+        return True  # more life than the parent has left
     cats = request.get("categories")
     if cats is not None and not set(cats) <= set(parent.categories):
         return True
@@ -320,16 +326,16 @@ def test_narrow_either_refuses_or_narrows(data: st.DataObject) -> None:
     except AccessDenied as exc:
         event(exc.reason)
         if exc.reason == "EXCHANGE_WIDENS":
-            assert _oracle_widens(parent, request)
+            assert _oracle_widens(parent, request, now)
         else:
             assert exc.reason == "EXCHANGE_EXPIRED"
-            assert not _oracle_widens(parent, request)
+            assert not _oracle_widens(parent, request, now)
             ttl = request.get("ttl")
-            exp = parent.exp if ttl is None else min(parent.exp, int(now // 1) + ttl)
+            exp = parent.exp if ttl is None else int(now // 1) + ttl
             assert exp <= max(parent.nbf, int(now // 1))
         return
     event("narrowed")
-    assert not _oracle_widens(parent, request)
+    assert not _oracle_widens(parent, request, now)
     assert is_narrowing(parent, child)
     assert child.nbf >= int(now // 1)
     if "ttl" in request:

@@ -1,0 +1,105 @@
+"""The locust load test as an SRE runs it: a real ``pdvault up``, locust headless, the SLO gate.
+
+locust monkey-patches the standard library with gevent when it is imported, so
+it only ever runs here as a subprocess, never inside pytest.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+#: The RPCs of the default mix: read, write, create (CreateSubject + PutRecord), erase.
+MIX = ("GetRecord", "PutRecord", "CreateSubject", "DeleteRecord")
+
+
+def _start_stack(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir), "--port", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    endpoint = data_dir / "endpoint"  # written once the gRPC server listens
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if endpoint.exists() and endpoint.read_text().strip():
+            return proc, endpoint.read_text().strip()
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait(10)
+    raise AssertionError("pdvault up did not start:\n" + log.read_text())
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_locust_mix_runs_without_failures_and_passes_the_slo_gate(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pdv"
+    stack, target = _start_stack(data_dir, tmp_path / "pdvault-up.log")
+    try:
+        env = {**os.environ, "PDVAULT_DATA_DIR": str(data_dir)}
+        env.pop("PDVAULT_TOKEN", None)  # the locustfile issues its own with the admin credential
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(LOCUSTFILE),
+                "--headless",
+                "--users",
+                "4",
+                "--spawn-rate",
+                "4",
+                "--run-time",
+                "15s",
+                "--host",
+                target,
+                "--csv",
+                str(tmp_path / "run"),
+                "--only-summary",
+                "--pdv-subjects",
+                "50",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        report = run.stderr[-6000:]
+        assert run.returncode == 0, f"locust exited {run.returncode}:\n{report}"
+        assert "SLO gate passed" in run.stderr, report
+
+        with (tmp_path / "run_stats.csv").open(newline="") as f:
+            rows = {row["Name"]: row for row in csv.DictReader(f)}
+        for rpc in MIX:
+            assert rpc in rows, f"{rpc} was never called:\n{report}"
+            assert int(rows[rpc]["Request Count"]) > 0, rpc
+        total = rows["Aggregated"]
+        assert int(total["Request Count"]) >= 100, report
+        assert int(total["Failure Count"]) == 0, (tmp_path / "run_failures.csv").read_text()
+    finally:
+        _stop(stack)
