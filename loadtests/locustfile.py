@@ -14,19 +14,18 @@ read      GetRecord of a popular subject's record      80
 write     PutRecord replacing that record (last        15
           writer wins)
 create    CreateSubject + PutRecord of a first record  4
-erase     DeleteRecord of a record of a subject this   1
-          user created itself (``--pdv-erase-rpc
-          EraseSubject``: crypto-shreds that subject)
+erase     EraseSubject of a subject this user created  1
+          itself (``--pdv-erase-rpc DeleteRecord``:
+          delete one of its records instead)
 ========  ===========================================  =======
 
 Subject popularity is Zipf-distributed over a population of ``--pdv-subjects``
 subjects created (with one record each) when the test starts; those set-up
 calls are not counted. ``erase`` only touches subjects its own user created, so
-it never makes another user's read fail. By default it is a DeleteRecord, the
-stand-in from before EraseSubject existed; ``--pdv-erase-rpc EraseSubject``
-makes it a real erasure, with a second token (purpose
-``essential.subject_rights``, operation ``erase``) from ``PDVAULT_ERASE_TOKEN`` or
-issued like the first.
+it never makes another user's read fail. It is a real crypto-shredding erasure,
+with a second token (purpose ``essential.subject_rights``, operation ``erase``)
+from ``PDVAULT_ERASE_TOKEN`` or issued like the first; ``--pdv-erase-rpc
+DeleteRecord`` deletes one record instead (for deployments that must keep keys).
 
 Every call is reported to locust as ``request_type="grpc"``, ``name=<RPC>``,
 with the gRPC status code name in the request context. At the end of the run
@@ -110,8 +109,8 @@ def _add_arguments(parser: Any) -> None:
     add(
         "--pdv-erase-rpc",
         choices=ERASE_RPCS,
-        default="DeleteRecord",
-        help="what an 'erase' calls: DeleteRecord of one record (default) or EraseSubject",
+        default="EraseSubject",
+        help="what an 'erase' calls: EraseSubject (default) or DeleteRecord of one record",
     )
     add(
         "--pdv-subjects",

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 #: The RPCs of the default mix: read, write, create (CreateSubject + PutRecord), erase.
-MIX = ("GetRecord", "PutRecord", "CreateSubject", "DeleteRecord")
+MIX = ("GetRecord", "PutRecord", "CreateSubject", "EraseSubject")
 
 
 def _start_stack(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
