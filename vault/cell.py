@@ -289,9 +289,10 @@ class Cell:
         ctx = RecordContext(rid, subject_id, self.region.id, category, 1)
         row = RecordRow(rid, subject_id, category, 1, seal_fields(dek, ctx, fields), now, now)
         try:
-            self.store.insert_record(
+            if not self.store.insert_record(
                 row, idempotency_key or None, self._expiry(caller, category, now)
-            )
+            ):
+                raise Erased("subject has been erased")
         except DuplicateKey:
             existing = self.store.record_by_idempotency_key(subject_id, idempotency_key)
             if existing is None:
@@ -352,6 +353,9 @@ class Cell:
             now,
         )
         if not self.store.update_record(row, rec.version, self._expiry(caller, category, now)):
+            current = self.store.get_subject(rec.subject_id)
+            if current is None or current.state in GONE_STATES:
+                raise Erased("subject has been erased")
             raise Conflict("record was changed concurrently")
         return RecordView(
             rec.id,

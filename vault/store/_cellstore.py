@@ -72,6 +72,53 @@ _GET_RECORD = (
     .where(records.c.id == bindparam("rid"))
 )
 _N_RECORD_COLS = len(_RECORD_COLS)
+# A record is written only while its subject is live, checked in the same
+# statement: an erasure that lands between a request's checks and its write
+# cannot leave a row behind. Built once, executed with a parameter dict.
+_GONE = ("erased", "erasure_pending")
+_SUBJECT_LIVE = (
+    select(subjects.c.id)
+    .where(and_(subjects.c.id == bindparam("live_subject"), subjects.c.state.not_in(_GONE)))
+    .exists()
+)
+_INSERT_COLS = (
+    "id",
+    "subject_id",
+    "category",
+    "version",
+    "envelope",
+    "idempotency_key",
+    "created_at",
+    "updated_at",
+    "expires_at",
+)
+_INSERT_RECORD = (
+    insert(records)
+    .from_select(
+        list(_INSERT_COLS),
+        select(*(bindparam(c, type_=records.c[c].type) for c in _INSERT_COLS)).where(
+            _SUBJECT_LIVE
+        ),
+    )
+    # SQLAlchemy keeps an INSERT's rowcount only when asked to.
+    .execution_options(preserve_rowcount=True)
+)
+_UPDATE_RECORD = (
+    update(records)
+    .where(
+        and_(
+            records.c.id == bindparam("rid"),
+            records.c.version == bindparam("prev"),
+            _SUBJECT_LIVE,
+        )
+    )
+    .values(
+        version=bindparam("new_version"),
+        envelope=bindparam("new_envelope"),
+        updated_at=bindparam("new_updated_at"),
+        expires_at=bindparam("new_expires_at"),
+    )
+)
 
 
 class CellStore:
@@ -151,36 +198,43 @@ class CellStore:
 
     def insert_record(
         self, row: RecordRow, idempotency_key: str | None, expires_at: int | None = None
-    ) -> None:
+    ) -> bool:
+        """Inserts the record; False (nothing written) if its subject is no longer live."""
         with self._tx() as conn:
-            conn.execute(
-                insert(records).values(
-                    id=row.id,
-                    subject_id=row.subject_id,
-                    category=row.category,
-                    version=row.version,
-                    envelope=row.envelope,
-                    idempotency_key=idempotency_key,
-                    created_at=row.created_at,
-                    updated_at=row.updated_at,
-                    expires_at=expires_at,
-                )
+            res = conn.execute(
+                _INSERT_RECORD,
+                {
+                    "live_subject": row.subject_id,
+                    "id": row.id,
+                    "subject_id": row.subject_id,
+                    "category": row.category,
+                    "version": row.version,
+                    "envelope": row.envelope,
+                    "idempotency_key": idempotency_key,
+                    "created_at": row.created_at,
+                    "updated_at": row.updated_at,
+                    "expires_at": expires_at,
+                },
             )
+        return res.rowcount == 1
 
     def update_record(
         self, row: RecordRow, previous_version: int, expires_at: int | None = None
     ) -> bool:
-        """Compare-and-set on ``version``; False when another writer got there first."""
+        """Compare-and-set on ``version`` while the subject is live; False when
+        another writer got there first or the subject has been erased since."""
         with self._tx() as conn:
             res = conn.execute(
-                update(records)
-                .where(and_(records.c.id == row.id, records.c.version == previous_version))
-                .values(
-                    version=row.version,
-                    envelope=row.envelope,
-                    updated_at=row.updated_at,
-                    expires_at=expires_at,
-                )
+                _UPDATE_RECORD,
+                {
+                    "live_subject": row.subject_id,
+                    "rid": row.id,
+                    "prev": previous_version,
+                    "new_version": row.version,
+                    "new_envelope": row.envelope,
+                    "new_updated_at": row.updated_at,
+                    "new_expires_at": expires_at,
+                },
             )
         return res.rowcount == 1
 

@@ -1,0 +1,54 @@
+"""The cell repository on a real SQLite file (no key service needed)."""
+
+from pathlib import Path
+
+import pytest
+
+from vault.store import CellStore, RecordRow, SubjectRow, make_engine, migrate
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CellStore:
+    engine = make_engine(f"sqlite:///{tmp_path / 'de.db'}")
+    migrate(engine)
+    s = CellStore(engine)
+    for sid in ("de_sub_a", "de_sub_b"):
+        s.insert_subject(SubjectRow(sid, "de", "active", False, "m", "k", "w", 1, 1), None)
+    return s
+
+
+def _rec(rid: str, sid: str, version: int = 1) -> RecordRow:
+    return RecordRow(rid, sid, "user.name", version, b"\x01sealed", 1, 1)
+
+
+def test_a_record_is_written_only_while_its_subject_is_live(store: CellStore) -> None:
+    assert store.insert_record(_rec("de_rec_1", "de_sub_a"), None)
+    store.force_state("de_sub_a", "erasure_pending", 2)
+    # An erasure that landed after the request's checks: nothing is written.
+    assert not store.insert_record(_rec("de_rec_2", "de_sub_a"), None)
+    assert not store.update_record(_rec("de_rec_1", "de_sub_a", version=2), 1)
+    assert store.get_record("de_rec_2") is None
+    found = store.get_record("de_rec_1")
+    assert found is not None and found[0].version == 1
+    assert store.insert_record(_rec("de_rec_3", "de_sub_b"), None)  # others unaffected
+
+
+def test_update_is_compare_and_set_on_version(store: CellStore) -> None:
+    store.insert_record(_rec("de_rec_1", "de_sub_b"), None)
+    assert store.update_record(_rec("de_rec_1", "de_sub_b", version=2), 1)
+    assert not store.update_record(_rec("de_rec_1", "de_sub_b", version=2), 1)
+
+
+def test_erase_subject_data_removes_everything_of_the_subject(store: CellStore) -> None:
+    for i in range(3):
+        store.insert_record(_rec(f"de_rec_{i}", "de_sub_a"), None)
+    store.insert_record(_rec("de_rec_x", "de_sub_b"), None)
+    store.set_consent("de_sub_a", "marketing.communications.email", True, "web", 1)
+    store.add_lookups("de_sub_a", [("email", "00" * 32)])
+    assert store.erase_subject_data("de_sub_a", 5) == 3
+    assert store.all_records("de_sub_a") == []
+    assert store.list_consents("de_sub_a") == []
+    assert store.find_lookup("email", "00" * 32) == []
+    subject = store.get_subject("de_sub_a")
+    assert subject is not None and subject.state == "erased" and subject.wrapped_dek == ""
+    assert [r.id for r in store.all_records("de_sub_b")] == ["de_rec_x"]
