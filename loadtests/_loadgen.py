@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -80,3 +81,59 @@ async def run(
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return result
+
+
+def run_threads(
+    name: str,
+    call: Callable[[int], object],
+    *,
+    concurrency: int = 16,
+    seconds: float = 10.0,
+    warmup: float = 1.0,
+) -> Result:
+    """Like :func:`run`, for a blocking ``call(worker_index)``: one thread per caller."""
+    result = Result(name, concurrency, seconds)
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        mine: list[float] = []
+        errors: dict[str, int] = {}
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                break
+            try:
+                call(i)
+            except Exception as e:
+                if t0 >= measure_from:
+                    key = type(e).__name__
+                    errors[key] = errors.get(key, 0) + 1
+                continue
+            if t0 >= measure_from:
+                mine.append((time.perf_counter() - t0) * 1000)
+        with lock:
+            result.latencies_ms.extend(mine)
+            for k, n in errors.items():
+                result.errors[k] = result.errors.get(k, 0) + n
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return result
+
+
+def merge(name: str, results: list[Result]) -> Result:
+    """One result from callers run in several processes over the same window."""
+    merged = Result(
+        name, sum(r.concurrency for r in results), max((r.seconds for r in results), default=0)
+    )
+    for r in results:
+        merged.latencies_ms.extend(r.latencies_ms)
+        for k, n in r.errors.items():
+            merged.errors[k] = merged.errors.get(k, 0) + n
+    return merged
