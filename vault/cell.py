@@ -8,19 +8,29 @@ there is effective at once, whatever the in-process key cache still holds.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 from vault import ids
 from vault._inline import ensure_may_block
 from vault.authz import Authorizer, Caller
-from vault.config import Limits, RegionConfig
+from vault.config import CacheSettings, Limits, RegionConfig
 from vault.crypto import RecordContext, dek_associated_data, new_data_key, open_fields, seal_fields
-from vault.errors import AccessDenied, Conflict, Erased, FieldViolation, InvalidArgument, NotFound
-from vault.keys import DataKeyCache, KeyProvider, KeyRef
+from vault.errors import (
+    AccessDenied,
+    Conflict,
+    Erased,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Restricted,
+)
+from vault.keys import BoundedCache, DataKeyCache, KeyProvider, KeyRef
 from vault.lookup import BlindIndex, normalise
 from vault.policy import SubjectFacts, filter_fields
 from vault.store import CellStore, DuplicateKey, RecordRow, SubjectRow
@@ -121,9 +131,13 @@ class Cell:
         limits: Limits,
         authz: Authorizer,
         clock: Callable[[], int] = _now_us,
+        subject_cache: BoundedCache[SubjectRow] | None = None,
     ) -> None:
         self.region = region
         self.authz = authz
+        # Subject rows as last read, for writes only: their mutable part (state)
+        # is never trusted from here but enforced by the INSERT itself.
+        self._subjects: BoundedCache[SubjectRow] = subject_cache or BoundedCache(CacheSettings())
         self.store = store
         self.keys = keys
         self.cache = cache
@@ -132,6 +146,11 @@ class Cell:
         # A local SQLite file answers in microseconds: calls may run inline.
         self.local_store = store.engine.url.get_backend_name() == "sqlite"
         self.index = BlindIndex(store, keys, region.transit_mounts[0])
+
+    def forget(self, subject_id: str) -> None:
+        """Drops what this node caches about a subject (its data key, its row)."""
+        self.cache.evict(subject_id)
+        self._subjects.evict(subject_id)
 
     # -- keys -------------------------------------------------------------
 
@@ -276,9 +295,20 @@ class Cell:
                 caller, subject_id, category, fields, record_id, expected_version
             )
         self.authz.scope(caller, "write", self.region.id, subject_id)
-        subject = self._live_subject(subject_id)
-        allowed = self.authz.fields(caller, category, "write", self._facts(caller, subject))
+        subject = self._subjects.get(subject_id)
+        if subject is None:
+            subject = self._live_subject(subject_id)
+            self._subjects.put(subject_id, subject)
+        # The state may have changed since the row was read: the facts leave
+        # restriction out and the INSERT enforces it (and erasure) itself.
+        facts = self._facts(caller, dataclasses.replace(subject, state=STATE_ACTIVE))
+        allowed = self.authz.fields(caller, category, "write", facts)
         self.authz.check_write_fields(category, fields, allowed)
+        writable = (
+            (STATE_ACTIVE, STATE_RESTRICTED)
+            if caller.purpose.allowed_when_restricted
+            else (STATE_ACTIVE,)
+        )
         if idempotency_key:
             existing = self.store.record_by_idempotency_key(subject_id, idempotency_key)
             if existing is not None:
@@ -290,15 +320,26 @@ class Cell:
         row = RecordRow(rid, subject_id, category, 1, seal_fields(dek, ctx, fields), now, now)
         try:
             if not self.store.insert_record(
-                row, idempotency_key or None, self._expiry(caller, category, now)
+                row, idempotency_key or None, self._expiry(caller, category, now), writable
             ):
-                raise Erased("subject has been erased")
+                self._subjects.evict(subject_id)
+                self._refused_write(caller, subject_id)
         except DuplicateKey:
             existing = self.store.record_by_idempotency_key(subject_id, idempotency_key)
             if existing is None:
                 raise
             return self._replayed_record(subject, existing, category, allowed)
         return RecordView(rid, subject_id, category, dict(fields), 1, now, now)
+
+    def _refused_write(self, caller: Caller, subject_id: str) -> NoReturn:
+        """Why the guarded INSERT wrote nothing, from the subject's current row."""
+        current = self._live_subject(subject_id)  # raises NotFound / Erased
+        if current.state == STATE_RESTRICTED:
+            raise Restricted(
+                f"processing of this subject is restricted; purpose {caller.purpose.name!r} "
+                "is not allowed under restriction"
+            )
+        raise Conflict("the subject changed during the write; retry")
 
     def _replayed_record(
         self, subject: SubjectRow, existing: RecordRow, category: str, allowed: FieldGrant

@@ -23,7 +23,13 @@ from vault.cell import Cell
 from vault.config import NodeSettings, RegionsConfig
 from vault.control import ControlStore, Revocations
 from vault.erasure import Eraser
-from vault.keys import DataKeyCache, KeyProvider, TransitKeyProvider, TransitKeyShredder
+from vault.keys import (
+    BoundedCache,
+    DataKeyCache,
+    KeyProvider,
+    TransitKeyProvider,
+    TransitKeyShredder,
+)
 from vault.node import Node
 from vault.policy import Policy
 from vault.service import PersonalDataVaultServicer, TokenServicer
@@ -95,6 +101,7 @@ def build_vault(
             DataKeyCache(settings.cache),
             settings.limits,
             authz,
+            subject_cache=BoundedCache(settings.cache),
         )
     control = ControlStore(make_engine(regions.control.database_url))
     revocations = Revocations(control)

@@ -107,7 +107,7 @@ class Eraser:
             now = self._clock()
             # 1. Nobody decrypts from here on.
             cell.store.force_state(sid, STATE_ERASURE_PENDING, now)
-            cell.cache.evict(sid)
+            cell.forget(sid)
             # 2. The ledger.
             entry = ErasureEntry(
                 subject_id=sid,
@@ -190,7 +190,7 @@ class Eraser:
                 ref, row.wrapped_dek, dek_associated_data(row.id, row.region)
             )
         records = cell.store.erase_subject_data(row.id, self._clock())
-        cell.cache.evict(row.id)
+        cell.forget(row.id)
         erased_at = self._clock()
         signed = sign_receipt(
             {

@@ -4,18 +4,16 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from vault.config import CacheSettings
 
+V = TypeVar("V")
 
-class DataKeyCache:
-    """A bounded, thread-safe cache of unwrapped data keys.
 
-    Entries expire ``max_age_seconds`` after they were unwrapped and the least
-    recently used entry is evicted beyond ``max_entries``. The cache is only a
-    performance device: whether a subject may be decrypted at all (erasure) is
-    decided from the cell database on every request, never from here.
-    """
+class BoundedCache(Generic[V]):
+    """A bounded, thread-safe cache: entries expire ``max_age_seconds`` after
+    they were put and the least recently used is evicted beyond ``max_entries``."""
 
     def __init__(
         self, settings: CacheSettings, clock: Callable[[], float] = time.monotonic
@@ -23,11 +21,11 @@ class DataKeyCache:
         self._settings = settings
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> V | None:
         if not self._settings.enabled:
             self.misses += 1
             return None
@@ -43,12 +41,12 @@ class DataKeyCache:
             self.hits += 1
             return entry[1]
 
-    def put(self, key: str, dek: bytes) -> None:
+    def put(self, key: str, value: V) -> None:
         if not self._settings.enabled:
             return
         expires = self._clock() + self._settings.max_age_seconds
         with self._lock:
-            self._entries[key] = (expires, dek)
+            self._entries[key] = (expires, value)
             self._entries.move_to_end(key)
             while len(self._entries) > self._settings.max_entries:
                 self._entries.popitem(last=False)
@@ -64,3 +62,11 @@ class DataKeyCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+class DataKeyCache(BoundedCache[bytes]):
+    """Unwrapped data keys, by subject id.
+
+    Only a performance device: whether a subject may be decrypted at all
+    (erasure) is decided from the cell database on every request, never here.
+    """

@@ -75,10 +75,17 @@ _N_RECORD_COLS = len(_RECORD_COLS)
 # A record is written only while its subject is live, checked in the same
 # statement: an erasure that lands between a request's checks and its write
 # cannot leave a row behind. Built once, executed with a parameter dict.
-_GONE = ("erased", "erasure_pending")
+#: The subject states in which records may be written (restricted too, for the
+#: purposes the policy allows under restriction).
+LIVE_STATES = ("active", "restricted")
 _SUBJECT_LIVE = (
     select(subjects.c.id)
-    .where(and_(subjects.c.id == bindparam("live_subject"), subjects.c.state.not_in(_GONE)))
+    .where(
+        and_(
+            subjects.c.id == bindparam("live_subject"),
+            subjects.c.state.in_(bindparam("live_states", expanding=True)),
+        )
+    )
     .exists()
 )
 _INSERT_COLS = (
@@ -96,9 +103,7 @@ _INSERT_RECORD = (
     insert(records)
     .from_select(
         list(_INSERT_COLS),
-        select(*(bindparam(c, type_=records.c[c].type) for c in _INSERT_COLS)).where(
-            _SUBJECT_LIVE
-        ),
+        select(*(bindparam(c, type_=records.c[c].type) for c in _INSERT_COLS)).where(_SUBJECT_LIVE),
     )
     # SQLAlchemy keeps an INSERT's rowcount only when asked to.
     .execution_options(preserve_rowcount=True)
@@ -197,14 +202,20 @@ class CellStore:
         return RecordRow(*r) if r else None
 
     def insert_record(
-        self, row: RecordRow, idempotency_key: str | None, expires_at: int | None = None
+        self,
+        row: RecordRow,
+        idempotency_key: str | None,
+        expires_at: int | None = None,
+        states: tuple[str, ...] = LIVE_STATES,
     ) -> bool:
-        """Inserts the record; False (nothing written) if its subject is no longer live."""
+        """Inserts the record if its subject is in one of ``states`` (checked in
+        the same statement); False, with nothing written, otherwise."""
         with self._tx() as conn:
             res = conn.execute(
                 _INSERT_RECORD,
                 {
                     "live_subject": row.subject_id,
+                    "live_states": list(states),
                     "id": row.id,
                     "subject_id": row.subject_id,
                     "category": row.category,
@@ -228,6 +239,7 @@ class CellStore:
                 _UPDATE_RECORD,
                 {
                     "live_subject": row.subject_id,
+                    "live_states": list(LIVE_STATES),
                     "rid": row.id,
                     "prev": previous_version,
                     "new_version": row.version,
