@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ class CellStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._local = threading.local()
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -144,12 +146,28 @@ class CellStore:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        """A connection for reads: no explicit transaction to begin and commit."""
+        """This thread's connection for reads.
+
+        Reads are most of the traffic; keeping one connection per thread saves
+        a pool checkout and checkin per request. Each read ends its implicit
+        transaction at once, so no snapshot is held between requests.
+        """
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            try:
+                conn = self.engine.connect()
+            except DBAPIError as e:
+                raise StoreUnavailable("cell database unavailable") from e
+            self._local.conn = conn
         try:
-            with self.engine.connect() as conn:
-                yield conn
-        except (OperationalError, DBAPIError) as e:
+            yield conn
+        except DBAPIError as e:
+            self._local.conn = None
+            conn.invalidate()
             raise StoreUnavailable("cell database unavailable") from e
+        finally:
+            if not conn.invalidated and conn.in_transaction():
+                conn.rollback()
 
     # -- subjects ---------------------------------------------------------
 
