@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from vault.control._models import erasures, revoked_tokens, token_events
 from vault.errors import StoreUnavailable
@@ -78,7 +79,7 @@ class ControlStore:
                 yield conn
         except IntegrityError:
             raise
-        except DBAPIError as e:
+        except (DBAPIError, SATimeoutError) as e:
             raise StoreUnavailable("control database unavailable") from e
 
     def record(self, ev: TokenEvent) -> None:

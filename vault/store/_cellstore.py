@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from vault.errors import StoreUnavailable
 from vault.store._models import cell_keys, consents, lookups, records, subjects
@@ -133,6 +134,9 @@ class CellStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._local = threading.local()
+        # Per-thread read connections only for a local SQLite file: cheap to
+        # hold, and the pool is sized for them (vault.store.make_engine).
+        self._sticky_reads = engine.url.get_backend_name() == "sqlite"
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -141,7 +145,7 @@ class CellStore:
                 yield conn
         except IntegrityError as e:
             raise DuplicateKey() from e
-        except (OperationalError, DBAPIError) as e:
+        except (OperationalError, DBAPIError, SATimeoutError) as e:
             raise StoreUnavailable("cell database unavailable") from e
 
     @contextmanager
@@ -152,11 +156,18 @@ class CellStore:
         a pool checkout and checkin per request. Each read ends its implicit
         transaction at once, so no snapshot is held between requests.
         """
+        if not self._sticky_reads:
+            try:
+                with self.engine.connect() as c:
+                    yield c
+            except (DBAPIError, SATimeoutError) as e:
+                raise StoreUnavailable("cell database unavailable") from e
+            return
         conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.invalidated:
             try:
                 conn = self.engine.connect()
-            except DBAPIError as e:
+            except (DBAPIError, SATimeoutError) as e:
                 raise StoreUnavailable("cell database unavailable") from e
             self._local.conn = conn
         try:

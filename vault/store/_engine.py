@@ -17,7 +17,11 @@ def make_engine(url: str) -> Engine:
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 10})
+        # Each thread keeps a read connection (CellStore._read) and writes
+        # check one out: room for the loop thread, the worker threads and writes.
+        engine = create_engine(
+            url, connect_args={"timeout": 10}, pool_size=40, max_overflow=40, pool_timeout=10
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -31,7 +35,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10)
 
 
 def migrate(engine: Engine, script_location: Path = _MIGRATIONS) -> None:
