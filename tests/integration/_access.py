@@ -22,10 +22,9 @@ from typing import Any
 
 import grpc
 import pyseto
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from tests.conftest import POLICY, Stack
+from vault.client import VaultClientError
 from vault.tokens import (
     AUDIENCE,
     IMPLICIT_ASSERTION,
@@ -110,21 +109,9 @@ class Failure:
 
 def failure_of(err: grpc.RpcError) -> Failure:
     call: Any = err
-    code: grpc.StatusCode = call.code()
-    message: str = call.details() or ""
-    reason = ""
-    violations: list[tuple[str, str]] = []
-    status = rpc_status.from_call(call)
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason = info.reason
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                br = error_details_pb2.BadRequest()
-                detail.Unpack(br)
-                violations = [(v.field, v.description) for v in br.field_violations]
+    parsed = VaultClientError.from_rpc_error(err)
+    code, message = parsed.code, parsed.message
+    reason, violations = parsed.reason, parsed.violations
     seen = [message, call.debug_error_string() or ""]
     for md in (call.initial_metadata() or (), call.trailing_metadata() or ()):
         for key, value in md:

@@ -67,6 +67,17 @@ _ERASURE_COLS = (
 )
 
 
+_EVENT_COLS = (
+    token_events.c.event,
+    token_events.c.jti,
+    token_events.c.caller,
+    token_events.c.service,
+    token_events.c.purpose,
+    token_events.c.expires_at,
+    token_events.c.parent_jti,
+)
+
+
 class ControlStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -99,32 +110,14 @@ class ControlStore:
 
     def events(self) -> list[TokenEvent]:
         with self._tx() as conn:
-            rows = conn.execute(
-                select(
-                    token_events.c.event,
-                    token_events.c.jti,
-                    token_events.c.caller,
-                    token_events.c.service,
-                    token_events.c.purpose,
-                    token_events.c.expires_at,
-                    token_events.c.parent_jti,
-                ).order_by(token_events.c.id)
-            ).all()
+            rows = conn.execute(select(*_EVENT_COLS).order_by(token_events.c.id)).all()
         return [TokenEvent(*r) for r in rows]
 
     def issued(self, jti: str) -> TokenEvent | None:
         """The issue or exchange event of a token id, if this vault made that token."""
         with self._tx() as conn:
             r = conn.execute(
-                select(
-                    token_events.c.event,
-                    token_events.c.jti,
-                    token_events.c.caller,
-                    token_events.c.service,
-                    token_events.c.purpose,
-                    token_events.c.expires_at,
-                    token_events.c.parent_jti,
-                )
+                select(*_EVENT_COLS)
                 .where(token_events.c.jti == jti)
                 .where(token_events.c.event.in_(("issue", "exchange")))
             ).first()
@@ -134,15 +127,7 @@ class ControlStore:
         """The tokens exchanged directly from ``jti``."""
         with self._tx() as conn:
             rows = conn.execute(
-                select(
-                    token_events.c.event,
-                    token_events.c.jti,
-                    token_events.c.caller,
-                    token_events.c.service,
-                    token_events.c.purpose,
-                    token_events.c.expires_at,
-                    token_events.c.parent_jti,
-                )
+                select(*_EVENT_COLS)
                 .where(token_events.c.parent_jti == jti)
                 .where(token_events.c.event == "exchange")
             ).all()

@@ -28,6 +28,18 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode("ascii")
 
 
+def _call(op: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Runs one hvac call; the key service's failures become KeyServiceUnavailable."""
+    try:
+        return fn(*args, **kwargs)
+    except (requests.exceptions.RequestException, hvac.exceptions.VaultDown) as e:
+        raise KeyServiceUnavailable(f"key service unreachable during {op}") from e
+    except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as e:
+        raise KeyServiceUnavailable(f"key service refused {op} (permission)") from e
+    except (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway) as e:
+        raise KeyServiceUnavailable(f"key service failed during {op}") from e
+
+
 class TransitKeyProvider:
     """:class:`~vault.keys.KeyProvider` over a Transit secrets engine."""
 
@@ -47,14 +59,7 @@ class TransitKeyProvider:
 
     def _call(self, op: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         self._count(op)
-        try:
-            return fn(*args, **kwargs)
-        except (requests.exceptions.RequestException, hvac.exceptions.VaultDown) as e:
-            raise KeyServiceUnavailable(f"key service unreachable during {op}") from e
-        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as e:
-            raise KeyServiceUnavailable(f"key service refused {op} (permission)") from e
-        except (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway) as e:
-            raise KeyServiceUnavailable(f"key service failed during {op}") from e
+        return _call(op, fn, *args, **kwargs)
 
     def create_key(self, ref: KeyRef) -> None:
         self._call(
@@ -115,14 +120,7 @@ class TransitKeyShredder:
         return cls(hvac.Client(url=address, token=token, timeout=timeout))
 
     def _call(self, op: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (requests.exceptions.RequestException, hvac.exceptions.VaultDown) as e:
-            raise KeyServiceUnavailable(f"key service unreachable during {op}") from e
-        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as e:
-            raise KeyServiceUnavailable(f"key service refused {op} (permission)") from e
-        except (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway) as e:
-            raise KeyServiceUnavailable(f"key service failed during {op}") from e
+        return _call(op, fn, *args, **kwargs)
 
     def versions(self, ref: KeyRef) -> tuple[int, ...]:
         """The key's versions; empty when the key does not exist."""
