@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from vault.client import VaultClient, VaultClientError
 from vault.config import load_regions
 from vault.control import ControlStore, ErasureEntry
-from vault.devstack import OpenBaoServer
+from vault.devstack import OpenBaoServer, local_target
 from vault.erasure import reapply, verify_receipt
 from vault.errors import Unauthenticated
 from vault.keys import TransitKeyShredder
@@ -69,10 +69,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _target(args: argparse.Namespace) -> str:
-    if args.target:
-        return str(args.target)
-    f: Path = args.data_dir / "endpoint"
-    return f.read_text().strip() if f.exists() else "127.0.0.1:50051"
+    return local_target(args.data_dir, args.target)
 
 
 def run_export(args: argparse.Namespace) -> int:

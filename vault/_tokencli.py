@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,12 +14,11 @@ import grpc
 
 from vault.authn import ADMIN_CREDENTIAL_FILE
 from vault.client import VaultClientError
+from vault.devstack import local_target
 from vault.errors import Unauthenticated
 from vault.tokens import REGIONS, KeySet, VerificationKey, decode
 from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
-
-ENDPOINT_FILE = "endpoint"
 
 
 def _csv(value: str) -> list[str]:
@@ -66,12 +64,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _target(args: argparse.Namespace) -> str:
-    if args.target:
-        return str(args.target)
-    f: Path = args.data_dir / ENDPOINT_FILE
-    if f.exists():
-        return f.read_text().strip()
-    return str(os.environ.get("PDVAULT_TARGET", "127.0.0.1:50051"))
+    return local_target(args.data_dir, args.target)
 
 
 def _admin(data_dir: Path) -> str:

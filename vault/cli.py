@@ -17,13 +17,12 @@ import hvac
 
 from vault.authn import ADMIN_CREDENTIAL_FILE, ensure_admin_credential
 from vault.config import CacheSettings, NodeSettings, load_regions
-from vault.devstack import OpenBaoServer
+from vault.devstack import ENDPOINT_FILE, OpenBaoServer
 from vault.errors import ConfigError
 from vault.policy import check_main, default_policy_path, load_policy
 from vault.server import VaultServer, build_vault
 
 DEFAULT_DATA_DIR = Path(".pdvault")
-ENDPOINT_FILE = "endpoint"
 DEFAULT_PORT = 50051
 
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from vault.authn import ADMIN_CREDENTIAL_FILE
 from vault.client import VaultClient, VaultClientError
 from vault.crypto import dek_associated_data
-from vault.devstack import OpenBaoServer
+from vault.devstack import ENDPOINT_FILE, OpenBaoServer
 from vault.erasure import verify_receipt
 from vault.errors import DecryptionFailed
 from vault.keys import KeyRef, TransitKeyProvider
@@ -32,7 +32,7 @@ def run(data_dir: Path) -> int:
     con = Console()
     data_dir = data_dir.resolve()
     try:
-        target = (data_dir / "endpoint").read_text().strip()
+        target = (data_dir / ENDPOINT_FILE).read_text().strip()
         admin_credential = (data_dir / ADMIN_CREDENTIAL_FILE).read_text().strip()
     except OSError:
         con.print(f"[red]No running local stack in {data_dir}: start it with `make run`.")

@@ -33,6 +33,22 @@ from vault.authn import SIGNING_KEY_NAME
 from vault.config import RegionsConfig
 
 UNSEAL_FILE = "LOCAL-ONLY-unseal.json"
+#: Written by `pdvault up` into the data dir: the gRPC endpoint it listens on.
+ENDPOINT_FILE = "endpoint"
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def local_target(data_dir: Path, explicit: str | None = None) -> str:
+    """Where to reach the vault: ``explicit``, else the local stack of
+    ``data_dir``, else ``$PDVAULT_TARGET``, else the default port."""
+    if explicit:
+        return explicit
+    f = data_dir / ENDPOINT_FILE
+    if f.exists():
+        return f.read_text().strip()
+    return os.environ.get("PDVAULT_TARGET", DEFAULT_TARGET)
+
+
 NODE_POLICY = "pdvault-node"
 ERASER_POLICY = "pdvault-eraser"
 TRANSIT_CACHE_SIZE = 20_000

@@ -65,14 +65,38 @@ def issue(claims: Claims, signing_key: SigningKey) -> str:
 
     Raises ValueError if the token would exceed :data:`MAX_TOKEN_LENGTH`.
     """
-    payload = _dumps(claims.to_payload())
-    footer = _dumps({"kid": signing_key.kid})
+    return _sign(claims.to_payload(), signing_key, IMPLICIT_ASSERTION)
+
+
+def _sign(document: dict[str, Any], signing_key: SigningKey, implicit: bytes) -> str:
     token = pyseto.encode(
-        signing_key._paseto, payload, footer=footer, implicit_assertion=IMPLICIT_ASSERTION
+        signing_key._paseto,
+        _dumps(document),
+        footer=_dumps({"kid": signing_key.kid}),
+        implicit_assertion=implicit,
     ).decode("ascii")
     if len(token) > MAX_TOKEN_LENGTH:
-        raise ValueError("the claims are too large for a token")
+        raise ValueError("too large to sign as a token")
     return token
+
+
+def _verified_body(token: str, keys: KeySet, implicit: bytes) -> object | None:
+    """The JSON payload of ``token`` once its signature for ``implicit`` verifies
+    (None if it is not strict JSON); Unauthenticated for anything else."""
+    payload_segment, kid = _split(token)
+    key = keys.get(kid)
+    if key is None:
+        raise Unauthenticated("signed by an unknown key", reason="UNKNOWN_KEY")
+    if _b64url_decode(payload_segment) is None:
+        _bad_signature()
+    try:
+        verified = pyseto.decode(key._paseto, token, implicit_assertion=implicit)
+    except (pyseto.PysetoError, ValueError):
+        _bad_signature()
+    body = verified.payload
+    if not isinstance(body, bytes):  # pragma: no cover - only with a deserializer
+        _bad_signature()
+    return _loads(body)
 
 
 def decode(
@@ -87,20 +111,7 @@ def decode(
 
     Raises ``Unauthenticated`` with one of the reasons in the module docstring.
     """
-    payload_segment, kid = _split(token)
-    key = keys.get(kid)
-    if key is None:
-        raise Unauthenticated("the token is signed by an unknown key", reason="UNKNOWN_KEY")
-    if _b64url_decode(payload_segment) is None:
-        _bad_signature()
-    try:
-        verified = pyseto.decode(key._paseto, token, implicit_assertion=IMPLICIT_ASSERTION)
-    except (pyseto.PysetoError, ValueError):
-        _bad_signature()
-    body = verified.payload
-    if not isinstance(body, bytes):  # pragma: no cover - only with a deserializer
-        _bad_signature()
-    data = _loads(body)
+    data = _verified_body(token, keys, IMPLICIT_ASSERTION)
     if data is None:
         raise Unauthenticated("token claims are malformed", reason="MALFORMED_CLAIMS")
     claims = Claims.from_payload(data)
@@ -186,15 +197,7 @@ def sign_document(document: dict[str, Any], signing_key: SigningKey, purpose: by
     """Signs a JSON document as PASETO v4.public, bound to ``purpose`` (the
     implicit assertion), with the key id in the footer. Verifiable offline
     with the public verification keys alone."""
-    token = pyseto.encode(
-        signing_key._paseto,
-        _dumps(document),
-        footer=_dumps({"kid": signing_key.kid}),
-        implicit_assertion=purpose,
-    ).decode("ascii")
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise ValueError("the document is too large to sign")
-    return token
+    return _sign(document, signing_key, purpose)
 
 
 def verify_document(signed: str, keys: KeySet, purpose: bytes) -> dict[str, Any]:
@@ -202,17 +205,7 @@ def verify_document(signed: str, keys: KeySet, purpose: bytes) -> dict[str, Any]
 
     Raises ``Unauthenticated`` (MALFORMED_TOKEN, UNKNOWN_KEY, BAD_SIGNATURE).
     """
-    payload_segment, kid = _split(signed)
-    key = keys.get(kid)
-    if key is None:
-        raise Unauthenticated("signed by an unknown key", reason="UNKNOWN_KEY")
-    if _b64url_decode(payload_segment) is None:
-        _bad_signature()
-    try:
-        verified = pyseto.decode(key._paseto, signed, implicit_assertion=purpose)
-    except (pyseto.PysetoError, ValueError):
-        _bad_signature()
-    data = _loads(verified.payload) if isinstance(verified.payload, bytes) else None
+    data = _verified_body(signed, keys, purpose)
     if not isinstance(data, dict):
         _bad_signature()
     return data
