@@ -21,10 +21,10 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from vault.authz import Authorizer, Caller
 from vault.control import ControlStore, Revocations, TokenEvent
 from vault.errors import AccessDenied, FieldViolation, InvalidArgument, Unauthenticated
 from vault.keys import KeyProvider, KeyRef
+from vault.policy import Authorizer, Caller
 from vault.tokens import Claims, KeySet, SigningKey, TokenVerifier, VerificationKey, issue, narrow
 
 SIGNING_KEY_NAME = "token-signing"
@@ -160,24 +160,7 @@ class TokenAuthority:
 
     def issue(self, req: IssueRequest) -> tuple[str, Claims]:
         purpose = self._authz.known_purpose(req.purpose)
-        problems = []
-        for c, fields in req.categories.items():
-            if c not in purpose.categories:
-                problems.append(
-                    FieldViolation("categories", f"{c} is not a category of the purpose")
-                )
-                continue
-            may = purpose.categories[c]
-            if may is None:
-                may = self._authz.policy.categories[c].fields
-            if fields is not None and may is not None and not fields <= may:
-                problems.append(
-                    FieldViolation("categories", f"asks for fields of {c} the purpose cannot see")
-                )
-        if not set(req.operations) <= purpose.operations:
-            problems.append(
-                FieldViolation("operations", "includes an operation the purpose does not allow")
-            )
+        problems = self._authz.grant_problems(purpose, req.categories, req.operations)
         if not 0 < req.ttl <= MAX_TTL:
             problems.append(FieldViolation("ttl_seconds", f"must be between 1 and {MAX_TTL}"))
         if problems:

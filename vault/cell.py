@@ -18,7 +18,6 @@ from typing import NoReturn
 
 from vault import ids
 from vault._inline import ensure_may_block
-from vault.authz import Authorizer, Caller
 from vault.config import CacheSettings, Limits, RegionConfig
 from vault.crypto import RecordContext, dek_associated_data, new_data_key, open_fields, seal_fields
 from vault.errors import (
@@ -32,7 +31,7 @@ from vault.errors import (
 )
 from vault.keys import BoundedCache, DataKeyCache, KeyProvider, KeyRef
 from vault.lookup import BlindIndex, normalise
-from vault.policy import SubjectFacts, filter_fields
+from vault.policy import Authorizer, Caller, SubjectFacts, filter_fields
 from vault.store import CellStore, DuplicateKey, RecordRow, SubjectRow
 from vault.tokens import FieldGrant
 
@@ -187,12 +186,6 @@ class Cell:
             rec.updated_at,
         )
 
-    def _expiry(self, caller: Caller, category: str, now: int) -> int | None:
-        """When the record's retention ends: the policy's retention for the
-        purpose it is written under (restarted by each write)."""
-        days = self.authz.policy.retention_days(caller.purpose.name, category)
-        return None if days is None else now + days * 86_400_000_000
-
     def _facts(self, caller: Caller, row: SubjectRow) -> SubjectFacts:
         if row.state in GONE_STATES:
             raise Erased("subject has been erased")
@@ -306,7 +299,7 @@ class Cell:
         self.authz.check_write_fields(category, fields, allowed)
         writable = (
             (STATE_ACTIVE, STATE_RESTRICTED)
-            if caller.purpose.allowed_when_restricted
+            if self.authz.writes_when_restricted(caller)
             else (STATE_ACTIVE,)
         )
         if idempotency_key:
@@ -320,7 +313,7 @@ class Cell:
         row = RecordRow(rid, subject_id, category, 1, seal_fields(dek, ctx, fields), now, now)
         try:
             if not self.store.insert_record(
-                row, idempotency_key or None, self._expiry(caller, category, now), writable
+                row, idempotency_key or None, self.authz.expiry(caller, category, now), writable
             ):
                 self._subjects.evict(subject_id)
                 self._refused_write(caller, subject_id)
@@ -393,7 +386,7 @@ class Cell:
             rec.created_at,
             now,
         )
-        if not self.store.update_record(row, rec.version, self._expiry(caller, category, now)):
+        if not self.store.update_record(row, rec.version, self.authz.expiry(caller, category, now)):
             current = self.store.get_subject(rec.subject_id)
             if current is None or current.state in GONE_STATES:
                 raise Erased("subject has been erased")
@@ -453,14 +446,7 @@ class Cell:
             raise NotFound("record not found")
         rec, subject = found
         self.authz.scope(caller, "delete", self.region.id, rec.subject_id)
-        allowed = self.authz.fields(caller, rec.category, "delete", self._facts(caller, subject))
-        declared = self.authz.policy.categories[rec.category].fields
-        if allowed is not None and (declared is None or not declared <= allowed):
-            # A caller granted only some fields would delete fields it cannot see.
-            raise AccessDenied(
-                "deleting a record needs every field of its category",
-                reason="FIELD_NOT_GRANTED",
-            )
+        self.authz.delete_fields(caller, rec.category, self._facts(caller, subject))
         if expected_version and expected_version != rec.version:
             raise Conflict("record version does not match expected_version")
         if not self.store.delete_record(record_id, rec.version):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from vault import ids, validation
-from vault.authz import Caller
 from vault.cell import Cell, ConsentView, RecordPage, RecordView, SubjectView
 from vault.config import Limits, RegionsConfig
 from vault.errors import FieldViolation, InvalidArgument, KeyServiceUnavailable
 from vault.lookup import normalise
+from vault.policy import Caller
 
 
 class RegionNotServed(KeyServiceUnavailable):

@@ -18,7 +18,6 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from vault.authn import TokenAuthority, load_or_create_signing_key
-from vault.authz import Authorizer
 from vault.cell import Cell
 from vault.config import NodeSettings, RegionsConfig
 from vault.control import ControlStore, Revocations
@@ -31,7 +30,7 @@ from vault.keys import (
     TransitKeyShredder,
 )
 from vault.node import Node
-from vault.policy import Policy
+from vault.policy import Authorizer, Policy
 from vault.service import PersonalDataVaultServicer, TokenServicer
 from vault.store import CellStore, make_engine, migrate
 from vault.v1 import vault_pb2, vault_pb2_grpc

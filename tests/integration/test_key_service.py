@@ -11,7 +11,6 @@ import grpc
 import pytest
 
 from tests.conftest import POLICY, Bao, Stack, start_stack
-from vault.authz import Authorizer
 from vault.cell import Cell
 from vault.client import VaultClient, VaultClientError
 from vault.config import CacheSettings, Limits, load_regions
@@ -19,6 +18,7 @@ from vault.devstack import OpenBaoServer
 from vault.errors import StoreUnavailable
 from vault.keys import DataKeyCache, TransitKeyProvider
 from vault.node import Node
+from vault.policy import Authorizer
 from vault.store import CellStore, make_engine
 from vault.tokens import Claims
 

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from vault.authz import Caller
 from vault.cell import GONE_STATES, STATE_ACTIVE, STATE_ERASURE_PENDING, SubjectView
 from vault.control import ControlStore, ErasureEntry
 from vault.crypto import dek_associated_data
@@ -32,6 +31,7 @@ from vault.erasure._receipt import sign_receipt, verify_receipt
 from vault.errors import Erased, FieldViolation, InvalidArgument, NotFound, VaultError
 from vault.keys import KeyRef, TransitKeyShredder
 from vault.node import Node
+from vault.policy import Caller
 from vault.tokens import KeySet, SigningKey
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600

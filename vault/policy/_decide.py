@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from vault.errors import AccessDenied, Restricted
-
-if TYPE_CHECKING:
-    from vault.policy._model import Purpose, SubjectFacts
+from vault.policy._model import Purpose, SubjectFacts
 
 # Loose on purpose: it only decides whether a caller's string is echoed.
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
@@ -62,6 +59,14 @@ def authorize(
         )
     if subject is None:
         return allowed
+    check_subject(p, subject)
+    return allowed
+
+
+def check_subject_visible(p: Purpose, subject: SubjectFacts) -> None:
+    """What a purpose may know of a subject at all, whatever the category:
+    nothing of a minor for a not-for-minors purpose, nothing without consent
+    for a consent-based one. (Restriction does not hide the subject.)"""
     if subject.minor and not p.minors:
         raise AccessDenied(
             f"purpose {p.name!r} never applies to a minor's data", reason="MINOR_EXCLUDED"
@@ -71,12 +76,16 @@ def authorize(
             f"purpose {p.name!r} requires the subject's active consent",
             reason="CONSENT_REQUIRED",
         )
+
+
+def check_subject(p: Purpose, subject: SubjectFacts) -> None:
+    """The subject's facts against the purpose: minors, consent, then restriction."""
+    check_subject_visible(p, subject)
     if subject.restricted and not p.allowed_when_restricted:
         raise Restricted(
             f"processing of this subject is restricted; purpose {p.name!r} "
             "is not allowed under restriction"
         )
-    return allowed
 
 
 def filter_fields(fields: Mapping[str, str], allowed: frozenset[str] | None) -> dict[str, str]:

@@ -34,7 +34,8 @@ from typing import Any
 import yaml
 
 from vault.errors import ConfigError, ConfigProblem
-from vault.policy._model import LEGAL_BASES, OPERATIONS, Category, Policy, Purpose
+from vault.policy._model import LEGAL_BASES, OPERATIONS, Category, Purpose
+from vault.policy._policy import Policy
 
 SCHEMA_VERSION = 1
 

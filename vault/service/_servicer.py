@@ -22,10 +22,10 @@ import grpc
 from vault import validation
 from vault._inline import WouldBlock, nonblocking
 from vault.authn import DEFAULT_TTL, IssueRequest, TokenAuthority
-from vault.authz import Caller
 from vault.erasure import Eraser, ErasureView
 from vault.errors import FieldViolation, InvalidArgument, VaultError
 from vault.node import Node
+from vault.policy import Caller
 from vault.service._convert import consent_pb, erasure_pb, record_pb, subject_pb
 from vault.service._status import code_for, internal_status, to_status
 from vault.tokens import Claims

@@ -1,9 +1,11 @@
 """What one caller may do: its purpose token intersected with the purpose policy.
 
+The one place that answers "may this caller do this to this subject's data".
 A token grants (operations, regions, subjects, categories and fields); the
 policy says what the token's purpose may do at all and what a subject's facts
-(minor, consent, restriction) rule out. Every check here runs before any data
-key is touched. Decisions fail closed: anything not granted by both is denied.
+(minor, consent, restriction) rule out (:mod:`vault.policy._decide`). Every
+check here runs before any data key is touched. Decisions fail closed:
+anything not granted by both is denied.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vault.errors import AccessDenied, FieldViolation, InvalidArgument
-from vault.policy import Policy, Purpose, SubjectFacts
+from vault.policy import _decide
+from vault.policy._model import Purpose, SubjectFacts
+from vault.policy._policy import Policy
 from vault.tokens import Claims, FieldGrant
+
+_US_PER_DAY = 86_400_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,8 @@ def _intersect(a: FieldGrant, b: FieldGrant) -> FieldGrant:
 
 
 class Authorizer:
+    """The access decisions of one policy, for authenticated callers."""
+
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
 
@@ -47,7 +55,17 @@ class Authorizer:
         return Caller(claims, purpose)
 
     def scope(self, caller: Caller, operation: str, region: str, subject_id: str | None) -> None:
-        """Operation, region and subject: the checks that need no stored data."""
+        """Operation, region and subject: the checks that need no stored data.
+
+        ``subject_id=None`` is an operation on no existing subject (creating
+        one): a token limited to given subjects cannot do it.
+        """
+        self.scope_operation(caller, operation, region)
+        self.scope_subject(caller, subject_id)
+
+    def scope_operation(self, caller: Caller, operation: str, region: str) -> None:
+        """Operation and region: what can be checked before anything is read
+        (a record id does not say whose record it is)."""
         c = caller.claims
         if not c.allows_operation(operation):
             raise AccessDenied(
@@ -61,6 +79,10 @@ class Authorizer:
             )
         if not c.allows_region(region):
             raise AccessDenied("the token does not grant this region", reason="REGION_NOT_GRANTED")
+
+    def scope_subject(self, caller: Caller, subject_id: str | None) -> None:
+        """The token's subject restriction, if it has one."""
+        c = caller.claims
         if subject_id is None:
             if c.subjects is not None:
                 raise AccessDenied(
@@ -96,23 +118,64 @@ class Authorizer:
         return allowed
 
     def subject_visible(self, caller: Caller, facts: SubjectFacts) -> None:
-        """What a purpose may know of a subject at all, whatever the category:
-        consent-based purposes nothing without consent, not-for-minors purposes
-        nothing of a minor. (Restriction does not hide the subject's state.)"""
-        p = caller.purpose
-        if facts.minor and not p.minors:
-            raise AccessDenied(
-                f"purpose {p.name!r} never applies to a minor's data", reason="MINOR_EXCLUDED"
-            )
-        if p.requires_consent and p.name not in facts.consented_purposes:
-            raise AccessDenied(
-                f"purpose {p.name!r} requires the subject's active consent",
-                reason="CONSENT_REQUIRED",
-            )
+        """What a purpose may know of a subject at all, whatever the category
+        (minors, consent); raises AccessDenied."""
+        _decide.check_subject_visible(caller.purpose, facts)
 
     def readable_categories(self, caller: Caller) -> frozenset[str]:
         """Categories both the token and the purpose allow (for listings)."""
-        return frozenset(caller.claims.categories) & frozenset(caller.purpose.categories)
+        return frozenset(caller.claims.categories) & self.policy.visible_categories(
+            caller.purpose.name
+        )
+
+    def delete_fields(self, caller: Caller, category: str, facts: SubjectFacts) -> None:
+        """Deleting a record removes every field of it: the caller must be
+        granted them all, or it would delete fields it cannot see."""
+        allowed = self.fields(caller, category, "delete", facts)
+        declared = self.policy.categories[category].fields
+        if allowed is not None and (declared is None or not declared <= allowed):
+            raise AccessDenied(
+                "deleting a record needs every field of its category",
+                reason="FIELD_NOT_GRANTED",
+            )
+
+    def writes_when_restricted(self, caller: Caller) -> bool:
+        """Whether the caller may write a subject under restriction of processing."""
+        return caller.purpose.allowed_when_restricted
+
+    def expiry(self, caller: Caller, category: str, now_us: int) -> int | None:
+        """When a record written now ends its retention (microseconds): the
+        policy's retention for the purpose it is written under; ``None``: kept
+        as long as the account."""
+        days = self.policy.retention_days(caller.purpose.name, category)
+        return None if days is None else now_us + days * _US_PER_DAY
+
+    def grant_problems(
+        self,
+        purpose: Purpose,
+        categories: Mapping[str, frozenset[str] | None],
+        operations: frozenset[str],
+    ) -> list[FieldViolation]:
+        """What a token asked for at issue time that its purpose cannot have."""
+        problems = []
+        for c, fields in categories.items():
+            if c not in purpose.categories:
+                problems.append(
+                    FieldViolation("categories", f"{c} is not a category of the purpose")
+                )
+                continue
+            may = purpose.categories[c]
+            if may is None:
+                may = self.policy.categories[c].fields
+            if fields is not None and may is not None and not fields <= may:
+                problems.append(
+                    FieldViolation("categories", f"asks for fields of {c} the purpose cannot see")
+                )
+        if not set(operations) <= purpose.operations:
+            problems.append(
+                FieldViolation("operations", "includes an operation the purpose does not allow")
+            )
+        return problems
 
     def check_write_fields(
         self, category: str, fields: Mapping[str, str], allowed: FieldGrant
