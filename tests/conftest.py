@@ -15,15 +15,16 @@ import grpc
 import hvac
 import pytest
 
-from vault.authn import ensure_admin_credential
+from tests._background import BackgroundServer
 from vault.client import VaultClient
 from vault.config import CacheSettings, NodeSettings, RegionsConfig, load_regions
 from vault.devstack import OpenBaoServer
 from vault.keys import TransitKeyProvider
-from vault.node import Node
 from vault.policy import Policy, default_policy_path, load_policy
-from vault.server import BackgroundServer, Vault, VaultServer, build_vault
+from vault.residency import Node
+from vault.server import Vault, VaultServer, build_vault
 from vault.tokens import REGIONS
+from vault.tokens.authority import ensure_admin_credential
 from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
+from vault._countries import ISO_3166_ALPHA2
 from vault.errors import ConfigError, ConfigProblem, FieldViolation, InvalidArgument
-from vault.residency._countries import ISO_3166_ALPHA2
 
 REGION_IDS = ("cn", "us", "de", "ru", "sg")
 _REGION_RE = re.compile(r"^[a-z]{2}$")

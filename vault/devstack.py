@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -29,26 +28,11 @@ from pathlib import Path
 import hvac
 import requests
 
-from vault.authn import SIGNING_KEY_NAME
 from vault.config import RegionsConfig
+from vault.datadir import DataDir, write_file
+from vault.tokens.authority import SIGNING_KEY_NAME
 
 UNSEAL_FILE = "LOCAL-ONLY-unseal.json"
-#: Written by `pdvault up` into the data dir: the gRPC endpoint it listens on.
-ENDPOINT_FILE = "endpoint"
-DEFAULT_TARGET = "127.0.0.1:50051"
-
-
-def local_target(data_dir: Path, explicit: str | None = None) -> str:
-    """Where to reach the vault: ``explicit``, else the local stack of
-    ``data_dir``, else ``$PDVAULT_TARGET``, else the default port."""
-    if explicit:
-        return explicit
-    f = data_dir / ENDPOINT_FILE
-    if f.exists():
-        return f.read_text().strip()
-    return os.environ.get("PDVAULT_TARGET", DEFAULT_TARGET)
-
-
 NODE_POLICY = "pdvault-node"
 ERASER_POLICY = "pdvault-eraser"
 TRANSIT_CACHE_SIZE = 20_000
@@ -72,13 +56,6 @@ def _free_port(preferred: int) -> int:
                 continue
             return int(s.getsockname()[1])
     raise RuntimeError("no free TCP port")
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
 
 
 def node_policy(mounts: list[str], control_mount: str) -> str:
@@ -155,7 +132,7 @@ class OpenBaoServer:
     """One local OpenBao process with raft storage in ``data_dir/openbao``."""
 
     def __init__(self, data_dir: Path, *, log: bool = True) -> None:
-        self.dir = (data_dir / "openbao").resolve()
+        self.dir = DataDir(data_dir).openbao.resolve()
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = log
         self.ports = self._ports()
@@ -293,7 +270,7 @@ audit "file" "pdvault-local" {{
                 "unseal_key": result["keys_base64"][0],
                 "root_token": result["root_token"],
             }
-            _write_private(self.dir / UNSEAL_FILE, json.dumps(material, indent=2))
+            write_file(self.dir / UNSEAL_FILE, json.dumps(material, indent=2), 0o600)
         if client.sys.is_sealed():
             client.sys.submit_unseal_key(self._unseal_material()["unseal_key"])
         deadline = time.monotonic() + timeout

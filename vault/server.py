@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -17,28 +16,44 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from vault.authn import TokenAuthority, load_or_create_signing_key
-from vault.cell import Cell
+from vault.cell import BlindIndex, Cell
 from vault.config import NodeSettings, RegionsConfig
 from vault.control import ControlStore, Revocations
+from vault.datadir import DataDir
 from vault.erasure import Eraser
 from vault.keys import (
     BoundedCache,
     DataKeyCache,
     KeyProvider,
+    KeyShredder,
     TransitKeyProvider,
     TransitKeyShredder,
 )
-from vault.node import Node
 from vault.policy import Authorizer, Policy
+from vault.residency import Node
 from vault.service import PersonalDataVaultServicer, TokenServicer
 from vault.store import CellStore, make_engine, migrate
+from vault.tokens.authority import TokenAuthority, load_or_create_signing_key
 from vault.v1 import vault_pb2, vault_pb2_grpc
 
 log = logging.getLogger("vault.server")
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 SERVICE_NAMES = (vault_pb2.DESCRIPTOR.services_by_name["PersonalDataVault"].full_name,)
+
+
+@dataclass(frozen=True)
+class Cells:
+    """The cells of a node and the parts they were built from.
+
+    The cells keep their collaborators private; the composition root keeps a
+    reference to the stores and key caches it made, for operations tooling and
+    tests that must act on them directly (seeding state, dropping caches).
+    """
+
+    cells: dict[str, Cell]
+    stores: dict[str, CellStore]
+    data_keys: dict[str, DataKeyCache]
 
 
 @dataclass
@@ -50,12 +65,82 @@ class Vault:
     revocations: Revocations
     control: ControlStore
     eraser: Eraser
+    parts: Cells
 
     def close(self) -> None:
         self.revocations.stop()
-        for cell in self.node.cells.values():
-            cell.store.engine.dispose()
-        self.control.engine.dispose()
+        self.node.close()
+        self.control.close()
+
+
+class KeyServices:
+    """The key-service clients of a node: one per OpenBao address, per credential.
+
+    Regions sharing one OpenBao address share one client; ``providers``
+    (address → provider) lets tests inject an instrumented one.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        eraser_token: str | None = None,
+        *,
+        timeout: float = 5.0,
+        providers: dict[str, KeyProvider] | None = None,
+    ) -> None:
+        self._token = token
+        self._eraser_token = eraser_token
+        self._timeout = timeout
+        self._providers: dict[str, KeyProvider] = dict(providers or {})
+        self._shredders: dict[str, KeyShredder] = {}
+
+    def provider(self, address: str) -> KeyProvider:
+        p = self._providers.get(address)
+        if p is None:
+            p = TransitKeyProvider.connect(address, self._token, timeout=self._timeout)
+            self._providers[address] = p
+        return p
+
+    def shredder(self, address: str) -> KeyShredder | None:
+        """The key-destruction client, if this node holds the eraser credential."""
+        if self._eraser_token is None:
+            return None
+        s = self._shredders.get(address)
+        if s is None:
+            s = TransitKeyShredder.connect(address, self._eraser_token)
+            self._shredders[address] = s
+        return s
+
+
+def build_cells(
+    regions: RegionsConfig,
+    settings: NodeSettings,
+    keys: KeyServices,
+    authz: Authorizer,
+    serve_regions: frozenset[str] | None = None,
+) -> Cells:
+    """Opens (and migrates) the database of every served region and builds its cell."""
+    built = Cells({}, {}, {})
+    for rid, rc in regions.regions.items():
+        if serve_regions is not None and rid not in serve_regions:
+            continue
+        engine = make_engine(rc.database_url)
+        migrate(engine)
+        store = built.stores[rid] = CellStore(engine)
+        data_keys = built.data_keys[rid] = DataKeyCache(settings.cache)
+        provider = keys.provider(rc.openbao_address)
+        built.cells[rid] = Cell(
+            rc,
+            store,
+            provider,
+            data_keys,
+            BoundedCache(settings.cache),
+            BlindIndex(store, provider, rc.transit_mounts[0]),
+            settings.limits,
+            authz,
+            shredder=keys.shredder(rc.openbao_address),
+        )
+    return built
 
 
 def build_vault(
@@ -70,55 +155,28 @@ def build_vault(
     providers: dict[str, KeyProvider] | None = None,
 ) -> Vault:
     """Opens (and migrates) every served cell and the control plane, connects
-    the key services, unwraps the token signing key.
-
-    Regions sharing one OpenBao address share one client; ``providers``
-    (address → provider) lets tests inject an instrumented one.
-    """
-    providers = dict(providers or {})
-
-    def provider_for(address: str) -> KeyProvider:
-        p = providers.get(address)
-        if p is None:
-            p = TransitKeyProvider.connect(
-                address, openbao_token, timeout=settings.openbao_timeout_seconds
-            )
-            providers[address] = p
-        return p
-
+    the key services, unwraps the token signing key."""
+    keys = KeyServices(
+        openbao_token,
+        eraser_token,
+        timeout=settings.openbao_timeout_seconds,
+        providers=providers,
+    )
     authz = Authorizer(policy)
-    cells: dict[str, Cell] = {}
-    for rid, rc in regions.regions.items():
-        if serve_regions is not None and rid not in serve_regions:
-            continue
-        engine = make_engine(rc.database_url)
-        migrate(engine)
-        cells[rid] = Cell(
-            rc,
-            CellStore(engine),
-            provider_for(rc.openbao_address),
-            DataKeyCache(settings.cache),
-            settings.limits,
-            authz,
-            subject_cache=BoundedCache(settings.cache),
-        )
+    parts = build_cells(regions, settings, keys, authz, serve_regions)
+    cells = parts.cells
     control = ControlStore(make_engine(regions.control.database_url))
     revocations = Revocations(control)
     signing, keyset = load_or_create_signing_key(
-        settings.data_dir / "tokens",
-        provider_for(regions.control.openbao_address),
+        DataDir(settings.data_dir).tokens,
+        keys.provider(regions.control.openbao_address),
         regions.control.transit_mount,
     )
     digest = hashlib.sha256(admin_credential.encode()).digest() if admin_credential else None
     authority = TokenAuthority(signing, keyset, control, revocations, authz, digest)
-    shredders: dict[str, TransitKeyShredder] = {}
-    if eraser_token:
-        for rid in cells:
-            address = regions.regions[rid].openbao_address
-            shredders[rid] = TransitKeyShredder.connect(address, eraser_token)
-    node = Node(regions, cells, settings.limits)
-    eraser = Eraser(node, control, shredders, signing, keyset)
-    return Vault(node, authority, revocations, control, eraser)
+    eraser = Eraser(cells, control, signing, keyset)
+    node = Node(regions, cells, settings.limits, eraser)
+    return Vault(node, authority, revocations, control, eraser, parts)
 
 
 class VaultServer:
@@ -143,9 +201,7 @@ class VaultServer:
             ]
         )
         vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(  # type: ignore[no-untyped-call]
-            PersonalDataVaultServicer(
-                self.node, self.vault.authority, self.vault.eraser, self._executor
-            ),
+            PersonalDataVaultServicer(self.node, self.vault.authority, self._executor),
             server,
         )
         vault_pb2_grpc.add_TokenServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -211,22 +267,3 @@ class VaultServer:
         self._server = None
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.vault.close()
-
-
-class BackgroundServer:
-    """Runs a :class:`VaultServer` on its own event loop thread (tests, benchmarks)."""
-
-    def __init__(self, server: VaultServer) -> None:
-        self.server = server
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> int:
-        self._thread.start()
-        return asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(30)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(1.0), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()

@@ -96,3 +96,18 @@ def label(value: str, field: str) -> str:
     if not _LABEL_RE.fullmatch(value):
         raise InvalidArgument(FieldViolation(field, "must be 1-128 characters of [A-Za-z0-9_.:/-]"))
     return value
+
+
+#: The longest grace period an erasure may wait before its key is destroyed.
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+
+
+def grace_period(seconds: int, nanos: int = 0) -> int:
+    """An erasure's grace period in whole seconds, 0 to 30 days."""
+    if nanos or not 0 <= seconds <= MAX_GRACE_SECONDS:
+        raise InvalidArgument(
+            FieldViolation(
+                "grace_period", f"must be a whole number of seconds from 0 to {MAX_GRACE_SECONDS}"
+            )
+        )
+    return seconds

@@ -25,6 +25,7 @@ import pyseto
 
 from tests.conftest import POLICY, Stack
 from vault.client import VaultClientError
+from vault.store import SubjectState
 from vault.tokens import (
     AUDIENCE,
     IMPLICIT_ASSERTION,
@@ -305,12 +306,12 @@ class Env:
     # enforcement on the read/write path is tested independently of those RPCs
 
     def seed_consent(self, subject_id: str, purpose: str, granted: bool) -> None:
-        store = self.stack.node.cells[subject_id[:2]].store
+        store = self.stack.vault.parts.stores[subject_id[:2]]
         store.set_consent(subject_id, purpose, granted, "seeded", time.time_ns() // 1000)
 
     def seed_restriction(self, subject_id: str, restricted: bool) -> None:
-        store = self.stack.node.cells[subject_id[:2]].store
-        state = "restricted" if restricted else "active"
+        store = self.stack.vault.parts.stores[subject_id[:2]]
+        state = SubjectState.RESTRICTED if restricted else SubjectState.ACTIVE
         assert store.set_state(subject_id, state, time.time_ns() // 1000)
 
     # forgeries

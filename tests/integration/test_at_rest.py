@@ -99,7 +99,7 @@ def test_rows_copied_to_another_region_do_not_open(stack: Stack, client: VaultCl
             (wrapped, mount, key, us.subject_id),
         )
     _set_envelope(stack, "us", target.record_id, _envelope(stack, "de", r.record_id))
-    stack.node.cells["us"].cache.evict(us.subject_id)
+    stack.node.cells["us"].forget(us.subject_id)
     _read_fails_opaquely(client, target.record_id)
 
 
@@ -115,7 +115,7 @@ def test_wrapped_data_key_is_bound_to_its_subject(stack: Stack, client: VaultCli
         db.execute(
             "UPDATE subjects SET wrapped_dek = ?, key_name = ? WHERE id = ?", (*row_a, b.subject_id)
         )
-    stack.node.cells["de"].cache.evict(b.subject_id)
+    stack.node.cells["de"].forget(b.subject_id)
     _read_fails_opaquely(client, rb.record_id)
 
 

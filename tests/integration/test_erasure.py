@@ -158,7 +158,7 @@ def test_another_node_with_a_warm_cache_refuses_at_once(
         sid, rids = _person(c1, canary)
         c2 = node2.client(node2.issue(RIGHTS))
         assert c2.get_record(rids[0]).fields["address"].startswith(canary)  # node 2 now warm
-        assert node2.node.cells["de"].cache.get(sid) is not None
+        assert node2.vault.parts.data_keys["de"].get(sid) is not None
         # With a grace period the rows and the key still exist: only the state protects them.
         c1.erase_subject(sid, grace_period_seconds=3600)
         t0 = time.perf_counter()
@@ -167,7 +167,7 @@ def test_another_node_with_a_warm_cache_refuses_at_once(
         elapsed_ms = (time.perf_counter() - t0) * 1000
         assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert e.value.reason == "SUBJECT_ERASED"
-        assert node2.node.cells["de"].cache.get(sid) is not None  # still cached, still refused
+        assert node2.vault.parts.data_keys["de"].get(sid) is not None  # still cached, still refused
         print(f"node 2 refused the first read after EraseSubject returned ({elapsed_ms:.1f} ms)")
         c1.cancel_erasure(sid)
         c1.erase_subject(sid)
@@ -319,7 +319,7 @@ def test_snapshot_restore_drill_then_reapply(drill_bao: tuple[Bao, Path], canary
             stack.provider.unwrap(ref, wrapped, aad)
         for rid in rids:
             assert _code(c.get_record, rid) == grpc.StatusCode.NOT_FOUND
-        stack.node.cells["de"].cache.clear()
+        stack.vault.parts.data_keys["de"].clear()
         assert c.get_record(other_rids[0]).fields["address"].startswith("OTHER")
     finally:
         stack.stop()

@@ -11,13 +11,12 @@ import grpc
 import pytest
 
 from tests.conftest import POLICY, Bao, Stack, start_stack
-from vault.cell import Cell
+from vault.cell import BlindIndex, Cell
 from vault.client import VaultClient, VaultClientError
 from vault.config import CacheSettings, Limits, load_regions
 from vault.devstack import OpenBaoServer
 from vault.errors import StoreUnavailable
-from vault.keys import DataKeyCache, TransitKeyProvider
-from vault.node import Node
+from vault.keys import BoundedCache, DataKeyCache, TransitKeyProvider
 from vault.policy import Authorizer
 from vault.store import CellStore, make_engine
 from vault.tokens import Claims
@@ -65,7 +64,7 @@ def test_without_the_cache_every_read_unwraps(bao: Bao, tmp_path: Path) -> None:
 def test_expired_cache_entry_is_unwrapped_again(stack: Stack, client: VaultClient) -> None:
     s = client.create_subject("DE")
     r = client.put_record(s.subject_id, "user.name", {"first": "1"})
-    stack.node.cells["de"].cache.evict(s.subject_id)
+    stack.node.cells["de"].forget(s.subject_id)
     before = stack.provider.calls["decrypt"]
     client.get_record(r.record_id)
     client.get_record(r.record_id)
@@ -106,7 +105,7 @@ def test_openbao_down_fails_closed_and_recovers_without_restart(
         c = stack.client()
         s = c.create_subject("DE")
         r = c.put_record(s.subject_id, "user.name", {"first": "Ada"})
-        stack.node.cells["de"].cache.clear()  # a cold subject: its key must come from OpenBao
+        stack.vault.parts.data_keys["de"].clear()  # a cold subject: its key must come from OpenBao
         subjects, records = _count(stack, "de", "subjects"), _count(stack, "de", "records")
 
         own_bao.server.stop()
@@ -147,15 +146,18 @@ def test_database_down_is_unavailable(bao: Bao) -> None:
     rc = regions.regions["de"]
     authz = Authorizer(POLICY)
     engine = make_engine("postgresql+psycopg://pdvault@127.0.0.1:1/none?connect_timeout=2")
+    store = CellStore(engine)
+    provider = TransitKeyProvider.connect(bao.address, bao.node_token)
     cell = Cell(
         rc,
-        CellStore(engine),
-        TransitKeyProvider.connect(bao.address, bao.node_token),
+        store,
+        provider,
         DataKeyCache(CacheSettings()),
+        BoundedCache(CacheSettings()),
+        BlindIndex(store, provider, rc.transit_mounts[0]),
         Limits(),
         authz,
     )
-    node = Node(regions, {"de": cell}, Limits())
     caller = authz.caller(
         Claims.new(
             sub="t",
@@ -170,8 +172,8 @@ def test_database_down_is_unavailable(bao: Bao) -> None:
     )
 
     with pytest.raises(StoreUnavailable) as e:
-        node.get_record(caller, "de_rec_" + "a" * 26)
+        cell.get_record(caller, "de_rec_" + "a" * 26)
     assert "127.0.0.1" not in str(e.value)
     with pytest.raises(StoreUnavailable):
-        node.create_subject(caller, country="DE")
+        cell.create_subject(caller, minor=False)
     engine.dispose()

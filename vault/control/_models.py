@@ -1,4 +1,7 @@
-"""Control-plane schema. Holds token ids and service names, never tokens or personal data."""
+"""Control-plane schema. Holds token ids and service names, never tokens or personal data.
+
+Every timestamp column is integer microseconds since the epoch (UTC).
+"""
 
 from __future__ import annotations
 

@@ -5,25 +5,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from vault.control._models import erasures, revoked_tokens, token_events
+from vault.db import DuplicateKey, migrate, now_us, transaction
 from vault.errors import StoreUnavailable
-from vault.store import migrate
 
 log = logging.getLogger("vault.control")
 _MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)
@@ -35,7 +29,7 @@ class TokenEvent:
     caller: str
     service: str
     purpose: str
-    expires_at: int
+    expires_at_us: int
     parent_jti: str | None = None
 
 
@@ -79,32 +73,31 @@ _EVENT_COLS = (
 
 
 class ControlStore:
-    def __init__(self, engine: Engine) -> None:
+    """The control-plane database: token events, revocations, the erasure ledger."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], int] = now_us) -> None:
         self.engine = engine
+        self._clock = clock
         migrate(engine, _MIGRATIONS)
 
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except IntegrityError:
-            raise
-        except (DBAPIError, SATimeoutError) as e:
-            raise StoreUnavailable("control database unavailable") from e
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _tx(self) -> AbstractContextManager[Connection]:
+        return transaction(self.engine, "control")
 
     def record(self, ev: TokenEvent) -> None:
         with self._tx() as conn:
             conn.execute(
                 insert(token_events).values(
-                    at=_now_us(),
+                    at=self._clock(),
                     event=ev.event,
                     jti=ev.jti,
                     parent_jti=ev.parent_jti,
                     caller=ev.caller,
                     service=ev.service,
                     purpose=ev.purpose,
-                    expires_at=ev.expires_at,
+                    expires_at=ev.expires_at_us,
                 )
             )
 
@@ -133,27 +126,26 @@ class ControlStore:
             ).all()
         return [TokenEvent(*r) for r in rows]
 
-    def revoke(self, jti: str, expires_at: int) -> bool:
+    def revoke(self, jti: str, expires_at_us: int) -> bool:
         """Records a revocation; False if the token id was already revoked."""
         try:
             with self._tx() as conn:
                 conn.execute(
                     insert(revoked_tokens).values(
-                        jti=jti, expires_at=expires_at, revoked_at=_now_us()
+                        jti=jti, expires_at=expires_at_us, revoked_at=self._clock()
                     )
                 )
-        except IntegrityError:
+        except DuplicateKey:
             return False
         return True
 
     def revoked_since(self, after_us: int) -> list[tuple[str, int]]:
         """(jti, revoked_at) of revocations after ``after_us`` whose tokens are still live."""
-        now_s = int(time.time())
         with self._tx() as conn:
             rows = conn.execute(
                 select(revoked_tokens.c.jti, revoked_tokens.c.revoked_at)
                 .where(revoked_tokens.c.revoked_at > after_us)
-                .where(revoked_tokens.c.expires_at >= now_s)
+                .where(revoked_tokens.c.expires_at >= self._clock())
                 .order_by(revoked_tokens.c.revoked_at)
             ).all()
         return [(str(j), int(at)) for j, at in rows]
@@ -184,7 +176,7 @@ class ControlStore:
                         receipt=None,
                     )
                 )
-        except IntegrityError:
+        except DuplicateKey:
             return False
         return True
 

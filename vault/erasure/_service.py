@@ -20,21 +20,19 @@ lists — for after an OpenBao snapshot restore brought some back.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from vault.cell import GONE_STATES, STATE_ACTIVE, STATE_ERASURE_PENDING, SubjectView
+from vault.cell import Cell, SubjectView
 from vault.control import ControlStore, ErasureEntry
-from vault.crypto import dek_associated_data
 from vault.erasure._receipt import sign_receipt, verify_receipt
-from vault.errors import Erased, FieldViolation, InvalidArgument, NotFound, VaultError
-from vault.keys import KeyRef, TransitKeyShredder
-from vault.node import Node
+from vault.errors import Erased, NotFound, VaultError
+from vault.keys import KeyRef
 from vault.policy import Caller
+from vault.store import SubjectState
 from vault.tokens import KeySet, SigningKey
 
-MAX_GRACE_SECONDS = 30 * 24 * 3600
 #: A claim on an erasure older than this is taken to belong to a dead node.
 CLAIM_STALE_US = 60 * 1_000_000
 CLAIM_WAIT_SECONDS = 15.0
@@ -71,71 +69,58 @@ class ReapplySummary:
 
 
 class Eraser:
+    """Runs erasures against the cells it is given, with the ledger in ``control``."""
+
     def __init__(
         self,
-        node: Node,
+        cells: dict[str, Cell],
         control: ControlStore,
-        shredders: dict[str, TransitKeyShredder],
         signing: SigningKey,
         keys: KeySet,
         clock: Callable[[], int] = _now_us,
     ) -> None:
         self._keys = keys
-        self._node = node
-        self._cells = node.cells
+        self._cells = cells
         self._control = control
-        self._shredders = shredders
         self._signing = signing
         self._clock = clock
 
     # -- the RPCs ------------------------------------------------------------
 
     def erase(
-        self, caller: Caller, subject_id: str, reason: str, grace_seconds: int
+        self, caller: Caller, cell: Cell, subject_id: str, reason: str, grace_seconds: int
     ) -> ErasureView:
-        cell, sid = self._node.subject_cell(subject_id)
-        cell.authz.scope(caller, "erase", cell.region.id, sid)
-        if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
-            raise InvalidArgument(
-                FieldViolation("grace_period", f"must be between 0 and {MAX_GRACE_SECONDS} s")
-            )
-        row = cell.store.get_subject(sid)
-        if row is None:
-            raise NotFound("subject not found")
-        entry = self._control.erasure(sid)
+        """Erases ``subject_id`` of ``cell`` (``grace_seconds`` already validated)."""
+        target = cell.erasure_target(caller, subject_id)
+        entry = self._control.erasure(subject_id)
         if entry is None:
             now = self._clock()
             # 1. Nobody decrypts from here on.
-            cell.store.force_state(sid, STATE_ERASURE_PENDING, now)
-            cell.forget(sid)
+            cell.hide(subject_id)
             # 2. The ledger.
             entry = ErasureEntry(
-                subject_id=sid,
-                region=cell.region.id,
-                key_mount=row.key_mount,
-                key_name=row.key_name,
+                subject_id=subject_id,
+                region=target.region,
+                key_mount=target.key.mount,
+                key_name=target.key.name,
                 reason=reason,
                 requested_at=now,
                 destroy_after=now + grace_seconds * 1_000_000,
             )
             if not self._control.add_erasure(entry):
-                entry = self._control.erasure(sid) or entry
+                entry = self._control.erasure(subject_id) or entry
         if entry.destroyed_at is None and entry.destroy_after <= self._clock():
             entry = self._finish(entry)
         return self._view(entry)
 
-    def cancel(self, caller: Caller, subject_id: str) -> SubjectView:
-        cell, sid = self._node.subject_cell(subject_id)
-        cell.authz.scope(caller, "erase", cell.region.id, sid)
-        if not self._control.cancel_erasure(sid):
-            entry = self._control.erasure(sid)
+    def cancel(self, caller: Caller, cell: Cell, subject_id: str) -> SubjectView:
+        cell.erasure_target(caller, subject_id)
+        if not self._control.cancel_erasure(subject_id):
+            entry = self._control.erasure(subject_id)
             if entry is not None:
                 raise Erased("the erasure is complete and cannot be cancelled")
             raise NotFound("no pending erasure for this subject")
-        cell.store.force_state(sid, STATE_ACTIVE, self._clock())
-        row = cell.store.get_subject(sid)
-        assert row is not None
-        return SubjectView(row.id, row.region, row.state, row.minor, row.created_at)
+        return cell.unhide(subject_id, SubjectState.ACTIVE)
 
     # -- background work -------------------------------------------------------
 
@@ -164,49 +149,30 @@ class Eraser:
         self, progress: Callable[[ErasureEntry, bool], None] | None = None
     ) -> ReapplySummary:
         """Destroys again every key the ledger lists as destroyed (after a restore)."""
-        return reapply(self._control, self._shredder, progress)
+        return reapply(self._control, self._cells, progress)
 
     # -- internals -------------------------------------------------------------
 
-    def _shredder(self, region: str) -> TransitKeyShredder:
-        s = self._shredders.get(region)
-        if s is None:
-            raise RuntimeError("no key-destruction credential for this region")
-        return s
-
     def _destroy(self, entry: ErasureEntry) -> None:
         cell = self._cells[entry.region]
-        row = cell.store.get_subject(entry.subject_id)
-        if row is None:  # pragma: no cover - the ledger only names existing subjects
-            raise NotFound("subject not found")
-        if row.state not in GONE_STATES:
-            cell.store.force_state(row.id, STATE_ERASURE_PENDING, self._clock())
-        ref = KeyRef(entry.key_mount, entry.key_name)
-        shredder = self._shredder(entry.region)
-        versions = shredder.destroy(ref)
-        evidence = ""
-        if row.wrapped_dek:
-            evidence = shredder.prove_destroyed(
-                ref, row.wrapped_dek, dek_associated_data(row.id, row.region)
-            )
-        records = cell.store.erase_subject_data(row.id, self._clock())
-        cell.forget(row.id)
+        key = KeyRef(entry.key_mount, entry.key_name)
+        shredded = cell.shred(entry.subject_id, key)
         erased_at = self._clock()
         signed = sign_receipt(
             {
-                "subject_id": row.id,
+                "subject_id": entry.subject_id,
                 "region": entry.region,
                 "reason": entry.reason,
-                "key": f"{ref.mount}/{ref.name}",
-                "key_versions_destroyed": list(versions),
-                "records_affected": records,
+                "key": f"{key.mount}/{key.name}",
+                "key_versions_destroyed": list(shredded.key_versions_destroyed),
+                "records_affected": shredded.records_affected,
                 "requested_at": _rfc3339(entry.requested_at),
                 "erased_at": _rfc3339(erased_at),
-                "evidence": evidence,
+                "evidence": shredded.evidence,
             },
             self._signing,
         )
-        self._control.mark_destroyed(row.id, erased_at, signed)
+        self._control.mark_destroyed(entry.subject_id, erased_at, signed)
 
     def _view(self, entry: ErasureEntry) -> ErasureView:
         if entry.destroyed_at is None or entry.receipt is None:
@@ -242,22 +208,23 @@ class Eraser:
 
 def reapply(
     control: ControlStore,
-    shredder_for: Callable[[str], TransitKeyShredder],
+    cells: Mapping[str, Cell],
     progress: Callable[[ErasureEntry, bool], None] | None = None,
 ) -> ReapplySummary:
     """Destroys again every key the ledger lists as destroyed.
 
     After an OpenBao snapshot restore, keys destroyed since the snapshot exist
     again; this finds and destroys them. Keys already gone are left alone.
-    ``shredder_for(region)`` gives the key-destruction client of a region.
     """
     summary = ReapplySummary()
     for entry in control.destroyed_erasures():
         summary.checked += 1
         again = False
         try:
-            ref = KeyRef(entry.key_mount, entry.key_name)
-            again = bool(shredder_for(entry.region).destroy(ref))
+            cell = cells.get(entry.region)
+            if cell is None:
+                raise NotFound("the ledger names a region this configuration does not serve")
+            again = cell.destroy_key_again(KeyRef(entry.key_mount, entry.key_name))
         except VaultError:
             summary.failed.append(entry.subject_id)
         if again:

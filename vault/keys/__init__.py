@@ -1,7 +1,7 @@
 """Subject keys: the KeyProvider port, the OpenBao/Vault Transit adapter, the DEK cache."""
 
 from vault.keys._cache import BoundedCache, DataKeyCache
-from vault.keys._provider import KeyProvider, KeyRef
+from vault.keys._provider import KeyProvider, KeyRef, KeyShredder
 from vault.keys._transit import TransitKeyProvider, TransitKeyShredder
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "DataKeyCache",
     "KeyProvider",
     "KeyRef",
+    "KeyShredder",
     "TransitKeyProvider",
     "TransitKeyShredder",
 ]

@@ -32,3 +32,21 @@ class KeyProvider(Protocol):
     def unwrap(self, ref: KeyRef, wrapped: str, associated_data: bytes) -> bytes:
         """Decrypts a wrap made by :meth:`wrap` with the same associated data."""
         ...
+
+
+class KeyShredder(Protocol):
+    """Destroys subject keys: the erasure workflow's own, separate credential.
+
+    Implementations raise only :class:`~vault.errors.KeyServiceUnavailable`
+    (the service cannot be reached or refused the call: fail closed).
+    """
+
+    def destroy(self, ref: KeyRef) -> tuple[int, ...]:
+        """Deletes the key and every version; returns the versions destroyed
+        (``()`` when the key no longer exists: idempotent)."""
+        ...
+
+    def prove_destroyed(self, ref: KeyRef, wrapped: str, associated_data: bytes) -> str:
+        """Asks the key service to unwrap a data key the destroyed key wrapped,
+        and returns its refusal as evidence; raises if it still unwraps."""
+        ...

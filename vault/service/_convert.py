@@ -6,13 +6,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from vault.cell import ConsentView, RecordView, SubjectView
 from vault.erasure import ErasureView
+from vault.store import SubjectState
 from vault.v1 import vault_pb2 as pb
 
 _STATES = {
-    "active": pb.SUBJECT_STATE_ACTIVE,
-    "restricted": pb.SUBJECT_STATE_RESTRICTED,
-    "erased": pb.SUBJECT_STATE_ERASED,
-    "erasure_pending": pb.SUBJECT_STATE_ERASURE_PENDING,
+    SubjectState.ACTIVE: pb.SUBJECT_STATE_ACTIVE,
+    SubjectState.RESTRICTED: pb.SUBJECT_STATE_RESTRICTED,
+    SubjectState.ERASED: pb.SUBJECT_STATE_ERASED,
+    SubjectState.ERASURE_PENDING: pb.SUBJECT_STATE_ERASURE_PENDING,
 }
 
 

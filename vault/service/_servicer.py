@@ -13,22 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from vault import validation
 from vault._inline import WouldBlock, nonblocking
-from vault.authn import DEFAULT_TTL, IssueRequest, TokenAuthority
-from vault.erasure import Eraser, ErasureView
 from vault.errors import FieldViolation, InvalidArgument, VaultError
-from vault.node import Node
 from vault.policy import Caller
+from vault.residency import Node
 from vault.service._convert import consent_pb, erasure_pb, record_pb, subject_pb
 from vault.service._status import code_for, internal_status, to_status
 from vault.tokens import Claims
+from vault.tokens.authority import DEFAULT_TTL, IssueRequest, TokenAuthority
 from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
@@ -67,10 +65,16 @@ class _Base:
 
         return await self._guarded(method, context, authenticated)
 
-    async def _guarded(self, method: str, context: Ctx, fn: Callable[[], T]) -> T:
+    async def _guarded(
+        self, method: str, context: Ctx, fn: Callable[[], T], *, pool: bool = False
+    ) -> T:
+        """Runs ``fn`` and maps any failure to its status (``pool``: never inline)."""
         start = time.perf_counter()
         try:
-            result = await self._call(fn)
+            if pool:
+                result = await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+            else:
+                result = await self._call(fn)
         except VaultError as e:
             code = code_for(e)
             log.info("%s %s %s %.1fms", method, code.name, e.reason, _ms(start))
@@ -93,43 +97,41 @@ class _Base:
 
 
 class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
-    def __init__(
-        self, node: Node, auth: TokenAuthority, eraser: Eraser, executor: ThreadPoolExecutor
-    ) -> None:
-        super().__init__(node, auth, executor)
-        self._eraser = eraser
-
     async def EraseSubject(
         self, request: pb.EraseSubjectRequest, context: Ctx
     ) -> pb.ErasureReceipt:
-        def erase(caller: Caller) -> ErasureView:
-            reason = validation.label(request.reason or "subject_request", "reason")
-            grace = request.grace_period
-            if grace.nanos or grace.seconds < 0:
-                raise InvalidArgument(
-                    FieldViolation(
-                        "grace_period", "must be a whole, non-negative number of seconds"
-                    )
-                )
-            return self._eraser.erase(caller, request.subject_id, reason, grace.seconds)
-
-        return erasure_pb(await self._run("EraseSubject", context, erase))
+        v = await self._run(
+            "EraseSubject",
+            context,
+            self._node.erase_subject,
+            request.subject_id,
+            request.reason,
+            request.grace_period.seconds,
+            request.grace_period.nanos,
+        )
+        return erasure_pb(v)
 
     async def CancelErasure(self, request: pb.CancelErasureRequest, context: Ctx) -> pb.Subject:
-        v = await self._run("CancelErasure", context, self._eraser.cancel, request.subject_id)
+        v = await self._run("CancelErasure", context, self._node.cancel_erasure, request.subject_id)
         return subject_pb(v)
 
     async def ExportSubject(
         self, request: pb.ExportSubjectRequest, context: Ctx
     ) -> AsyncIterator[pb.ExportChunk]:
-        pieces = await self._run(
+        # Every piece is produced under the same error mapping as a unary call:
+        # a failure after the first chunk (a record that does not open, the
+        # database gone) ends the stream with its documented status.
+        pieces: Iterator[bytes] = await self._run(
             "ExportSubject", context, self._node.export_subject, request.subject_id
         )
-        loop = asyncio.get_running_loop()
+
+        def next_piece() -> bytes | None:
+            return next(pieces, None)
+
         seq = 0
         buf = bytearray()
         while True:
-            piece = await loop.run_in_executor(self._executor, next, pieces, None)
+            piece = await self._guarded("ExportSubject", context, next_piece, pool=True)
             if piece is not None:
                 buf += piece
             while len(buf) >= EXPORT_CHUNK_BYTES or (piece is None and buf):

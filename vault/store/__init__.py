@@ -1,14 +1,25 @@
 """Cell storage: SQLAlchemy schema (no plaintext columns), migrations, repository."""
 
-from vault.store._cellstore import CellStore, DuplicateKey, RecordRow, SubjectRow
-from vault.store._engine import make_engine, migrate
+from vault.db import DuplicateKey, make_engine
+from vault.store._cellstore import (
+    GONE_STATES,
+    LIVE_STATES,
+    CellStore,
+    RecordRow,
+    SubjectRow,
+    SubjectState,
+)
+from vault.store._migrate import migrate
 from vault.store._models import consents, metadata, records, subjects
 
 __all__ = [
+    "GONE_STATES",
+    "LIVE_STATES",
     "CellStore",
     "DuplicateKey",
     "RecordRow",
     "SubjectRow",
+    "SubjectState",
     "consents",
     "make_engine",
     "metadata",

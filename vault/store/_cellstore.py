@@ -3,23 +3,47 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
+from vault.db import DuplicateKey, transaction
 from vault.errors import StoreUnavailable
 from vault.store._models import cell_keys, consents, lookups, records, subjects
+
+
+class SubjectState(StrEnum):
+    """A subject's state: the one vocabulary of the vault (stored as its value)."""
+
+    ACTIVE = "active"
+    RESTRICTED = "restricted"
+    ERASURE_PENDING = "erasure_pending"
+    ERASED = "erased"
+
+    @property
+    def gone(self) -> bool:
+        """Nothing of the subject is readable by anyone."""
+        return self in GONE_STATES
+
+
+#: States in which nothing of the subject is readable by anyone.
+GONE_STATES = frozenset({SubjectState.ERASED, SubjectState.ERASURE_PENDING})
+#: States in which records may be written (restricted only for the purposes the
+#: policy allows under restriction).
+LIVE_STATES = (SubjectState.ACTIVE, SubjectState.RESTRICTED)
 
 
 @dataclass(frozen=True, slots=True)
 class SubjectRow:
     id: str
     region: str
-    state: str
+    state: SubjectState
     minor: bool
     key_mount: str
     key_name: str
@@ -37,10 +61,6 @@ class RecordRow:
     envelope: bytes
     created_at: int
     updated_at: int
-
-
-class DuplicateKey(Exception):
-    """An insert hit a unique constraint (idempotency key or id)."""
 
 
 _SUBJECT_COLS = (
@@ -74,12 +94,17 @@ _GET_RECORD = (
     .where(records.c.id == bindparam("rid"))
 )
 _N_RECORD_COLS = len(_RECORD_COLS)
+
+
+def _subject_row(r: Sequence[Any]) -> SubjectRow:
+    return SubjectRow(
+        r[0], r[1], SubjectState(r[2]), bool(r[3]), r[4], r[5], r[6], int(r[7]), int(r[8])
+    )
+
+
 # A record is written only while its subject is live, checked in the same
 # statement: an erasure that lands between a request's checks and its write
 # cannot leave a row behind. Built once, executed with a parameter dict.
-#: The subject states in which records may be written (restricted too, for the
-#: purposes the policy allows under restriction).
-LIVE_STATES = ("active", "restricted")
 _SUBJECT_LIVE = (
     select(subjects.c.id)
     .where(
@@ -134,19 +159,18 @@ class CellStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._local = threading.local()
+        #: A local SQLite file: answers in microseconds, so calls may run inline.
+        self.local = engine.url.get_backend_name() == "sqlite"
         # Per-thread read connections only for a local SQLite file: cheap to
         # hold, and the pool is sized for them (vault.store.make_engine).
-        self._sticky_reads = engine.url.get_backend_name() == "sqlite"
+        self._sticky_reads = self.local
 
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except IntegrityError as e:
-            raise DuplicateKey() from e
-        except (OperationalError, DBAPIError, SATimeoutError) as e:
-            raise StoreUnavailable("cell database unavailable") from e
+    def close(self) -> None:
+        """Closes every pooled connection (the node is stopping)."""
+        self.engine.dispose()
+
+    def _tx(self) -> AbstractContextManager[Connection]:
+        return transaction(self.engine, "cell")
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -188,7 +212,7 @@ class CellStore:
                 insert(subjects).values(
                     id=row.id,
                     region=row.region,
-                    state=row.state,
+                    state=str(row.state),
                     minor=row.minor,
                     key_mount=row.key_mount,
                     key_name=row.key_name,
@@ -202,14 +226,14 @@ class CellStore:
     def get_subject(self, subject_id: str) -> SubjectRow | None:
         with self._read() as conn:
             r = conn.execute(_GET_SUBJECT, {"sid": subject_id}).first()
-        return SubjectRow(*r) if r else None
+        return _subject_row(r) if r else None
 
     def subject_by_idempotency_key(self, key: str) -> SubjectRow | None:
         with self._tx() as conn:
             r = conn.execute(
                 select(*_SUBJECT_COLS).where(subjects.c.idempotency_key == key)
             ).first()
-        return SubjectRow(*r) if r else None
+        return _subject_row(r) if r else None
 
     # -- records ----------------------------------------------------------
 
@@ -219,7 +243,7 @@ class CellStore:
             r = conn.execute(_GET_RECORD, {"rid": record_id}).first()
         if r is None:
             return None
-        return RecordRow(*r[:_N_RECORD_COLS]), SubjectRow(*r[_N_RECORD_COLS:])
+        return RecordRow(*r[:_N_RECORD_COLS]), _subject_row(r[_N_RECORD_COLS:])
 
     def record_by_idempotency_key(self, subject_id: str, key: str) -> RecordRow | None:
         with self._tx() as conn:
@@ -235,7 +259,7 @@ class CellStore:
         row: RecordRow,
         idempotency_key: str | None,
         expires_at: int | None = None,
-        states: tuple[str, ...] = LIVE_STATES,
+        states: tuple[SubjectState, ...] = LIVE_STATES,
     ) -> bool:
         """Inserts the record if its subject is in one of ``states`` (checked in
         the same statement); False, with nothing written, otherwise."""
@@ -244,7 +268,7 @@ class CellStore:
                 _INSERT_RECORD,
                 {
                     "live_subject": row.subject_id,
-                    "live_states": list(states),
+                    "live_states": [str(x) for x in states],
                     "id": row.id,
                     "subject_id": row.subject_id,
                     "category": row.category,
@@ -268,7 +292,7 @@ class CellStore:
                 _UPDATE_RECORD,
                 {
                     "live_subject": row.subject_id,
-                    "live_states": list(LIVE_STATES),
+                    "live_states": [str(x) for x in LIVE_STATES],
                     "rid": row.id,
                     "prev": previous_version,
                     "new_version": row.version,
@@ -337,7 +361,7 @@ class CellStore:
 
     # -- subject state and consent -----------------------------------------
 
-    def set_state(self, subject_id: str, state: str, now: int) -> bool:
+    def set_state(self, subject_id: str, state: SubjectState, now: int) -> bool:
         """Sets a live subject's state; False if it is erased or does not exist."""
         with self._tx() as conn:
             res = conn.execute(
@@ -345,20 +369,20 @@ class CellStore:
                 .where(
                     and_(
                         subjects.c.id == subject_id,
-                        subjects.c.state.not_in(("erased", "erasure_pending")),
+                        subjects.c.state.not_in(sorted(str(x) for x in GONE_STATES)),
                     )
                 )
-                .values(state=state, updated_at=now)
+                .values(state=str(state), updated_at=now)
             )
         return res.rowcount == 1
 
-    def force_state(self, subject_id: str, state: str, now: int) -> None:
+    def force_state(self, subject_id: str, state: SubjectState, now: int) -> None:
         """Sets the state whatever it was (the erasure workflow's transitions)."""
         with self._tx() as conn:
             conn.execute(
                 update(subjects)
                 .where(subjects.c.id == subject_id)
-                .values(state=state, updated_at=now)
+                .values(state=str(state), updated_at=now)
             )
 
     def consent_granted(self, subject_id: str, purpose: str) -> bool:
@@ -415,7 +439,12 @@ class CellStore:
             conn.execute(
                 update(subjects)
                 .where(subjects.c.id == subject_id)
-                .values(state="erased", wrapped_dek="", idempotency_key=None, updated_at=now)
+                .values(
+                    state=str(SubjectState.ERASED),
+                    wrapped_dek="",
+                    idempotency_key=None,
+                    updated_at=now,
+                )
             )
         return int(n)
 

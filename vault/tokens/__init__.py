@@ -22,7 +22,13 @@ from vault.tokens._codec import (
     sign_document,
     verify_document,
 )
-from vault.tokens._keys import KeySet, SigningKey, VerificationKey
+from vault.tokens._keys import (
+    KeySet,
+    SigningKey,
+    VerificationKey,
+    keyset_from_json,
+    keyset_to_json,
+)
 from vault.tokens._verifier import TokenVerifier
 
 __all__ = [
@@ -44,6 +50,8 @@ __all__ = [
     "decode",
     "is_narrowing",
     "issue",
+    "keyset_from_json",
+    "keyset_to_json",
     "narrow",
     "new_jti",
     "sign_document",

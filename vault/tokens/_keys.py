@@ -26,6 +26,7 @@ in ``vault.tokens`` does.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -184,3 +185,14 @@ class KeySet:
 
     def __repr__(self) -> str:
         return f"KeySet(kids={sorted(self._by_kid)!r})"
+
+
+def keyset_from_json(text: str) -> KeySet:
+    """A published key set (``{"keys": [{"kid": …, "paserk": …}, …]}``)."""
+    published = json.loads(text)["keys"]
+    return KeySet(VerificationKey.from_paserk(k["kid"], k["paserk"]) for k in published)
+
+
+def keyset_to_json(keys: Iterable[VerificationKey]) -> str:
+    """The published form of verification keys (public keys only)."""
+    return json.dumps({"keys": [{"kid": k.kid, "paserk": k.to_paserk()} for k in keys]}, indent=2)

@@ -6,29 +6,30 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from vault.cell import Cell
 from vault.client import VaultClient, VaultClientError
-from vault.config import load_regions
+from vault.config import NodeSettings, RegionsConfig, load_regions
 from vault.control import ControlStore, ErasureEntry
-from vault.devstack import OpenBaoServer, local_target
+from vault.datadir import DEFAULT_DATA_DIR, DataDir
+from vault.devstack import OpenBaoServer
 from vault.erasure import reapply, verify_receipt
 from vault.errors import Unauthenticated
-from vault.keys import TransitKeyShredder
-from vault.store import CellStore, make_engine, migrate
-from vault.tokens import KeySet, VerificationKey
+from vault.policy import Authorizer, default_policy_path, load_policy
+from vault.server import KeyServices, build_cells
+from vault.store import make_engine
 
 
 def add_parsers(sub: Any) -> None:
     ex = sub.add_parser("export", help="a subject's data as JSON (portability)")
     ex.add_argument("subject_id")
     ex.add_argument("-o", "--output", type=Path, required=True)
-    ex.add_argument("--data-dir", type=Path, default=Path(".pdvault"))
+    ex.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ex.add_argument("--target")
     ex.add_argument(
         "--token",
@@ -46,12 +47,12 @@ def add_parsers(sub: Any) -> None:
         default=None,
         help="verification keys (default: DATA_DIR/tokens/verification-keys.json)",
     )
-    rv.add_argument("--data-dir", type=Path, default=Path(".pdvault"))
+    rv.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
     er = sub.add_parser("erasure", help="the erasure ledger")
     esub = er.add_subparsers(dest="erasure_command", required=True)
     ra = esub.add_parser("reapply", help="destroy again every key the ledger lists")
-    ra.add_argument("--data-dir", type=Path, default=Path(".pdvault"))
+    ra.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ra.add_argument("--regions", type=Path, default=None)
     ra.add_argument(
         "--openbao-token",
@@ -63,13 +64,20 @@ def add_parsers(sub: Any) -> None:
     rt = sub.add_parser("retention", help="retention of records")
     rtsub = rt.add_subparsers(dest="retention_command", required=True)
     sw = rtsub.add_parser("sweep", help="delete every record whose retention has ended")
-    sw.add_argument("--data-dir", type=Path, default=Path(".pdvault"))
+    sw.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     sw.add_argument("--regions", type=Path, default=None)
     sw.add_argument("--batch", type=int, default=500)
 
 
-def _target(args: argparse.Namespace) -> str:
-    return local_target(args.data_dir, args.target)
+def _cells(regions: RegionsConfig, data_dir: Path, openbao_token: str | None) -> dict[str, Cell]:
+    """Every region's cell, built the way a node builds them (``openbao_token``:
+    a credential that may destroy keys; ``None`` when no key is needed)."""
+    return build_cells(
+        regions,
+        NodeSettings(data_dir=data_dir),
+        KeyServices(openbao_token or "", openbao_token),
+        Authorizer(load_policy(default_policy_path())),
+    ).cells
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -81,7 +89,8 @@ def run_export(args: argparse.Namespace) -> int:
         return 2
     err = Console(stderr=True)
     size = 0
-    with VaultClient(_target(args), token=args.token) as vc, args.output.open("wb") as out:
+    target = DataDir(args.data_dir).target(args.target)
+    with VaultClient(target, token=args.token) as vc, args.output.open("wb") as out:
         try:
             with err.status("exporting…"):
                 for piece in vc.export_subject_bytes(args.subject_id):
@@ -99,18 +108,12 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keyset(path: Path) -> KeySet:
-    published = json.loads(path.read_text())["keys"]
-    return KeySet(VerificationKey.from_paserk(k["kid"], k["paserk"]) for k in published)
-
-
 def run_receipt(args: argparse.Namespace) -> int:
-    keys_file = args.keys or args.data_dir / "tokens" / "verification-keys.json"
     text = args.file.read_text().strip()
     if text.startswith("{"):
         text = str(json.loads(text).get("signed_receipt", ""))
     try:
-        doc = verify_receipt(text, _keyset(keys_file))
+        doc = verify_receipt(text, DataDir(args.data_dir).read_keyset(args.keys))
     except Unauthenticated as e:
         print(f"INVALID receipt: {e.reason}", file=sys.stderr)
         return 1
@@ -124,10 +127,7 @@ def run_reapply(args: argparse.Namespace) -> int:
     regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr=bao.address)
     token = args.openbao_token or bao.root_token()
     control = ControlStore(make_engine(regions.control.database_url))
-    shredders = {
-        rid: TransitKeyShredder.connect(r.openbao_address, token)
-        for rid, r in regions.regions.items()
-    }
+    cells = _cells(regions, data_dir, token)
     entries = control.destroyed_erasures()
     console = Console(stderr=True)
     with Progress(
@@ -141,7 +141,7 @@ def run_reapply(args: argparse.Namespace) -> int:
         def tick(_: ErasureEntry, __: bool) -> None:
             bar.advance(task)
 
-        summary = reapply(control, shredders.__getitem__, tick)
+        summary = reapply(control, cells, tick)
     print(
         f"checked {summary.checked} erased subject(s): {len(summary.destroyed_again)} key(s) "
         f"were back and are destroyed again, {len(summary.failed)} failed"
@@ -150,22 +150,20 @@ def run_reapply(args: argparse.Namespace) -> int:
         print(f"  destroyed again: {sid}")
     for sid in summary.failed:
         print(f"  FAILED: {sid}", file=sys.stderr)
-    control.engine.dispose()
+    control.close()
+    for cell in cells.values():
+        cell.close()
     return 1 if summary.failed else 0
 
 
 def run_retention(args: argparse.Namespace) -> int:
     """Sweeps the cell databases directly: no key is needed to delete ciphertext."""
     data_dir: Path = args.data_dir.resolve()
-    regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr="unused")
-    now = time.time_ns() // 1000
-    stores = {}
-    for rid, r in regions.regions.items():
-        engine = make_engine(r.database_url)
-        migrate(engine)
-        stores[rid] = CellStore(engine)
-    totals = {rid: s.count_expired(now) for rid, s in stores.items()}
-    deleted = dict.fromkeys(stores, 0)
+    regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr="http://unused")
+    # No key service is called: deleting ciphertext needs no key.
+    cells = _cells(regions, data_dir, None)
+    totals = {rid: c.count_expired() for rid, c in cells.items()}
+    deleted = dict.fromkeys(cells, 0)
     with Progress(
         TextColumn("deleting expired records"),
         BarColumn(),
@@ -173,12 +171,12 @@ def run_retention(args: argparse.Namespace) -> int:
         console=Console(stderr=True),
     ) as bar:
         task = bar.add_task("sweep", total=sum(totals.values()))
-        for rid, store in stores.items():
-            while n := store.sweep_expired(now, args.batch):
+        for rid, cell in cells.items():
+            while n := cell.sweep_expired(args.batch):
                 deleted[rid] += n
                 bar.advance(task, n)
-    for rid in stores:
+    for rid, cell in cells.items():
         print(f"{rid}: {deleted[rid]} expired record(s) deleted")
-        stores[rid].engine.dispose()
+        cell.close()
     print(f"total: {sum(deleted.values())}")
     return 0

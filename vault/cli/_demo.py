@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import sqlite3
 import tempfile
@@ -12,14 +11,13 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from vault.authn import ADMIN_CREDENTIAL_FILE
 from vault.client import VaultClient, VaultClientError
 from vault.crypto import dek_associated_data
-from vault.devstack import ENDPOINT_FILE, OpenBaoServer
+from vault.datadir import DataDir
+from vault.devstack import OpenBaoServer
 from vault.erasure import verify_receipt
 from vault.errors import DecryptionFailed
 from vault.keys import KeyRef, TransitKeyProvider
-from vault.tokens import KeySet, VerificationKey
 
 PEOPLE = (
     ("Ada", "Lovelace", "FR", "ada@example.org"),
@@ -31,9 +29,10 @@ PEOPLE = (
 def run(data_dir: Path) -> int:
     con = Console()
     data_dir = data_dir.resolve()
+    layout = DataDir(data_dir)
     try:
-        target = (data_dir / ENDPOINT_FILE).read_text().strip()
-        admin_credential = (data_dir / ADMIN_CREDENTIAL_FILE).read_text().strip()
+        target = layout.endpoint.read_text().strip()
+        admin_credential = layout.admin_credential.read_text().strip()
     except OSError:
         con.print(f"[red]No running local stack in {data_dir}: start it with `make run`.")
         return 1
@@ -121,11 +120,7 @@ def run(data_dir: Path) -> int:
     )
     table.add_row("records affected", str(receipt.records_affected))
     table.add_row("evidence", receipt.evidence)
-    published = (data_dir / "tokens" / "verification-keys.json").read_text()
-    keys = KeySet(
-        VerificationKey.from_paserk(k["kid"], k["paserk"]) for k in json.loads(published)["keys"]
-    )
-    verify_receipt(receipt.signed_receipt, keys)
+    verify_receipt(receipt.signed_receipt, layout.read_keyset())
     table.add_row("signature", "[green]verified offline with the public verification keys")
     con.print(table)
 

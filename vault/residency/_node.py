@@ -1,14 +1,18 @@
-"""A node: routes each request to the home cell named by the ID's region prefix."""
+"""A node: routes each request to the home cell named by the ID's region prefix.
+
+Every RPC that names a subject or record goes through here, erasure included,
+so that the region an ID belongs to decides where it is served.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from vault import ids, validation
-from vault.cell import Cell, ConsentView, RecordPage, RecordView, SubjectView
+from vault.cell import Cell, ConsentView, RecordPage, RecordView, SubjectView, normalise
 from vault.config import Limits, RegionsConfig
+from vault.erasure import Eraser, ErasureView
 from vault.errors import FieldViolation, InvalidArgument, KeyServiceUnavailable
-from vault.lookup import normalise
 from vault.policy import Caller
 
 
@@ -21,10 +25,13 @@ class RegionNotServed(KeyServiceUnavailable):
 class Node:
     """The vault as one process sees it: the cells it serves, behind one API."""
 
-    def __init__(self, regions: RegionsConfig, cells: dict[str, Cell], limits: Limits) -> None:
+    def __init__(
+        self, regions: RegionsConfig, cells: dict[str, Cell], limits: Limits, eraser: Eraser
+    ) -> None:
         self.regions = regions
         self.cells = cells
         self.limits = limits
+        self.eraser = eraser
         self._region_ids = regions.region_ids
         # Inline execution only when no served cell's database is across a network.
         self.inline_capable = all(c.local_store for c in cells.values())
@@ -34,6 +41,10 @@ class Node:
         if cell is None:
             raise RegionNotServed("the home region of this id is not served by this node")
         return cell
+
+    def close(self) -> None:
+        for cell in self.cells.values():
+            cell.close()
 
     def subject_cell(self, value: str, field: str = "subject_id") -> tuple[Cell, str]:
         """The home cell of a subject id (validated) and the id."""
@@ -165,3 +176,19 @@ class Node:
     def restrict_processing(self, caller: Caller, subject_id: str, restricted: bool) -> SubjectView:
         cell, sid = self.subject_cell(subject_id)
         return cell.restrict_processing(caller, sid, restricted)
+
+    def erase_subject(
+        self, caller: Caller, subject_id: str, reason: str, grace_seconds: int, grace_nanos: int = 0
+    ) -> ErasureView:
+        cell, sid = self.subject_cell(subject_id)
+        return self.eraser.erase(
+            caller,
+            cell,
+            sid,
+            validation.label(reason or "subject_request", "reason"),
+            validation.grace_period(grace_seconds, grace_nanos),
+        )
+
+    def cancel_erasure(self, caller: Caller, subject_id: str) -> SubjectView:
+        cell, sid = self.subject_cell(subject_id)
+        return self.eraser.cancel(caller, cell, sid)

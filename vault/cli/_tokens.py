@@ -10,15 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from vault.authn import ADMIN_CREDENTIAL_FILE
-from vault.client import VaultClientError
-from vault.devstack import local_target
+from vault.client import VaultClient, VaultClientError
+from vault.datadir import DEFAULT_DATA_DIR, DataDir
 from vault.errors import Unauthenticated
-from vault.tokens import REGIONS, KeySet, VerificationKey, decode
-from vault.v1 import vault_pb2 as pb
-from vault.v1 import vault_pb2_grpc as pb_grpc
+from vault.tokens import REGIONS, decode
 
 
 def _csv(value: str) -> list[str]:
@@ -30,7 +25,7 @@ def add_parser(sub: Any) -> None:
     tsub = tok.add_subparsers(dest="token_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", type=Path, default=Path(".pdvault"))
+        p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
         p.add_argument("--target", help="host:port (default: the endpoint of the data dir's stack)")
 
     def narrowing(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -59,46 +54,28 @@ def add_parser(sub: Any) -> None:
     rv.add_argument("--token", help="revoke as this token's holder instead of as administrator")
 
     ins = tsub.add_parser("inspect", help="show a token's claims and whether it verifies")
-    ins.add_argument("--data-dir", type=Path, default=Path(".pdvault"))
+    ins.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ins.add_argument("token")
 
 
-def _target(args: argparse.Namespace) -> str:
-    return local_target(args.data_dir, args.target)
+def _client(args: argparse.Namespace, bearer: str) -> VaultClient:
+    return VaultClient(DataDir(args.data_dir).target(args.target), token=bearer)
 
 
-def _admin(data_dir: Path) -> str:
-    f = data_dir / ADMIN_CREDENTIAL_FILE
-    try:
-        return f.read_text().strip()
-    except OSError:
-        raise SystemExit(
-            f"pdvault: no administrator credential at {f} (is `pdvault up` using this data dir?)"
-        ) from None
-
-
-def _grants(categories: list[str], fields: list[str]) -> list[pb.CategoryGrant]:
+def _fields_by_category(categories: list[str], fields: list[str]) -> dict[str, list[str]]:
     by_cat: dict[str, list[str]] = {c: [] for c in categories}
     for f in fields:
         cat, _, name = f.rpartition(".")
         if cat not in by_cat:
             raise SystemExit(f"pdvault: --fields {f}: its category is not in --categories")
         by_cat[cat].append(name)
-    return [pb.CategoryGrant(category=c, fields=fs) for c, fs in by_cat.items()]
+    return by_cat
 
 
-def _call(target: str, method: str, request: Any, bearer: str) -> Any:
-    with grpc.insecure_channel(target) as ch:
-        stub = pb_grpc.TokenServiceStub(ch)  # type: ignore[no-untyped-call]
-        try:
-            return getattr(stub, method)(
-                request, timeout=15, metadata=(("authorization", f"Bearer {bearer}"),)
-            )
-        except grpc.RpcError as e:
-            err = VaultClientError.from_rpc_error(e)
-            detail = "; ".join(f"{f}: {d}" for f, d in err.violations)
-            print(f"pdvault: {err}" + (f" ({detail})" if detail else ""), file=sys.stderr)
-            raise SystemExit(1) from None
+def _fail(err: VaultClientError) -> SystemExit:
+    detail = "; ".join(f"{f}: {d}" for f, d in err.violations)
+    print(f"pdvault: {err}" + (f" ({detail})" if detail else ""), file=sys.stderr)
+    return SystemExit(1)
 
 
 def _unverified_claims(token: str) -> dict[str, Any]:
@@ -110,45 +87,47 @@ def _unverified_claims(token: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     cmd = args.token_command
-    if cmd == "issue":
-        req = pb.IssueTokenRequest(
-            service=args.service,
-            purpose=args.purpose,
-            categories=_grants(args.categories, args.fields),
-            operations=args.ops,
-            regions=args.regions or sorted(REGIONS),
-            subjects=args.subjects or [],
-            transfer_basis=args.transfer_basis,
-            ttl_seconds=args.ttl or 0,
-        )
-        resp = _call(_target(args), "IssueToken", req, _admin(args.data_dir))
-        print(resp.token)
-        return 0
-    if cmd == "exchange":
-        ereq = pb.ExchangeTokenRequest(
-            categories=_grants(args.categories or [], args.fields),
-            operations=args.ops or [],
-            regions=args.regions or [],
-            subjects=args.subjects or [],
-            ttl_seconds=args.ttl or 0,
-        )
-        resp = _call(_target(args), "ExchangeToken", ereq, args.token)
-        print(resp.token)
-        return 0
-    if cmd == "revoke":
-        bearer = args.token or _admin(args.data_dir)
-        resp = _call(
-            _target(args), "RevokeToken", pb.RevokeTokenRequest(token_id=args.token_id), bearer
-        )
-        print(f"{resp.token_id} {'revoked' if resp.revoked else 'was already revoked'}")
-        return 0
     if cmd == "inspect":
         return _inspect(args)
+    try:
+        if cmd == "issue":
+            with _client(args, DataDir(args.data_dir).read_admin_credential()) as vc:
+                resp = vc.issue_token(
+                    service=args.service,
+                    purpose=args.purpose,
+                    categories=_fields_by_category(args.categories, args.fields),
+                    operations=args.ops,
+                    regions=args.regions or sorted(REGIONS),
+                    subjects=args.subjects or [],
+                    transfer_basis=args.transfer_basis,
+                    ttl_seconds=args.ttl or 0,
+                )
+            print(resp.token)
+            return 0
+        if cmd == "exchange":
+            with _client(args, args.token) as vc:
+                resp = vc.exchange_token(
+                    categories=_fields_by_category(args.categories or [], args.fields),
+                    operations=args.ops or [],
+                    regions=args.regions or [],
+                    subjects=args.subjects or [],
+                    ttl_seconds=args.ttl or 0,
+                )
+            print(resp.token)
+            return 0
+        if cmd == "revoke":
+            bearer = args.token or DataDir(args.data_dir).read_admin_credential()
+            with _client(args, bearer) as vc:
+                rresp = vc.revoke_token(args.token_id)
+            print(f"{rresp.token_id} {'revoked' if rresp.revoked else 'was already revoked'}")
+            return 0
+    except VaultClientError as e:
+        raise _fail(e) from None
     return 2
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    keys_file = args.data_dir / "tokens" / "verification-keys.json"
+    layout = DataDir(args.data_dir)
     try:
         claims = _unverified_claims(args.token)
     except (ValueError, IndexError):
@@ -156,11 +135,9 @@ def _inspect(args: argparse.Namespace) -> int:
         return 1
     status = "not checked (no verification keys in the data dir)"
     code = 0
-    if keys_file.exists():
-        published = json.loads(keys_file.read_text())["keys"]
-        keyset = KeySet(VerificationKey.from_paserk(k["kid"], k["paserk"]) for k in published)
+    if layout.verification_keys.exists():
         try:
-            decode(args.token, keyset, now=time.time())
+            decode(args.token, layout.read_keyset(), now=time.time())
             status = "valid signature, within its validity period (revocation not checked)"
         except Unauthenticated as e:
             status = f"INVALID: {e.reason}"

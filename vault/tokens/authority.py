@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -22,23 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vault.control import ControlStore, Revocations, TokenEvent
+from vault.datadir import DataDir, write_file
 from vault.errors import AccessDenied, FieldViolation, InvalidArgument, Unauthenticated
 from vault.keys import KeyProvider, KeyRef
 from vault.policy import Authorizer, Caller
-from vault.tokens import Claims, KeySet, SigningKey, TokenVerifier, VerificationKey, issue, narrow
+from vault.tokens._claims import Claims, is_narrowing, narrow
+from vault.tokens._codec import issue
+from vault.tokens._keys import KeySet, SigningKey, keyset_from_json, keyset_to_json
+from vault.tokens._verifier import TokenVerifier
 
 SIGNING_KEY_NAME = "token-signing"
-ADMIN_CREDENTIAL_FILE = "admin.credential"
 DEFAULT_TTL = 3600
 MAX_TTL = 30 * 24 * 3600
 _ADMIN_PREFIX = "pdva_"
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def _signing_aad(kid: str) -> bytes:
@@ -67,23 +62,22 @@ def load_or_create_signing_key(
     else:
         signing = SigningKey.generate()
         wrapped = keys.wrap(ref, signing.private_pem(), _signing_aad(signing.kid))
-        _write_private(key_file, json.dumps({"kid": signing.kid, "wrapped": wrapped}))
-    published: list[dict[str, str]] = []
-    if pub_file.exists():
-        published = list(json.loads(pub_file.read_text())["keys"])
+        write_file(key_file, json.dumps({"kid": signing.kid, "wrapped": wrapped}), 0o600)
+    published = list(keyset_from_json(pub_file.read_text())) if pub_file.exists() else []
     pub = signing.public()
-    if all(k["kid"] != pub.kid for k in published):
-        published.append({"kid": pub.kid, "paserk": pub.to_paserk()})
-        pub_file.write_text(json.dumps({"keys": published}, indent=2))
-    keyset = KeySet(VerificationKey.from_paserk(k["kid"], k["paserk"]) for k in published)
-    return signing, keyset
+    if all(k.kid != pub.kid for k in published):
+        published.append(pub)
+    # The trust anchor of every node: public, but written 0644 deliberately,
+    # never left to the umask.
+    write_file(pub_file, keyset_to_json(published), 0o644)
+    return signing, KeySet(published)
 
 
 def ensure_admin_credential(data_dir: Path) -> str:
     """The local stack's administrator credential, created on first start (0600)."""
-    path = data_dir / ADMIN_CREDENTIAL_FILE
+    path = DataDir(data_dir).admin_credential
     if not path.exists():
-        _write_private(path, _ADMIN_PREFIX + secrets.token_urlsafe(32) + "\n")
+        write_file(path, _ADMIN_PREFIX + secrets.token_urlsafe(32) + "\n", 0o600)
     return path.read_text().strip()
 
 
@@ -205,6 +199,11 @@ class TokenAuthority:
             ttl=ttl,
             now=self._clock(),
         )
+        # The final guard: whatever narrow() built, never sign a wider token.
+        if not is_narrowing(caller.claims, child):
+            raise AccessDenied(
+                "the exchanged token would be wider than its parent", reason="EXCHANGE_WIDENS"
+            )
         token = issue(child, self._signing)
         self._record("exchange", child, caller=caller.service)
         return token, child
@@ -232,7 +231,7 @@ class TokenAuthority:
         return revoked
 
     def _revoke_one(self, jti: str, target: TokenEvent | None, actor: str) -> bool:
-        expires = target.expires_at if target else int(self._clock()) + MAX_TTL
+        expires = target.expires_at_us if target else int((self._clock() + MAX_TTL) * 1e6)
         revoked = self._control.revoke(jti, expires)
         self._revocations.add(jti)
         self._control.record(
@@ -242,7 +241,7 @@ class TokenAuthority:
                 caller=actor,
                 service=target.service if target else "",
                 purpose=target.purpose if target else "",
-                expires_at=expires,
+                expires_at_us=expires,
             )
         )
         return revoked
@@ -255,7 +254,7 @@ class TokenAuthority:
                 caller=caller,
                 service=claims.sub,
                 purpose=claims.purpose,
-                expires_at=claims.exp,
+                expires_at_us=claims.exp * 1_000_000,
                 parent_jti=claims.parent_jti,
             )
         )

@@ -1,14 +1,47 @@
+"""What every database of the vault shares: engines, migrations, transactions.
+
+Timestamps in every table are integer microseconds since the epoch (UTC),
+identical on SQLite and PostgreSQL; columns say so in their comments.
+"""
+
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-_MIGRATIONS = Path(__file__).parent / "migrations"
+from vault.errors import StoreUnavailable
+
+
+def now_us() -> int:
+    """The wall clock in microseconds: the unit of every timestamp column."""
+    return time.time_ns() // 1000
+
+
+class DuplicateKey(Exception):
+    """An insert hit a unique constraint (idempotency key or id)."""
+
+
+@contextmanager
+def transaction(engine: Engine, what: str) -> Iterator[Connection]:
+    """One transaction; a unique-constraint violation is :class:`DuplicateKey`,
+    any other database failure :class:`StoreUnavailable` naming ``what``."""
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except IntegrityError as e:
+        raise DuplicateKey() from e
+    except (DBAPIError, SATimeoutError) as e:
+        raise StoreUnavailable(f"{what} database unavailable") from e
 
 
 def make_engine(url: str) -> Engine:
@@ -38,7 +71,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10)
 
 
-def migrate(engine: Engine, script_location: Path = _MIGRATIONS) -> None:
+def migrate(engine: Engine, script_location: Path) -> None:
     """Brings the schema to the newest alembic revision (idempotent)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location))

@@ -1,0 +1,134 @@
+"""What every cell operation shares: its collaborators, data keys and the facts
+the policy needs about a subject."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from vault._inline import ensure_may_block
+from vault.cell._lookup import BlindIndex
+from vault.cell._views import RecordView
+from vault.config import Limits, RegionConfig
+from vault.crypto import RecordContext, dek_associated_data, open_fields
+from vault.errors import Erased, NotFound
+from vault.keys import BoundedCache, DataKeyCache, KeyProvider, KeyRef, KeyShredder
+from vault.policy import Authorizer, Caller, SubjectFacts, filter_fields
+from vault.store import CellStore, RecordRow, SubjectRow, SubjectState
+from vault.tokens import FieldGrant
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class CellBase:
+    """The collaborators of one region's cell, built by the composition root.
+
+    ``subjects`` caches subject rows for writes only: their mutable part (the
+    state) is never trusted from there but enforced by the write statement.
+    ``shredder`` destroys subject keys; a cell without one cannot erase.
+    """
+
+    def __init__(
+        self,
+        region: RegionConfig,
+        store: CellStore,
+        keys: KeyProvider,
+        data_keys: DataKeyCache,
+        subjects: BoundedCache[SubjectRow],
+        index: BlindIndex,
+        limits: Limits,
+        authz: Authorizer,
+        *,
+        shredder: KeyShredder | None = None,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
+        self.region = region
+        self.limits = limits
+        self._store = store
+        self._keys = keys
+        self._data_keys = data_keys
+        self._subjects = subjects
+        self._index = index
+        self._authz = authz
+        self._shredder = shredder
+        self._clock = clock
+        # A local SQLite file answers in microseconds: calls may run inline.
+        self.local_store = store.local
+
+    def forget(self, subject_id: str) -> None:
+        """Drops what this node caches about a subject (its data key, its row)."""
+        self._data_keys.evict(subject_id)
+        self._subjects.evict(subject_id)
+
+    def close(self) -> None:
+        self._store.close()
+
+    # -- keys -------------------------------------------------------------
+
+    def _data_key(self, row: SubjectRow) -> bytes:
+        if row.state.gone:
+            raise Erased("subject has been erased")
+        dek = self._data_keys.get(row.id)
+        if dek is None:
+            ensure_may_block()
+            dek = self._keys.unwrap(
+                KeyRef(row.key_mount, row.key_name),
+                row.wrapped_dek,
+                dek_associated_data(row.id, row.region),
+            )
+            self._data_keys.put(row.id, dek)
+        return dek
+
+    def _open(self, dek: bytes, rec: RecordRow) -> RecordView:
+        ctx = RecordContext(rec.id, rec.subject_id, self.region.id, rec.category, rec.version)
+        fields = open_fields(dek, ctx, rec.envelope)
+        return RecordView(
+            rec.id,
+            rec.subject_id,
+            rec.category,
+            fields,
+            rec.version,
+            rec.created_at,
+            rec.updated_at,
+        )
+
+    def _open_for(self, dek: bytes, rec: RecordRow, allowed: FieldGrant) -> RecordView:
+        v = self._open(dek, rec)
+        if allowed is None:
+            return v
+        return RecordView(
+            v.record_id,
+            v.subject_id,
+            v.category,
+            filter_fields(v.fields, allowed),
+            v.version,
+            v.created_at_us,
+            v.updated_at_us,
+        )
+
+    # -- subjects ---------------------------------------------------------
+
+    def _facts(self, caller: Caller, row: SubjectRow) -> SubjectFacts:
+        if row.state.gone:
+            raise Erased("subject has been erased")
+        consented: frozenset[str] = frozenset()
+        # Only consent-based purposes pay for the consent lookup.
+        if caller.purpose.requires_consent and self._store.consent_granted(
+            row.id, caller.purpose.name
+        ):
+            consented = frozenset({caller.purpose.name})
+        return SubjectFacts(
+            minor=row.minor,
+            restricted=row.state == SubjectState.RESTRICTED,
+            consented_purposes=consented,
+        )
+
+    def _live_subject(self, subject_id: str) -> SubjectRow:
+        row = self._store.get_subject(subject_id)
+        if row is None:
+            raise NotFound("subject not found")
+        if row.state.gone:
+            raise Erased("subject has been erased")
+        return row

@@ -1,0 +1,242 @@
+"""One region's data plane: subjects, consent, restriction, lookups, export,
+erasure and retention (records in :mod:`vault.cell._records`).
+
+Domain code: knows nothing of gRPC. Every operation checks the subject's state
+in the cell database *before* any data key is used, so an erasure recorded
+there is effective at once, whatever the in-process key cache still holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+from vault import ids
+from vault._inline import ensure_may_block
+from vault.cell._export import export_pieces
+from vault.cell._lookup import normalise
+from vault.cell._records import RecordOps
+from vault.cell._views import (
+    ConsentView,
+    ErasureTarget,
+    RecordView,
+    ShredResult,
+    SubjectView,
+)
+from vault.crypto import dek_associated_data, new_data_key
+from vault.errors import AccessDenied, Erased, FieldViolation, InvalidArgument, NotFound
+from vault.keys import KeyRef, KeyShredder
+from vault.policy import Caller
+from vault.store import DuplicateKey, SubjectRow, SubjectState
+from vault.tokens import FieldGrant
+
+
+def key_name_for(subject_id: str) -> str:
+    """The Transit key name of a subject: derived from the id, nothing else."""
+    return f"subject-{subject_id}"
+
+
+class Cell(RecordOps):
+    """The operations of one region, each on behalf of an authenticated caller."""
+
+    def _mount_for(self, subject_id: str) -> str:
+        mounts = self.region.transit_mounts
+        digest = hashlib.sha256(subject_id.encode()).digest()
+        return mounts[int.from_bytes(digest[:8], "big") % len(mounts)]
+
+    # -- subjects ---------------------------------------------------------
+
+    def create_subject(
+        self, caller: Caller, *, minor: bool, idempotency_key: str = ""
+    ) -> SubjectView:
+        self._authz.scope(caller, "write", self.region.id, None)
+        if idempotency_key:
+            existing = self._store.subject_by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return self._replayed_subject(existing, minor)
+        ensure_may_block()
+        sid = ids.new_subject_id(self.region.id)
+        ref = KeyRef(self._mount_for(sid), key_name_for(sid))
+        # Key first, then the row: if the key service is down nothing is written.
+        # A key whose row insert then fails guards no data and is harmless.
+        self._keys.create_key(ref)
+        dek = new_data_key()
+        wrapped = self._keys.wrap(ref, dek, dek_associated_data(sid, self.region.id))
+        now = self._clock()
+        row = SubjectRow(
+            sid, self.region.id, SubjectState.ACTIVE, minor, ref.mount, ref.name, wrapped, now, now
+        )
+        try:
+            self._store.insert_subject(row, idempotency_key or None)
+        except DuplicateKey:
+            existing = self._store.subject_by_idempotency_key(idempotency_key)
+            if existing is None:
+                raise
+            return self._replayed_subject(existing, minor)
+        self._data_keys.put(sid, dek)
+        return SubjectView.of(row)
+
+    def _replayed_subject(self, existing: SubjectRow, minor: bool) -> SubjectView:
+        if existing.minor != minor:
+            raise InvalidArgument(
+                FieldViolation("idempotency_key", "was already used for a different request")
+            )
+        return SubjectView.of(existing)
+
+    def get_subject(self, caller: Caller, subject_id: str) -> SubjectView:
+        self._authz.scope(caller, "read", self.region.id, subject_id)
+        row = self._store.get_subject(subject_id)
+        if row is None:
+            raise NotFound("subject not found")
+        if not row.state.gone:
+            self._authz.subject_visible(caller, self._facts(caller, row))
+        return SubjectView.of(row)
+
+    # -- consent and restriction -------------------------------------------
+
+    def set_consent(
+        self, caller: Caller, subject_id: str, purpose: str, granted: bool, source: str
+    ) -> ConsentView:
+        self._authz.scope(caller, "consent", self.region.id, subject_id)
+        self._authz.known_purpose(purpose)
+        self._live_subject(subject_id)
+        now = self._clock()
+        self._store.set_consent(subject_id, purpose, granted, source, now)
+        return ConsentView(subject_id, purpose, granted, source, now)
+
+    def list_consents(self, caller: Caller, subject_id: str) -> list[ConsentView]:
+        self._authz.scope(caller, "consent", self.region.id, subject_id)
+        self._live_subject(subject_id)
+        return [
+            ConsentView(subject_id, p, g, s, at)
+            for p, g, s, at in self._store.list_consents(subject_id)
+        ]
+
+    def restrict_processing(self, caller: Caller, subject_id: str, restricted: bool) -> SubjectView:
+        """Restriction is a processing choice of the subject: the ``consent`` operation."""
+        self._authz.scope(caller, "consent", self.region.id, subject_id)
+        self._live_subject(subject_id)
+        state = SubjectState.RESTRICTED if restricted else SubjectState.ACTIVE
+        if not self._store.set_state(subject_id, state, self._clock()):
+            raise Erased("subject has been erased")
+        row = self._store.get_subject(subject_id)
+        if row is None:
+            raise NotFound("subject not found")
+        return SubjectView.of(row)
+
+    # -- portability ---------------------------------------------------------
+
+    def export_subject(
+        self, caller: Caller, subject_id: str, page_size: int = 200
+    ) -> Iterator[bytes]:
+        """The subject's data as one JSON document, in pieces (GDPR Art. 20).
+
+        Checks happen before the first piece: a denied export yields nothing.
+        Records of categories the caller may not export are left out and
+        counted in ``omitted_records``.
+        """
+        self._authz.scope(caller, "export", self.region.id, subject_id)
+        subject = self._live_subject(subject_id)
+        facts = self._facts(caller, subject)
+        self._authz.subject_visible(caller, facts)
+        grants: dict[str, FieldGrant] = {}
+        for c in self._authz.readable_categories(caller):
+            try:
+                grants[c] = self._authz.fields(caller, c, "export", facts)
+            except AccessDenied as e:
+                if e.reason != "FIELD_NOT_GRANTED":
+                    raise
+        consents = self._store.list_consents(subject_id)
+        dek = self._data_key(subject)
+
+        def pages() -> Iterator[list[RecordView | None]]:
+            after: str | None = None
+            while rows := self._store.list_records(subject.id, None, after, page_size):
+                after = rows[-1].id
+                yield [
+                    self._open_for(dek, r, grants[r.category]) if r.category in grants else None
+                    for r in rows
+                ]
+
+        return export_pieces(subject, consents, pages(), self._clock)
+
+    # -- lookups -------------------------------------------------------------
+
+    def set_lookups(self, caller: Caller, subject_id: str, entries: list[tuple[str, str]]) -> int:
+        self._authz.scope(caller, "write", self.region.id, subject_id)
+        subject = self._live_subject(subject_id)
+        self._authz.subject_visible(caller, self._facts(caller, subject))
+        normalised = [
+            (kind, normalise(kind, value, f"lookups[{i}]"))
+            for i, (kind, value) in enumerate(entries)
+        ]
+        digests = [(kind, self._index.digest(kind, v)) for kind, v in normalised]
+        return self._store.add_lookups(subject_id, digests)
+
+    def find_subjects(self, caller: Caller, kind: str, value: str) -> list[str]:
+        """Subjects of this cell with the lookup value, as far as the token reaches."""
+        self._authz.scope_search(caller, self.region.id)
+        found = self._store.find_lookup(kind, self._index.digest(kind, normalise(kind, value)))
+        return [sid for sid in found if caller.claims.allows_subject(sid)]
+
+    # -- erasure (the steps of vault.erasure's workflow) -------------------------
+
+    def erasure_target(self, caller: Caller, subject_id: str) -> ErasureTarget:
+        """Authorises erasing (or cancelling the erasure of) a subject; its key."""
+        self._authz.scope(caller, "erase", self.region.id, subject_id)
+        row = self._store.get_subject(subject_id)
+        if row is None:
+            raise NotFound("subject not found")
+        return ErasureTarget(row.id, row.region, KeyRef(row.key_mount, row.key_name), row.state)
+
+    def hide(self, subject_id: str) -> None:
+        """Marks the subject erasure-pending: from now on no node decrypts it."""
+        row = self._store.get_subject(subject_id)
+        if row is not None and row.state != SubjectState.ERASED:
+            self._store.force_state(subject_id, SubjectState.ERASURE_PENDING, self._clock())
+        self.forget(subject_id)
+
+    def unhide(self, subject_id: str, state: SubjectState) -> SubjectView:
+        """Brings a subject whose erasure was cancelled back to ``state``."""
+        self._store.force_state(subject_id, state, self._clock())
+        row = self._store.get_subject(subject_id)
+        if row is None:
+            raise NotFound("subject not found")
+        return SubjectView.of(row)
+
+    def shred(self, subject_id: str, key: KeyRef) -> ShredResult:
+        """Destroys the subject's key, proves it, deletes its rows (idempotent)."""
+        shredder = self._require_shredder()
+        row = self._store.get_subject(subject_id)
+        if row is None:
+            raise NotFound("subject not found")
+        if not row.state.gone:
+            self._store.force_state(row.id, SubjectState.ERASURE_PENDING, self._clock())
+        self.forget(row.id)
+        versions = shredder.destroy(key)
+        evidence = ""
+        if row.wrapped_dek:
+            evidence = shredder.prove_destroyed(
+                key, row.wrapped_dek, dek_associated_data(row.id, row.region)
+            )
+        records = self._store.erase_subject_data(row.id, self._clock())
+        self.forget(row.id)
+        return ShredResult(versions, evidence, records)
+
+    def destroy_key_again(self, key: KeyRef) -> bool:
+        """Destroys a key the ledger says is gone, if a restore brought it back."""
+        return bool(self._require_shredder().destroy(key))
+
+    def _require_shredder(self) -> KeyShredder:
+        if self._shredder is None:
+            raise RuntimeError("no key-destruction credential for this region")
+        return self._shredder
+
+    # -- retention -------------------------------------------------------------
+
+    def sweep_expired(self, batch: int = 500) -> int:
+        """Deletes one batch of records whose retention has ended."""
+        return self._store.sweep_expired(self._clock(), batch)
+
+    def count_expired(self) -> int:
+        return self._store.count_expired(self._clock())

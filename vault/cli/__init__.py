@@ -1,0 +1,99 @@
+"""The ``pdvault`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from vault.config import CacheSettings
+from vault.datadir import DEFAULT_DATA_DIR
+
+DEFAULT_PORT = 50051
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pdvault", description="pdvault personal data vault")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the local stack: OpenBao + five regional cells + gRPC")
+    up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    up.add_argument("--port", type=int, default=int(os.environ.get("PDVAULT_PORT", DEFAULT_PORT)))
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument(
+        "--regions", type=Path, default=None, help="regions file (default: regions/regions.yaml)"
+    )
+    up.add_argument("--policy", type=Path, default=None, help="purpose policy (default: shipped)")
+    up.add_argument(
+        "--key-cache-entries",
+        type=int,
+        default=CacheSettings.max_entries,
+        help="unwrapped data keys kept in memory (0: every operation asks OpenBao)",
+    )
+    up.add_argument(
+        "--key-cache-seconds",
+        type=float,
+        default=CacheSettings.max_age_seconds,
+        help="how long an unwrapped data key is kept",
+    )
+    up.add_argument("-v", "--verbose", action="store_true", help="log every request (no content)")
+
+    regions = sub.add_parser("regions", help="region configuration")
+    rsub = regions.add_subparsers(dest="regions_command", required=True)
+    check = rsub.add_parser("check", help="validate a regions file")
+    check.add_argument("file", type=Path, nargs="?", default=None)
+
+    policy = sub.add_parser("policy", help="purpose policy")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    pcheck = psub.add_parser("check", help="validate a policy file")
+    pcheck.add_argument("file", type=Path, nargs="?", default=None)
+
+    demo = sub.add_parser("demo", help="the whole story against the running local stack")
+    demo.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
+    from vault.cli import _rights, _tokens
+
+    _tokens.add_parser(sub)
+    _rights.add_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Sub-commands import what they need: `pdvault token …` stays quick to start.
+    if args.command == "demo":
+        from vault.cli import _demo
+
+        return _demo.run(args.data_dir)
+    if args.command in ("policy", "regions"):
+        from vault.cli import _check
+
+        return (_check.policy_check if args.command == "policy" else _check.regions_check)(args)
+    if args.command == "token":
+        from vault.cli import _tokens
+
+        return _tokens.run(args)
+    if args.command in ("export", "receipt", "erasure", "retention"):
+        from vault.cli import _rights
+
+        runner = {
+            "export": _rights.run_export,
+            "receipt": _rights.run_receipt,
+            "erasure": _rights.run_reapply,
+            "retention": _rights.run_retention,
+        }[args.command]
+        return runner(args)
+    if args.command == "up":
+        from vault.cli import _up
+
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        return asyncio.run(_up.up(args))
+    return 2
+
+

@@ -1,0 +1,112 @@
+"""``pdvault up``: the local stack (OpenBao + five regional cells + gRPC)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import signal
+import sys
+from pathlib import Path
+from typing import IO
+
+import hvac
+
+from vault.config import CacheSettings, NodeSettings, load_regions
+from vault.datadir import DataDir, write_file
+from vault.devstack import OpenBaoServer
+from vault.errors import ConfigError
+from vault.policy import default_policy_path, load_policy
+from vault.server import VaultServer, build_vault
+from vault.tokens.authority import ensure_admin_credential
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    f = open(DataDir(data_dir).lock, "w")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"pdvault: another `pdvault up` is already using {data_dir}") from None
+    return f
+
+
+async def _renew_forever(address: str, token: str) -> None:
+    """Keeps the node's periodic OpenBao token alive while the node runs."""
+    while True:
+        await asyncio.sleep(3600)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(hvac.Client(url=address, token=token).auth.token.renew_self)
+
+
+async def up(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    layout = DataDir(data_dir)
+    lock = _lock_data_dir(data_dir)
+    bao = OpenBaoServer(data_dir)
+    try:
+        regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr=bao.address)
+        policy = load_policy(args.policy or default_policy_path())
+    except ConfigError as e:
+        print(f"pdvault: refusing to start: {e}", file=sys.stderr)
+        return 2
+    settings = NodeSettings(
+        data_dir=data_dir,
+        host=args.host,
+        port=args.port,
+        cache=CacheSettings(
+            max_entries=args.key_cache_entries, max_age_seconds=args.key_cache_seconds
+        ),
+    )
+    print(f"pdvault: starting OpenBao ({bao.address}, data in {bao.dir})", file=sys.stderr)
+    bao.start()
+    server: VaultServer | None = None
+    try:
+        creds = bao.configure(regions)
+        admin = ensure_admin_credential(data_dir)
+        vault = build_vault(
+            regions,
+            settings,
+            openbao_token=creds.node,
+            eraser_token=creds.eraser,
+            policy=policy,
+            admin_credential=admin,
+        )
+        server = VaultServer(vault, settings)
+        port = await server.start()
+        write_file(layout.endpoint, f"{settings.host}:{port}\n", 0o644)
+        renew = [
+            asyncio.create_task(_renew_forever(bao.address, t)) for t in (creds.node, creds.eraser)
+        ]
+        print(
+            f"""
+pdvault is running.
+  endpoint     {settings.host}:{port}  (gRPC; health: SERVING; reflection on)
+  regions      {", ".join(f"{r.id} ({r.name})" for r in regions.regions.values())}
+  data dir     {data_dir}
+  OpenBao      {bao.address}  (local-only unseal material: {bao.dir / "LOCAL-ONLY-unseal.json"})
+  policy       {policy.source} (revision {policy.revision}, {len(policy.purposes)} purposes)
+  admin        {layout.admin_credential} (0600)
+
+Next: issue a purpose token and follow the README quickstart:
+  pdvault token issue --data-dir {args.data_dir} --purpose essential.service \\
+      --categories user.name,user.contact.email --ops read,write
+Stop with Ctrl-C.""",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("\npdvault: shutting down", file=sys.stderr, flush=True)
+        for task in renew:
+            task.cancel()
+    finally:
+        if server is not None:
+            await server.stop(grace=5.0)
+        bao.stop()
+        lock.close()
+    print("pdvault: stopped", file=sys.stderr)
+    return 0

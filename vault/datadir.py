@@ -1,0 +1,91 @@
+"""The layout of a pdvault data directory, declared once.
+
+``pdvault up`` creates it; every command that talks to a local stack reads it::
+
+    DATA_DIR/                      (default ./.pdvault, mode 0700)
+      endpoint                     host:port the local stack listens on
+      admin.credential             the administrator credential (0600)
+      tokens/signing-key.json      the token signing key, wrapped by OpenBao (0600)
+      tokens/verification-keys.json  the public verification keys (0644)
+      openbao/                     the local OpenBao (raft storage, unseal material)
+      cells/REGION.db              the cells' SQLite files (named in regions/)
+      control.db                   the control plane (named in regions/)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vault.tokens import KeySet, keyset_from_json
+
+DEFAULT_DATA_DIR = Path(".pdvault")
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def write_file(path: Path, text: str, mode: int) -> None:
+    """Writes ``text`` with exactly ``mode``, whatever the umask."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Where each file of a data directory lives."""
+
+    root: Path = DEFAULT_DATA_DIR
+
+    @property
+    def endpoint(self) -> Path:
+        return self.root / "endpoint"
+
+    @property
+    def admin_credential(self) -> Path:
+        return self.root / "admin.credential"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.tokens / "signing-key.json"
+
+    @property
+    def verification_keys(self) -> Path:
+        return self.tokens / "verification-keys.json"
+
+    @property
+    def openbao(self) -> Path:
+        return self.root / "openbao"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def target(self, explicit: str | None = None) -> str:
+        """Where to reach the vault: ``explicit``, else the local stack of this
+        data dir, else ``$PDVAULT_TARGET``, else the default port."""
+        if explicit:
+            return explicit
+        if self.endpoint.exists():
+            return self.endpoint.read_text().strip()
+        return os.environ.get("PDVAULT_TARGET", DEFAULT_TARGET)
+
+    def read_admin_credential(self) -> str:
+        """The administrator credential; SystemExit with a hint when missing."""
+        try:
+            return self.admin_credential.read_text().strip()
+        except OSError:
+            raise SystemExit(
+                f"pdvault: no administrator credential at {self.admin_credential} "
+                "(is `pdvault up` using this data dir?)"
+            ) from None
+
+    def read_keyset(self, path: Path | None = None) -> KeySet:
+        """The published verification keys (of this data dir, or ``path``)."""
+        return keyset_from_json((path or self.verification_keys).read_text())
