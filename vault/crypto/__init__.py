@@ -1,4 +1,9 @@
-"""Record encryption: the versioned AES-256-GCM envelope. The only importer of hazmat."""
+"""Record encryption: the versioned AES-256-GCM envelope.
+
+The one place record and data-key cryptography happens. ``cryptography.hazmat``
+is imported here and in ``vault.tokens._keys`` (Ed25519 keys, which pyseto takes
+as ``cryptography`` key objects), nowhere else.
+"""
 
 from vault.crypto._envelope import (
     DEK_BYTES,
