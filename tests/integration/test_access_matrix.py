@@ -380,6 +380,10 @@ def subject_not_granted(env: Env, rpc: str) -> Case:
     granted = env.subject("DE")
     t = make_target(env)
     tok = env.token(RPC_PURPOSE[rpc], subjects=[granted.subject_id])
+    if rpc in ("GetRecord", "DeleteRecord", UPDATE):
+        # Addressed by record id: a record of a subject outside the grant answers
+        # exactly like a record that does not exist (no existence oracle).
+        return Case(tok, t, grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
     return _denied(tok, t, "SUBJECT_NOT_GRANTED")
 
 
@@ -415,21 +419,23 @@ def consent_withdrawn_seeded(env: Env, rpc: str) -> Case:
     return _withdrawn(env, seeded=True)
 
 
+# A consent-based purpose is told CONSENT_REQUIRED for a minor, consented or
+# not: the same answer as for an adult without consent, so it cannot tell minors.
 def minor_marketing(env: Env, rpc: str) -> Case:
     t = make_target(env, minor=True)
-    return _denied(env.token(PROMOTIONS), t, "MINOR_EXCLUDED")
+    return _denied(env.token(PROMOTIONS), t, "CONSENT_REQUIRED")
 
 
 def minor_marketing_consented(env: Env, rpc: str) -> Case:
     t = make_target(env, minor=True)
     env.set_consent(t.subject_id, PROMOTIONS, True)
-    return _denied(env.token(PROMOTIONS), t, "MINOR_EXCLUDED")
+    return _denied(env.token(PROMOTIONS), t, "CONSENT_REQUIRED")
 
 
 def minor_marketing_consented_seeded(env: Env, rpc: str) -> Case:
     t = make_target(env, minor=True)
     env.seed_consent(t.subject_id, PROMOTIONS, True)
-    return _denied(env.token(PROMOTIONS), t, "MINOR_EXCLUDED")
+    return _denied(env.token(PROMOTIONS), t, "CONSENT_REQUIRED")
 
 
 def _restricted(env: Env, rpc: str, *, seeded: bool) -> Case:
@@ -528,7 +534,8 @@ def test_update_naming_a_granted_subject_cannot_reach_another_subjects_record(en
         record_id=t.record_id,
     )
     f = env.rpc.fail("PutRecord", req, tok)
-    assert (f.code, f.reason) == (PERMISSION_DENIED, "SUBJECT_NOT_GRANTED"), str(f)
+    # The record's subject is outside the grant: the same answer as no record.
+    assert (f.code, f.reason) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND"), str(f)
     for s in t.canaries:
         assert s not in f.seen
 

@@ -135,7 +135,7 @@ def test_idempotent_creates(client: VaultClient) -> None:
         {"address": "b"},
         idempotency_key="k1",
     )
-    assert e.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (e.code, e.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "IDEMPOTENCY_KEY_REUSED")
 
 
 @pytest.mark.parametrize(

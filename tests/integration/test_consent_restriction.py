@@ -182,7 +182,8 @@ def test_a_minor_is_never_marketed_to_even_with_consent(env: Env) -> None:
         ("GetRecord", pb.GetRecordRequest(record_id=p.name_id)),
         ("ListRecords", pb.ListRecordsRequest(subject_id=p.subject_id)),
     ):
-        denied(env, method, req, marketing, PERMISSION_DENIED, "MINOR_EXCLUDED", p)
+        # The answer an adult without consent gets: the purpose cannot tell minors.
+        denied(env, method, req, marketing, PERMISSION_DENIED, "CONSENT_REQUIRED", p)
     # Non-marketing purposes still serve the minor.
     assert dict(get(env, p.email_id, env.token(SERVICE)).fields) == p.email
 

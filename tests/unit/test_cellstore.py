@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from vault.store import CellStore, RecordRow, SubjectRow, make_engine, migrate
+from vault.errors import TooLarge
+from vault.store import CellStore, RecordRow, SubjectRow, SubjectState, make_engine, migrate
 
 
 @pytest.fixture
@@ -13,7 +14,9 @@ def store(tmp_path: Path) -> CellStore:
     migrate(engine)
     s = CellStore(engine)
     for sid in ("de_sub_a", "de_sub_b"):
-        s.insert_subject(SubjectRow(sid, "de", "active", False, "m", "k", "w", 1, 1), None)
+        s.insert_subject(
+            SubjectRow(sid, "de", SubjectState.ACTIVE, False, "m", "k", "w", 1, 1), None
+        )
     return s
 
 
@@ -23,9 +26,11 @@ def _rec(rid: str, sid: str, version: int = 1) -> RecordRow:
 
 def test_a_record_is_written_only_while_its_subject_is_live(store: CellStore) -> None:
     assert store.insert_record(_rec("de_rec_1", "de_sub_a"), None)
-    store.force_state("de_sub_a", "erasure_pending", 2)
+    store.hide("de_sub_a", 2)
     # An erasure that landed after the request's checks: nothing is written.
     assert not store.insert_record(_rec("de_rec_2", "de_sub_a"), None)
+    assert store.add_lookups("de_sub_a", [("email", "11" * 32)], 32) is None
+    assert store.find_lookup("email", "11" * 32) == []
     assert not store.update_record(_rec("de_rec_1", "de_sub_a", version=2), 1)
     assert store.get_record("de_rec_2") is None
     found = store.get_record("de_rec_1")
@@ -44,7 +49,7 @@ def test_erase_subject_data_removes_everything_of_the_subject(store: CellStore) 
         store.insert_record(_rec(f"de_rec_{i}", "de_sub_a"), None)
     store.insert_record(_rec("de_rec_x", "de_sub_b"), None)
     store.set_consent("de_sub_a", "marketing.communications.email", True, "web", 1)
-    store.add_lookups("de_sub_a", [("email", "00" * 32)])
+    assert store.add_lookups("de_sub_a", [("email", "00" * 32)], 32) == 1
     assert store.erase_subject_data("de_sub_a", 5) == 3
     assert store.all_records("de_sub_a") == []
     assert store.list_consents("de_sub_a") == []
@@ -52,3 +57,35 @@ def test_erase_subject_data_removes_everything_of_the_subject(store: CellStore) 
     subject = store.get_subject("de_sub_a")
     assert subject is not None and subject.state == "erased" and subject.wrapped_dek == ""
     assert [r.id for r in store.all_records("de_sub_b")] == ["de_rec_x"]
+
+
+def test_restriction_guards_updates_like_inserts(store: CellStore) -> None:
+    store.insert_record(_rec("de_rec_1", "de_sub_a"), None)
+    assert store.set_state("de_sub_a", SubjectState.RESTRICTED, 2)
+    active_only = (SubjectState.ACTIVE,)
+    assert not store.insert_record(_rec("de_rec_2", "de_sub_a"), None, states=active_only)
+    assert not store.update_record(_rec("de_rec_1", "de_sub_a", version=2), 1, states=active_only)
+    assert store.update_record(
+        _rec("de_rec_1", "de_sub_a", version=2), 1
+    )  # a restricted-ok purpose
+
+
+def test_lookups_are_bounded_per_subject_and_idempotent(store: CellStore) -> None:
+    entries = [("email", f"{i:02x}" * 32) for i in range(4)]
+    assert store.add_lookups("de_sub_a", entries, 4) == 4
+    assert store.add_lookups("de_sub_a", entries, 4) == 0
+    with pytest.raises(TooLarge):
+        store.add_lookups("de_sub_a", [("phone", "ff" * 32)], 4)
+    assert store.find_lookup("phone", "ff" * 32) == []
+
+
+def test_hide_remembers_the_state_and_unhide_restores_it(store: CellStore) -> None:
+    assert store.set_state("de_sub_a", SubjectState.RESTRICTED, 2)
+    store.hide("de_sub_a", 3)
+    store.hide("de_sub_a", 4)  # a second request keeps the first remembered state
+    row = store.get_subject("de_sub_a")
+    assert row is not None and row.state == SubjectState.ERASURE_PENDING
+    assert store.unhide("de_sub_a", 5)
+    row = store.get_subject("de_sub_a")
+    assert row is not None and row.state == SubjectState.RESTRICTED
+    assert not store.unhide("de_sub_a", 6)  # not pending any more

@@ -3,6 +3,7 @@ the policy needs about a subject."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,12 @@ from vault.tokens import FieldGrant
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def scoped_idempotency_key(caller: Caller, key: str) -> str:
+    """An idempotency key as stored: scoped by the calling service (two services
+    using "customer-42" never meet), and hashed, since a caller's key is opaque."""
+    return hashlib.sha256(f"{caller.service}\x00{key}".encode()).hexdigest()
 
 
 class CellBase:

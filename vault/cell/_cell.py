@@ -9,12 +9,20 @@ there is effective at once, whatever the in-process key cache still holds.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 
 from vault import ids
 from vault._inline import ensure_may_block
+from vault.cell._base import scoped_idempotency_key
 from vault.cell._export import export_pieces
-from vault.cell._lookup import normalise
+from vault.cell._lookup import (
+    CATEGORY_OF_KIND,
+    MAX_LOOKUP_RESULTS,
+    MAX_LOOKUPS_PER_REQUEST,
+    MAX_LOOKUPS_PER_SUBJECT,
+    normalise,
+)
 from vault.cell._records import RecordOps
 from vault.cell._views import (
     ConsentView,
@@ -23,10 +31,10 @@ from vault.cell._views import (
     ShredResult,
     SubjectView,
 )
-from vault.crypto import dek_associated_data, new_data_key
-from vault.errors import AccessDenied, Erased, FieldViolation, InvalidArgument, NotFound
+from vault.crypto import dek_associated_data, new_data_key, same_digest
+from vault.errors import AccessDenied, Conflict, Erased, NotFound, Restricted, TooLarge
 from vault.keys import KeyRef, KeyShredder
-from vault.policy import Caller
+from vault.policy import Caller, SubjectFacts
 from vault.store import DuplicateKey, SubjectRow, SubjectState
 from vault.tokens import FieldGrant
 
@@ -46,14 +54,41 @@ class Cell(RecordOps):
 
     # -- subjects ---------------------------------------------------------
 
+    def _lookup_digests(
+        self, caller: Caller, entries: list[tuple[str, str]], facts: SubjectFacts
+    ) -> list[tuple[str, str]]:
+        """Authorises writing lookup entries (a write of each value's category)
+        and turns them into blind-index digests."""
+        if len(entries) > MAX_LOOKUPS_PER_REQUEST:
+            raise TooLarge(f"at most {MAX_LOOKUPS_PER_REQUEST} lookup entries per request")
+        normalised = [
+            (kind, normalise(kind, value, f"lookups[{i}]"))
+            for i, (kind, value) in enumerate(entries)
+        ]
+        for kind in sorted({kind for kind, _ in normalised}):
+            self._authz.fields(caller, CATEGORY_OF_KIND[kind], "write", facts)
+        ensure_may_block()  # the index key may need the key service
+        return [(kind, self._index.digest(kind, v)) for kind, v in normalised]
+
     def create_subject(
-        self, caller: Caller, *, minor: bool, idempotency_key: str = ""
+        self,
+        caller: Caller,
+        *,
+        minor: bool,
+        idempotency_key: str = "",
+        lookups: list[tuple[str, str]] | None = None,
     ) -> SubjectView:
         self._authz.scope(caller, "write", self.region.id, None)
+        facts = SubjectFacts(minor=minor, restricted=False)
+        digests = self._lookup_digests(caller, lookups or [], facts)
+        key = digest = None
         if idempotency_key:
-            existing = self._store.subject_by_idempotency_key(idempotency_key)
+            key = scoped_idempotency_key(caller, idempotency_key)
+            request = json.dumps([minor, sorted(set(digests))], separators=(",", ":"))
+            digest = hashlib.sha256(request.encode()).hexdigest()
+            existing = self._store.subject_by_idempotency_key(key)
             if existing is not None:
-                return self._replayed_subject(existing, minor)
+                return self._replayed_subject(*existing, digest)
         ensure_may_block()
         sid = ids.new_subject_id(self.region.id)
         ref = KeyRef(self._mount_for(sid), key_name_for(sid))
@@ -67,19 +102,22 @@ class Cell(RecordOps):
             sid, self.region.id, SubjectState.ACTIVE, minor, ref.mount, ref.name, wrapped, now, now
         )
         try:
-            self._store.insert_subject(row, idempotency_key or None)
+            self._store.insert_subject(row, key, digest, digests)
         except DuplicateKey:
-            existing = self._store.subject_by_idempotency_key(idempotency_key)
-            if existing is None:
+            existing = self._store.subject_by_idempotency_key(key) if key else None
+            if existing is None or digest is None:
                 raise
-            return self._replayed_subject(existing, minor)
+            return self._replayed_subject(*existing, digest)
         self._data_keys.put(sid, dek)
         return SubjectView.of(row)
 
-    def _replayed_subject(self, existing: SubjectRow, minor: bool) -> SubjectView:
-        if existing.minor != minor:
-            raise InvalidArgument(
-                FieldViolation("idempotency_key", "was already used for a different request")
+    def _replayed_subject(
+        self, existing: SubjectRow, stored_digest: str | None, digest: str
+    ) -> SubjectView:
+        if not same_digest(stored_digest, digest):
+            raise Conflict(
+                "the idempotency key was already used for a different request",
+                reason="IDEMPOTENCY_KEY_REUSED",
             )
         return SubjectView.of(existing)
 
@@ -163,21 +201,41 @@ class Cell(RecordOps):
     # -- lookups -------------------------------------------------------------
 
     def set_lookups(self, caller: Caller, subject_id: str, entries: list[tuple[str, str]]) -> int:
+        """Adds lookup entries: a write of each value's category, while the
+        subject is live (checked in the insert, like record writes)."""
         self._authz.scope(caller, "write", self.region.id, subject_id)
         subject = self._live_subject(subject_id)
-        self._authz.subject_visible(caller, self._facts(caller, subject))
-        normalised = [
-            (kind, normalise(kind, value, f"lookups[{i}]"))
-            for i, (kind, value) in enumerate(entries)
-        ]
-        digests = [(kind, self._index.digest(kind, v)) for kind, v in normalised]
-        return self._store.add_lookups(subject_id, digests)
+        digests = self._lookup_digests(caller, entries, self._facts(caller, subject))
+        added = self._store.add_lookups(
+            subject_id, digests, MAX_LOOKUPS_PER_SUBJECT, self._writable(caller)
+        )
+        if added is None:
+            self._refused_write(caller, subject_id)
+        return added
 
     def find_subjects(self, caller: Caller, kind: str, value: str) -> list[str]:
-        """Subjects of this cell with the lookup value, as far as the token reaches."""
+        """Subjects of this cell with the lookup value that the caller could read
+        the value's category of: each result passes the same decision as a read
+        (token subjects, erasure, minors, consent, restriction). Results that do
+        not are left out, never reported."""
         self._authz.scope_search(caller, self.region.id)
+        category = CATEGORY_OF_KIND[kind]
+        self._authz.fields(caller, category, "read", None)
+        ensure_may_block()  # the index key may need the key service
         found = self._store.find_lookup(kind, self._index.digest(kind, normalise(kind, value)))
-        return [sid for sid in found if caller.claims.allows_subject(sid)]
+        visible = []
+        for sid in found[:MAX_LOOKUP_RESULTS]:
+            if not caller.claims.allows_subject(sid):
+                continue
+            row = self._store.get_subject(sid)
+            if row is None or row.state.gone:
+                continue
+            try:
+                self._authz.fields(caller, category, "read", self._facts(caller, row))
+            except (AccessDenied, Restricted):
+                continue
+            visible.append(sid)
+        return visible
 
     # -- erasure (the steps of vault.erasure's workflow) -------------------------
 
@@ -190,15 +248,14 @@ class Cell(RecordOps):
         return ErasureTarget(row.id, row.region, KeyRef(row.key_mount, row.key_name), row.state)
 
     def hide(self, subject_id: str) -> None:
-        """Marks the subject erasure-pending: from now on no node decrypts it."""
-        row = self._store.get_subject(subject_id)
-        if row is not None and row.state != SubjectState.ERASED:
-            self._store.force_state(subject_id, SubjectState.ERASURE_PENDING, self._clock())
+        """Marks the subject erasure-pending (remembering its state): from now on
+        no node decrypts it."""
+        self._store.hide(subject_id, self._clock())
         self.forget(subject_id)
 
-    def unhide(self, subject_id: str, state: SubjectState) -> SubjectView:
-        """Brings a subject whose erasure was cancelled back to ``state``."""
-        self._store.force_state(subject_id, state, self._clock())
+    def unhide(self, subject_id: str) -> SubjectView:
+        """Gives a subject whose erasure was cancelled the state it had before."""
+        self._store.unhide(subject_id, self._clock())
         row = self._store.get_subject(subject_id)
         if row is None:
             raise NotFound("subject not found")
@@ -210,9 +267,7 @@ class Cell(RecordOps):
         row = self._store.get_subject(subject_id)
         if row is None:
             raise NotFound("subject not found")
-        if not row.state.gone:
-            self._store.force_state(row.id, SubjectState.ERASURE_PENDING, self._clock())
-        self.forget(row.id)
+        self.hide(row.id)
         versions = shredder.destroy(key)
         evidence = ""
         if row.wrapped_dek:

@@ -23,6 +23,18 @@ from vault.keys import KeyProvider, KeyRef
 from vault.store import CellStore
 
 KINDS = frozenset({"email", "phone", "account_id"})
+#: The data category a lookup value belongs to: setting or finding by it is a
+#: write or read of that category, decided by the policy like any other.
+CATEGORY_OF_KIND = {
+    "email": "user.contact.email",
+    "phone": "user.contact.phone_number",
+    "account_id": "user.account",
+}
+#: Lookup entries one request may set, and one subject may hold.
+MAX_LOOKUPS_PER_REQUEST = 16
+MAX_LOOKUPS_PER_SUBJECT = 32
+#: Subjects one lookup may return from a cell.
+MAX_LOOKUP_RESULTS = 100
 INDEX_KEY = "lookup-index"
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
 _PHONE_STRIP_RE = re.compile(r"[\s().\-/]")

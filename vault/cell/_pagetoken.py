@@ -18,12 +18,19 @@ def encode_page_token(subject_id: str, category: str, after: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+#: Tokens this vault makes are well under this; anything longer is not one of them.
+MAX_PAGE_TOKEN = 512
+
+
 def decode_page_token(token: str, subject_id: str, category: str) -> str:
-    """The record id the page starts after; InvalidArgument for any other token."""
+    """The record id the page starts after; InvalidArgument for any other token
+    (too long, not base64, not JSON, nested, or from another listing)."""
     bad = InvalidArgument(FieldViolation("page_token", "is not a token from this listing"))
+    if len(token) > MAX_PAGE_TOKEN:
+        raise bad
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise bad from None
     if (
         not isinstance(data, dict)

@@ -12,17 +12,16 @@ import dataclasses
 from typing import NoReturn
 
 from vault import ids
-from vault.cell._base import CellBase
+from vault.cell._base import CellBase, scoped_idempotency_key
 from vault.cell._pagetoken import decode_page_token, encode_page_token
 from vault.cell._views import RecordPage, RecordView
-from vault.crypto import RecordContext, seal_fields
+from vault.crypto import RecordContext, request_digest, same_digest, seal_fields
 from vault.errors import (
     AccessDenied,
     Conflict,
     Erased,
     FieldViolation,
     InvalidArgument,
-    NotFound,
     Restricted,
 )
 from vault.policy import Caller, filter_fields
@@ -31,6 +30,23 @@ from vault.tokens import FieldGrant
 
 
 class RecordOps(CellBase):
+    def _writable(self, caller: Caller) -> tuple[SubjectState, ...]:
+        """The subject states in which this caller may write (checked in the
+        write statement itself, for inserts and updates alike)."""
+        if self._authz.writes_when_restricted(caller):
+            return (SubjectState.ACTIVE, SubjectState.RESTRICTED)
+        return (SubjectState.ACTIVE,)
+
+    def _record_for(
+        self, caller: Caller, operation: str, record_id: str
+    ) -> tuple[RecordRow, SubjectRow]:
+        """Operation and region from the token, then the row, then its subject."""
+        self._authz.scope_operation(caller, operation, self.region.id)
+        found = self._store.get_record(record_id)
+        self._authz.scope_record_subject(caller, found[0].subject_id if found else None)
+        assert found is not None
+        return found
+
     def put_record(
         self,
         caller: Caller,
@@ -57,37 +73,39 @@ class RecordOps(CellBase):
         facts = self._facts(caller, dataclasses.replace(subject, state=SubjectState.ACTIVE))
         allowed = self._authz.fields(caller, category, "write", facts)
         self._authz.check_write_fields(category, fields, allowed)
-        writable = (
-            (SubjectState.ACTIVE, SubjectState.RESTRICTED)
-            if self._authz.writes_when_restricted(caller)
-            else (SubjectState.ACTIVE,)
-        )
-        if idempotency_key:
-            existing = self._store.record_by_idempotency_key(subject_id, idempotency_key)
-            if existing is not None:
-                return self._replayed_record(subject, existing, category, allowed)
         dek = self._data_key(subject)
+        key = digest = None
+        if idempotency_key:
+            key = scoped_idempotency_key(caller, idempotency_key)
+            digest = request_digest(dek, "put-record", [category, fields])
+            existing = self._store.record_by_idempotency_key(subject_id, key)
+            if existing is not None:
+                return self._replayed_record(caller, subject_id, *existing, fields, digest)
         rid = ids.new_record_id(self.region.id)
         now = self._clock()
         ctx = RecordContext(rid, subject_id, self.region.id, category, 1)
         row = RecordRow(rid, subject_id, category, 1, seal_fields(dek, ctx, fields), now, now)
         try:
             if not self._store.insert_record(
-                row, idempotency_key or None, self._authz.expiry(caller, category, now), writable
+                row,
+                key,
+                self._authz.expiry(caller, category, now),
+                self._writable(caller),
+                request_digest=digest,
             ):
                 self._subjects.evict(subject_id)
                 self._refused_write(caller, subject_id)
         except DuplicateKey:
-            existing = self._store.record_by_idempotency_key(subject_id, idempotency_key)
-            if existing is None:
+            existing = self._store.record_by_idempotency_key(subject_id, key) if key else None
+            if existing is None or digest is None:
                 raise
-            return self._replayed_record(subject, existing, category, allowed)
+            return self._replayed_record(caller, subject_id, *existing, fields, digest)
         return RecordView(rid, subject_id, category, dict(fields), 1, now, now)
 
     def _refused_write(self, caller: Caller, subject_id: str) -> NoReturn:
-        """Why the guarded INSERT wrote nothing, from the subject's current row."""
+        """Why a guarded write wrote nothing, from the subject's current row."""
         current = self._live_subject(subject_id)  # raises NotFound / Erased
-        if current.state == SubjectState.RESTRICTED:
+        if current.state == SubjectState.RESTRICTED and current.state not in self._writable(caller):
             raise Restricted(
                 f"processing of this subject is restricted; purpose {caller.purpose.name!r} "
                 "is not allowed under restriction"
@@ -95,13 +113,39 @@ class RecordOps(CellBase):
         raise Conflict("the subject changed during the write; retry")
 
     def _replayed_record(
-        self, subject: SubjectRow, existing: RecordRow, category: str, allowed: FieldGrant
+        self,
+        caller: Caller,
+        subject_id: str,
+        existing: RecordRow,
+        stored_digest: str | None,
+        fields: dict[str, str],
+        digest: str,
     ) -> RecordView:
-        if existing.category != category:
-            raise InvalidArgument(
-                FieldViolation("idempotency_key", "was already used for a different request")
+        """The answer to a retried write: exactly what the first write answered.
+
+        Only the same request (same category and fields, keyed digest under the
+        subject's data key) is a replay; the caller's scope was checked above
+        and the subject's *current* state is checked here. Nothing is
+        decrypted: the reply holds the fields the caller sent, never the
+        record's current content (someone may have updated it since).
+        """
+        if not same_digest(stored_digest, digest):
+            raise Conflict(
+                "the idempotency key was already used for a different request",
+                reason="IDEMPOTENCY_KEY_REUSED",
             )
-        return self._open_for(self._data_key(subject), existing, allowed)
+        current = self._live_subject(subject_id)
+        if current.state not in self._writable(caller):
+            self._refused_write(caller, subject_id)
+        return RecordView(
+            existing.id,
+            subject_id,
+            existing.category,
+            dict(fields),
+            1,
+            existing.created_at,
+            existing.created_at,
+        )
 
     def _update_record(
         self,
@@ -112,21 +156,18 @@ class RecordOps(CellBase):
         record_id: str,
         expected_version: int,
     ) -> RecordView:
-        self._authz.scope_operation(caller, "write", self.region.id)
-        found = self._store.get_record(record_id)
-        if found is None:
-            raise NotFound("record not found")
-        rec, subject = found
-        self._authz.scope_subject(caller, rec.subject_id)
+        rec, subject = self._record_for(caller, "write", record_id)
         if subject_id and subject_id != rec.subject_id:
             raise InvalidArgument(
                 FieldViolation("subject_id", "does not match the subject of the record")
             )
+        # The caller's right to the record's own category first: a guessed
+        # category gets the same answer whether it is right or wrong.
+        allowed = self._authz.fields(caller, rec.category, "write", self._facts(caller, subject))
         if category != rec.category:
             raise InvalidArgument(
                 FieldViolation("category", "cannot change; delete and re-create the record")
             )
-        allowed = self._authz.fields(caller, category, "write", self._facts(caller, subject))
         self._authz.check_write_fields(category, fields, allowed)
         if expected_version and expected_version != rec.version:
             raise Conflict("record version does not match expected_version")
@@ -148,11 +189,13 @@ class RecordOps(CellBase):
             now,
         )
         if not self._store.update_record(
-            row, rec.version, self._authz.expiry(caller, category, now)
+            row, rec.version, self._authz.expiry(caller, category, now), self._writable(caller)
         ):
             current = self._store.get_subject(rec.subject_id)
             if current is None or current.state.gone:
                 raise Erased("subject has been erased")
+            if current.state not in self._writable(caller):
+                self._refused_write(caller, rec.subject_id)
             raise Conflict("record was changed concurrently")
         return RecordView(
             rec.id,
@@ -165,12 +208,7 @@ class RecordOps(CellBase):
         )
 
     def get_record(self, caller: Caller, record_id: str) -> RecordView:
-        self._authz.scope_operation(caller, "read", self.region.id)
-        found = self._store.get_record(record_id)
-        if found is None:
-            raise NotFound("record not found")
-        rec, subject = found
-        self._authz.scope_subject(caller, rec.subject_id)
+        rec, subject = self._record_for(caller, "read", record_id)
         allowed = self._authz.fields(caller, rec.category, "read", self._facts(caller, subject))
         return self._open_for(self._data_key(subject), rec, allowed)
 
@@ -178,8 +216,9 @@ class RecordOps(CellBase):
         self, caller: Caller, subject_id: str, category: str, page_size: int, page_token: str
     ) -> RecordPage:
         """The subject's records the caller may read; other categories are left out."""
-        after = decode_page_token(page_token, subject_id, category) if page_token else None
         self._authz.scope(caller, "read", self.region.id, subject_id)
+        # Decoded only once the token's scope holds, and bounded.
+        after = decode_page_token(page_token, subject_id, category) if page_token else None
         subject = self._live_subject(subject_id)
         facts = self._facts(caller, subject)
         if category:
@@ -205,12 +244,7 @@ class RecordOps(CellBase):
         return RecordPage(views, token)
 
     def delete_record(self, caller: Caller, record_id: str, expected_version: int = 0) -> None:
-        self._authz.scope_operation(caller, "delete", self.region.id)
-        found = self._store.get_record(record_id)
-        if found is None:
-            raise NotFound("record not found")
-        rec, subject = found
-        self._authz.scope_subject(caller, rec.subject_id)
+        rec, subject = self._record_for(caller, "delete", record_id)
         self._authz.delete_fields(caller, rec.category, self._facts(caller, subject))
         if expected_version and expected_version != rec.version:
             raise Conflict("record version does not match expected_version")

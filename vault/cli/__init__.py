@@ -95,5 +95,3 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         return asyncio.run(_up.up(args))
     return 2
-
-

@@ -207,11 +207,16 @@ class ControlStore:
             )
 
     def cancel_erasure(self, subject_id: str) -> bool:
-        """Removes a pending (not yet destroyed) entry; False if there is none."""
+        """Removes a pending entry that no node has claimed (a claimed one may have
+        its key destroyed already); False if there is none."""
         with self._tx() as conn:
             res = conn.execute(
                 delete(erasures).where(
-                    and_(erasures.c.subject_id == subject_id, erasures.c.destroyed_at.is_(None))
+                    and_(
+                        erasures.c.subject_id == subject_id,
+                        erasures.c.destroyed_at.is_(None),
+                        erasures.c.claimed_at.is_(None),
+                    )
                 )
             )
         return res.rowcount == 1

@@ -5,6 +5,7 @@ is imported here and in ``vault.tokens._keys`` (Ed25519 keys, which pyseto takes
 as ``cryptography`` key objects), nowhere else.
 """
 
+from vault.crypto._digest import request_digest, same_digest
 from vault.crypto._envelope import (
     DEK_BYTES,
     ENVELOPE_V1,
@@ -22,5 +23,7 @@ __all__ = [
     "dek_associated_data",
     "new_data_key",
     "open_fields",
+    "request_digest",
+    "same_digest",
     "seal_fields",
 ]

@@ -30,7 +30,6 @@ from vault.erasure._receipt import sign_receipt, verify_receipt
 from vault.errors import Erased, NotFound, VaultError
 from vault.keys import KeyRef
 from vault.policy import Caller
-from vault.store import SubjectState
 from vault.tokens import KeySet, SigningKey
 
 #: A claim on an erasure older than this is taken to belong to a dead node.
@@ -114,13 +113,22 @@ class Eraser:
         return self._view(entry)
 
     def cancel(self, caller: Caller, cell: Cell, subject_id: str) -> SubjectView:
+        """Cancels an erasure whose key nobody has started destroying, and gives
+        the subject back the state it had (restricted stays restricted)."""
         cell.erasure_target(caller, subject_id)
         if not self._control.cancel_erasure(subject_id):
             entry = self._control.erasure(subject_id)
-            if entry is not None:
-                raise Erased("the erasure is complete and cannot be cancelled")
-            raise NotFound("no pending erasure for this subject")
-        return cell.unhide(subject_id, SubjectState.ACTIVE)
+            if entry is None:
+                raise NotFound("no pending erasure for this subject")
+            if entry.destroyed_at is None:
+                # Claimed: a worker is destroying the key right now. Cancelling
+                # would drop the ledger entry `erasure reapply` relies on.
+                raise Erased(
+                    "the erasure is being carried out and cannot be cancelled",
+                    reason="ERASURE_IN_PROGRESS",
+                )
+            raise Erased("the erasure is complete and cannot be cancelled")
+        return cell.unhide(subject_id)
 
     # -- background work -------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from vault.errors import AccessDenied, FieldViolation, InvalidArgument
+from vault.errors import AccessDenied, FieldViolation, InvalidArgument, NotFound
 from vault.policy import _decide
 from vault.policy._model import Purpose, SubjectFacts
 from vault.policy._policy import Policy
@@ -94,6 +94,13 @@ class Authorizer:
                 "the token does not grant this subject", reason="SUBJECT_NOT_GRANTED"
             )
 
+    def scope_record_subject(self, caller: Caller, subject_id: str | None) -> None:
+        """For an operation addressed by record id: a record of a subject outside
+        the token's grant answers exactly like a record that does not exist, so
+        the caller learns nothing about ids it may not use."""
+        if subject_id is None or not caller.claims.allows_subject(subject_id):
+            raise NotFound("record not found")
+
     def scope_search(self, caller: Caller, region: str) -> None:
         """A lookup reads no data, only ids: ``read`` in the region suffices;
         a subject-limited token sees only its subjects among the results."""
@@ -104,10 +111,11 @@ class Authorizer:
             raise AccessDenied("the token does not grant this region", reason="REGION_NOT_GRANTED")
 
     def fields(
-        self, caller: Caller, category: str, operation: str, facts: SubjectFacts
+        self, caller: Caller, category: str, operation: str, facts: SubjectFacts | None
     ) -> FieldGrant:
         """The fields of ``category`` the caller may use (``None``: all), after the
-        subject's facts; raises AccessDenied or Restricted."""
+        subject's facts (``facts=None``: before any subject is known, the checks
+        that hold for every subject); raises AccessDenied or Restricted."""
         token_fields = caller.claims.fields_for(category)
         policy_fields = self.policy.authorize(caller.purpose.name, category, operation, facts)
         allowed = _intersect(token_fields, policy_fields)

@@ -65,16 +65,22 @@ def authorize(
 
 def check_subject_visible(p: Purpose, subject: SubjectFacts) -> None:
     """What a purpose may know of a subject at all, whatever the category:
-    nothing of a minor for a not-for-minors purpose, nothing without consent
-    for a consent-based one. (Restriction does not hide the subject.)"""
-    if subject.minor and not p.minors:
+    nothing without consent for a consent-based one, nothing of a minor for a
+    not-for-minors purpose. (Restriction does not hide the subject.)
+
+    A consent-based purpose gets one answer, CONSENT_REQUIRED, whether the
+    subject never consented or is a minor whose consent does not count for it:
+    otherwise the order of the two checks would tell it who is a minor.
+    """
+    if p.requires_consent:
+        if p.name not in subject.consented_purposes or (subject.minor and not p.minors):
+            raise AccessDenied(
+                f"purpose {p.name!r} requires the subject's active, valid consent",
+                reason="CONSENT_REQUIRED",
+            )
+    elif subject.minor and not p.minors:
         raise AccessDenied(
             f"purpose {p.name!r} never applies to a minor's data", reason="MINOR_EXCLUDED"
-        )
-    if p.requires_consent and p.name not in subject.consented_purposes:
-        raise AccessDenied(
-            f"purpose {p.name!r} requires the subject's active consent",
-            reason="CONSENT_REQUIRED",
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from vault import ids, validation
+from vault._inline import ensure_may_block
 from vault.cell import Cell, ConsentView, RecordPage, RecordView, SubjectView, normalise
 from vault.config import Limits, RegionsConfig
 from vault.erasure import Eraser, ErasureView
@@ -69,11 +70,9 @@ class Node:
         key = validation.idempotency_key(idempotency_key)
         for i, (kind, value) in enumerate(lookups or ()):
             normalise(kind, value, f"lookups[{i}]")  # reject bad input before creating anything
-        cell = self._cell(home)
-        subject = cell.create_subject(caller, minor=minor, idempotency_key=key)
-        if lookups:
-            cell.set_lookups(caller, subject.subject_id, lookups)
-        return subject
+        return self._cell(home).create_subject(
+            caller, minor=minor, idempotency_key=key, lookups=lookups
+        )
 
     def set_lookups(self, caller: Caller, subject_id: str, lookups: list[tuple[str, str]]) -> int:
         cell, sid = self.subject_cell(subject_id)
@@ -181,6 +180,9 @@ class Node:
         self, caller: Caller, subject_id: str, reason: str, grace_seconds: int, grace_nanos: int = 0
     ) -> ErasureView:
         cell, sid = self.subject_cell(subject_id)
+        # Erasure talks to the key service and may wait for another node's
+        # claim: never on the event loop.
+        ensure_may_block()
         return self.eraser.erase(
             caller,
             cell,
@@ -191,4 +193,5 @@ class Node:
 
     def cancel_erasure(self, caller: Caller, subject_id: str) -> SubjectView:
         cell, sid = self.subject_cell(subject_id)
+        ensure_may_block()
         return self.eraser.cancel(caller, cell, sid)

@@ -9,13 +9,27 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from vault.db import DuplicateKey, transaction
-from vault.errors import StoreUnavailable
-from vault.store._models import cell_keys, consents, lookups, records, subjects
+from vault.errors import StoreUnavailable, TooLarge
+from vault.store._models import cell_keys, consents, records, subjects
+from vault.store._models import lookups as lookups_t
 
 
 class SubjectState(StrEnum):
@@ -125,6 +139,7 @@ _INSERT_COLS = (
     "created_at",
     "updated_at",
     "expires_at",
+    "request_digest",
 )
 _INSERT_RECORD = (
     insert(records)
@@ -134,6 +149,15 @@ _INSERT_RECORD = (
     )
     # SQLAlchemy keeps an INSERT's rowcount only when asked to.
     .execution_options(preserve_rowcount=True)
+)
+_SUBJECT_LOOKUPS = select(lookups_t.c.kind, lookups_t.c.digest).where(
+    lookups_t.c.subject_id == bindparam("sid")
+)
+_SUBJECT_LIVE_ROW = select(subjects.c.id).where(
+    and_(
+        subjects.c.id == bindparam("live_subject"),
+        subjects.c.state.in_(bindparam("live_states", expanding=True)),
+    )
 )
 _UPDATE_RECORD = (
     update(records)
@@ -151,6 +175,10 @@ _UPDATE_RECORD = (
         expires_at=bindparam("new_expires_at"),
     )
 )
+
+
+class _NotLive(Exception):
+    """Rolls a write back: its subject was not in a writable state."""
 
 
 class CellStore:
@@ -206,7 +234,14 @@ class CellStore:
 
     # -- subjects ---------------------------------------------------------
 
-    def insert_subject(self, row: SubjectRow, idempotency_key: str | None) -> None:
+    def insert_subject(
+        self,
+        row: SubjectRow,
+        idempotency_key: str | None,
+        request_digest: str | None = None,
+        lookups: list[tuple[str, str]] | None = None,
+    ) -> None:
+        """Inserts a subject and its lookup entries in one transaction."""
         with self._tx() as conn:
             conn.execute(
                 insert(subjects).values(
@@ -218,22 +253,34 @@ class CellStore:
                     key_name=row.key_name,
                     wrapped_dek=row.wrapped_dek,
                     idempotency_key=idempotency_key,
+                    request_digest=request_digest,
                     created_at=row.created_at,
                     updated_at=row.updated_at,
                 )
             )
+            if lookups:
+                conn.execute(
+                    insert(lookups_t),
+                    [
+                        {"kind": k, "digest": d, "subject_id": row.id}
+                        for k, d in sorted(set(lookups))
+                    ],
+                )
 
     def get_subject(self, subject_id: str) -> SubjectRow | None:
         with self._read() as conn:
             r = conn.execute(_GET_SUBJECT, {"sid": subject_id}).first()
         return _subject_row(r) if r else None
 
-    def subject_by_idempotency_key(self, key: str) -> SubjectRow | None:
+    def subject_by_idempotency_key(self, key: str) -> tuple[SubjectRow, str | None] | None:
+        """The subject an idempotency key created, and the digest of that request."""
         with self._tx() as conn:
             r = conn.execute(
-                select(*_SUBJECT_COLS).where(subjects.c.idempotency_key == key)
+                select(*_SUBJECT_COLS, subjects.c.request_digest).where(
+                    subjects.c.idempotency_key == key
+                )
             ).first()
-        return _subject_row(r) if r else None
+        return (_subject_row(r), r[-1]) if r else None
 
     # -- records ----------------------------------------------------------
 
@@ -245,14 +292,17 @@ class CellStore:
             return None
         return RecordRow(*r[:_N_RECORD_COLS]), _subject_row(r[_N_RECORD_COLS:])
 
-    def record_by_idempotency_key(self, subject_id: str, key: str) -> RecordRow | None:
+    def record_by_idempotency_key(
+        self, subject_id: str, key: str
+    ) -> tuple[RecordRow, str | None] | None:
+        """The record an idempotency key created, and the digest of that request."""
         with self._tx() as conn:
             r = conn.execute(
-                select(*_RECORD_COLS).where(
+                select(*_RECORD_COLS, records.c.request_digest).where(
                     and_(records.c.subject_id == subject_id, records.c.idempotency_key == key)
                 )
             ).first()
-        return RecordRow(*r) if r else None
+        return (RecordRow(*r[:-1]), r[-1]) if r else None
 
     def insert_record(
         self,
@@ -260,6 +310,7 @@ class CellStore:
         idempotency_key: str | None,
         expires_at: int | None = None,
         states: tuple[SubjectState, ...] = LIVE_STATES,
+        request_digest: str | None = None,
     ) -> bool:
         """Inserts the record if its subject is in one of ``states`` (checked in
         the same statement); False, with nothing written, otherwise."""
@@ -278,21 +329,27 @@ class CellStore:
                     "created_at": row.created_at,
                     "updated_at": row.updated_at,
                     "expires_at": expires_at,
+                    "request_digest": request_digest,
                 },
             )
         return res.rowcount == 1
 
     def update_record(
-        self, row: RecordRow, previous_version: int, expires_at: int | None = None
+        self,
+        row: RecordRow,
+        previous_version: int,
+        expires_at: int | None = None,
+        states: tuple[SubjectState, ...] = LIVE_STATES,
     ) -> bool:
-        """Compare-and-set on ``version`` while the subject is live; False when
-        another writer got there first or the subject has been erased since."""
+        """Compare-and-set on ``version`` while the subject is in one of
+        ``states`` (the same guard as inserts); False when another writer got
+        there first or the subject's state changed since."""
         with self._tx() as conn:
             res = conn.execute(
                 _UPDATE_RECORD,
                 {
                     "live_subject": row.subject_id,
-                    "live_states": [str(x) for x in LIVE_STATES],
+                    "live_states": [str(x) for x in states],
                     "rid": row.id,
                     "prev": previous_version,
                     "new_version": row.version,
@@ -376,14 +433,44 @@ class CellStore:
             )
         return res.rowcount == 1
 
-    def force_state(self, subject_id: str, state: SubjectState, now: int) -> None:
-        """Sets the state whatever it was (the erasure workflow's transitions)."""
+    def hide(self, subject_id: str, now: int) -> None:
+        """Marks a subject erasure-pending, remembering its state (unless it is
+        already pending or erased)."""
         with self._tx() as conn:
             conn.execute(
                 update(subjects)
-                .where(subjects.c.id == subject_id)
-                .values(state=str(state), updated_at=now)
+                .where(
+                    and_(
+                        subjects.c.id == subject_id,
+                        subjects.c.state.not_in(sorted(str(x) for x in GONE_STATES)),
+                    )
+                )
+                .values(
+                    prior_state=subjects.c.state,
+                    state=str(SubjectState.ERASURE_PENDING),
+                    updated_at=now,
+                )
             )
+
+    def unhide(self, subject_id: str, now: int) -> bool:
+        """Gives an erasure-pending subject back the state it had before; False
+        if it was not pending."""
+        with self._tx() as conn:
+            res = conn.execute(
+                update(subjects)
+                .where(
+                    and_(
+                        subjects.c.id == subject_id,
+                        subjects.c.state == str(SubjectState.ERASURE_PENDING),
+                    )
+                )
+                .values(
+                    state=func.coalesce(subjects.c.prior_state, str(SubjectState.ACTIVE)),
+                    prior_state=None,
+                    updated_at=now,
+                )
+            )
+        return res.rowcount == 1
 
     def consent_granted(self, subject_id: str, purpose: str) -> bool:
         with self._read() as conn:
@@ -435,7 +522,7 @@ class CellStore:
             ).scalar_one()
             conn.execute(delete(records).where(records.c.subject_id == subject_id))
             conn.execute(delete(consents).where(consents.c.subject_id == subject_id))
-            conn.execute(delete(lookups).where(lookups.c.subject_id == subject_id))
+            conn.execute(delete(lookups_t).where(lookups_t.c.subject_id == subject_id))
             conn.execute(
                 update(subjects)
                 .where(subjects.c.id == subject_id)
@@ -476,25 +563,61 @@ class CellStore:
         except DuplicateKey:
             pass
 
-    def add_lookups(self, subject_id: str, entries: list[tuple[str, str]]) -> int:
-        """Adds (kind, digest) entries for a subject; returns how many were new."""
-        added = 0
-        for kind, digest in entries:
-            try:
-                with self._tx() as conn:
-                    conn.execute(
-                        insert(lookups).values(kind=kind, digest=digest, subject_id=subject_id)
+    def add_lookups(
+        self,
+        subject_id: str,
+        entries: list[tuple[str, str]],
+        max_per_subject: int,
+        states: tuple[SubjectState, ...] = LIVE_STATES,
+    ) -> int | None:
+        """Adds (kind, digest) entries for a subject in one transaction, only while
+        the subject is in one of ``states`` (checked in the statement, like record
+        writes) and only up to ``max_per_subject`` entries in all. Returns how
+        many were new; ``None`` when the subject is not in ``states``; raises
+        TooLarge past the bound (nothing written)."""
+        wanted = sorted(set(entries))
+        live_params = {"live_subject": subject_id, "live_states": [str(x) for x in states]}
+        try:
+            with self._tx() as conn:
+                have = set(conn.execute(_SUBJECT_LOOKUPS, {"sid": subject_id}).all())
+                new = [e for e in wanted if e not in have]
+                if len(have) + len(new) > max_per_subject:
+                    raise TooLarge(f"a subject holds at most {max_per_subject} lookup entries")
+                if not new:
+                    return 0 if conn.execute(_SUBJECT_LIVE_ROW, live_params).first() else None
+                # One statement for every entry (portable: a UNION ALL of rows).
+                rows = union_all(
+                    *(
+                        select(literal(k, String).label("kind"), literal(d, String).label("digest"))
+                        for k, d in new
                     )
-                added += 1
-            except DuplicateKey:
-                continue
-        return added
+                ).subquery("new_lookups")
+                conn.execute(
+                    insert(lookups_t).from_select(
+                        ["kind", "digest", "subject_id"],
+                        select(
+                            rows.c.kind,
+                            rows.c.digest,
+                            bindparam("subject_id", subject_id, type_=lookups_t.c.subject_id.type),
+                        ).where(_SUBJECT_LIVE),
+                    ),
+                    live_params,
+                )
+                # Each row was inserted only if the subject was live: all or none
+                # (a concurrent state change makes it none, rolled back).
+                if len(conn.execute(_SUBJECT_LOOKUPS, {"sid": subject_id}).all()) != len(
+                    have
+                ) + len(new):
+                    raise _NotLive
+        except _NotLive:
+            return None
+        return len(new)
 
     def find_lookup(self, kind: str, digest: str) -> list[str]:
         with self._read() as conn:
             rows = conn.execute(
-                select(lookups.c.subject_id)
-                .where(and_(lookups.c.kind == kind, lookups.c.digest == digest))
-                .order_by(lookups.c.subject_id)
+                select(lookups_t.c.subject_id)
+                .where(and_(lookups_t.c.kind == kind, lookups_t.c.digest == digest))
+                .order_by(lookups_t.c.subject_id)
             ).all()
         return [str(r[0]) for r in rows]

@@ -43,9 +43,14 @@ subjects = Table(
     Column("key_mount", String(128), nullable=False),
     Column("key_name", String(128), nullable=False),
     Column("wrapped_dek", Text, nullable=False),
+    # sha256(calling service, key): keys are scoped by the service that sent them.
     Column("idempotency_key", String(128), nullable=True, unique=True),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # Digest of the request the idempotency key was first used for (no content).
+    Column("request_digest", String(64), nullable=True),
+    # The state before an erasure request, restored if the erasure is cancelled.
+    Column("prior_state", String(16), nullable=True),
 )
 
 records = Table(
@@ -62,6 +67,9 @@ records = Table(
     Column("expires_at", BigInteger, nullable=True, index=True),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # Keyed digest (under the subject's data key) of the request an idempotency
+    # key was first used for; a replay with other content is refused.
+    Column("request_digest", String(64), nullable=True),
     UniqueConstraint("subject_id", "idempotency_key", name="uq_records_subject_idempotency"),
     Index("ix_records_subject_id_id", "subject_id", "id"),
 )

@@ -215,12 +215,27 @@ def test_consent_given_allows() -> None:
 
 
 def test_minor_excluded_even_with_consent() -> None:
+    """A minor's consent does not count for marketing; the answer is the one a
+    subject without consent gets, so the purpose cannot tell who is a minor."""
     subject = dataclasses.replace(
         MINOR, consented_purposes=frozenset({"marketing.communications.email"})
     )
     with pytest.raises(AccessDenied) as e:
         DEFAULT.authorize("marketing.communications.email", "user.contact.email", "read", subject)
+    assert _reason(e) == "CONSENT_REQUIRED"
+    with pytest.raises(AccessDenied) as without:
+        DEFAULT.authorize("marketing.communications.email", "user.contact.email", "read", ADULT)
+    assert str(without.value) == str(e.value) and _reason(without) == _reason(e)
+
+
+def test_minor_excluded_for_a_purpose_that_needs_no_consent() -> None:
+    forum = dataclasses.replace(DEFAULT.purposes["functional.community.forum"], minors=False)
+    policy = dataclasses.replace(DEFAULT, purposes={**DEFAULT.purposes, forum.name: forum})
+    with pytest.raises(AccessDenied) as e:
+        policy.authorize(forum.name, "user.account", "read", MINOR)
     assert _reason(e) == "MINOR_EXCLUDED"
+    allowed = policy.authorize(forum.name, "user.account", "read", ADULT)
+    assert allowed == forum.categories["user.account"]
 
 
 def test_minor_allowed_for_essential_service() -> None:
