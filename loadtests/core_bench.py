@@ -1,4 +1,4 @@
-"""GetRecord and PutRecord throughput of a pdvault node at 16 concurrent callers.
+"""GetRecord, PutRecord and FindSubjects throughput of a pdvault node at 16 concurrent callers.
 
     .venv/bin/python loadtests/core_bench.py                  # starts its own local stack
     .venv/bin/python loadtests/core_bench.py --target 127.0.0.1:50051 --token "$TOKEN"
@@ -94,7 +94,11 @@ async def bench(
         sids, rids = [], []
         for i in range(subjects):
             s = await stub.CreateSubject(
-                pb.CreateSubjectRequest(country=("DE", "US", "SG")[i % 3]), metadata=md
+                pb.CreateSubjectRequest(
+                    country=("DE", "US", "SG")[i % 3],
+                    lookups=[pb.Lookup(kind="email", value=f"bench-{i}@example.org")],
+                ),
+                metadata=md,
             )
             r = await stub.PutRecord(
                 pb.PutRecordRequest(
@@ -121,12 +125,22 @@ async def bench(
                 metadata=md,
             )
 
+        async def find(_: int) -> None:
+            i = rng.randrange(subjects)
+            await stub.FindSubjects(
+                pb.FindSubjectsRequest(
+                    lookup=pb.Lookup(kind="email", value=f"bench-{i}@example.org"),
+                    region=sids[i][:2],
+                ),
+                metadata=md,
+            )
+
         print(
             f"target {target}, {concurrency} concurrent callers, {seconds:.0f}s per operation, "
             f"{payload}-byte field; {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"grpcio {grpc.__version__}"
         )
-        for name, fn in (("GetRecord", get), ("PutRecord", put)):
+        for name, fn in (("GetRecord", get), ("PutRecord", put), ("FindSubjects", find)):
             res = await run(name, fn, concurrency=concurrency, seconds=seconds)
             print(res.row(), flush=True)
 
