@@ -65,6 +65,7 @@ from locust import User, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
+from vault.datadir import DEFAULT_DATA_DIR, DataDir
 from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
@@ -230,15 +231,14 @@ def _parse_countries(spec: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
 # -- connection and token ---------------------------------------------------
 
 
-def _data_dir() -> Path:
-    return Path(os.environ.get("PDVAULT_DATA_DIR", ".pdvault"))
+def _data_dir() -> DataDir:
+    return DataDir(Path(os.environ.get("PDVAULT_DATA_DIR", str(DEFAULT_DATA_DIR))))
 
 
 def resolve_target(host: str | None) -> tuple[str, bool]:
     """``(host:port, tls)`` from locust's ``--host``; without one, the local stack's."""
     if not host:
-        endpoint = _data_dir() / "endpoint"
-        host = endpoint.read_text().strip() if endpoint.exists() else "127.0.0.1:50051"
+        host = _data_dir().target()
     scheme, sep, rest = host.partition("://")
     if not sep:
         return host.rstrip("/"), False
@@ -262,7 +262,7 @@ def obtain_token(target: str, tls: bool, kind: tuple[str, str, tuple[str, ...]])
     token = os.environ.get(variable, "").strip()
     if token:
         return token
-    cred = _data_dir() / "admin.credential"
+    cred = _data_dir().admin_credential
     try:
         admin = cred.read_text().strip()
     except OSError:
