@@ -189,6 +189,7 @@ def start_stack(
     database_urls: dict[str, str] | None = None,
     policy: Policy | None = None,
     erasure_poll_seconds: float = 0.2,
+    reflection: bool = False,
 ) -> Stack:
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
@@ -198,6 +199,7 @@ def start_stack(
         port=0,
         cache=cache or CacheSettings(),
         erasure_poll_seconds=erasure_poll_seconds,
+        reflection=reflection,
     )
     provider = TransitKeyProvider.connect(bao.address, bao.node_token)
     admin = ensure_admin_credential(data_dir)

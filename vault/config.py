@@ -123,6 +123,9 @@ class NodeSettings:
     erasure_poll_seconds: float = 5.0
     #: How often a node deletes records whose retention has ended.
     retention_sweep_seconds: float = 3600.0
+    #: gRPC server reflection: off unless asked for (it lists the whole API to
+    #: anyone who can connect).
+    reflection: bool = False
 
 
 def _substitute(value: str, variables: dict[str, str]) -> str:

@@ -180,7 +180,7 @@ def build_vault(
 
 
 class VaultServer:
-    """The gRPC server of one node: the vault API, health and reflection."""
+    """The gRPC server of one node: the vault API, health and (when asked for) reflection."""
 
     def __init__(self, vault: Vault, settings: NodeSettings, workers: int = 16) -> None:
         self.vault = vault
@@ -208,14 +208,15 @@ class VaultServer:
             TokenServicer(self.node, self.vault.authority, self._executor), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        if self.settings.reflection:
+            reflection.enable_server_reflection(
+                (
+                    *SERVICE_NAMES,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
         self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {self.settings.host}:{self.settings.port}")

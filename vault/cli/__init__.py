@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=CacheSettings.max_age_seconds,
         help="how long an unwrapped data key is kept",
     )
+    up.add_argument(
+        "--reflection",
+        action="store_true",
+        help="enable gRPC server reflection (off by default: it lists the API to any caller)",
+    )
     up.add_argument("-v", "--verbose", action="store_true", help="log every request (no content)")
 
     regions = sub.add_parser("regions", help="region configuration")

@@ -58,6 +58,7 @@ async def up(args: argparse.Namespace) -> int:
         cache=CacheSettings(
             max_entries=args.key_cache_entries, max_age_seconds=args.key_cache_seconds
         ),
+        reflection=args.reflection,
     )
     print(f"pdvault: starting OpenBao ({bao.address}, data in {bao.dir})", file=sys.stderr)
     bao.start()
@@ -79,10 +80,11 @@ async def up(args: argparse.Namespace) -> int:
         renew = [
             asyncio.create_task(_renew_forever(bao.address, t)) for t in (creds.node, creds.eraser)
         ]
+        reflection = "on" if settings.reflection else "off"
         print(
             f"""
 pdvault is running.
-  endpoint     {settings.host}:{port}  (gRPC; health: SERVING; reflection on)
+  endpoint     {settings.host}:{port}  (gRPC; health: SERVING; reflection {reflection})
   regions      {", ".join(f"{r.id} ({r.name})" for r in regions.regions.values())}
   data dir     {data_dir}
   OpenBao      {bao.address}  (local-only unseal material: {bao.dir / "LOCAL-ONLY-unseal.json"})
