@@ -112,10 +112,30 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """The server side of TLS (PEM files, read when the server starts).
+
+    ``client_ca_file`` turns on mutual TLS: every connection must present a
+    client certificate signed by one of the CAs in it, or the handshake fails.
+    See :mod:`vault.transport`.
+    """
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca_file is not None
+
+
+@dataclass(frozen=True)
 class NodeSettings:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 50051
+    #: TLS, or mutual TLS with a client CA. ``None`` is plaintext.
+    tls: TlsSettings | None = None
     cache: CacheSettings = field(default_factory=CacheSettings)
     limits: Limits = field(default_factory=Limits)
     openbao_timeout_seconds: float = 5.0

@@ -4,6 +4,7 @@
 
     DATA_DIR/                      (default ./.pdvault, mode 0700)
       endpoint                     host:port the local stack listens on
+                                   (grpcs://host:port when it serves TLS)
       admin.credential             the administrator credential (0600)
       tokens/signing-key.json      the token signing key, wrapped by OpenBao (0600)
       tokens/verification-keys.json  the public verification keys (0644)

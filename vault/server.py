@@ -34,6 +34,7 @@ from vault.residency import Node
 from vault.service import PersonalDataVaultServicer, TokenServicer
 from vault.store import CellStore, make_engine, migrate
 from vault.tokens.authority import TokenAuthority, load_or_create_signing_key
+from vault.transport import certificate_problem, server_credentials
 from vault.v1 import vault_pb2, vault_pb2_grpc
 
 log = logging.getLogger("vault.server")
@@ -193,6 +194,12 @@ class VaultServer:
         self._workers: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
+        """Listens and serves; returns the port.
+
+        Raises :class:`~vault.errors.ConfigError`, before anything is bound or
+        started, for unreadable TLS files (see :mod:`vault.transport`).
+        """
+        credentials = server_credentials(self.settings)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -217,9 +224,23 @@ class VaultServer:
                 ),
                 server,
             )
-        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            self.port = (
+                server.add_insecure_port(address)
+                if credentials is None
+                else server.add_secure_port(address, credentials)
+            )
+        except RuntimeError:  # grpc raises where it used to return 0
+            self.port = 0
         if self.port == 0:
-            raise RuntimeError(f"cannot listen on {self.settings.host}:{self.settings.port}")
+            hint = (
+                ""
+                if credentials is None
+                else " (or the TLS key is not the unencrypted PEM key of the certificate)"
+            )
+            raise RuntimeError(f"cannot listen on {address}{hint}")
+        self._announce_transport()
         self.vault.revocations.start()
         await server.start()
         self._server = server
@@ -230,6 +251,23 @@ class VaultServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    def _announce_transport(self) -> None:
+        tls = self.settings.tls
+        where = f"{self.settings.host}:{self.port}"
+        if tls is None:
+            log.info("plaintext on %s", where)
+            return
+        log.info(
+            "TLS on %s: %s",
+            where,
+            "mutual, client certificates signed by the client CA required"
+            if tls.mutual
+            else "server certificate only, no client certificates",
+        )
+        problem = certificate_problem(tls)
+        if problem:
+            log.warning("%s: clients will refuse the connection", problem)
 
     async def _erasure_worker(self) -> None:
         """Destroys the keys of erasures whose grace period has ended (also after a restart)."""

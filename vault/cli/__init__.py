@@ -22,6 +22,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     up.add_argument("--port", type=int, default=int(os.environ.get("PDVAULT_PORT", DEFAULT_PORT)))
     up.add_argument("--host", default="127.0.0.1")
+    tls = up.add_argument_group(
+        "transport",
+        "TLS with --tls-cert and --tls-key; mutual TLS adds --tls-client-ca. Without them the "
+        "node serves plaintext.",
+    )
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="server certificate chain (PEM)")
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
+    tls.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="mutual TLS: require client certificates signed by this CA (PEM)",
+    )
     up.add_argument(
         "--regions", type=Path, default=None, help="regions file (default: regions/regions.yaml)"
     )

@@ -1,0 +1,321 @@
+"""TLS and mutual TLS through the real gRPC server, with real certificates.
+
+Every option is tried the way an attacker would: a plaintext client, a client
+that trusts another CA, a server certificate that is expired or for another
+name, and under mTLS no client certificate, one from another CA, expired, not
+yet valid, or a server certificate offered as a client certificate. Each time
+the call fails in the handshake (UNAVAILABLE), nothing comes back, and the
+servicer never sees the call (no access-log line, the node is not called).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tests.conftest import Bao, Stack, start_stack
+from tests.security._pki import CA, DAY, NOW, SERVER_NAMES, Issued, credentials
+from vault.client import VaultClient, VaultClientError
+from vault.config import NodeSettings, TlsSettings
+from vault.errors import ConfigError
+from vault.policy import Caller
+from vault.transport import client_identity, server_credentials
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class Pki:
+    dir: Path
+    ca: CA
+    other_ca: CA
+    server: TlsSettings
+    mutual: TlsSettings
+    good_client: Issued
+    clients: dict[str, Issued]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    ca, other = CA("pdvault test CA"), CA("attacker CA")
+    cert, key = ca.issue("pdvault node", sans=SERVER_NAMES, server=True).write(d, "server")
+    server = TlsSettings(cert, key)
+    mutual = TlsSettings(cert, key, client_ca_file=ca.write(d, "client-ca"))
+    good = ca.issue("crm-backend", server=False)
+    bad = {
+        "other CA": other.issue("crm-backend", server=False),
+        "expired": ca.issue("crm-backend", server=False, not_after=NOW - DAY),
+        "not yet valid": ca.issue("crm-backend", server=False, not_before=NOW + DAY),
+        "server certificate": ca.issue("crm-backend", sans=SERVER_NAMES, server=True),
+    }
+    return Pki(d, ca, other, server, mutual, good, bad)
+
+
+@pytest.fixture(scope="module")
+def tls_stack(bao: Bao, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = start_stack(
+        bao, tmp_path_factory.mktemp("tls"), tls=pki.server, credentials=credentials(pki.ca)
+    )
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def mtls_stack(bao: Bao, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = start_stack(
+        bao,
+        tmp_path_factory.mktemp("mtls"),
+        tls=pki.mutual,
+        credentials=credentials(pki.ca, pki.good_client),
+        reflection=True,
+    )
+    yield s
+    s.stop()
+
+
+class Spy:
+    """Records the callers of a node method (wrapping it on the instance)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, stack: Stack, method: str) -> None:
+        self.callers: list[Caller] = []
+        real: Callable[..., Any] = getattr(stack.node, method)
+
+        def spy(caller: Caller, *args: Any, **kwargs: Any) -> Any:
+            self.callers.append(caller)
+            return real(caller, *args, **kwargs)
+
+        monkeypatch.setattr(stack.node, method, spy)
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "vault.access"]
+
+
+def _refused(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> VaultClientError:
+    with pytest.raises(VaultClientError) as e:
+        fn(*args, **kwargs)
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE, e.value
+    return e.value
+
+
+# --- TLS (server certificate) ----------------------------------------------------
+
+
+def test_tls_round_trip(tls_stack: Stack) -> None:
+    c = tls_stack.client()
+    s = c.create_subject("DE", lookups={"email": "ada@example.org"})
+    r = c.put_record(s.subject_id, "user.name", {"first": "Ada", "last": "Lovelace"})
+    assert dict(c.get_record(r.record_id).fields) == {"first": "Ada", "last": "Lovelace"}
+    assert c.find_subjects("email", "ada@example.org", region="de") == [s.subject_id]
+
+
+def test_tls_without_client_certificate_has_no_client_identity(
+    tls_stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="vault.access")
+    spy = Spy(monkeypatch, tls_stack, "get_subject")
+    c = tls_stack.client()
+    c.get_subject(c.create_subject("US").subject_id)
+    assert [x.client_identity for x in spy.callers] == [None]
+    assert any(
+        "GetSubject OK" in line and "sub=test-service client=-" in line
+        for line in _access_lines(caplog)
+    )
+
+
+def test_tls_refuses_a_plaintext_client(tls_stack: Stack) -> None:
+    token = tls_stack.issue()
+    with VaultClient(tls_stack.target, token=token) as plain:
+        _refused(plain.create_subject, "DE")
+
+
+def test_tls_refuses_a_client_that_trusts_another_ca(tls_stack: Stack, pki: Pki) -> None:
+    owner = tls_stack.client()
+    s = owner.create_subject("DE")
+    rec = owner.put_record(s.subject_id, "user.name", {"first": "Ada"})
+    with VaultClient(
+        tls_stack.target, token=tls_stack.issue(), credentials=credentials(pki.other_ca)
+    ) as c:
+        _refused(c.get_record, rec.record_id)
+
+
+@pytest.mark.parametrize(
+    "bad_server",
+    [
+        pytest.param(
+            lambda ca: ca.issue("pdvault node", sans=SERVER_NAMES, server=True, not_after=NOW),
+            id="expired",
+        ),
+        pytest.param(
+            lambda ca: ca.issue("pdvault node", sans=("vault.example",), server=True),
+            id="another-name",
+        ),
+    ],
+)
+def test_tls_client_refuses_a_bad_server_certificate(
+    bao: Bao,
+    pki: Pki,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    bad_server: Callable[[CA], Issued],
+) -> None:
+    """A server (or a man in the middle) with a certificate from the right CA
+    that is expired or names another host gets no token and no request."""
+    caplog.set_level(logging.DEBUG, logger="vault.access")
+    cert, key = bad_server(pki.ca).write(tmp_path / "pki", "server")
+    s = start_stack(bao, tmp_path / "node", tls=TlsSettings(cert, key))
+    try:
+        creds = credentials(pki.ca)
+        with VaultClient(s.target, token="v4.public.never-sent", credentials=creds) as c:
+            _refused(c.create_subject, "DE")
+        assert not _access_lines(caplog)
+    finally:
+        s.stop()
+
+
+def test_tls_server_warns_when_its_certificate_has_expired(
+    bao: Bao, pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = pki.ca.issue("n", sans=SERVER_NAMES, server=True, not_after=NOW).write(
+        tmp_path / "pki", "server"
+    )
+    s = start_stack(bao, tmp_path / "node", tls=TlsSettings(cert, key))
+    s.stop()
+    assert any(
+        "server certificate expired" in r.getMessage() and r.levelno == logging.WARNING
+        for r in caplog.records
+        if r.name == "vault.server"
+    )
+
+
+# --- mutual TLS -------------------------------------------------------------------
+
+
+def test_mtls_good_client_certificate_is_recorded_beside_the_token_sub(
+    mtls_stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="vault.access")
+    spy = Spy(monkeypatch, mtls_stack, "get_subject")
+    c = mtls_stack.client(mtls_stack.issue(service="crm"))
+    s = c.create_subject("FR")
+    assert c.get_subject(s.subject_id) == s
+    [caller] = spy.callers
+    assert (caller.service, caller.client_identity) == ("crm", "crm-backend")
+    lines = _access_lines(caplog)
+    assert any("GetSubject OK" in line and "sub=crm client=crm-backend" in line for line in lines)
+    assert any("IssueToken OK" in line and "sub=admin client=crm-backend" in line for line in lines)
+
+
+def test_mtls_denied_calls_log_the_client_identity_too(
+    mtls_stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vault.access")
+    c = mtls_stack.client(anonymous=True)
+    with pytest.raises(VaultClientError) as e:
+        c.create_subject("DE")
+    assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert any(
+        "CreateSubject UNAUTHENTICATED MISSING_TOKEN" in line and "client=crm-backend" in line
+        for line in _access_lines(caplog)
+    )
+
+
+def test_mtls_identity_from_the_san_when_the_certificate_has_no_cn(
+    mtls_stack: Stack, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spiffe = pki.ca.issue(None, sans=("spiffe://pdvault.test/crm",), server=False)
+    spy = Spy(monkeypatch, mtls_stack, "get_subject")
+    owner = mtls_stack.client()
+    sid = owner.create_subject("US").subject_id
+    with VaultClient(
+        mtls_stack.target, token=mtls_stack.issue(), credentials=credentials(pki.ca, spiffe)
+    ) as c:
+        c.get_subject(sid)
+    assert [x.client_identity for x in spy.callers] == ["spiffe://pdvault.test/crm"]
+
+
+@pytest.mark.parametrize(
+    "certificate", [None, "other CA", "expired", "not yet valid", "server certificate"]
+)
+def test_mtls_refuses_a_call_without_a_valid_client_certificate(
+    mtls_stack: Stack,
+    pki: Pki,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    certificate: str | None,
+) -> None:
+    """A valid purpose token, even the administrator credential, is not enough:
+    without a good client certificate the handshake fails and nothing of the
+    request reaches the servicer."""
+    owner = mtls_stack.client()
+    s = owner.create_subject("DE")
+    rec = owner.put_record(s.subject_id, "user.name", {"first": "Ada"})
+    token = mtls_stack.issue()
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="vault.access")
+    spies = [Spy(monkeypatch, mtls_stack, m) for m in ("get_record", "export_subject")]
+
+    client_cert = pki.clients[certificate] if certificate else None
+    creds = credentials(pki.ca, client_cert)
+    with VaultClient(mtls_stack.target, token=token, credentials=creds) as c:
+        _refused(c.get_record, rec.record_id)
+        _refused(c.export_subject, s.subject_id)
+        _refused(c.exchange_token, operations=["read"])
+    with VaultClient(mtls_stack.target, token=mtls_stack.admin, credentials=creds) as admin:
+        _refused(
+            admin.issue_token,
+            service="x",
+            purpose="essential.service",
+            categories=["user.name"],
+            operations=["read"],
+        )
+    assert _access_lines(caplog) == []
+    assert all(spy.callers == [] for spy in spies)
+
+
+def test_mtls_reflection_needs_a_client_certificate(mtls_stack: Stack, pki: Pki) -> None:
+    def services(creds: grpc.ChannelCredentials) -> set[str]:
+        with grpc.secure_channel(mtls_stack.target, creds) as ch:
+            resp = next(
+                reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+                )
+            )
+        return {s.name for s in resp.list_services_response.service}
+
+    assert "vault.v1.PersonalDataVault" in services(credentials(pki.ca, pki.good_client))
+    with pytest.raises(grpc.RpcError) as e:
+        services(credentials(pki.ca))
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_files_that_do_not_hold_certificates_are_refused(pki: Pki, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    for tls in (
+        TlsSettings(junk, pki.server.key_file),
+        TlsSettings(tmp_path / "missing.pem", pki.server.key_file),
+        TlsSettings(pki.server.cert_file, pki.server.key_file, client_ca_file=junk),
+    ):
+        with pytest.raises(ConfigError):
+            server_credentials(NodeSettings(data_dir=tmp_path, tls=tls))
+
+
+def test_client_identity_prefers_the_cn() -> None:
+    assert client_identity({}) is None
+    assert client_identity({"transport_security_type": [b"ssl"]}) is None
+    assert client_identity({"x509_common_name": [b""]}) is None
+    both = {"x509_common_name": [b"crm"], "x509_subject_alternative_name": [b"a.example"]}
+    assert client_identity(both) == "crm"
+    assert (
+        client_identity({"x509_subject_alternative_name": [b"a.example", b"spiffe://t/x"]})
+        == "a.example,spiffe://t/x"
+    )
