@@ -134,7 +134,8 @@ class NodeSettings:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 50051
-    #: TLS, or mutual TLS with a client CA. ``None`` is plaintext.
+    #: TLS, or mutual TLS with a client CA. ``None`` is plaintext, allowed on a
+    #: loopback host only (``--insecure-local``, local development).
     tls: TlsSettings | None = None
     cache: CacheSettings = field(default_factory=CacheSettings)
     limits: Limits = field(default_factory=Limits)

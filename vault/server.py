@@ -34,7 +34,7 @@ from vault.residency import Node
 from vault.service import PersonalDataVaultServicer, TokenServicer
 from vault.store import CellStore, make_engine, migrate
 from vault.tokens.authority import TokenAuthority, load_or_create_signing_key
-from vault.transport import certificate_problem, server_credentials
+from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
 from vault.v1 import vault_pb2, vault_pb2_grpc
 
 log = logging.getLogger("vault.server")
@@ -197,7 +197,8 @@ class VaultServer:
         """Listens and serves; returns the port.
 
         Raises :class:`~vault.errors.ConfigError`, before anything is bound or
-        started, for unreadable TLS files (see :mod:`vault.transport`).
+        started, for plaintext on an address that is not loopback (see
+        :mod:`vault.transport`) and for unreadable TLS files.
         """
         credentials = server_credentials(self.settings)
         server = grpc.aio.server(
@@ -256,7 +257,14 @@ class VaultServer:
         tls = self.settings.tls
         where = f"{self.settings.host}:{self.port}"
         if tls is None:
-            log.info("plaintext on %s", where)
+            log.warning(
+                "INSECURE: local development only, plaintext on loopback %s (%s): tokens, "
+                "the administrator credential and personal data cross it unencrypted; "
+                "serve TLS with %s",
+                where,
+                INSECURE_LOCAL,
+                TLS_FLAGS,
+            )
             return
         log.info(
             "TLS on %s: %s",

@@ -1,4 +1,4 @@
-"""The gRPC transport: TLS and mutual TLS.
+"""The gRPC transport: TLS, mutual TLS, and where plaintext is allowed.
 
 A node serves one of:
 
@@ -10,12 +10,16 @@ A node serves one of:
   handshake: no RPC reaches the servicer, no token is even read. The
   certificate's identity (:func:`client_identity`) is recorded on the caller
   and in the access log, beside the token's ``sub``.
-- **plaintext** when no TLS is configured.
+- **plaintext** (``--insecure-local``): for local development only, and only on
+  a loopback address. Anything else without TLS is refused
+  (:func:`server_credentials`), because purpose tokens, the administrator
+  credential and personal data would cross the network in clear.
 """
 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -25,8 +29,25 @@ from cryptography import x509
 from vault.config import NodeSettings, TlsSettings
 from vault.errors import ConfigError, ConfigProblem
 
+INSECURE_LOCAL = "--insecure-local"
+TLS_FLAGS = "--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]"
 #: The longest client identity kept; a certificate name is not a document.
 MAX_IDENTITY = 256
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``localhost``, 127.0.0.0/8, ``::1``).
+
+    Other names are not resolved: a name could point anywhere, so it counts as
+    not loopback. The empty host and ``0.0.0.0``/``::`` mean every interface.
+    """
+    h = host.strip().removeprefix("[").removesuffix("]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
 
 
 def _read(path: Path, flag: str) -> bytes:
@@ -51,13 +72,25 @@ def _certificates(pem: bytes, path: Path, flag: str) -> list[x509.Certificate]:
 
 
 def server_credentials(settings: NodeSettings) -> grpc.ServerCredentials | None:
-    """The credentials to listen with: TLS/mTLS, or ``None`` for plaintext.
+    """The credentials to listen with: TLS/mTLS, or ``None`` for plaintext on loopback.
 
-    Raises :class:`ConfigError` for TLS files that cannot be read or hold no
-    certificate.
+    Raises :class:`ConfigError` for plaintext on any other address, and for
+    TLS files that cannot be read or hold no certificate.
     """
     tls = settings.tls
     if tls is None:
+        if not is_loopback(settings.host):
+            raise ConfigError(
+                "the listen address",
+                [
+                    ConfigProblem(
+                        f"host {settings.host or '(every interface)'}",
+                        f"plaintext gRPC ({INSECURE_LOCAL}) is served only on a loopback "
+                        "address; to listen here, serve TLS: "
+                        f"pdvault up {TLS_FLAGS} (NodeSettings.tls)",
+                    )
+                ],
+            )
         return None
     return _tls_credentials(tls)
 

@@ -40,6 +40,7 @@ class Up:
             m = re.search(r"endpoint\s+(127\.0\.0\.1:\d+)", line)
             if m:
                 self.target = m.group(1)
+            if "Stop with Ctrl-C." in line:  # the banner is read whole
                 return
         self.proc.kill()
         raise AssertionError("pdvault up did not start:\n" + "".join(self.output))
@@ -109,6 +110,8 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
         code = up.stop()
     assert code == 0, "".join(up.output)
     assert "pdvault: stopped" in "".join(up.output)
+    # No TLS flags on loopback: plaintext, and said so loudly (banner and log).
+    assert "".join(up.output).count("INSECURE: local development only, plaintext on loopback") == 2
     assert _bao_processes(data_dir) == [], "OpenBao outlived pdvault up"
 
     unseal = data_dir / "openbao" / "LOCAL-ONLY-unseal.json"

@@ -11,6 +11,8 @@ servicer never sees the call (no access-log line, the node is not called).
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from vault.client import VaultClient, VaultClientError
 from vault.config import NodeSettings, TlsSettings
 from vault.errors import ConfigError
 from vault.policy import Caller
-from vault.transport import client_identity, server_credentials
+from vault.transport import client_identity, is_loopback, server_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -297,6 +299,55 @@ def test_mtls_reflection_needs_a_client_certificate(mtls_stack: Stack, pki: Pki)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+# --- where plaintext may be served ------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "192.0.2.10", "vault.example"])
+def test_plaintext_is_refused_off_loopback(bao: Bao, tmp_path: Path, host: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        start_stack(bao, tmp_path, host=host)
+    message = str(e.value)
+    assert "--tls-cert" in message and "--insecure-local" in message and "loopback" in message
+
+
+def test_plaintext_on_loopback_is_announced(
+    bao: Bao, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    start_stack(bao, tmp_path).stop()
+    assert any(
+        "INSECURE: local development only, plaintext on loopback" in r.getMessage()
+        and r.levelno == logging.WARNING
+        for r in caplog.records
+    )
+
+
+def test_tls_may_listen_anywhere(pki: Pki) -> None:
+    for host in ("0.0.0.0", "::", "vault.example"):
+        settings = NodeSettings(data_dir=Path("."), host=host, tls=pki.mutual)
+        assert server_credentials(settings) is not None
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("10.0.0.1", False),
+        ("localhost.example", False),
+        ("127.0.0.1.nip.io", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
 def test_tls_files_that_do_not_hold_certificates_are_refused(pki: Pki, tmp_path: Path) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate")
@@ -319,3 +370,17 @@ def test_client_identity_prefers_the_cn() -> None:
         client_identity({"x509_subject_alternative_name": [b"a.example", b"spiffe://t/x"]})
         == "a.example,spiffe://t/x"
     )
+
+
+def test_pdvault_up_refuses_plaintext_off_loopback_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(tmp_path), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "--tls-cert" in out.stderr and "--insecure-local" in out.stderr
+    assert not (tmp_path / "openbao").exists()

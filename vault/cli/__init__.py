@@ -21,11 +21,15 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the local stack: OpenBao + five regional cells + gRPC")
     up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     up.add_argument("--port", type=int, default=int(os.environ.get("PDVAULT_PORT", DEFAULT_PORT)))
-    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="listen address; anything but loopback needs TLS (--tls-cert, --tls-key)",
+    )
     tls = up.add_argument_group(
         "transport",
         "TLS with --tls-cert and --tls-key; mutual TLS adds --tls-client-ca. Without them the "
-        "node serves plaintext.",
+        "node serves plaintext on a loopback address only (--insecure-local, local development).",
     )
     tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="server certificate chain (PEM)")
     tls.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
@@ -34,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="mutual TLS: require client certificates signed by this CA (PEM)",
+    )
+    tls.add_argument(
+        "--insecure-local",
+        action="store_true",
+        help="plaintext on loopback, for local development (the default without --tls-cert)",
     )
     up.add_argument(
         "--regions", type=Path, default=None, help="regions file (default: regions/regions.yaml)"

@@ -20,7 +20,7 @@ from vault.errors import ConfigError
 from vault.policy import default_policy_path, load_policy
 from vault.server import VaultServer, build_vault
 from vault.tokens.authority import ensure_admin_credential
-from vault.transport import server_credentials
+from vault.transport import INSECURE_LOCAL, TLS_FLAGS, server_credentials
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:
@@ -47,6 +47,8 @@ def _tls(args: argparse.Namespace) -> TlsSettings | None:
         return None
     if args.tls_cert is None or args.tls_key is None:
         raise SystemExit("pdvault: --tls-cert and --tls-key go together")
+    if args.insecure_local:
+        raise SystemExit(f"pdvault: {INSECURE_LOCAL} and --tls-cert exclude each other")
     return TlsSettings(
         args.tls_cert.resolve(),
         args.tls_key.resolve(),
@@ -57,7 +59,12 @@ def _tls(args: argparse.Namespace) -> TlsSettings | None:
 def _transport_banner(settings: NodeSettings) -> str:
     tls = settings.tls
     if tls is None:
-        return "  transport    plaintext (no TLS)"
+        return (
+            "  transport    INSECURE: local development only, plaintext on loopback "
+            f"({INSECURE_LOCAL}):\n"
+            "               tokens, the admin credential and personal data cross it unencrypted.\n"
+            f"               Serve TLS with {TLS_FLAGS}."
+        )
     if tls.client_ca_file is None:
         return f"  transport    TLS ({tls.cert_file}); no client certificates"
     return (
@@ -79,7 +86,7 @@ async def up(args: argparse.Namespace) -> int:
         tls=_tls(args),
     )
     try:
-        # Before anything starts: unreadable TLS files.
+        # Before anything starts: plaintext off loopback, unreadable TLS files.
         server_credentials(settings)
     except ConfigError as e:
         print(f"pdvault: refusing to start: {e}", file=sys.stderr)
