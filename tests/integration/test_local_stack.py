@@ -20,10 +20,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 class Up:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *flags: str) -> None:
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir), "--port", "0"],
+            [
+                *(sys.executable, "-m", "vault.cli", "up"),
+                *("--data-dir", str(data_dir), "--port", "0", *flags),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -37,7 +40,7 @@ class Up:
             if not line:
                 break
             self.output.append(line)
-            m = re.search(r"endpoint\s+(127\.0\.0\.1:\d+)", line)
+            m = re.search(r"endpoint\s+((?:grpcs://)?127\.0\.0\.1:\d+)", line)
             if m:
                 self.target = m.group(1)
             if "Stop with Ctrl-C." in line:  # the banner is read whole

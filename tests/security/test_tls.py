@@ -11,6 +11,7 @@ servicer never sees the call (no access-log line, the node is not called).
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -23,8 +24,10 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.conftest import Bao, Stack, start_stack
+from tests.integration.test_local_stack import Up
 from tests.security._pki import CA, DAY, NOW, SERVER_NAMES, Issued, credentials
-from vault.client import VaultClient, VaultClientError
+from vault.cli import main
+from vault.client import VaultClient, VaultClientError, channel_credentials
 from vault.config import NodeSettings, TlsSettings
 from vault.errors import ConfigError
 from vault.policy import Caller
@@ -384,3 +387,130 @@ def test_pdvault_up_refuses_plaintext_off_loopback_before_starting_anything(
     assert out.returncode == 2, out.stderr
     assert "--tls-cert" in out.stderr and "--insecure-local" in out.stderr
     assert not (tmp_path / "openbao").exists()
+
+
+# --- clients: VaultClient and the CLI -----------------------------------------------
+
+
+def test_channel_credentials() -> None:
+    assert channel_credentials("127.0.0.1:1") == ("127.0.0.1:1", None)
+    address, creds = channel_credentials("grpcs://vault.example:443")
+    assert address == "vault.example:443" and creds is not None
+    assert channel_credentials("127.0.0.1:1", ca=b"pem")[1] is not None
+    with pytest.raises(ValueError, match="go together"):
+        channel_credentials("127.0.0.1:1", ca=b"pem", cert=b"pem")
+    with pytest.raises(ValueError, match="either"):
+        VaultClient("127.0.0.1:1", ca=b"pem", credentials=grpc.ssl_channel_credentials())
+
+
+def test_vault_client_tls_settings(tls_stack: Stack, mtls_stack: Stack, pki: Pki) -> None:
+    token = tls_stack.issue()
+    for target in (tls_stack.target, "grpcs://" + tls_stack.target):
+        with VaultClient(target, token=token, ca=pki.ca.pem) as c:
+            assert c.create_subject("SG").region == "sg"
+    # grpcs:// alone trusts the system's roots, which never signed the test CA.
+    with VaultClient("grpcs://" + tls_stack.target, token=token) as c:
+        _refused(c.create_subject, "SG")
+
+    good = pki.good_client
+    token = mtls_stack.issue()
+    with VaultClient(
+        mtls_stack.target, token=token, ca=pki.ca.pem, cert=good.cert, key=good.key
+    ) as c:
+        assert c.create_subject("SG").region == "sg"
+    with VaultClient(mtls_stack.target, token=token, ca=pki.ca.pem) as c:
+        _refused(c.create_subject, "SG")
+
+
+def _cli(*argv: str) -> int:
+    try:
+        return main(list(argv))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+
+
+def test_cli_token_and_export_over_mtls(
+    mtls_stack: Stack,
+    pki: Pki,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cert, key = pki.good_client.write(tmp_path, "client")
+    ca = pki.ca.write(tmp_path, "ca")
+    target = "grpcs://" + mtls_stack.target
+    issue = (
+        "token", "issue", "--data-dir", str(mtls_stack.data_dir), "--target", target,
+        "--purpose", "essential.subject_rights", "--categories", "user.name",
+        "--ops", "read,write,export",
+    )  # fmt: skip
+    assert _cli(*issue, "--ca", str(ca), "--cert", str(cert), "--key", str(key)) == 0
+    token = capsys.readouterr().out.strip()
+    owner = mtls_stack.client(token)
+    sid = owner.create_subject("DE").subject_id
+    owner.put_record(sid, "user.name", {"first": "Ada"})
+
+    # The same from the environment, as a script would.
+    monkeypatch.setenv("PDVAULT_CA", str(ca))
+    monkeypatch.setenv("PDVAULT_CERT", str(cert))
+    monkeypatch.setenv("PDVAULT_KEY", str(key))
+    out = tmp_path / "ada.json"
+    export = ("export", sid, "-o", str(out), "--target", target, "--token", token)
+    assert _cli(*export) == 0
+    assert "Ada" in out.read_text()
+
+    # Without the client certificate: refused, nothing written, no token printed.
+    monkeypatch.delenv("PDVAULT_CERT")
+    monkeypatch.delenv("PDVAULT_KEY")
+    out.unlink()
+    capsys.readouterr()
+    assert _cli(*export) == 1
+    assert not out.exists()
+    assert _cli(*issue) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "UNAVAILABLE" in captured.err and "--cert" in captured.err
+    assert _cli(*issue, "--cert", str(cert)) != 0  # a certificate without its key
+
+
+@pytest.mark.slow
+def test_pdvault_up_with_mtls_and_the_cli_end_to_end(pki: Pki, tmp_path: Path) -> None:
+    """`pdvault up --tls-cert --tls-key --tls-client-ca` as a user runs it; the
+    CLI finds grpcs:// in the data dir's endpoint and takes --ca/--cert/--key."""
+    cert, key = pki.good_client.write(tmp_path / "pki", "client")
+    ca = pki.ca.write(tmp_path / "pki", "ca")
+    data_dir = tmp_path / "pdv"
+    up = Up(
+        data_dir,
+        *("--tls-cert", str(pki.mutual.cert_file), "--tls-key", str(pki.mutual.key_file)),
+        *("--tls-client-ca", str(pki.mutual.client_ca_file)),
+    )
+    try:
+        banner = "".join(up.output)
+        assert up.target.startswith("grpcs://127.0.0.1:")
+        assert "mutual TLS" in banner and "INSECURE" not in banner
+        assert (data_dir / "endpoint").read_text().strip() == up.target
+        tls = ("--ca", str(ca), "--cert", str(cert), "--key", str(key))
+        token = up.token(
+            *tls,
+            *("--purpose", "essential.service", "--categories", "user.name", "--ops", "read,write"),
+        )
+        with VaultClient(
+            up.target, token=token, ca=ca.read_bytes(), cert=cert.read_bytes(), key=key.read_bytes()
+        ) as c:
+            assert c.create_subject("DE").region == "de"
+        # A plaintext client, and a TLS client without a certificate: nothing.
+        with VaultClient(up.target.removeprefix("grpcs://"), token=token) as c:
+            _refused(c.create_subject, "DE")
+        with VaultClient(up.target, token=token, ca=ca.read_bytes()) as c:
+            _refused(c.create_subject, "DE")
+        demo = subprocess.run(
+            [sys.executable, "-m", "vault.cli", "demo", "--data-dir", str(data_dir), *tls],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert "verified offline" in demo.stdout
+    finally:
+        assert up.stop() == 0

@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole story against the running local stack")
     demo.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _rights, _tokens
+    from vault.cli import _connect, _rights, _tokens
+
+    _connect.add_flags(demo, target=False)
 
     _tokens.add_parser(sub)
     _rights.add_parsers(sub)
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from vault.cli import _demo
 
-        return _demo.run(args.data_dir)
+        return _demo.run(args)
     if args.command in ("policy", "regions"):
         from vault.cli import _check
 

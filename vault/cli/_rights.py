@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from vault.cell import Cell
-from vault.client import VaultClient, VaultClientError
+from vault.cli import _connect
+from vault.client import VaultClientError
 from vault.config import NodeSettings, RegionsConfig, load_regions
 from vault.control import ControlStore, ErasureEntry
 from vault.datadir import DEFAULT_DATA_DIR, DataDir
@@ -30,7 +31,7 @@ def add_parsers(sub: Any) -> None:
     ex.add_argument("subject_id")
     ex.add_argument("-o", "--output", type=Path, required=True)
     ex.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    ex.add_argument("--target")
+    _connect.add_flags(ex)
     ex.add_argument(
         "--token",
         default=os.environ.get("PDVAULT_TOKEN"),
@@ -89,8 +90,7 @@ def run_export(args: argparse.Namespace) -> int:
         return 2
     err = Console(stderr=True)
     size = 0
-    target = DataDir(args.data_dir).target(args.target)
-    with VaultClient(target, token=args.token) as vc, args.output.open("wb") as out:
+    with _connect.connect(args, args.token) as vc, args.output.open("wb") as out:
         try:
             with err.status("exporting…"):
                 for piece in vc.export_subject_bytes(args.subject_id):
@@ -98,7 +98,7 @@ def run_export(args: argparse.Namespace) -> int:
                     size += len(piece)
         except VaultClientError as e:
             args.output.unlink(missing_ok=True)
-            print(f"pdvault: {e}", file=sys.stderr)
+            print(f"pdvault: {_connect.describe(e)}", file=sys.stderr)
             return 1
     doc = json.loads(args.output.read_bytes())
     err.print(

@@ -124,6 +124,12 @@ async def up(args: argparse.Namespace) -> int:
             asyncio.create_task(_renew_forever(bao.address, t)) for t in (creds.node, creds.eraser)
         ]
         reflection = "on" if settings.reflection else "off"
+        tls_hint = (
+            "\n  (over TLS add --ca FILE, and --cert FILE --key FILE for mutual TLS;\n"
+            "   or set $PDVAULT_CA, $PDVAULT_CERT, $PDVAULT_KEY)"
+            if settings.tls
+            else ""
+        )
         print(
             f"""
 pdvault is running.
@@ -137,7 +143,7 @@ pdvault is running.
 
 Next: issue a purpose token and follow the README quickstart:
   pdvault token issue --data-dir {args.data_dir} --purpose essential.service \\
-      --categories user.name,user.contact.email --ops read,write
+      --categories user.name,user.contact.email --ops read,write{tls_hint}
 Stop with Ctrl-C.""",
             flush=True,
         )
