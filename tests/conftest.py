@@ -18,6 +18,7 @@ import pytest
 from tests._background import BackgroundServer
 from vault.client import VaultClient
 from vault.config import CacheSettings, NodeSettings, RegionsConfig, TlsSettings, load_regions
+from vault.datadir import DataDir
 from vault.devstack import OpenBaoServer
 from vault.keys import TransitKeyProvider
 from vault.policy import Policy, default_policy_path, load_policy
@@ -226,7 +227,7 @@ def start_stack(
         openbao_token=bao.node_token,
         eraser_token=bao.eraser_token,
         policy=policy or POLICY,
-        admin_credential=admin,
+        admin_credential_file=DataDir(data_dir).admin_credential,
         providers={bao.address: provider},
     )
     bg = BackgroundServer(VaultServer(vault, settings))

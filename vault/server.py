@@ -6,10 +6,10 @@ Per-region instances are built here and only here.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,7 +33,7 @@ from vault.policy import Authorizer, Policy
 from vault.residency import Node
 from vault.service import PersonalDataVaultServicer, TokenServicer
 from vault.store import CellStore, make_engine, migrate
-from vault.tokens.authority import TokenAuthority, load_or_create_signing_key
+from vault.tokens.authority import AdminCredential, TokenAuthority, load_or_create_signing_key
 from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
 from vault.v1 import vault_pb2, vault_pb2_grpc
 
@@ -151,12 +151,19 @@ def build_vault(
     openbao_token: str,
     eraser_token: str | None = None,
     policy: Policy,
-    admin_credential: str | None,
+    admin_credential: str | None = None,
+    admin_credential_file: Path | None = None,
     serve_regions: frozenset[str] | None = None,
     providers: dict[str, KeyProvider] | None = None,
 ) -> Vault:
     """Opens (and migrates) every served cell and the control plane, connects
-    the key services, unwraps the token signing key."""
+    the key services, unwraps the token signing key.
+
+    The administrator credential: ``admin_credential_file`` (followed, so a
+    rotation needs no restart), else ``admin_credential`` (fixed), else none.
+    """
+    if admin_credential is not None and admin_credential_file is not None:
+        raise ValueError("give the administrator credential or its file, not both")
     keys = KeyServices(
         openbao_token,
         eraser_token,
@@ -173,8 +180,12 @@ def build_vault(
         keys.provider(regions.control.openbao_address),
         regions.control.transit_mount,
     )
-    digest = hashlib.sha256(admin_credential.encode()).digest() if admin_credential else None
-    authority = TokenAuthority(signing, keyset, control, revocations, authz, digest)
+    admin = (
+        AdminCredential.following(admin_credential_file)
+        if admin_credential_file is not None
+        else AdminCredential.fixed(admin_credential)
+    )
+    authority = TokenAuthority(signing, keyset, control, revocations, authz, admin)
     eraser = Eraser(cells, control, signing, keyset)
     node = Node(regions, cells, settings.limits, eraser)
     return Vault(node, authority, revocations, control, eraser, parts)

@@ -6,11 +6,17 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import grpc
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Bao, Stack, start_stack
+from vault.cli import main
+from vault.client import VaultClient, VaultClientError
+from vault.datadir import DataDir
+from vault.tokens.authority import AdminCredential, ensure_admin_credential, rotate_admin_credential
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +67,93 @@ def test_export_does_not_write_through_a_symlink(stack: Stack, tmp_path: Path) -
     assert "cannot be written" in _export_with_umask_0(stack, token, sid, link)
     assert victim.read_text() == "untouched"
     assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+
+
+# --- the administrator credential ---------------------------------------------------
+
+
+def test_admin_credential_follows_its_file_at_most_once_a_second(tmp_path: Path) -> None:
+    path = DataDir(tmp_path).admin_credential
+    old = ensure_admin_credential(tmp_path)
+    now = [0.0]
+    admin = AdminCredential.following(path, clock=lambda: now[0])
+    assert admin.matches(old) and not admin.matches(old + "x") and not admin.matches("")
+
+    rotate_admin_credential(tmp_path)
+    new = path.read_text().strip()
+    assert new != old and new.startswith("pdva_")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not DataDir(tmp_path).admin_credential_new.exists()
+    now[0] = 0.5  # not looked at again yet
+    assert admin.matches(old) and not admin.matches(new)
+    now[0] = 1.0
+    assert admin.matches(new) and not admin.matches(old)
+
+    path.unlink()  # gone: nothing is accepted (fail closed)
+    now[0] = 2.0
+    assert not admin.matches(new) and not admin.matches(old)
+    path.write_text("\n")  # empty: nothing either
+    now[0] = 3.0
+    assert not admin.matches("") and not admin.matches(new)
+    path.write_text("pdva_restored\n")
+    now[0] = 4.0
+    assert admin.matches("pdva_restored")
+
+
+def test_admin_rotate_needs_an_existing_credential(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        rotate_admin_credential(tmp_path)
+    assert main(["admin", "rotate", "--data-dir", str(tmp_path)]) == 1
+    assert not DataDir(tmp_path).admin_credential.exists()
+
+
+def _issue(stack: Stack, credential: str) -> None:
+    with VaultClient(stack.target, token=credential) as admin:
+        admin.issue_token(
+            service="rotation",
+            purpose="essential.service",
+            categories=["user.name"],
+            operations=["read"],
+            ttl_seconds=60,
+        )
+
+
+def _refused_as_admin(stack: Stack, credential: str) -> bool:
+    try:
+        _issue(stack, credential)
+    except VaultClientError as e:
+        assert (e.code, e.reason) == (grpc.StatusCode.UNAUTHENTICATED, "ADMIN_REQUIRED")
+        return True
+    return False
+
+
+def test_admin_rotate_on_a_running_node_without_restart(
+    bao: Bao, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = start_stack(bao, tmp_path)
+    try:
+        old = s.admin
+        _issue(s, old)
+        victim = s.client().create_subject("DE").subject_id
+
+        assert main(["admin", "rotate", "--data-dir", str(tmp_path)]) == 0
+        assert "admin.credential" in capsys.readouterr().out
+        path = DataDir(tmp_path).admin_credential
+        new = s.admin = path.read_text().strip()
+        assert new != old and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+        deadline = time.monotonic() + 5
+        while not _refused_as_admin(s, old):
+            assert time.monotonic() < deadline, "the old credential is still accepted"
+            time.sleep(0.2)
+        _issue(s, new)
+        # The old credential cannot revoke either, and is no purpose token.
+        token_id = s.client(s.issue()).exchange_token(operations=["read"]).token_id
+        with VaultClient(s.target, token=old) as c:
+            with pytest.raises(VaultClientError) as e:
+                c.revoke_token(token_id)
+            assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(VaultClientError):
+                c.get_subject(victim)
+    finally:
+        s.stop()

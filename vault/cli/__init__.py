@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from pathlib import Path
 
 from vault.config import CacheSettings
@@ -80,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole story against the running local stack")
     demo.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
+    admin = sub.add_parser("admin", help="the administrator credential")
+    asub = admin.add_subparsers(dest="admin_command", required=True)
+    rotate = asub.add_parser(
+        "rotate",
+        help="replace the administrator credential; a running node switches within a second",
+    )
+    rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
     from vault.cli import _connect, _rights, _tokens
 
     _connect.add_flags(demo, target=False)
@@ -100,6 +109,23 @@ def main(argv: list[str] | None = None) -> int:
         from vault.cli import _check
 
         return (_check.policy_check if args.command == "policy" else _check.regions_check)(args)
+    if args.command == "admin":
+        from vault.tokens.authority import ADMIN_CHECK_SECONDS, rotate_admin_credential
+
+        try:
+            path = rotate_admin_credential(args.data_dir)
+        except FileNotFoundError:
+            print(
+                f"pdvault: no administrator credential in {args.data_dir} to rotate "
+                "(is `pdvault up` using this data dir?)",
+                file=sys.stderr,
+            )
+            return 1
+        print(
+            f"pdvault: a new administrator credential is in {path} (0600). A running node "
+            f"accepts it within {ADMIN_CHECK_SECONDS:g} s and refuses the old one from then."
+        )
+        return 0
     if args.command == "token":
         from vault.cli import _tokens
 

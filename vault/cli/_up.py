@@ -106,14 +106,14 @@ async def up(args: argparse.Namespace) -> int:
     server: VaultServer | None = None
     try:
         creds = bao.configure(regions)
-        admin = ensure_admin_credential(data_dir)
+        ensure_admin_credential(data_dir)
         vault = build_vault(
             regions,
             settings,
             openbao_token=creds.node,
             eraser_token=creds.eraser,
             policy=policy,
-            admin_credential=admin,
+            admin_credential_file=layout.admin_credential,
         )
         server = VaultServer(vault, settings)
         port = await server.start()
@@ -139,7 +139,7 @@ pdvault is running.
   data dir     {data_dir}
   OpenBao      {bao.address}  (local-only unseal material: {bao.dir / "LOCAL-ONLY-unseal.json"})
   policy       {policy.source} (revision {policy.revision}, {len(policy.purposes)} purposes)
-  admin        {layout.admin_credential} (0600)
+  admin        {layout.admin_credential} (0600; `pdvault admin rotate` replaces it)
 
 Next: issue a purpose token and follow the README quickstart:
   pdvault token issue --data-dir {args.data_dir} --purpose essential.service \\
