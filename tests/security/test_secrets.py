@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -157,3 +158,39 @@ def test_admin_rotate_on_a_running_node_without_restart(
                 c.get_subject(victim)
     finally:
         s.stop()
+
+
+def _admin_as_purpose_token(stack: Stack, credential: str, subject_id: str, record_id: str) -> None:
+    """Every RPC that wants a purpose token refuses the administrator credential."""
+    calls: dict[str, Callable[[VaultClient], object]] = {
+        "CreateSubject": lambda c: c.create_subject("DE"),
+        "GetSubject": lambda c: c.get_subject(subject_id),
+        "PutRecord": lambda c: c.put_record(subject_id, "user.name", {"first": "Eve"}),
+        "GetRecord": lambda c: c.get_record(record_id),
+        "ListRecords": lambda c: c.list_records(subject_id),
+        "DeleteRecord": lambda c: c.delete_record(record_id),
+        "FindSubjects": lambda c: c.find_subjects("email", "a@example.org", all_regions=True),
+        "SetConsent": lambda c: c.set_consent(
+            subject_id, "marketing.communications.email", True, source="x"
+        ),
+        "ExportSubject": lambda c: c.export_subject(subject_id),
+        "EraseSubject": lambda c: c.erase_subject(subject_id, reason="subject_request"),
+        "ExchangeToken": lambda c: c.exchange_token(operations=["read"]),
+    }
+    with VaultClient(stack.target, token=credential) as c:
+        for rpc, call in calls.items():
+            with pytest.raises(VaultClientError) as e:
+                call(c)
+            assert (e.value.code, e.value.reason) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "MALFORMED_TOKEN",
+            ), rpc
+
+
+def test_admin_credential_is_never_a_purpose_token(stack: Stack) -> None:
+    owner = stack.client()
+    sid = owner.create_subject("DE").subject_id
+    rid = owner.put_record(sid, "user.name", {"first": "Ada"}).record_id
+    _admin_as_purpose_token(stack, stack.admin, sid, rid)
+    # Nothing happened to the subject or its record.
+    assert dict(owner.get_record(rid).fields) == {"first": "Ada"}
