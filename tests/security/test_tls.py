@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tests.conftest import Bao, Stack, start_stack
 from tests.integration.test_local_stack import Up
 from tests.security._pki import CA, DAY, NOW, SERVER_NAMES, Issued, credentials
-from vault.cli import main
+from vault.cli import _up, build_parser, main
 from vault.client import VaultClient, VaultClientError, channel_credentials
 from vault.config import NodeSettings, TlsSettings
 from vault.errors import ConfigError
@@ -375,11 +375,16 @@ def test_client_identity_prefers_the_cn() -> None:
     )
 
 
+@pytest.mark.parametrize("flags", [(), ("--insecure-local",)])
 def test_pdvault_up_refuses_plaintext_off_loopback_before_starting_anything(
-    tmp_path: Path,
+    tmp_path: Path, flags: tuple[str, ...]
 ) -> None:
+    """--insecure-local names the mode; it never makes plaintext off loopback allowed."""
     out = subprocess.run(
-        [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(tmp_path), "--host", "0.0.0.0"],
+        [
+            *(sys.executable, "-m", "vault.cli", "up", "--data-dir", str(tmp_path)),
+            *("--host", "0.0.0.0", *flags),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -387,6 +392,21 @@ def test_pdvault_up_refuses_plaintext_off_loopback_before_starting_anything(
     assert out.returncode == 2, out.stderr
     assert "--tls-cert" in out.stderr and "--insecure-local" in out.stderr
     assert not (tmp_path / "openbao").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--tls-client-ca", "ca.pem"), "--tls-client-ca needs --tls-cert and --tls-key"),
+        (("--tls-cert", "c.pem"), "go together"),
+        (("--tls-key", "k.pem"), "go together"),
+        (("--tls-cert", "c.pem", "--tls-key", "k.pem", "--insecure-local"), "exclude each other"),
+    ],
+)
+def test_pdvault_up_tls_flags_that_do_not_make_sense(flags: tuple[str, ...], message: str) -> None:
+    args = build_parser().parse_args(["up", *flags])
+    with pytest.raises(SystemExit, match=message):
+        _up._tls(args)
 
 
 # --- clients: VaultClient and the CLI -----------------------------------------------
