@@ -50,6 +50,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def local_dial_host(host: str) -> str:
+    """What a client on this machine dials for a node listening on ``host``:
+    ``localhost`` for every interface (the empty host, ``0.0.0.0``, ``::``)."""
+    h = host.strip().removeprefix("[").removesuffix("]")
+    try:
+        unspecified = not h or ipaddress.ip_address(h).is_unspecified
+    except ValueError:
+        unspecified = False
+    return "localhost" if unspecified else host
+
+
 def _read(path: Path, flag: str) -> bytes:
     try:
         return path.read_bytes()

@@ -31,7 +31,7 @@ from vault.client import VaultClient, VaultClientError, channel_credentials
 from vault.config import NodeSettings, TlsSettings
 from vault.errors import ConfigError
 from vault.policy import Caller
-from vault.transport import client_identity, is_loopback, server_credentials
+from vault.transport import client_identity, is_loopback, local_dial_host, server_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -349,6 +349,13 @@ def test_tls_may_listen_anywhere(pki: Pki) -> None:
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_local_clients_dial_localhost_for_every_interface() -> None:
+    for every in ("", "0.0.0.0", "::", "[::]"):
+        assert local_dial_host(every) == "localhost"
+    for host in ("127.0.0.1", "::1", "vault.example", "10.0.0.1"):
+        assert local_dial_host(host) == host
 
 
 def test_tls_files_that_do_not_hold_certificates_are_refused(pki: Pki, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from vault.errors import ConfigError
 from vault.policy import default_policy_path, load_policy
 from vault.server import VaultServer, build_vault
 from vault.tokens.authority import ensure_admin_credential
-from vault.transport import INSECURE_LOCAL, TLS_FLAGS, server_credentials
+from vault.transport import INSECURE_LOCAL, TLS_FLAGS, local_dial_host, server_credentials
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:
@@ -118,7 +118,7 @@ async def up(args: argparse.Namespace) -> int:
         server = VaultServer(vault, settings)
         port = await server.start()
         scheme = "grpcs://" if settings.tls else ""
-        endpoint = f"{scheme}{settings.host}:{port}"
+        endpoint = f"{scheme}{local_dial_host(settings.host)}:{port}"
         write_file(layout.endpoint, endpoint + "\n", 0o644)
         renew = [
             asyncio.create_task(_renew_forever(bao.address, t)) for t in (creds.node, creds.eraser)
