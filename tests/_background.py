@@ -20,8 +20,12 @@ class BackgroundServer:
         self._thread.start()
         return asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(30)
 
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(1.0), self._loop).result(30)
+    def stop_loop(self) -> None:
+        """Stops the event-loop thread (after the server stopped, or failed to start)."""
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(1.0), self._loop).result(30)
+        self.stop_loop()

@@ -17,7 +17,8 @@ import pytest
 
 from tests._background import BackgroundServer
 from vault.client import VaultClient
-from vault.config import CacheSettings, NodeSettings, RegionsConfig, load_regions
+from vault.config import CacheSettings, NodeSettings, RegionsConfig, TlsSettings, load_regions
+from vault.datadir import DataDir
 from vault.devstack import OpenBaoServer
 from vault.keys import TransitKeyProvider
 from vault.policy import Policy, default_policy_path, load_policy
@@ -70,6 +71,13 @@ class Stack:
     target: str
     admin: str
     clients: list[VaultClient] = field(default_factory=list)
+    #: How clients reach a TLS stack (CA, and a client certificate for mTLS).
+    credentials: grpc.ChannelCredentials | None = None
+
+    def channel(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.target)
+        return grpc.secure_channel(self.target, self.credentials)
 
     @property
     def node(self) -> Node:
@@ -98,7 +106,7 @@ class Stack:
             if isinstance(cats, dict)
             else [pb.CategoryGrant(category=c) for c in cats]
         )
-        with grpc.insecure_channel(self.target) as ch:
+        with self.channel() as ch:
             resp = pb_grpc.TokenServiceStub(ch).IssueToken(
                 pb.IssueTokenRequest(
                     service=service,
@@ -118,7 +126,7 @@ class Stack:
         """A client with ``token`` (default: a fresh essential.service token)."""
         if token is None and not anonymous:
             token = self.issue()
-        c = VaultClient(self.target, token=token)
+        c = VaultClient(self.target, token=token, credentials=self.credentials)
         self.clients.append(c)
         return c
 
@@ -189,7 +197,16 @@ def start_stack(
     database_urls: dict[str, str] | None = None,
     policy: Policy | None = None,
     erasure_poll_seconds: float = 0.2,
+    reflection: bool = False,
+    host: str = "127.0.0.1",
+    tls: TlsSettings | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> Stack:
+    """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
+
+    ``tls`` serves TLS (mTLS with a client CA); ``credentials`` are then what
+    the stack's own clients (``issue``, ``client``) connect with.
+    """
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], database_url=url)
@@ -198,6 +215,9 @@ def start_stack(
         port=0,
         cache=cache or CacheSettings(),
         erasure_poll_seconds=erasure_poll_seconds,
+        reflection=reflection,
+        host=host,
+        tls=tls,
     )
     provider = TransitKeyProvider.connect(bao.address, bao.node_token)
     admin = ensure_admin_credential(data_dir)
@@ -207,12 +227,27 @@ def start_stack(
         openbao_token=bao.node_token,
         eraser_token=bao.eraser_token,
         policy=policy or POLICY,
-        admin_credential=admin,
+        admin_credential_file=DataDir(data_dir).admin_credential,
         providers={bao.address: provider},
     )
     bg = BackgroundServer(VaultServer(vault, settings))
-    port = bg.start()
-    return Stack(bao, data_dir, regions, vault, provider, bg, f"127.0.0.1:{port}", admin)
+    try:
+        port = bg.start()
+    except BaseException:
+        bg.stop_loop()
+        vault.close()
+        raise
+    return Stack(
+        bao,
+        data_dir,
+        regions,
+        vault,
+        provider,
+        bg,
+        f"127.0.0.1:{port}",
+        admin,
+        credentials=credentials,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,12 @@
         rec = vc.put_record(person.subject_id, "user.contact.email", {"address": "ada@example.org"})
         print(vc.get_record(rec.record_id).fields)
 
+Over TLS, give the CA the server's certificate chains to (PEM bytes), and for
+mutual TLS a client certificate and its key; a ``grpcs://`` target means TLS
+too (with the system's root certificates unless ``ca`` is given)::
+
+    VaultClient("grpcs://vault.example:50051", token=t, ca=ca_pem, cert=cert_pem, key=key_pem)
+
 Every failure raises :class:`VaultClientError`, which carries the gRPC status
 code, the stable ``reason`` from the server's ErrorInfo and any field
 violations.
@@ -71,22 +77,61 @@ def _grants(categories: Mapping[str, Sequence[str]] | Sequence[str]) -> list[pb.
     return [pb.CategoryGrant(category=c) for c in categories]
 
 
+TLS_SCHEME = "grpcs://"
+
+
+def channel_credentials(
+    target: str,
+    *,
+    ca: bytes | None = None,
+    cert: bytes | None = None,
+    key: bytes | None = None,
+) -> tuple[str, grpc.ChannelCredentials | None]:
+    """The address to dial and its TLS credentials (``None``: plaintext).
+
+    TLS when ``target`` is ``grpcs://host:port`` or any of ``ca``, ``cert``,
+    ``key`` is given; ``ca`` defaults to the system's root certificates.
+    ``cert`` and ``key`` (a client certificate, mutual TLS) go together.
+    """
+    tls = target.startswith(TLS_SCHEME)
+    address = target.removeprefix(TLS_SCHEME)
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate and its key go together")
+    if not (tls or ca or cert):
+        return address, None
+    return address, grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
 class VaultClient:
-    """Blocking client; one channel per instance, safe to share between threads."""
+    """Blocking client; one channel per instance, safe to share between threads.
+
+    ``target``: ``host:port``, or ``grpcs://host:port`` for TLS. ``ca``,
+    ``cert``, ``key``: PEM bytes (see :func:`channel_credentials`), or
+    ready-made ``credentials`` instead.
+    """
 
     def __init__(
         self,
         target: str,
         *,
         token: str | None = None,
+        ca: bytes | None = None,
+        cert: bytes | None = None,
+        key: bytes | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float = 10.0,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        if credentials is not None and (ca or cert or key):
+            raise ValueError("give either credentials or ca/cert/key")
+        address, tls = channel_credentials(target, ca=ca, cert=cert, key=key)
+        credentials = credentials or tls
         self._channel = (
-            grpc.secure_channel(target, credentials, options=options)
+            grpc.secure_channel(address, credentials, options=options)
             if credentials is not None
-            else grpc.insecure_channel(target, options=options)
+            else grpc.insecure_channel(address, options=options)
         )
         self._stub = pb_grpc.PersonalDataVaultStub(self._channel)  # type: ignore[no-untyped-call]
         self._tokens = pb_grpc.TokenServiceStub(self._channel)  # type: ignore[no-untyped-call]

@@ -112,10 +112,31 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """The server side of TLS (PEM files, read when the server starts).
+
+    ``client_ca_file`` turns on mutual TLS: every connection must present a
+    client certificate signed by one of the CAs in it, or the handshake fails.
+    See :mod:`vault.transport`.
+    """
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca_file is not None
+
+
+@dataclass(frozen=True)
 class NodeSettings:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 50051
+    #: TLS, or mutual TLS with a client CA. ``None`` is plaintext, allowed on a
+    #: loopback host only (``--insecure-local``, local development).
+    tls: TlsSettings | None = None
     cache: CacheSettings = field(default_factory=CacheSettings)
     limits: Limits = field(default_factory=Limits)
     openbao_timeout_seconds: float = 5.0
@@ -123,6 +144,9 @@ class NodeSettings:
     erasure_poll_seconds: float = 5.0
     #: How often a node deletes records whose retention has ended.
     retention_sweep_seconds: float = 3600.0
+    #: gRPC server reflection: off unless asked for (it lists the whole API to
+    #: anyone who can connect).
+    reflection: bool = False
 
 
 def _substitute(value: str, variables: dict[str, str]) -> str:

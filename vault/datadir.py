@@ -4,7 +4,9 @@
 
     DATA_DIR/                      (default ./.pdvault, mode 0700)
       endpoint                     host:port the local stack listens on
+                                   (grpcs://host:port when it serves TLS)
       admin.credential             the administrator credential (0600)
+      admin.credential.new         the next one while `pdvault admin rotate` writes it
       tokens/signing-key.json      the token signing key, wrapped by OpenBao (0600)
       tokens/verification-keys.json  the public verification keys (0644)
       openbao/                     the local OpenBao (raft storage, unseal material)
@@ -46,6 +48,10 @@ class DataDir:
     @property
     def admin_credential(self) -> Path:
         return self.root / "admin.credential"
+
+    @property
+    def admin_credential_new(self) -> Path:
+        return self.root / "admin.credential.new"
 
     @property
     def tokens(self) -> Path:

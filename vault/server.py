@@ -6,10 +6,10 @@ Per-region instances are built here and only here.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,7 +33,8 @@ from vault.policy import Authorizer, Policy
 from vault.residency import Node
 from vault.service import PersonalDataVaultServicer, TokenServicer
 from vault.store import CellStore, make_engine, migrate
-from vault.tokens.authority import TokenAuthority, load_or_create_signing_key
+from vault.tokens.authority import AdminCredential, TokenAuthority, load_or_create_signing_key
+from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
 from vault.v1 import vault_pb2, vault_pb2_grpc
 
 log = logging.getLogger("vault.server")
@@ -150,12 +151,19 @@ def build_vault(
     openbao_token: str,
     eraser_token: str | None = None,
     policy: Policy,
-    admin_credential: str | None,
+    admin_credential: str | None = None,
+    admin_credential_file: Path | None = None,
     serve_regions: frozenset[str] | None = None,
     providers: dict[str, KeyProvider] | None = None,
 ) -> Vault:
     """Opens (and migrates) every served cell and the control plane, connects
-    the key services, unwraps the token signing key."""
+    the key services, unwraps the token signing key.
+
+    The administrator credential: ``admin_credential_file`` (followed, so a
+    rotation needs no restart), else ``admin_credential`` (fixed), else none.
+    """
+    if admin_credential is not None and admin_credential_file is not None:
+        raise ValueError("give the administrator credential or its file, not both")
     keys = KeyServices(
         openbao_token,
         eraser_token,
@@ -172,15 +180,19 @@ def build_vault(
         keys.provider(regions.control.openbao_address),
         regions.control.transit_mount,
     )
-    digest = hashlib.sha256(admin_credential.encode()).digest() if admin_credential else None
-    authority = TokenAuthority(signing, keyset, control, revocations, authz, digest)
+    admin = (
+        AdminCredential.following(admin_credential_file)
+        if admin_credential_file is not None
+        else AdminCredential.fixed(admin_credential)
+    )
+    authority = TokenAuthority(signing, keyset, control, revocations, authz, admin)
     eraser = Eraser(cells, control, signing, keyset)
     node = Node(regions, cells, settings.limits, eraser)
     return Vault(node, authority, revocations, control, eraser, parts)
 
 
 class VaultServer:
-    """The gRPC server of one node: the vault API, health and reflection."""
+    """The gRPC server of one node: the vault API, health and (when asked for) reflection."""
 
     def __init__(self, vault: Vault, settings: NodeSettings, workers: int = 16) -> None:
         self.vault = vault
@@ -193,6 +205,13 @@ class VaultServer:
         self._workers: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
+        """Listens and serves; returns the port.
+
+        Raises :class:`~vault.errors.ConfigError`, before anything is bound or
+        started, for plaintext on an address that is not loopback (see
+        :mod:`vault.transport`) and for unreadable TLS files.
+        """
+        credentials = server_credentials(self.settings)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -208,17 +227,32 @@ class VaultServer:
             TokenServicer(self.node, self.vault.authority, self._executor), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
-        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.settings.reflection:
+            reflection.enable_server_reflection(
+                (
+                    *SERVICE_NAMES,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            self.port = (
+                server.add_insecure_port(address)
+                if credentials is None
+                else server.add_secure_port(address, credentials)
+            )
+        except RuntimeError:  # grpc raises where it used to return 0
+            self.port = 0
         if self.port == 0:
-            raise RuntimeError(f"cannot listen on {self.settings.host}:{self.settings.port}")
+            hint = (
+                ""
+                if credentials is None
+                else " (or the TLS key is not the unencrypted PEM key of the certificate)"
+            )
+            raise RuntimeError(f"cannot listen on {address}{hint}")
+        self._announce_transport()
         self.vault.revocations.start()
         await server.start()
         self._server = server
@@ -229,6 +263,30 @@ class VaultServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    def _announce_transport(self) -> None:
+        tls = self.settings.tls
+        where = f"{self.settings.host}:{self.port}"
+        if tls is None:
+            log.warning(
+                "INSECURE: local development only, plaintext on loopback %s (%s): tokens, "
+                "the administrator credential and personal data cross it unencrypted; "
+                "serve TLS with %s",
+                where,
+                INSECURE_LOCAL,
+                TLS_FLAGS,
+            )
+            return
+        log.info(
+            "TLS on %s: %s",
+            where,
+            "mutual, client certificates signed by the client CA required"
+            if tls.mutual
+            else "server certificate only, no client certificates",
+        )
+        problem = certificate_problem(tls)
+        if problem:
+            log.warning("%s: clients will refuse the connection", problem)
 
     async def _erasure_worker(self) -> None:
         """Destroys the keys of erasures whose grace period has ended (also after a restart)."""

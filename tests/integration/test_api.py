@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
+from tests.conftest import Bao, Stack, start_stack
 from vault.client import VaultClient, VaultClientError
+from vault.config import NodeSettings
 from vault.v1 import vault_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -218,20 +222,39 @@ def test_errors_never_echo_personal_data(client: VaultClient, canary: str) -> No
         assert all(canary not in d and canary.lower() not in d for v in e.violations for d in v)
 
 
-def test_health_and_reflection(stack) -> None:  # type: ignore[no-untyped-def]
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+def _list_services(target: str) -> set[str]:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    with grpc.insecure_channel(stack.target) as ch:
-        health = health_pb2_grpc.HealthStub(ch)
-        for service in ("", "vault.v1.PersonalDataVault"):
-            resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(target) as ch:
         refl = reflection_pb2_grpc.ServerReflectionStub(ch)
         resp = next(
             refl.ServerReflectionInfo(
                 iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
             )
         )
-        names = {s.name for s in resp.list_services_response.service}
-        assert "vault.v1.PersonalDataVault" in names
+    return {s.name for s in resp.list_services_response.service}
+
+
+def test_health(stack: Stack) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(stack.target) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "vault.v1.PersonalDataVault"):
+            resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_is_off_by_default(stack: Stack) -> None:
+    assert NodeSettings(data_dir=Path(".pdvault")).reflection is False
+    with pytest.raises(grpc.RpcError) as e:
+        _list_services(stack.target)
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_reflection_when_asked_for(bao: Bao, tmp_path: Path) -> None:
+    s = start_stack(bao, tmp_path, reflection=True)
+    try:
+        assert "vault.v1.PersonalDataVault" in _list_services(s.target)
+    finally:
+        s.stop()

@@ -20,10 +20,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 class Up:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *flags: str) -> None:
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir), "--port", "0"],
+            [
+                *(sys.executable, "-m", "vault.cli", "up"),
+                *("--data-dir", str(data_dir), "--port", "0", *flags),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -37,9 +40,10 @@ class Up:
             if not line:
                 break
             self.output.append(line)
-            m = re.search(r"endpoint\s+(127\.0\.0\.1:\d+)", line)
+            m = re.search(r"endpoint\s+((?:grpcs://)?127\.0\.0\.1:\d+)", line)
             if m:
                 self.target = m.group(1)
+            if "Stop with Ctrl-C." in line:  # the banner is read whole
                 return
         self.proc.kill()
         raise AssertionError("pdvault up did not start:\n" + "".join(self.output))
@@ -109,6 +113,8 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
         code = up.stop()
     assert code == 0, "".join(up.output)
     assert "pdvault: stopped" in "".join(up.output)
+    # No TLS flags on loopback: plaintext, and said so loudly (banner and log).
+    assert "".join(up.output).count("INSECURE: local development only, plaintext on loopback") == 2
     assert _bao_processes(data_dir) == [], "OpenBao outlived pdvault up"
 
     unseal = data_dir / "openbao" / "LOCAL-ONLY-unseal.json"

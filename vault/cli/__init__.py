@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from pathlib import Path
 
 from vault.config import CacheSettings
@@ -21,7 +22,29 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the local stack: OpenBao + five regional cells + gRPC")
     up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     up.add_argument("--port", type=int, default=int(os.environ.get("PDVAULT_PORT", DEFAULT_PORT)))
-    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="listen address; anything but loopback needs TLS (--tls-cert, --tls-key)",
+    )
+    tls = up.add_argument_group(
+        "transport",
+        "TLS with --tls-cert and --tls-key; mutual TLS adds --tls-client-ca. Without them the "
+        "node serves plaintext on a loopback address only (--insecure-local, local development).",
+    )
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="server certificate chain (PEM)")
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
+    tls.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="mutual TLS: require client certificates signed by this CA (PEM)",
+    )
+    tls.add_argument(
+        "--insecure-local",
+        action="store_true",
+        help="plaintext on loopback, for local development (the default without --tls-cert)",
+    )
     up.add_argument(
         "--regions", type=Path, default=None, help="regions file (default: regions/regions.yaml)"
     )
@@ -38,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=CacheSettings.max_age_seconds,
         help="how long an unwrapped data key is kept",
     )
+    up.add_argument(
+        "--reflection",
+        action="store_true",
+        help="enable gRPC server reflection (off by default: it lists the API to any caller)",
+    )
     up.add_argument("-v", "--verbose", action="store_true", help="log every request (no content)")
 
     regions = sub.add_parser("regions", help="region configuration")
@@ -53,7 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole story against the running local stack")
     demo.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _rights, _tokens
+    admin = sub.add_parser("admin", help="the administrator credential")
+    asub = admin.add_subparsers(dest="admin_command", required=True)
+    rotate = asub.add_parser(
+        "rotate",
+        help="replace the administrator credential; a running node switches within a second",
+    )
+    rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
+    from vault.cli import _connect, _rights, _tokens
+
+    _connect.add_flags(demo, target=False)
 
     _tokens.add_parser(sub)
     _rights.add_parsers(sub)
@@ -66,11 +104,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from vault.cli import _demo
 
-        return _demo.run(args.data_dir)
+        return _demo.run(args)
     if args.command in ("policy", "regions"):
         from vault.cli import _check
 
         return (_check.policy_check if args.command == "policy" else _check.regions_check)(args)
+    if args.command == "admin":
+        from vault.tokens.authority import ADMIN_CHECK_SECONDS, rotate_admin_credential
+
+        try:
+            path = rotate_admin_credential(args.data_dir)
+        except FileNotFoundError:
+            print(
+                f"pdvault: no administrator credential in {args.data_dir} to rotate "
+                "(is `pdvault up` using this data dir?)",
+                file=sys.stderr,
+            )
+            return 1
+        print(
+            f"pdvault: a new administrator credential is in {path} (0600). A running node "
+            f"accepts it within {ADMIN_CHECK_SECONDS:g} s and refuses the old one from then."
+        )
+        return 0
     if args.command == "token":
         from vault.cli import _tokens
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sqlite3
 import tempfile
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from vault.cli import _connect
 from vault.client import VaultClient, VaultClientError
 from vault.crypto import dek_associated_data
 from vault.datadir import DataDir
@@ -26,9 +28,9 @@ PEOPLE = (
 )
 
 
-def run(data_dir: Path) -> int:
+def run(args: argparse.Namespace) -> int:
     con = Console()
-    data_dir = data_dir.resolve()
+    data_dir: Path = args.data_dir.resolve()
     layout = DataDir(data_dir)
     try:
         target = layout.endpoint.read_text().strip()
@@ -36,13 +38,16 @@ def run(data_dir: Path) -> int:
     except OSError:
         con.print(f"[red]No running local stack in {data_dir}: start it with `make run`.")
         return 1
-    admin = VaultClient(target, token=admin_credential)
+    def connect(token: str) -> VaultClient:
+        return _connect.connect(args, token, target)
+
+    admin = connect(admin_credential)
 
     def token(purpose: str, categories: list[str], ops: list[str]) -> VaultClient:
         t = admin.issue_token(
             service="demo", purpose=purpose, categories=categories, operations=ops, ttl_seconds=900
         ).token
-        return VaultClient(target, token=t)
+        return connect(t)
 
     con.rule("[bold]pdvault demo")
     con.print(f"Talking to the local stack at [cyan]{target}[/] (data in {data_dir}).\n")

@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from vault.cell import Cell
-from vault.client import VaultClient, VaultClientError
+from vault.cli import _connect
+from vault.client import VaultClientError
 from vault.config import NodeSettings, RegionsConfig, load_regions
 from vault.control import ControlStore, ErasureEntry
 from vault.datadir import DEFAULT_DATA_DIR, DataDir
@@ -30,7 +31,7 @@ def add_parsers(sub: Any) -> None:
     ex.add_argument("subject_id")
     ex.add_argument("-o", "--output", type=Path, required=True)
     ex.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    ex.add_argument("--target")
+    _connect.add_flags(ex)
     ex.add_argument(
         "--token",
         default=os.environ.get("PDVAULT_TOKEN"),
@@ -80,6 +81,18 @@ def _cells(regions: RegionsConfig, data_dir: Path, openbao_token: str | None) ->
     ).cells
 
 
+def _create_private(path: Path) -> int:
+    """``path`` opened for writing, truncated, mode 0600 (not left to the umask),
+    never through a symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def run_export(args: argparse.Namespace) -> int:
     if not args.token:
         print(
@@ -89,17 +102,23 @@ def run_export(args: argparse.Namespace) -> int:
         return 2
     err = Console(stderr=True)
     size = 0
-    target = DataDir(args.data_dir).target(args.target)
-    with VaultClient(target, token=args.token) as vc, args.output.open("wb") as out:
+    with _connect.connect(args, args.token) as vc:
+        # Personal data: readable by its owner only.
         try:
-            with err.status("exporting…"):
-                for piece in vc.export_subject_bytes(args.subject_id):
-                    out.write(piece)
-                    size += len(piece)
-        except VaultClientError as e:
-            args.output.unlink(missing_ok=True)
-            print(f"pdvault: {e}", file=sys.stderr)
+            fd = _create_private(args.output)
+        except OSError as e:
+            print(f"pdvault: {args.output}: cannot be written ({e.strerror})", file=sys.stderr)
             return 1
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with err.status("exporting…"):
+                    for piece in vc.export_subject_bytes(args.subject_id):
+                        out.write(piece)
+                        size += len(piece)
+            except VaultClientError as e:
+                args.output.unlink(missing_ok=True)
+                print(f"pdvault: {_connect.describe(e)}", file=sys.stderr)
+                return 1
     doc = json.loads(args.output.read_bytes())
     err.print(
         f"exported {len(doc['records'])} record(s), {len(doc['consents'])} consent(s), "

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vault.cli import _connect
 from vault.client import VaultClient, VaultClientError
 from vault.datadir import DEFAULT_DATA_DIR, DataDir
 from vault.errors import Unauthenticated
@@ -26,7 +27,7 @@ def add_parser(sub: Any) -> None:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-        p.add_argument("--target", help="host:port (default: the endpoint of the data dir's stack)")
+        _connect.add_flags(p)
 
     def narrowing(p: argparse.ArgumentParser, *, required: bool) -> None:
         p.add_argument("--categories", type=_csv, required=required, help="a,b,…")
@@ -59,7 +60,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _client(args: argparse.Namespace, bearer: str) -> VaultClient:
-    return VaultClient(DataDir(args.data_dir).target(args.target), token=bearer)
+    return _connect.connect(args, bearer)
 
 
 def _fields_by_category(categories: list[str], fields: list[str]) -> dict[str, list[str]]:
@@ -74,7 +75,8 @@ def _fields_by_category(categories: list[str], fields: list[str]) -> dict[str, l
 
 def _fail(err: VaultClientError) -> SystemExit:
     detail = "; ".join(f"{f}: {d}" for f, d in err.violations)
-    print(f"pdvault: {err}" + (f" ({detail})" if detail else ""), file=sys.stderr)
+    message = _connect.describe(err) + (f" ({detail})" if detail else "")
+    print(f"pdvault: {message}", file=sys.stderr)
     return SystemExit(1)
 
 

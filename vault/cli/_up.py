@@ -13,13 +13,14 @@ from typing import IO
 
 import hvac
 
-from vault.config import CacheSettings, NodeSettings, load_regions
+from vault.config import CacheSettings, NodeSettings, TlsSettings, load_regions
 from vault.datadir import DataDir, write_file
 from vault.devstack import OpenBaoServer
 from vault.errors import ConfigError
 from vault.policy import default_policy_path, load_policy
 from vault.server import VaultServer, build_vault
 from vault.tokens.authority import ensure_admin_credential
+from vault.transport import INSECURE_LOCAL, TLS_FLAGS, local_dial_host, server_credentials
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:
@@ -39,8 +40,57 @@ async def _renew_forever(address: str, token: str) -> None:
             await asyncio.to_thread(hvac.Client(url=address, token=token).auth.token.renew_self)
 
 
+def _tls(args: argparse.Namespace) -> TlsSettings | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise SystemExit("pdvault: --tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise SystemExit("pdvault: --tls-cert and --tls-key go together")
+    if args.insecure_local:
+        raise SystemExit(f"pdvault: {INSECURE_LOCAL} and --tls-cert exclude each other")
+    return TlsSettings(
+        args.tls_cert.resolve(),
+        args.tls_key.resolve(),
+        args.tls_client_ca.resolve() if args.tls_client_ca else None,
+    )
+
+
+def _transport_banner(settings: NodeSettings) -> str:
+    tls = settings.tls
+    if tls is None:
+        return (
+            "  transport    INSECURE: local development only, plaintext on loopback "
+            f"({INSECURE_LOCAL}):\n"
+            "               tokens, the admin credential and personal data cross it unencrypted.\n"
+            f"               Serve TLS with {TLS_FLAGS}."
+        )
+    if tls.client_ca_file is None:
+        return f"  transport    TLS ({tls.cert_file}); no client certificates"
+    return (
+        f"  transport    mutual TLS ({tls.cert_file}); client certificates signed by "
+        f"{tls.client_ca_file} required"
+    )
+
+
 async def up(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir.resolve()
+    settings = NodeSettings(
+        data_dir=data_dir,
+        host=args.host,
+        port=args.port,
+        cache=CacheSettings(
+            max_entries=args.key_cache_entries, max_age_seconds=args.key_cache_seconds
+        ),
+        reflection=args.reflection,
+        tls=_tls(args),
+    )
+    try:
+        # Before anything starts: plaintext off loopback, unreadable TLS files.
+        server_credentials(settings)
+    except ConfigError as e:
+        print(f"pdvault: refusing to start: {e}", file=sys.stderr)
+        return 2
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     layout = DataDir(data_dir)
     lock = _lock_data_dir(data_dir)
@@ -51,47 +101,49 @@ async def up(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"pdvault: refusing to start: {e}", file=sys.stderr)
         return 2
-    settings = NodeSettings(
-        data_dir=data_dir,
-        host=args.host,
-        port=args.port,
-        cache=CacheSettings(
-            max_entries=args.key_cache_entries, max_age_seconds=args.key_cache_seconds
-        ),
-    )
     print(f"pdvault: starting OpenBao ({bao.address}, data in {bao.dir})", file=sys.stderr)
     bao.start()
     server: VaultServer | None = None
     try:
         creds = bao.configure(regions)
-        admin = ensure_admin_credential(data_dir)
+        ensure_admin_credential(data_dir)
         vault = build_vault(
             regions,
             settings,
             openbao_token=creds.node,
             eraser_token=creds.eraser,
             policy=policy,
-            admin_credential=admin,
+            admin_credential_file=layout.admin_credential,
         )
         server = VaultServer(vault, settings)
         port = await server.start()
-        write_file(layout.endpoint, f"{settings.host}:{port}\n", 0o644)
+        scheme = "grpcs://" if settings.tls else ""
+        endpoint = f"{scheme}{local_dial_host(settings.host)}:{port}"
+        write_file(layout.endpoint, endpoint + "\n", 0o644)
         renew = [
             asyncio.create_task(_renew_forever(bao.address, t)) for t in (creds.node, creds.eraser)
         ]
+        reflection = "on" if settings.reflection else "off"
+        tls_hint = (
+            "\n  (over TLS add --ca FILE, and --cert FILE --key FILE for mutual TLS;\n"
+            "   or set $PDVAULT_CA, $PDVAULT_CERT, $PDVAULT_KEY)"
+            if settings.tls
+            else ""
+        )
         print(
             f"""
 pdvault is running.
-  endpoint     {settings.host}:{port}  (gRPC; health: SERVING; reflection on)
+  endpoint     {endpoint}  (gRPC; health: SERVING; reflection {reflection})
+{_transport_banner(settings)}
   regions      {", ".join(f"{r.id} ({r.name})" for r in regions.regions.values())}
   data dir     {data_dir}
   OpenBao      {bao.address}  (local-only unseal material: {bao.dir / "LOCAL-ONLY-unseal.json"})
   policy       {policy.source} (revision {policy.revision}, {len(policy.purposes)} purposes)
-  admin        {layout.admin_credential} (0600)
+  admin        {layout.admin_credential} (0600; `pdvault admin rotate` replaces it)
 
 Next: issue a purpose token and follow the README quickstart:
   pdvault token issue --data-dir {args.data_dir} --purpose essential.service \\
-      --categories user.name,user.contact.email --ops read,write
+      --categories user.name,user.contact.email --ops read,write{tls_hint}
 Stop with Ctrl-C.""",
             flush=True,
         )

@@ -24,10 +24,17 @@ _US_PER_DAY = 86_400_000_000
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated caller: verified token claims and the policy's purpose."""
+    """An authenticated caller: verified token claims and the policy's purpose.
+
+    ``client_identity`` is what the caller's client certificate says it is
+    (mutual TLS, see :func:`vault.transport.client_identity`), set by the gRPC
+    servicer; ``None`` without one. It is recorded beside the token's ``sub``,
+    never used to widen an access.
+    """
 
     claims: Claims
     purpose: Purpose
+    client_identity: str | None = None
 
     @property
     def service(self) -> str:

@@ -4,13 +4,15 @@ Domain calls run inline on the event loop when every served cell is a local
 SQLite file and the call needs no key-service round trip; otherwise (cache
 miss, subject creation, a networked database) on a thread pool. See
 :mod:`vault._inline`. Errors are mapped in one place
-(:mod:`vault.service._status`); the access log carries method, status and
-duration only — never request or response content.
+(:mod:`vault.service._status`); the access log carries method, status,
+duration and who called (the token's ``sub``, the client certificate's
+identity under mutual TLS) — never request or response content.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -27,6 +29,7 @@ from vault.service._convert import consent_pb, erasure_pb, record_pb, subject_pb
 from vault.service._status import code_for, internal_status, to_status
 from vault.tokens import Claims
 from vault.tokens.authority import DEFAULT_TTL, IssueRequest, TokenAuthority
+from vault.transport import client_identity, log_safe
 from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
@@ -43,6 +46,30 @@ def _authorization(context: Ctx) -> str | None:
     return None
 
 
+@dataclasses.dataclass(slots=True)
+class _Who:
+    """Who made a call, for the access log: the client certificate's identity
+    (from the handshake, mutual TLS only) and, once authenticated, the token's
+    ``sub`` (``admin`` for the administrator credential)."""
+
+    client: str | None
+    sub: str | None = None
+
+    @classmethod
+    def of(cls, context: Ctx) -> _Who:
+        return cls(client_identity(context.auth_context()))
+
+    def authenticated(self, caller: Caller) -> Caller:
+        """``caller`` with the client certificate's identity; its ``sub`` noted."""
+        self.sub = caller.service
+        if self.client is None:
+            return caller
+        return dataclasses.replace(caller, client_identity=self.client)
+
+    def __str__(self) -> str:
+        return f"sub={log_safe(self.sub)} client={log_safe(self.client)}"
+
+
 class _Base:
     def __init__(self, node: Node, auth: TokenAuthority, executor: ThreadPoolExecutor) -> None:
         self._node = node
@@ -55,21 +82,33 @@ class _Base:
         context: Ctx,
         fn: Callable[..., T],
         *args: Any,
+        who: _Who | None = None,
         **kwargs: Any,
     ) -> T:
-        """Authenticates the caller, then runs ``fn(caller, *args, **kwargs)``."""
+        """Authenticates the caller, then runs ``fn(caller, *args, **kwargs)``.
+
+        The caller carries the client certificate's identity (mutual TLS).
+        """
+        who = who or _Who.of(context)
 
         def authenticated() -> T:
-            caller = self._auth.authenticate(_authorization(context))
+            caller = who.authenticated(self._auth.authenticate(_authorization(context)))
             return fn(caller, *args, **kwargs)
 
-        return await self._guarded(method, context, authenticated)
+        return await self._guarded(method, context, authenticated, who=who)
 
     async def _guarded(
-        self, method: str, context: Ctx, fn: Callable[[], T], *, pool: bool = False
+        self,
+        method: str,
+        context: Ctx,
+        fn: Callable[[], T],
+        *,
+        pool: bool = False,
+        who: _Who | None = None,
     ) -> T:
         """Runs ``fn`` and maps any failure to its status (``pool``: never inline)."""
         start = time.perf_counter()
+        who = who or _Who.of(context)
         try:
             if pool:
                 result = await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -77,13 +116,13 @@ class _Base:
                 result = await self._call(fn)
         except VaultError as e:
             code = code_for(e)
-            log.info("%s %s %s %.1fms", method, code.name, e.reason, _ms(start))
+            log.info("%s %s %s %.1fms %s", method, code.name, e.reason, _ms(start), who)
             await _abort(context, to_status(e))
         except Exception as e:
             # The exception text may quote SQL parameters: log its type only.
-            log.error("%s INTERNAL %s %.1fms", method, type(e).__name__, _ms(start))
+            log.error("%s INTERNAL %s %.1fms %s", method, type(e).__name__, _ms(start), who)
             await _abort(context, internal_status())
-        log.debug("%s OK %.1fms", method, _ms(start))
+        log.debug("%s OK %.1fms %s", method, _ms(start), who)
         return result
 
     async def _call(self, fn: Callable[[], T]) -> T:
@@ -121,8 +160,9 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
         # Every piece is produced under the same error mapping as a unary call:
         # a failure after the first chunk (a record that does not open, the
         # database gone) ends the stream with its documented status.
+        who = _Who.of(context)
         pieces: Iterator[bytes] = await self._run(
-            "ExportSubject", context, self._node.export_subject, request.subject_id
+            "ExportSubject", context, self._node.export_subject, request.subject_id, who=who
         )
 
         def next_piece() -> bytes | None:
@@ -131,7 +171,7 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
         seq = 0
         buf = bytearray()
         while True:
-            piece = await self._guarded("ExportSubject", context, next_piece, pool=True)
+            piece = await self._guarded("ExportSubject", context, next_piece, pool=True, who=who)
             if piece is not None:
                 buf += piece
             while len(buf) >= EXPORT_CHUNK_BYTES or (piece is None and buf):
@@ -292,8 +332,11 @@ def _token_pb(token: str, claims: Claims) -> pb.TokenResponse:
 
 class TokenServicer(_Base, pb_grpc.TokenServiceServicer):
     async def IssueToken(self, request: pb.IssueTokenRequest, context: Ctx) -> pb.TokenResponse:
+        who = _Who.of(context)
+
         def issue() -> tuple[str, Claims]:
             self._auth.require_admin(_authorization(context))
+            who.sub = "admin"
             cats, _ = _grants(request.categories)
             return self._auth.issue(
                 IssueRequest(
@@ -308,7 +351,7 @@ class TokenServicer(_Base, pb_grpc.TokenServiceServicer):
                 )
             )
 
-        return _token_pb(*await self._guarded("IssueToken", context, issue))
+        return _token_pb(*await self._guarded("IssueToken", context, issue, who=who))
 
     async def ExchangeToken(
         self, request: pb.ExchangeTokenRequest, context: Ctx
@@ -330,14 +373,17 @@ class TokenServicer(_Base, pb_grpc.TokenServiceServicer):
     async def RevokeToken(
         self, request: pb.RevokeTokenRequest, context: Ctx
     ) -> pb.RevokeTokenResponse:
+        who = _Who.of(context)
+
         def revoke() -> bool:
             authorization = _authorization(context)
             if not request.token_id:
                 raise InvalidArgument(FieldViolation("token_id", "is required"))
             if self._auth.is_admin(authorization):
+                who.sub = "admin"
                 return self._auth.revoke(request.token_id, admin=True, caller=None)
-            caller = self._auth.authenticate(authorization)
+            caller = who.authenticated(self._auth.authenticate(authorization))
             return self._auth.revoke(request.token_id, admin=False, caller=caller)
 
-        revoked = await self._guarded("RevokeToken", context, revoke)
+        revoked = await self._guarded("RevokeToken", context, revoke, who=who)
         return pb.RevokeTokenResponse(token_id=request.token_id, revoked=revoked)

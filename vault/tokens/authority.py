@@ -6,7 +6,8 @@ wrapped by a non-exportable OpenBao Transit key (``transit-control`` /
 verification keys (public) are a plain file every node of every region reads.
 
 The administrator credential is a random bearer secret written to the data dir
-(0600) by ``pdvault up``; nodes keep only its SHA-256.
+(0600) by ``pdvault up``; nodes keep only its SHA-256 (:class:`AdminCredential`),
+and follow the file when ``pdvault admin rotate`` replaces it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -34,6 +38,10 @@ SIGNING_KEY_NAME = "token-signing"
 DEFAULT_TTL = 3600
 MAX_TTL = 30 * 24 * 3600
 _ADMIN_PREFIX = "pdva_"
+#: How often a node looks at the administrator credential file, at most.
+ADMIN_CHECK_SECONDS = 1.0
+
+log = logging.getLogger("vault.tokens")
 
 
 def _signing_aad(kid: str) -> bytes:
@@ -73,12 +81,110 @@ def load_or_create_signing_key(
     return signing, KeySet(published)
 
 
+def _new_admin_credential() -> str:
+    return _ADMIN_PREFIX + secrets.token_urlsafe(32) + "\n"
+
+
 def ensure_admin_credential(data_dir: Path) -> str:
     """The local stack's administrator credential, created on first start (0600)."""
     path = DataDir(data_dir).admin_credential
     if not path.exists():
-        write_file(path, _ADMIN_PREFIX + secrets.token_urlsafe(32) + "\n", 0o600)
+        write_file(path, _new_admin_credential(), 0o600)
     return path.read_text().strip()
+
+
+def rotate_admin_credential(data_dir: Path) -> Path:
+    """Replaces the data dir's administrator credential with a new one (0600).
+
+    Written beside it, then renamed over it: a node reading the file sees the
+    old credential or the new one, never a partial file. Nodes following the
+    file (:class:`AdminCredential`) accept the new one and refuse the old one
+    within :data:`ADMIN_CHECK_SECONDS`. Raises FileNotFoundError when the data
+    dir has no credential to rotate.
+    """
+    layout = DataDir(data_dir)
+    if not layout.admin_credential.is_file():
+        raise FileNotFoundError(layout.admin_credential)
+    write_file(layout.admin_credential_new, _new_admin_credential(), 0o600)
+    os.replace(layout.admin_credential_new, layout.admin_credential)
+    return layout.admin_credential
+
+
+def _sha256(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class AdminCredential:
+    """What a node knows of the administrator credential: its SHA-256.
+
+    ``fixed``: a credential given once. ``following(path)``: the credential
+    in a file, looked at again at most once per ``check_seconds`` (a stat of
+    its inode, size and modification time); when the file changed, its hash is
+    read again, so a rotation takes effect on a running node without a restart
+    and the old credential is refused from then on. A file that is gone,
+    unreadable or empty accepts no credential at all (fail closed).
+    """
+
+    def __init__(
+        self,
+        digest: bytes | None,
+        path: Path | None = None,
+        *,
+        check_seconds: float = ADMIN_CHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._digest = digest
+        self._path = path
+        self._check_seconds = check_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: tuple[int, int, int, int] | None = None
+        self._next_check = float("-inf")
+
+    @classmethod
+    def fixed(cls, credential: str | None) -> AdminCredential:
+        return cls(_sha256(credential) if credential else None)
+
+    @classmethod
+    def following(
+        cls,
+        path: Path,
+        *,
+        check_seconds: float = ADMIN_CHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> AdminCredential:
+        admin = cls(None, path, check_seconds=check_seconds, clock=clock)
+        admin._current()
+        return admin
+
+    def matches(self, presented: str) -> bool:
+        digest = self._current()
+        if digest is None:
+            return False
+        return hmac.compare_digest(_sha256(presented), digest)
+
+    def _current(self) -> bytes | None:
+        if self._path is None:
+            return self._digest
+        with self._lock:
+            now = self._clock()
+            if now < self._next_check:
+                return self._digest
+            self._next_check = now + self._check_seconds
+            try:
+                st = self._path.stat()
+                seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                if seen != self._seen:
+                    secret = self._path.read_text().strip()
+                    self._digest = _sha256(secret) if secret else None
+                    if self._seen is not None:
+                        log.warning("the administrator credential changed: the new one is in use")
+                    self._seen = seen
+            except OSError:
+                if self._digest is not None:
+                    log.warning("the administrator credential file cannot be read: none accepted")
+                self._digest, self._seen = None, None
+            return self._digest
 
 
 def _bearer(authorization: str | None) -> str:
@@ -114,14 +220,15 @@ class TokenAuthority:
         control: ControlStore,
         revocations: Revocations,
         authz: Authorizer,
-        admin_credential_sha256: bytes | None,
+        admin: AdminCredential | bytes | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``admin``: the administrator credential (or just its SHA-256)."""
         self._signing = signing
         self._control = control
         self._revocations = revocations
         self._authz = authz
-        self._admin = admin_credential_sha256
+        self._admin = admin if isinstance(admin, AdminCredential) else AdminCredential(admin)
         self._clock = clock
         self.verifier = TokenVerifier(keys, revocations.is_revoked, clock)
 
@@ -140,9 +247,7 @@ class TokenAuthority:
             token = _bearer(authorization)
         except Unauthenticated:
             return False
-        if self._admin is None:
-            return False
-        return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._admin)
+        return self._admin.matches(token)
 
     def require_admin(self, authorization: str | None) -> None:
         if not self.is_admin(authorization):

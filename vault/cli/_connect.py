@@ -1,0 +1,87 @@
+"""How the commands that talk to a vault reach it: target and TLS flags.
+
+``--target`` defaults to the data dir's endpoint (``grpcs://…`` when the
+local stack serves TLS). ``--ca`` (the CA the server's certificate chains
+to) and ``--cert``/``--key`` (a client certificate, for mutual TLS) default
+to ``$PDVAULT_CA``, ``$PDVAULT_CERT``, ``$PDVAULT_KEY``; any of them, or a
+``grpcs://`` target, means TLS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import grpc
+
+from vault.client import VaultClient, VaultClientError
+from vault.datadir import DataDir
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def add_flags(p: argparse.ArgumentParser, *, target: bool = True) -> None:
+    if target:
+        p.add_argument(
+            "--target",
+            help="host:port, or grpcs://host:port for TLS "
+            "(default: the endpoint of the data dir's stack, else $PDVAULT_TARGET)",
+        )
+    p.add_argument(
+        "--ca",
+        type=Path,
+        default=_env_path("PDVAULT_CA"),
+        metavar="FILE",
+        help="TLS: the CA certificate(s) the server's certificate must chain to "
+        "(PEM; default $PDVAULT_CA, else the system's)",
+    )
+    p.add_argument(
+        "--cert",
+        type=Path,
+        default=_env_path("PDVAULT_CERT"),
+        metavar="FILE",
+        help="mutual TLS: this client's certificate (PEM; default $PDVAULT_CERT)",
+    )
+    p.add_argument(
+        "--key",
+        type=Path,
+        default=_env_path("PDVAULT_KEY"),
+        metavar="FILE",
+        help="mutual TLS: its private key (PEM; default $PDVAULT_KEY)",
+    )
+
+
+def _read(path: Path | None, flag: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise SystemExit(f"pdvault: {flag} {path}: cannot be read ({e.strerror})") from None
+
+
+def connect(args: argparse.Namespace, token: str | None, target: str | None = None) -> VaultClient:
+    """A client for ``args`` (``--target``/``--ca``/``--cert``/``--key``/``--data-dir``)."""
+    if (args.cert is None) != (args.key is None):
+        raise SystemExit("pdvault: --cert and --key go together")
+    return VaultClient(
+        target or DataDir(args.data_dir).target(getattr(args, "target", None)),
+        token=token,
+        ca=_read(args.ca, "--ca"),
+        cert=_read(args.cert, "--cert"),
+        key=_read(args.key, "--key"),
+    )
+
+
+def describe(err: VaultClientError) -> str:
+    """The error for a person, with a hint when the connection itself failed."""
+    if err.code == grpc.StatusCode.UNAVAILABLE:
+        return (
+            f"{err} (the vault cannot be reached, or refused the TLS handshake: "
+            "check --target, --ca, and --cert/--key under mutual TLS)"
+        )
+    return str(err)
