@@ -200,13 +200,6 @@ def test_admin_credential_is_never_a_purpose_token(stack: Stack) -> None:
 
 # --- the token issuer -------------------------------------------------------------
 
-_ISS_NOT_CHECKED = (
-    "vault/tokens/_codec.py decode() (line ~119) checks aud, never iss: a token from another "
-    "issuer signed by a trusted key is accepted; not fixed here (_claims.py/_verifier.py are "
-    "being changed elsewhere)"
-)
-
-
 def _foreign_claims(sub: str = "foreign") -> Claims:
     return Claims.new(
         iss="someone-else",
@@ -221,18 +214,17 @@ def _foreign_claims(sub: str = "foreign") -> Claims:
     )
 
 
-@pytest.mark.xfail(strict=True, reason=_ISS_NOT_CHECKED)
 def test_decode_refuses_a_token_from_another_issuer() -> None:
     key = SigningKey.generate()
     token = issue(_foreign_claims(), key)
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(Unauthenticated) as e:
         decode(token, KeySet([key.public()]), now=time.time())
+    assert e.value.reason == "WRONG_ISSUER"
 
 
-@pytest.mark.xfail(strict=True, reason=_ISS_NOT_CHECKED)
 def test_node_refuses_a_token_from_another_issuer(stack: Stack) -> None:
     sid = stack.client().create_subject("DE").subject_id
     token = issue(_foreign_claims(), stack.vault.authority._signing)
     with pytest.raises(VaultClientError) as e:
         stack.client(token).get_subject(sid)
-    assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert (e.value.code, e.value.reason) == (grpc.StatusCode.UNAUTHENTICATED, "WRONG_ISSUER")

@@ -22,7 +22,8 @@ Format::
 4. ``MALFORMED_CLAIMS`` — signed, but the claims are not valid (see
    :meth:`Claims.from_payload`).
 5. ``EXPIRED`` (``now >= exp``), ``NOT_YET_VALID`` (``now + nbf_leeway < nbf``),
-   ``WRONG_AUDIENCE``.
+   ``WRONG_AUDIENCE``, ``WRONG_ISSUER`` (a token another issuer signed, even
+   with a key this verifier trusts).
 
 Messages never contain the token or claim values, and the errors carry no
 ``__cause__``: parser exceptions hold the input they failed on.
@@ -46,7 +47,7 @@ from typing import Any, Final, NoReturn
 import pyseto
 
 from vault.errors import Unauthenticated
-from vault.tokens._claims import AUDIENCE, Claims
+from vault.tokens._claims import AUDIENCE, ISSUER, Claims
 from vault.tokens._keys import KeySet, SigningKey
 
 IMPLICIT_ASSERTION: Final = b"pdvault/token/v1"
@@ -105,6 +106,7 @@ def decode(
     *,
     now: float,
     audience: str = AUDIENCE,
+    issuer: str = ISSUER,
     nbf_leeway: int = DEFAULT_NBF_LEEWAY,
 ) -> Claims:
     """Verifies ``token`` against ``keys`` at time ``now``; returns its claims.
@@ -118,6 +120,8 @@ def decode(
     claims.check_validity_period(now, nbf_leeway=nbf_leeway)
     if claims.aud != audience:
         raise Unauthenticated("the token is meant for another audience", reason="WRONG_AUDIENCE")
+    if claims.iss != issuer:
+        raise Unauthenticated("the token was issued by someone else", reason="WRONG_ISSUER")
     return claims
 
 
