@@ -83,6 +83,12 @@ class ControlStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    @property
+    def networked(self) -> bool:
+        """Whether the database is a server reached over the network (not an
+        SQLite file): waiting on it must not hold up the node's event loop."""
+        return self.engine.dialect.name != "sqlite"
+
     def _tx(self) -> AbstractContextManager[Connection]:
         return transaction(self.engine, "control")
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from vault._inline import ensure_may_block
 from vault.control import ControlStore, Revocations, TokenEvent
 from vault.datadir import DataDir, write_file
 from vault.errors import AccessDenied, FieldViolation, InvalidArgument, Unauthenticated
@@ -152,7 +153,16 @@ class TokenAuthority:
 
     # -- issue / exchange / revoke ----------------------------------------
 
+    def _control_may_block(self) -> None:
+        """Token operations write to the control database; when it is a network
+        server they run on the thread pool, never inline on the event loop (a
+        slow or locked transaction would stall every request of the node).
+        Called before anything is written."""
+        if self._control.networked:
+            ensure_may_block()
+
     def issue(self, req: IssueRequest) -> tuple[str, Claims]:
+        self._control_may_block()
         purpose = self._authz.known_purpose(req.purpose)
         problems = self._authz.grant_problems(purpose, req.categories, req.operations)
         if not 0 < req.ttl <= MAX_TTL:
@@ -189,6 +199,7 @@ class TokenAuthority:
         subjects: Collection[str] | None,
         ttl: int | None,
     ) -> tuple[str, Claims]:
+        self._control_may_block()
         child = narrow(
             caller.claims,
             categories=categories,
@@ -210,6 +221,7 @@ class TokenAuthority:
 
     def revoke(self, jti: str, *, admin: bool, caller: Caller | None) -> bool:
         """Revokes ``jti``: an administrator any token; a holder its own or its children."""
+        self._control_may_block()
         target = self._control.issued(jti)
         if not admin:
             assert caller is not None
