@@ -14,14 +14,23 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import grpc
 import pytest
 from sqlalchemy import Engine, event
 
 from tests.conftest import Bao, postgres_database, start_stack
-from tests.integration._access import SERVICE, Env, Rpc
+from tests.integration._access import SERVICE, Env, Rpc, wait_until_refused
+from vault.db import now_us
 from vault.v1 import vault_pb2 as pb
 
 pytestmark = pytest.mark.integration
+
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+#: How long a revocation may take to reach another node: generous for a loaded
+#: two-core machine (the poll runs every 0.25 s).
+WITHIN = 5.0
+#: The revoking node's clock in the skew test: thirty days behind.
+SKEW_US = 30 * 86_400 * 1_000_000
 
 
 def _pair(bao: Bao, data_dir: Any, **first: Any) -> Iterator[tuple[Env, Env]]:
@@ -35,6 +44,14 @@ def _pair(bao: Bao, data_dir: Any, **first: Any) -> Iterator[tuple[Env, Env]]:
         for e in envs:
             e.rpc.close()
             e.stack.stop()
+
+
+@pytest.fixture(scope="module")
+def skewed(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Env, Env]]:
+    """(behind, on_time): the first node's control store stamps times 30 days in the past."""
+    yield from _pair(
+        bao, tmp_path_factory.mktemp("skewed"), control_clock=lambda: now_us() - SKEW_US
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +108,63 @@ def inserts_into(table: str, *values: str) -> Callable[[str, Any], bool]:
         )
 
     return matches
+
+
+def accepted(env: Env, token: str) -> None:
+    env.rpc.call("GetSubject", pb.GetSubjectRequest(subject_id=env.subject("DE").subject_id), token)
+
+
+# -- defect 2: the revocation poll ------------------------------------------------------
+
+
+def test_a_revocation_by_a_node_whose_clock_is_far_behind_reaches_the_other_node(
+    skewed: tuple[Env, Env],
+) -> None:
+    behind, on_time = skewed
+    earlier, victim = on_time.issue(SERVICE), on_time.issue(SERVICE)
+    for node in (behind, on_time):
+        accepted(node, victim.token)
+    # A revocation stamped by the on-time node, seen by both pollers.
+    assert on_time.revoke(earlier.token_id, on_time.stack.admin).revoked
+    wait_until_refused(behind.rpc, earlier.token, "REVOKED", within=WITHIN)
+    time.sleep(1.0)  # four polls: the on-time node has read it back too
+
+    assert behind.revoke(victim.token_id, behind.stack.admin).revoked
+    elapsed = wait_until_refused(on_time.rpc, victim.token, "REVOKED", within=WITHIN)
+    print(f"revocation by a node 30 days behind effective on the other after {elapsed:.3f} s")
+    wait_until_refused(behind.rpc, victim.token, "REVOKED", within=0.1)
+
+
+def test_revocations_committing_out_of_order_on_postgresql_are_both_seen(
+    pg_pair: tuple[Env, Env],
+) -> None:
+    first, second = pg_pair
+    slow, fast = first.issue(SERVICE), first.issue(SERVICE)
+    for node in (first, second):
+        accepted(node, slow.token)
+        accepted(node, fast.token)
+    # The first node's revocation of `slow` takes its place in the sequence, then
+    # waits to commit while the second node's revocation of `fast` commits.
+    gate = CommitGate(
+        first.stack.vault.control.engine, inserts_into("revoked_tokens", slow.token_id)
+    )
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending: Future[Any] = pool.submit(first.revoke, slow.token_id, first.stack.admin)
+            assert gate.holding.wait(10), "the revocation never reached its commit"
+            assert second.revoke(fast.token_id, second.stack.admin).revoked
+            # Both pollers have read past `fast` (the first node's, through its refusal).
+            wait_until_refused(first.rpc, fast.token, "REVOKED", within=WITHIN)
+            time.sleep(1.0)
+            accepted(second, slow.token)  # not committed yet: still good
+            gate.open()
+            assert pending.result(10).revoked
+    finally:
+        gate.remove()
+    elapsed = wait_until_refused(second.rpc, slow.token, "REVOKED", within=WITHIN)
+    print(f"revocation committed out of order effective on the other node after {elapsed:.3f} s")
+    wait_until_refused(first.rpc, slow.token, "REVOKED", within=0.1)
+    wait_until_refused(second.rpc, fast.token, "REVOKED", within=0.1)
 
 
 # -- a networked control database never stalls the node ------------------------------------
