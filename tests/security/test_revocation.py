@@ -8,6 +8,7 @@ out of order (PostgreSQL), a child token minted while its parent was being revok
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,8 +20,17 @@ import pytest
 from sqlalchemy import Engine, event
 
 from tests.conftest import Bao, postgres_database, start_stack
-from tests.integration._access import SERVICE, Env, Rpc, wait_until_refused
+from tests.integration._access import (
+    SERVICE,
+    Env,
+    Rpc,
+    claims,
+    failure_of,
+    sign,
+    wait_until_refused,
+)
 from vault.db import now_us
+from vault.tokens import MAX_EXCHANGE_DEPTH
 from vault.v1 import vault_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -52,6 +62,11 @@ def skewed(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     yield from _pair(
         bao, tmp_path_factory.mktemp("skewed"), control_clock=lambda: now_us() - SKEW_US
     )
+
+
+@pytest.fixture(scope="module")
+def pair(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Env, Env]]:
+    yield from _pair(bao, tmp_path_factory.mktemp("pair"))
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +207,109 @@ def test_a_token_transaction_waiting_on_postgresql_does_not_stall_the_node(
     finally:
         gate.remove()
     assert served < 2.0, f"the node served nothing for {served:.1f} s"
+
+
+# -- defect 3: a token is refused when any of its ancestors is revoked ------------------------
+
+
+def refused_on_both(nodes: tuple[Env, Env], *tokens: str) -> None:
+    for token in tokens:
+        for node in nodes:
+            wait_until_refused(node.rpc, token, "REVOKED", within=WITHIN)
+
+
+def exchange_refused(node: Env, token: str) -> None:
+    try:
+        node.exchange(token, operations=["read"])
+    except grpc.RpcError as e:
+        f = failure_of(e)
+        assert (f.code, f.reason) == (UNAUTHENTICATED, "REVOKED"), str(f)
+    else:
+        raise AssertionError("a token was exchanged from a revoked one")
+
+
+@pytest.mark.parametrize("via", ["same-node", "other-node"])
+def test_an_exchange_from_a_revoked_parent_is_refused(pair: tuple[Env, Env], via: str) -> None:
+    first, second = pair
+    node = first if via == "same-node" else second
+    for _ in range(5):  # on the other node, right after the revocation: before it polls
+        parent = first.issue(SERVICE)
+        assert first.revoke(parent.token_id, first.stack.admin).revoked
+        exchange_refused(node, parent.token)
+
+
+def test_an_exchange_from_a_child_of_a_revoked_token_is_refused(pair: tuple[Env, Env]) -> None:
+    first, second = pair
+    for _ in range(5):
+        parent = first.issue(SERVICE)
+        child = first.exchange(parent.token, operations=["read"])
+        assert first.revoke(parent.token_id, first.stack.admin).revoked
+        exchange_refused(second, child.token)
+
+
+def test_descendants_are_refused_on_every_node_when_a_revocation_skips_the_cascade(
+    pair: tuple[Env, Env],
+) -> None:
+    """The parent's row is written straight into the control database, as a
+    revocation whose cascade found no children (they were not recorded yet)."""
+    first, second = pair
+    parent = first.issue(SERVICE)
+    child = first.exchange(parent.token, operations=["read", "write"])
+    grandchild = second.exchange(child.token, operations=["read"])
+    for node in pair:
+        for t in (parent, child, grandchild):
+            accepted(node, t.token)
+    assert second.stack.vault.control.revoke(parent.token_id, parent.expires_at.seconds * 1_000_000)
+    refused_on_both(pair, parent.token, child.token, grandchild.token)
+
+
+def test_an_old_format_child_is_refused_when_its_parent_is_revoked(pair: tuple[Env, Env]) -> None:
+    """A token without the ancestry claim (signed before it existed): its
+    parent_jti is its ancestry. The cascade cannot find it (never recorded)."""
+    first, second = pair
+    parent = first.issue(SERVICE)
+    old = sign(
+        dataclasses.replace(claims(SERVICE), sub="test-service", parent_jti=parent.token_id),
+        first.signing_key,
+    )
+    accepted(second, old)
+    assert first.revoke(parent.token_id, first.stack.admin).revoked
+    refused_on_both(pair, old)
+
+
+def test_exchange_depth_is_capped(pair: tuple[Env, Env]) -> None:
+    first, second = pair
+    token = first.issue(SERVICE).token
+    for depth in range(1, MAX_EXCHANGE_DEPTH + 1):
+        token = (first if depth % 2 else second).exchange(token).token
+    accepted(second, token)
+    f = first.rpc.fail("ExchangeToken", pb.ExchangeTokenRequest(), token)
+    assert (f.code, f.reason) == (grpc.StatusCode.PERMISSION_DENIED, "EXCHANGE_TOO_DEEP"), str(f)
+
+
+def test_a_child_exchanged_while_its_parent_is_being_revoked_is_refused(
+    pg_pair: tuple[Env, Env],
+) -> None:
+    """The race, through the API: the child's exchange is recorded (committed)
+    only after the revocation of its parent has run its cascade, so the
+    cascade never sees it."""
+    first, second = pg_pair
+    parent = first.issue(SERVICE)
+    gate = CommitGate(
+        second.stack.vault.control.engine,
+        inserts_into("token_events", "exchange", parent.token_id),
+    )
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending: Future[Any] = pool.submit(second.exchange, parent.token, operations=["read"])
+            assert gate.holding.wait(10), "the exchange never reached its commit"
+            assert first.revoke(parent.token_id, first.stack.admin).revoked
+            gate.open()
+            child = pending.result(10)
+    finally:
+        gate.remove()
+    # The cascade missed it: the child itself was never revoked.
+    assert not second.stack.vault.control.revoked_among([child.token_id])
+    refused_on_both(pg_pair, parent.token, child.token)
+    for node in pg_pair:
+        exchange_refused(node, child.token)

@@ -160,6 +160,16 @@ class ControlStore:
             return False
         return True
 
+    def revoked_among(self, jtis: Collection[str]) -> set[str]:
+        """Which of ``jtis`` are revoked, as the database knows it now."""
+        if not jtis:
+            return set()
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(revoked_tokens.c.jti).where(revoked_tokens.c.jti.in_(sorted(jtis)))
+            ).all()
+        return {str(j) for (j,) in rows}
+
     def revocations_after(self, cursor: int, missing: Collection[int] = ()) -> list[Revocation]:
         """Revocations with ``seq > cursor``, and those whose seq is in ``missing``
         (below the cursor, not seen yet), in seq order; expired tokens included."""

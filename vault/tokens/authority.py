@@ -200,6 +200,15 @@ class TokenAuthority:
         ttl: int | None,
     ) -> tuple[str, Claims]:
         self._control_may_block()
+        # Asked of the database, not of this node's revocation list, which may
+        # not have polled a revocation made a moment ago through another node.
+        # A revocation committing after this read is still effective on the
+        # child: the child carries its ancestry and is refused with it.
+        revoked = self._control.revoked_among(caller.claims.lineage)
+        if revoked:
+            for jti in revoked:
+                self._revocations.add(jti)
+            raise Unauthenticated("the token has been revoked", reason="REVOKED")
         child = narrow(
             caller.claims,
             categories=categories,
@@ -234,7 +243,10 @@ class TokenAuthority:
                 )
         actor = "admin" if admin else (caller.service if caller else "?")
         revoked = self._revoke_one(jti, target, actor)
-        # Tokens exchanged from a revoked token go with it, however deep.
+        # Every token exchanged from it is refused with it (its lineage names
+        # this token). The cascade also revokes, by id, the descendants
+        # recorded so far: for the record, and for tokens older than the
+        # ancestry claim, which name only their parent.
         pending = [jti]
         while pending:
             for descendant in self._control.children(pending.pop()):
