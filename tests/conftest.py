@@ -7,12 +7,14 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import hvac
+import psycopg
 import pytest
 
 from tests._background import BackgroundServer
@@ -30,6 +32,8 @@ from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
 POLICY = load_policy(default_policy_path())
+#: The real PostgreSQL server of the machine (trust auth); tests create their own databases.
+POSTGRES_ADMIN_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 #: The purpose most tests act under: read, write and delete on everyday data.
 SERVICE_PURPOSE = "essential.service"
 
@@ -189,12 +193,31 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
         server.stop()
 
 
+@contextmanager
+def postgres_database(prefix: str = "pdvault_test") -> Iterator[str]:
+    """A fresh database on the real PostgreSQL server (its SQLAlchemy URL), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:  # pragma: no cover - the machine promises this server
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required: {e}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
 def start_stack(
     bao: Bao,
     data_dir: Path,
     *,
     cache: CacheSettings | None = None,
     database_urls: dict[str, str] | None = None,
+    control_url: str | None = None,
+    control_clock: Callable[[], int] | None = None,
     policy: Policy | None = None,
     erasure_poll_seconds: float = 0.2,
     reflection: bool = False,
@@ -206,10 +229,17 @@ def start_stack(
 
     ``tls`` serves TLS (mTLS with a client CA); ``credentials`` are then what
     the stack's own clients (``issue``, ``client``) connect with.
+    ``database_urls`` (region → URL) and ``control_url`` replace the configured
+    databases; ``control_clock`` (microseconds) is the wall clock the node's
+    control store stamps its writes with (a skewed node).
     """
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], database_url=url)
+    if control_url is not None:
+        regions = dataclasses.replace(
+            regions, control=dataclasses.replace(regions.control, database_url=control_url)
+        )
     settings = NodeSettings(
         data_dir=data_dir,
         port=0,
@@ -229,6 +259,7 @@ def start_stack(
         policy=policy or POLICY,
         admin_credential_file=DataDir(data_dir).admin_credential,
         providers={bao.address: provider},
+        **({"control_clock": control_clock} if control_clock is not None else {}),
     )
     bg = BackgroundServer(VaultServer(vault, settings))
     try:

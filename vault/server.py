@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from vault.cell import BlindIndex, Cell
 from vault.config import NodeSettings, RegionsConfig
 from vault.control import ControlStore, Revocations
 from vault.datadir import DataDir
+from vault.db import now_us
 from vault.erasure import Eraser
 from vault.keys import (
     BoundedCache,
@@ -155,9 +157,11 @@ def build_vault(
     admin_credential_file: Path | None = None,
     serve_regions: frozenset[str] | None = None,
     providers: dict[str, KeyProvider] | None = None,
+    control_clock: Callable[[], int] = now_us,
 ) -> Vault:
     """Opens (and migrates) every served cell and the control plane, connects
-    the key services, unwraps the token signing key.
+    the key services, unwraps the token signing key. ``control_clock``
+    (microseconds) stamps control-plane writes.
 
     The administrator credential: ``admin_credential_file`` (followed, so a
     rotation needs no restart), else ``admin_credential`` (fixed), else none.
@@ -173,7 +177,7 @@ def build_vault(
     authz = Authorizer(policy)
     parts = build_cells(regions, settings, keys, authz, serve_regions)
     cells = parts.cells
-    control = ControlStore(make_engine(regions.control.database_url))
+    control = ControlStore(make_engine(regions.control.database_url), clock=control_clock)
     revocations = Revocations(control)
     signing, keyset = load_or_create_signing_key(
         DataDir(settings.data_dir).tokens,

@@ -12,9 +12,20 @@ metadata = MetaData()
 revoked_tokens = Table(
     "revoked_tokens",
     metadata,
-    Column("jti", String(64), primary_key=True),
+    # Assigned by the database on insert: what nodes poll by (never a clock).
+    # PostgreSQL takes it at insert, not commit, so it may become visible out
+    # of order; see Revocations.
+    Column(
+        "seq",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("jti", String(64), nullable=False, unique=True),
     Column("expires_at", BigInteger, nullable=False),
-    Column("revoked_at", BigInteger, nullable=False, index=True),
+    # The revoking node's wall clock: for the record only.
+    Column("revoked_at", BigInteger, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 token_events = Table(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
 from vault.control._models import erasures, revoked_tokens, token_events
 from vault.db import DuplicateKey, migrate, now_us, transaction
@@ -31,6 +31,15 @@ class TokenEvent:
     purpose: str
     expires_at_us: int
     parent_jti: str | None = None
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """One row of the revocation list; ``seq`` is assigned by the database."""
+
+    seq: int
+    jti: str
+    expires_at_us: int
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,12 @@ _ERASURE_COLS = (
 )
 
 
+_REVOCATION_COLS = (
+    revoked_tokens.c.seq,
+    revoked_tokens.c.jti,
+    revoked_tokens.c.expires_at,
+)
+
 _EVENT_COLS = (
     token_events.c.event,
     token_events.c.jti,
@@ -82,6 +97,12 @@ class ControlStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @property
+    def networked(self) -> bool:
+        """Whether the database is a server reached over the network (not an
+        SQLite file): waiting on it must not hold up the node's event loop."""
+        return self.engine.dialect.name != "sqlite"
 
     def _tx(self) -> AbstractContextManager[Connection]:
         return transaction(self.engine, "control")
@@ -139,16 +160,44 @@ class ControlStore:
             return False
         return True
 
-    def revoked_since(self, after_us: int) -> list[tuple[str, int]]:
-        """(jti, revoked_at) of revocations after ``after_us`` whose tokens are still live."""
+    def revoked_among(self, jtis: Collection[str]) -> set[str]:
+        """Which of ``jtis`` are revoked, as the database knows it now."""
+        if not jtis:
+            return set()
         with self._tx() as conn:
             rows = conn.execute(
-                select(revoked_tokens.c.jti, revoked_tokens.c.revoked_at)
-                .where(revoked_tokens.c.revoked_at > after_us)
-                .where(revoked_tokens.c.expires_at >= self._clock())
-                .order_by(revoked_tokens.c.revoked_at)
+                select(revoked_tokens.c.jti).where(revoked_tokens.c.jti.in_(sorted(jtis)))
             ).all()
-        return [(str(j), int(at)) for j, at in rows]
+        return {str(j) for (j,) in rows}
+
+    def revocations_after(self, cursor: int, missing: Collection[int] = ()) -> list[Revocation]:
+        """Revocations with ``seq > cursor``, and those whose seq is in ``missing``
+        (below the cursor, not seen yet), in seq order; expired tokens included."""
+        cond = revoked_tokens.c.seq > cursor
+        if missing:
+            cond = or_(cond, revoked_tokens.c.seq.in_(sorted(missing)))
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(*_REVOCATION_COLS).where(cond).order_by(revoked_tokens.c.seq)
+            ).all()
+        return [Revocation(int(seq), str(jti), int(exp)) for seq, jti, exp in rows]
+
+    def live_revocations(self) -> tuple[int, list[Revocation]]:
+        """The highest seq assigned so far (0 if none), then the revocations of
+        every token that has not expired.
+
+        In this order: a revocation committed in between is in the list or
+        above the returned seq, never lost between the two reads.
+        """
+        with self._tx() as conn:
+            top = conn.execute(select(func.max(revoked_tokens.c.seq))).scalar()
+            rows = conn.execute(
+                select(*_REVOCATION_COLS)
+                .where(revoked_tokens.c.expires_at >= self._clock())
+                .order_by(revoked_tokens.c.seq)
+            ).all()
+        live = [Revocation(int(seq), str(jti), int(exp)) for seq, jti, exp in rows]
+        return int(top or 0), live
 
     # -- erasure ledger ------------------------------------------------------
 
@@ -247,7 +296,25 @@ class Revocations:
     long. If the list cannot be refreshed for ``max_staleness`` seconds,
     :meth:`is_revoked` raises — every token is refused (fail closed) rather
     than trusting a list that may miss revocations.
+
+    The poll follows ``revoked_tokens.seq``, which the database assigns, never
+    a node's clock. The cursor is the highest seq seen. A seq is taken at
+    insert, not at commit, so on PostgreSQL a revocation can become visible
+    after one with a higher seq; every seq skipped below the cursor is
+    therefore *missing* and asked for again on each poll until it shows up
+    (it is effective here one poll after its commit) or ``gap_horizon``
+    seconds pass (a rolled-back insert leaves a seq that never shows up). As a
+    backstop every ``reload_interval`` seconds the whole list of live
+    revocations is read again: it catches a revocation whose commit took
+    longer than the horizon, and those in flight when this node started (the
+    first read sets the cursor to the highest seq assigned at that moment).
+    So no committed revocation is missed for longer than ``reload_interval``,
+    and ordinarily none for longer than one poll.
     """
+
+    #: Missing seqs remembered at most (the oldest are dropped first; the
+    #: periodic reload still catches any of them that commits).
+    MAX_MISSING = 10_000
 
     def __init__(
         self,
@@ -255,24 +322,72 @@ class Revocations:
         interval: float = 0.25,
         max_staleness: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        gap_horizon: float = 30.0,
+        reload_interval: float = 30.0,
     ) -> None:
         self._store = store
         self._interval = interval
         self._max_staleness = max_staleness
         self._clock = clock
+        self._gap_horizon = gap_horizon
+        self._reload_interval = reload_interval
         self._revoked: set[str] = set()
         self._cursor = 0
+        # Missing seq -> when it was first missed; insertion order is time order.
+        self._missing: dict[int, float] = {}
+        self._loaded = False
+        self._reload_due = float("-inf")
         self._fresh_at = float("-inf")
+        self._refreshing = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refresh()
 
     def refresh(self) -> None:
-        rows = self._store.revoked_since(self._cursor)
-        for jti, at in rows:
-            self._revoked.add(jti)
-            self._cursor = max(self._cursor, at)
-        self._fresh_at = self._clock()
+        with self._refreshing:
+            now = self._clock()
+            if now >= self._reload_due:
+                self._reload()
+                self._reload_due = now + self._reload_interval
+            self._poll(now)
+            self._fresh_at = now
+
+    def _reload(self) -> None:
+        top, live = self._store.live_revocations()
+        for r in live:
+            self._revoked.add(r.jti)
+            self._missing.pop(r.seq, None)
+        if not self._loaded:
+            self._cursor = top
+            self._loaded = True
+
+    def _poll(self, now: float) -> None:
+        for seq, since in list(self._missing.items()):
+            if now - since <= self._gap_horizon:
+                break
+            del self._missing[seq]
+        for r in self._store.revocations_after(self._cursor, self._missing.keys()):
+            self._revoked.add(r.jti)
+            if r.seq > self._cursor:
+                for skipped in range(max(self._cursor + 1, r.seq - self.MAX_MISSING), r.seq):
+                    self._missing[skipped] = now
+                self._cursor = r.seq
+            else:
+                self._missing.pop(r.seq, None)
+        while len(self._missing) > self.MAX_MISSING:
+            del self._missing[next(iter(self._missing))]
+
+    @property
+    def cursor(self) -> int:
+        """The highest revocation seq this node has read."""
+        return self._cursor
+
+    @property
+    def missing(self) -> frozenset[int]:
+        """Seqs below the cursor not seen yet, still being asked for."""
+        with self._refreshing:
+            return frozenset(self._missing)
 
     def add(self, jti: str) -> None:
         """Effective on this node at once (the poll spreads it to the others)."""

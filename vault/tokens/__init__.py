@@ -3,6 +3,7 @@
 from vault.tokens._claims import (
     AUDIENCE,
     ISSUER,
+    MAX_EXCHANGE_DEPTH,
     OPERATIONS,
     REGIONS,
     TRANSFER_BASES,
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_NBF_LEEWAY",
     "IMPLICIT_ASSERTION",
     "ISSUER",
+    "MAX_EXCHANGE_DEPTH",
     "MAX_TOKEN_LENGTH",
     "OPERATIONS",
     "REGIONS",

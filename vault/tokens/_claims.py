@@ -17,13 +17,24 @@ Payload format (JSON; every claim is required unless marked optional)::
       "iat": "2025-01-01T00:00:00+00:00",       # RFC 3339 (PASETO registered claims)
       "nbf": "…", "exp": "…",                   # iat <= nbf < exp
       "jti": "…",                               # random token id
-      "parent_jti": "…"                         # optional: set on exchanged tokens
+      "parent_jti": "…",                        # optional: set on exchanged tokens
+      "ancestors": ["…", …]                     # optional: the parent's own ancestry
     }
+
+An exchanged token names every token it descends from, so that revoking any
+of them revokes it on every node (see :attr:`Claims.lineage`): ``parent_jti``
+is the token it was exchanged from, ``ancestors`` the tokens above that one,
+the issued token first; ``ancestors`` is absent when the parent was itself
+issued (and on tokens signed before the claim existed, whose ancestry is then
+``parent_jti`` alone). A token is at most :data:`MAX_EXCHANGE_DEPTH` exchanges
+from the issued token it descends from.
 
 Optional claims are *absent* when unset, never ``null``; the absent meaning is
 always the restrictive one (no transfer basis; not an exchanged token). The
 wildcards are spelled out (``"*"``) so that a missing claim can never widen a
-grant.
+grant. ``ancestors`` is the exception, kept so that tokens signed before it
+existed stay valid: its absence means no ancestry beyond ``parent_jti``, and
+only the vault's own signing key can leave it out.
 """
 
 from __future__ import annotations
@@ -47,6 +58,9 @@ REGIONS: Final = frozenset({"cn", "us", "de", "ru", "sg"})
 TRANSFER_BASES: Final = frozenset({"scc", "adequacy", "consent", "security_assessment"})
 #: Payload spelling of "all fields of the category" / "any subject".
 WILDCARD: Final = "*"
+#: How many exchanges a token may be from the issued token it descends from
+#: (so ``ancestors`` holds at most MAX_EXCHANGE_DEPTH - 1 token ids).
+MAX_EXCHANGE_DEPTH: Final = 8
 
 _REQUIRED = frozenset(
     {
@@ -64,7 +78,7 @@ _REQUIRED = frozenset(
         "jti",
     }
 )
-_OPTIONAL = frozenset({"transfer_basis", "parent_jti"})
+_OPTIONAL = frozenset({"transfer_basis", "parent_jti", "ancestors"})
 
 _PRINCIPAL_RE = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII, no spaces
 _TAXONOMY_RE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
@@ -191,6 +205,11 @@ class Claims:
     exp: int
     jti: str
     parent_jti: str | None = None
+    #: The ancestry above ``parent_jti``, the issued token first.
+    ancestors: tuple[str, ...] = ()
+    #: This token's id, its parent's, and so on up to the issued token: any of
+    #: them revoked revokes this token. Derived, never in the payload.
+    lineage: tuple[str, ...] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         _check_str("iss", self.iss, _PRINCIPAL_RE, 256)
@@ -216,6 +235,19 @@ class Claims:
             _check_str("parent_jti", self.parent_jti, _JTI_RE, 64)
             if self.parent_jti == self.jti:
                 raise ValueError("parent_jti: must differ from jti")
+        if not isinstance(self.ancestors, tuple):
+            raise ValueError("ancestors: must be a tuple")
+        if self.ancestors:
+            if self.parent_jti is None:
+                raise ValueError("ancestors: only an exchanged token has ancestors")
+            if len(self.ancestors) >= MAX_EXCHANGE_DEPTH:
+                raise ValueError("ancestors: the token is exchanged too many times")
+            for ancestor in self.ancestors:
+                _check_str("ancestors", ancestor, _JTI_RE, 64)
+        lineage = (self.jti, *self.ancestry[::-1])
+        if len(set(lineage)) != len(lineage):
+            raise ValueError("ancestors: must not repeat a token id")
+        object.__setattr__(self, "lineage", lineage)
 
     # -- construction --------------------------------------------------------
 
@@ -280,6 +312,8 @@ class Claims:
             payload["transfer_basis"] = self.transfer_basis
         if self.parent_jti is not None:
             payload["parent_jti"] = self.parent_jti
+        if self.ancestors:
+            payload["ancestors"] = list(self.ancestors)
         return payload
 
     @classmethod
@@ -341,7 +375,18 @@ class Claims:
             exp=_from_rfc3339("exp", payload["exp"]),
             jti=payload["jti"],
             parent_jti=payload.get("parent_jti"),
+            ancestors=_ancestors(payload.get("ancestors")),
         )
+
+    # -- lineage -----------------------------------------------------------------
+
+    @property
+    def ancestry(self) -> tuple[str, ...]:
+        """Every token this one descends from, the issued token first and the
+        parent last; empty for an issued token."""
+        if self.parent_jti is None:
+            return ()
+        return (*self.ancestors, self.parent_jti)
 
     # -- what the token allows ---------------------------------------------------
 
@@ -395,6 +440,14 @@ class Claims:
             raise Unauthenticated("the token is not valid yet", reason="NOT_YET_VALID")
 
 
+def _ancestors(value: object) -> tuple[str, ...]:
+    if value is None:  # absent (null is refused before this)
+        return ()
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError("ancestors: must be a non-empty list of token ids")
+    return tuple(value)
+
+
 def _list_to_set(claim: str, value: object) -> frozenset[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{claim}: must be a list of strings")
@@ -444,14 +497,22 @@ def narrow(
     ``ttl`` shortens the life (``exp = now + ttl``, which must not pass
     ``parent.exp``: asking for more life than the parent has left widens).
     Purpose, issuer, audience, caller and transfer basis are inherited
-    unchanged; ``jti`` is new and ``parent_jti`` is the parent's ``jti``.
+    unchanged; ``jti`` is new, ``parent_jti`` is the parent's ``jti`` and
+    ``ancestors`` the parent's ancestry.
 
     Raises ``AccessDenied(reason="EXCHANGE_WIDENS")`` naming the first
     dimension that would be wider than the parent's,
     ``AccessDenied(reason="EXCHANGE_EXPIRED")`` when the parent has no
-    lifetime left to hand on, and ``InvalidArgument`` for a malformed request
+    lifetime left to hand on, ``AccessDenied(reason="EXCHANGE_TOO_DEEP")``
+    when the parent is already :data:`MAX_EXCHANGE_DEPTH` exchanges from its
+    issued token, and ``InvalidArgument`` for a malformed request
     (empty sets, non-positive ttl, fields for a category not requested).
     """
+    if len(parent.ancestry) >= MAX_EXCHANGE_DEPTH:
+        raise AccessDenied(
+            f"a token may be exchanged at most {MAX_EXCHANGE_DEPTH} times in a row",
+            reason="EXCHANGE_TOO_DEEP",
+        )
     want_categories = (
         None if categories is None else _request_set("categories", categories, allow_empty=True)
     )
@@ -532,6 +593,7 @@ def narrow(
             exp=exp,
             jti=new_jti(),
             parent_jti=parent.jti,
+            ancestors=parent.ancestry,
         )
     except (ValueError, TypeError) as exc:
         # Only names the parent cannot vouch for get here: a field of an
@@ -540,7 +602,8 @@ def narrow(
 
 
 def is_narrowing(parent: Claims, child: Claims) -> bool:
-    """Whether ``child`` is a valid exchange of ``parent``: nothing wider, linked by jti.
+    """Whether ``child`` is a valid exchange of ``parent``: nothing wider, linked
+    by jti, carrying the parent's ancestry.
 
     Pure; used by tests and by the exchange endpoint as a final guard.
     """
@@ -553,6 +616,8 @@ def is_narrowing(parent: Claims, child: Claims) -> bool:
     ):
         return False
     if child.parent_jti != parent.jti or child.jti == parent.jti:
+        return False
+    if child.ancestors != parent.ancestry:
         return False
     if child.exp > parent.exp or child.nbf < parent.nbf:
         return False

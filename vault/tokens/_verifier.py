@@ -22,9 +22,12 @@ class TokenVerifier:
     safe to share between threads; the signature check runs outside the lock.
 
     Every call — cached or not — checks the validity period against ``clock``
-    and asks ``revoked(jti)``, so a revocation takes effect on the next
-    request even for a cached token. ``revoked`` should be a cheap in-memory
-    lookup; if it raises, the call fails (closed). Failures are never cached.
+    and asks ``revoked(jti)`` for the token and each token it descends from
+    (:attr:`Claims.lineage`), so a revocation takes effect on the next request
+    even for a cached token, and revoking a token revokes every token
+    exchanged from it, however and wherever those were made. ``revoked``
+    should be a cheap in-memory lookup; if it raises, the call fails
+    (closed). Failures are never cached.
 
     ``hits`` counts calls served from the cache, ``misses`` the others
     (including those that then fail).
@@ -59,7 +62,8 @@ class TokenVerifier:
     def verify(self, token: str) -> Claims:
         """The claims of ``token`` if it is valid now; ``Unauthenticated`` otherwise.
 
-        Reasons are those of :func:`vault.tokens.decode`, plus ``REVOKED``.
+        Reasons are those of :func:`vault.tokens.decode`, plus ``REVOKED``
+        (the token or one of its ancestors is revoked).
         """
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
             # Refused before hashing: no work for oversized input.
@@ -89,9 +93,10 @@ class TokenVerifier:
                 self._evict(digest)
                 raise
 
-        if self._revoked(claims.jti):
-            self._evict(digest)
-            raise Unauthenticated("the token has been revoked", reason="REVOKED")
+        for jti in claims.lineage:  # the token, its parent, … its issued ancestor
+            if self._revoked(jti):
+                self._evict(digest)
+                raise Unauthenticated("the token has been revoked", reason="REVOKED")
 
         if cached is None:
             self._store(digest, claims, generation)

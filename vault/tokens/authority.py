@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from vault._inline import ensure_may_block
 from vault.control import ControlStore, Revocations, TokenEvent
 from vault.datadir import DataDir, write_file
 from vault.errors import AccessDenied, FieldViolation, InvalidArgument, Unauthenticated
@@ -257,7 +258,16 @@ class TokenAuthority:
 
     # -- issue / exchange / revoke ----------------------------------------
 
+    def _control_may_block(self) -> None:
+        """Token operations write to the control database; when it is a network
+        server they run on the thread pool, never inline on the event loop (a
+        slow or locked transaction would stall every request of the node).
+        Called before anything is written."""
+        if self._control.networked:
+            ensure_may_block()
+
     def issue(self, req: IssueRequest) -> tuple[str, Claims]:
+        self._control_may_block()
         purpose = self._authz.known_purpose(req.purpose)
         problems = self._authz.grant_problems(purpose, req.categories, req.operations)
         if not 0 < req.ttl <= MAX_TTL:
@@ -294,6 +304,16 @@ class TokenAuthority:
         subjects: Collection[str] | None,
         ttl: int | None,
     ) -> tuple[str, Claims]:
+        self._control_may_block()
+        # Asked of the database, not of this node's revocation list, which may
+        # not have polled a revocation made a moment ago through another node.
+        # A revocation committing after this read is still effective on the
+        # child: the child carries its ancestry and is refused with it.
+        revoked = self._control.revoked_among(caller.claims.lineage)
+        if revoked:
+            for jti in revoked:
+                self._revocations.add(jti)
+            raise Unauthenticated("the token has been revoked", reason="REVOKED")
         child = narrow(
             caller.claims,
             categories=categories,
@@ -315,6 +335,7 @@ class TokenAuthority:
 
     def revoke(self, jti: str, *, admin: bool, caller: Caller | None) -> bool:
         """Revokes ``jti``: an administrator any token; a holder its own or its children."""
+        self._control_may_block()
         target = self._control.issued(jti)
         if not admin:
             assert caller is not None
@@ -327,7 +348,10 @@ class TokenAuthority:
                 )
         actor = "admin" if admin else (caller.service if caller else "?")
         revoked = self._revoke_one(jti, target, actor)
-        # Tokens exchanged from a revoked token go with it, however deep.
+        # Every token exchanged from it is refused with it (its lineage names
+        # this token). The cascade also revokes, by id, the descendants
+        # recorded so far: for the record, and for tokens older than the
+        # ancestry claim, which name only their parent.
         pending = [jti]
         while pending:
             for descendant in self._control.children(pending.pop()):

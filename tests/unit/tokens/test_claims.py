@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from vault.errors import AccessDenied, Unauthenticated
-from vault.tokens import Claims
+from vault.tokens import MAX_EXCHANGE_DEPTH, Claims
 
 NOW = 1_750_000_000
 SUBJECT = "de_sub_" + "a" * 26
@@ -64,6 +64,7 @@ def test_payload_shape() -> None:
         make_claims(),
         make_claims(subjects=None, transfer_basis=None),
         make_claims(parent_jti="p" * 22, categories={}),
+        make_claims(parent_jti="p" * 22, ancestors=("a" * 22, "b" * 22)),
     ],
 )
 def test_payload_round_trip(claims: Claims) -> None:
@@ -251,3 +252,95 @@ def test_validity_period() -> None:
     claims.check_validity_period(NOW - 10, nbf_leeway=10)
     with pytest.raises(Unauthenticated):
         claims.check_validity_period(NOW + 300, nbf_leeway=10_000)
+
+
+# --- ancestry -----------------------------------------------------------------------
+
+A1, A2, PARENT = "a" * 22, "b" * 22, "p" * 22
+
+
+def test_an_exchanged_token_carries_its_ancestry_root_first() -> None:
+    claims = make_claims(parent_jti=PARENT, ancestors=(A1, A2))
+    assert claims.to_payload()["ancestors"] == [A1, A2]
+    assert claims.to_payload()["parent_jti"] == PARENT
+    assert claims.ancestry == (A1, A2, PARENT)
+    assert claims.lineage == ("j" * 22, PARENT, A2, A1)
+
+
+def test_ancestors_are_absent_unless_the_parent_was_exchanged() -> None:
+    assert "ancestors" not in make_claims().to_payload()
+    child_of_issued = make_claims(parent_jti=PARENT)
+    assert "ancestors" not in child_of_issued.to_payload()
+    assert child_of_issued.lineage == ("j" * 22, PARENT)
+    assert make_claims().lineage == ("j" * 22,)
+    assert make_claims().ancestry == ()
+
+
+def test_a_token_from_before_the_ancestry_claim_has_its_parent_as_ancestry() -> None:
+    payload = make_claims(parent_jti=PARENT).to_payload()
+    assert "ancestors" not in payload  # what a token signed before the claim looks like
+    assert Claims.from_payload(payload).lineage == ("j" * 22, PARENT)
+
+
+def _with_parent(**changes: Any) -> dict[str, Any]:
+    return _mutated(parent_jti=PARENT, **changes)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _with_parent(ancestors=None),
+        _with_parent(ancestors=[]),
+        _with_parent(ancestors=A1),
+        _with_parent(ancestors={"0": A1}),
+        _with_parent(ancestors=[1]),
+        _with_parent(ancestors=[None]),
+        _with_parent(ancestors=["short"]),
+        _with_parent(ancestors=["has space" + "x" * 16]),
+        _with_parent(ancestors=[A1, A1]),
+        _with_parent(ancestors=[A1, PARENT]),
+        _with_parent(ancestors=[A1, "j" * 22]),
+        _with_parent(ancestors=[f"{i:02d}" * 11 for i in range(MAX_EXCHANGE_DEPTH)]),
+        _mutated(ancestors=[A1]),  # ancestors without a parent
+    ],
+    ids=[
+        "null",
+        "empty",
+        "string",
+        "object",
+        "number",
+        "null-entry",
+        "short-id",
+        "bad-id",
+        "repeated",
+        "names-the-parent",
+        "names-itself",
+        "too-deep",
+        "without-parent",
+    ],
+)
+def test_malformed_ancestry_is_refused(payload: dict[str, Any]) -> None:
+    with pytest.raises(Unauthenticated) as caught:
+        Claims.from_payload(payload)
+    assert caught.value.reason == "MALFORMED_CLAIMS"
+    assert A1 not in caught.value.message and PARENT not in caught.value.message
+
+
+def test_the_deepest_allowed_ancestry_is_accepted() -> None:
+    ancestors = [f"{i:02d}" * 11 for i in range(MAX_EXCHANGE_DEPTH - 1)]
+    claims = Claims.from_payload(_with_parent(ancestors=ancestors))
+    assert len(claims.ancestry) == MAX_EXCHANGE_DEPTH
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"ancestors": (A1,)},  # without a parent
+        {"parent_jti": PARENT, "ancestors": [A1]},  # not a tuple
+        {"parent_jti": PARENT, "ancestors": (A1, A1)},
+        {"parent_jti": PARENT, "ancestors": ("short",)},
+    ],
+)
+def test_ancestry_is_validated_when_built(change: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        make_claims(**change)

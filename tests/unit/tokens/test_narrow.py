@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from vault.errors import AccessDenied, InvalidArgument
-from vault.tokens import OPERATIONS, REGIONS, Claims, is_narrowing, narrow
+from vault.tokens import MAX_EXCHANGE_DEPTH, OPERATIONS, REGIONS, Claims, is_narrowing, narrow
 
 NOW = 1_750_000_000
 S1, S2, S3 = ("de_sub_" + c * 26 for c in "abc")
@@ -201,6 +201,7 @@ def _child() -> Claims:
         {"transfer_basis": None},
         {"parent_jti": "x" * 22},
         {"parent_jti": None},
+        {"ancestors": ("x" * 22,)},
     ],
 )
 def test_is_narrowing_spots_every_widening(change: dict[str, Any]) -> None:
@@ -212,6 +213,43 @@ def test_is_narrowing_spots_every_widening(change: dict[str, Any]) -> None:
 def test_is_narrowing_rejects_the_parent_itself() -> None:
     parent = make_parent()
     assert not is_narrowing(parent, parent)
+
+
+# --- ancestry ----------------------------------------------------------------------
+
+
+def test_narrowing_keeps_the_chain() -> None:
+    root = make_parent()
+    child = narrow(root, now=NOW + 10, operations=["read"])
+    grandchild = narrow(child, now=NOW + 20, regions=["de"])
+    great = narrow(grandchild, now=NOW + 30)
+    assert (child.parent_jti, child.ancestors) == (root.jti, ())
+    assert (grandchild.parent_jti, grandchild.ancestors) == (child.jti, (root.jti,))
+    assert (great.parent_jti, great.ancestors) == (grandchild.jti, (root.jti, child.jti))
+    assert great.lineage == (great.jti, grandchild.jti, child.jti, root.jti)
+    assert is_narrowing(grandchild, great)
+    # The chain survives the payload (it is signed with the rest).
+    assert Claims.from_payload(great.to_payload()).lineage == great.lineage
+    assert not is_narrowing(grandchild, dataclasses.replace(great, ancestors=(root.jti,)))
+    assert not is_narrowing(grandchild, dataclasses.replace(great, ancestors=(child.jti,)))
+
+
+def test_a_child_of_a_token_from_before_the_ancestry_claim_keeps_what_is_known() -> None:
+    old = make_parent(parent_jti="o" * 22)  # names only its parent
+    child = narrow(old, now=NOW + 10)
+    assert child.ancestors == ("o" * 22,)
+    assert child.lineage == (child.jti, old.jti, "o" * 22)
+    assert is_narrowing(old, child)
+
+
+def test_exchange_depth_is_capped() -> None:
+    token = make_parent()
+    for depth in range(1, MAX_EXCHANGE_DEPTH + 1):
+        token = narrow(token, now=NOW + depth)
+        assert len(token.ancestry) == depth
+    with pytest.raises(AccessDenied) as caught:
+        narrow(token, now=NOW + 100, operations=["read"])
+    assert caught.value.reason == "EXCHANGE_TOO_DEEP"
 
 
 # --- properties -------------------------------------------------------------------

@@ -103,6 +103,28 @@ def test_revocation_applies_to_a_cached_token(key: SigningKey) -> None:
     assert revoked.asked == ["j" * 22] * 4
 
 
+@pytest.mark.parametrize("revoked_ancestor", ["p" * 22, "g" * 22])
+def test_a_token_is_refused_when_an_ancestor_is_revoked(
+    key: SigningKey, revoked_ancestor: str
+) -> None:
+    verifier, _, revoked = make_verifier(key)
+    token = issue(make_claims(parent_jti="p" * 22, ancestors=("g" * 22,)), key)
+    verifier.verify(token)
+    verifier.verify(token)
+    assert revoked.asked == ["j" * 22, "p" * 22, "g" * 22] * 2
+    revoked.jtis.add(revoked_ancestor)
+    assert reason(verifier, token) == "REVOKED"
+    assert len(verifier) == 0
+
+
+def test_a_token_without_the_ancestry_claim_is_refused_with_its_parent(key: SigningKey) -> None:
+    verifier, _, revoked = make_verifier(key)
+    token = issue(make_claims(parent_jti="p" * 22), key)
+    verifier.verify(token)
+    revoked.jtis.add("p" * 22)
+    assert reason(verifier, token) == "REVOKED"
+
+
 def test_a_revoked_token_is_refused_on_first_sight_and_not_cached(key: SigningKey) -> None:
     verifier, _, revoked = make_verifier(key)
     revoked.jtis.add("r" * 22)
