@@ -161,6 +161,9 @@ def parse_regions(
         bad("version", "must be 1")
 
     regions: dict[str, RegionConfig] = {}
+    # Every id declared, valid entry or not: a problem inside an entry is
+    # reported there once, not again wherever the id is used.
+    declared: list[str] = []
     raw_regions = raw.get("regions")
     if not isinstance(raw_regions, list) or not raw_regions:
         bad("regions", "must be a non-empty list")
@@ -175,9 +178,10 @@ def parse_regions(
             bad(f"{where}.id", "must be a two-letter lowercase region id")
             continue
         where = f"regions[{rid}]"
-        if rid in regions:
+        if rid in declared:
             bad(where, "is declared twice")
             continue
+        declared.append(rid)
         missing = [k for k in ("name", "jurisdiction", "endpoint", "database_url") if not r.get(k)]
         for k in missing:
             bad(f"{where}.{k}", "is required")
@@ -212,7 +216,7 @@ def parse_regions(
         )
 
     default_region = raw.get("default_region")
-    if default_region not in regions:
+    if default_region not in declared:
         bad("default_region", "must name a declared region")
 
     country_region: dict[str, str] = {}
@@ -221,7 +225,7 @@ def parse_regions(
         bad("countries", "must map region ids to lists of country codes")
         countries = {}
     for rid, codes in countries.items():
-        if rid not in regions:
+        if rid not in declared:
             bad(f"countries.{rid}", "is not a declared region")
             continue
         if not isinstance(codes, list):

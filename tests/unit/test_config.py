@@ -85,3 +85,15 @@ def test_yaml_norway_problem_is_caught(tmp_path: Path, raw: dict) -> None:  # ty
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load_regions(tmp_path / "missing.yaml")
+
+
+def test_a_broken_region_entry_is_reported_once(raw: dict) -> None:  # type: ignore[type-arg]
+    del raw["regions"][2]["database_url"]  # de, also the region of countries.de
+    raw["default_region"] = "de"
+    raw["regions"].append(copy.deepcopy(raw["regions"][2]))
+    with pytest.raises(ConfigError) as e:
+        parse_regions(raw)
+    assert [(p.where, p.problem) for p in e.value.problems] == [
+        ("regions[de].database_url", "is required"),
+        ("regions[de]", "is declared twice"),
+    ]
