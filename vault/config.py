@@ -7,6 +7,7 @@ invalid file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,6 +22,11 @@ from vault.errors import ConfigError, ConfigProblem, FieldViolation, InvalidArgu
 REGION_IDS = ("cn", "us", "de", "ru", "sg")
 _REGION_RE = re.compile(r"^[a-z]{2}$")
 _MOUNT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_PORT_RE = re.compile(r"^[0-9]{1,5}$")
 
 
 def default_regions_file() -> Path:
@@ -125,6 +131,34 @@ class NodeSettings:
     retention_sweep_seconds: float = 3600.0
 
 
+def _endpoint_problem(endpoint: object) -> str | None:
+    """Why ``endpoint`` is not ``host:port`` (port 1-65535), or None if it is.
+
+    The host is a DNS name, an IPv4 address or a bracketed IPv6 address.
+    """
+    if not isinstance(endpoint, str):
+        return "must be a string host:port"
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host:
+        return "must be host:port"
+    if not _PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
+        return "must end in a port from 1 to 65535"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return "has an invalid IPv6 address"
+        return None
+    if not _HOSTNAME_RE.fullmatch(host):
+        return "must name a host (DNS name, IPv4 address or [IPv6 address])"
+    if host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return "has an invalid IPv4 address"
+    return None
+
+
 def _substitute(value: str, variables: dict[str, str]) -> str:
     for k, v in variables.items():
         value = value.replace("{" + k + "}", v)
@@ -185,6 +219,12 @@ def parse_regions(
         missing = [k for k in ("name", "jurisdiction", "endpoint", "database_url") if not r.get(k)]
         for k in missing:
             bad(f"{where}.{k}", "is required")
+        endpoint = r.get("endpoint")
+        if isinstance(endpoint, str):
+            endpoint = _substitute(endpoint, variables)
+        endpoint_problem = None if "endpoint" in missing else _endpoint_problem(endpoint)
+        if endpoint_problem:
+            bad(f"{where}.endpoint", endpoint_problem)
         bao = r.get("openbao")
         mounts: list[Any] = []
         address = ""
@@ -203,13 +243,13 @@ def parse_regions(
                     bad(f"{where}.openbao.mounts", f"has an invalid mount name {m!r}")
             if len(set(map(str, mounts))) != len(mounts):
                 bad(f"{where}.openbao.mounts", "lists a mount twice")
-        if missing or not isinstance(bao, dict):
+        if missing or endpoint_problem or not isinstance(bao, dict):
             continue
         regions[rid] = RegionConfig(
             id=rid,
             name=str(r["name"]),
             jurisdiction=str(r["jurisdiction"]),
-            endpoint=_substitute(str(r["endpoint"]), variables),
+            endpoint=str(endpoint),
             database_url=_substitute(str(r["database_url"]), variables),
             openbao_address=_substitute(address, variables),
             transit_mounts=tuple(str(m) for m in mounts),

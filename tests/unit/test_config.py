@@ -97,3 +97,40 @@ def test_a_broken_region_entry_is_reported_once(raw: dict) -> None:  # type: ign
         ("regions[de].database_url", "is required"),
         ("regions[de]", "is declared twice"),
     ]
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["127.0.0.1:50051", "localhost:1", "cell-de.example.org:65535", "[::1]:50051"],
+)
+def test_good_endpoints(raw: dict, endpoint: str) -> None:  # type: ignore[type-arg]
+    raw["regions"][2]["endpoint"] = endpoint
+    assert parse_regions(raw).regions["de"].endpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "problem"),
+    [
+        ("127.0.0.1", "must be host:port"),
+        (":50051", "must be host:port"),
+        ("127.0.0.1:0", "must end in a port from 1 to 65535"),
+        ("127.0.0.1:65536", "must end in a port from 1 to 65535"),
+        ("127.0.0.1:http", "must end in a port from 1 to 65535"),
+        ("127.0.0.1:-1", "must end in a port from 1 to 65535"),
+        ("999.0.0.1:50051", "has an invalid IPv4 address"),
+        ("[::g]:50051", "has an invalid IPv6 address"),
+        ("::1:50051", "must name a host (DNS name, IPv4 address or [IPv6 address])"),
+        ("cell de:50051", "must name a host (DNS name, IPv4 address or [IPv6 address])"),
+        ("http://cell:50051", "must name a host (DNS name, IPv4 address or [IPv6 address])"),
+        (50051, "must be a string host:port"),
+    ],
+)
+def test_bad_endpoints_are_rejected(raw: dict, endpoint: object, problem: str) -> None:  # type: ignore[type-arg]
+    raw["regions"][2]["endpoint"] = endpoint
+    raw["regions"][3]["endpoint"] = "127.0.0.1:99999"
+    with pytest.raises(ConfigError) as e:
+        parse_regions(raw)
+    assert [(p.where, p.problem) for p in e.value.problems] == [
+        ("regions[de].endpoint", problem),
+        ("regions[ru].endpoint", "must end in a port from 1 to 65535"),
+    ]
