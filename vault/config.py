@@ -165,18 +165,62 @@ def _substitute(value: str, variables: dict[str, str]) -> str:
     return value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that notes every mapping key given twice.
+
+    PyYAML keeps the last of two equal keys without a word: a second ``de:``
+    under ``countries`` would silently send every country of the first list
+    to the default region.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.repeated: list[ConfigProblem] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    self.repeated.append(
+                        ConfigProblem(
+                            f"line {key_node.start_mark.line + 1}",
+                            f"repeats the key {key!r} of its mapping",
+                        )
+                    )
+                seen.add(key)
+            except TypeError:  # unhashable: the base constructor reports it
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_regions(path: Path | None = None, **variables: str) -> RegionsConfig:
     """Reads and validates a regions file; ``variables`` fill ``{placeholders}``."""
     path = path or default_regions_file()
     try:
-        raw = yaml.safe_load(path.read_text())
+        loader = _UniqueKeyLoader(path.read_text())
     except OSError as e:
         raise ConfigError(
             str(path), [ConfigProblem("file", f"cannot be read ({e.strerror})")]
         ) from e
+    try:
+        raw = loader.get_single_data()
     except yaml.YAMLError as e:
         raise ConfigError(str(path), [ConfigProblem("file", "is not valid YAML")]) from e
-    return parse_regions(raw, source=str(path), variables=variables)
+    finally:
+        loader.dispose()
+    try:
+        cfg = parse_regions(raw, source=str(path), variables=variables)
+    except ConfigError as e:
+        if loader.repeated:
+            raise ConfigError(str(path), loader.repeated + e.problems) from None
+        raise
+    if loader.repeated:
+        raise ConfigError(str(path), loader.repeated)
+    return cfg
 
 
 def parse_regions(

@@ -134,3 +134,22 @@ def test_bad_endpoints_are_rejected(raw: dict, endpoint: object, problem: str) -
         ("regions[de].endpoint", problem),
         ("regions[ru].endpoint", "must end in a port from 1 to 65535"),
     ]
+
+
+def test_a_key_given_twice_is_an_error(tmp_path: Path) -> None:
+    text = default_regions_file().read_text()
+    text = text.replace("  cn: [CN]\n", "  cn: [CN]\n  de: [CH]\n")  # drops the EEA list
+    assert yaml.safe_load(text)["countries"]["de"] == ["CH"]  # what PyYAML alone does
+    line = text.splitlines().index("  de: [CH]") + 1
+    f = tmp_path / "regions.yaml"
+    f.write_text(text.replace("default_region: sg", "default_region: zz"))
+    with pytest.raises(ConfigError) as e:
+        load_regions(f)
+    assert [(p.where, p.problem) for p in e.value.problems] == [
+        (f"line {line}", "repeats the key 'de' of its mapping"),
+        ("default_region", "must name a declared region"),
+    ]
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_regions(f)
+    assert [p.where for p in e.value.problems] == [f"line {line}"]
