@@ -10,14 +10,20 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from vault._countries import ISO_3166_ALPHA2
 from vault.errors import ConfigError, ConfigProblem, FieldViolation, InvalidArgument
+from vault.tokens import TRANSFER_BASES
+
+if TYPE_CHECKING:
+    # vault.residency imports this module; see _transfer_types.
+    from vault.residency import TransferRule, TransferRules
 
 REGION_IDS = ("cn", "us", "de", "ru", "sg")
 _REGION_RE = re.compile(r"^[a-z]{2}$")
@@ -27,6 +33,9 @@ _HOSTNAME_RE = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
 _PORT_RE = re.compile(r"^[0-9]{1,5}$")
+#: Purpose and category names, as in the policy and in tokens.
+_TAXONOMY_RE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*$")
+_TRANSFER_RULE_KEYS = ("to", "bases", "purposes", "categories")
 
 
 def default_regions_file() -> Path:
@@ -57,6 +66,17 @@ class ControlConfig:
     transit_mount: str
 
 
+def _transfer_types() -> tuple[type[TransferRule], type[TransferRules]]:
+    """The rule classes, imported when first needed: vault.residency imports this module."""
+    from vault.residency import TransferRule, TransferRules
+
+    return TransferRule, TransferRules
+
+
+def _no_transfers() -> TransferRules:
+    return _transfer_types()[1]()
+
+
 @dataclass(frozen=True)
 class RegionsConfig:
     version: int
@@ -65,6 +85,8 @@ class RegionsConfig:
     default_region: str
     control: ControlConfig
     source: str = "<memory>"
+    #: Cross-border transfer rules (the ``transfers`` section); by default none.
+    transfers: TransferRules = field(default_factory=_no_transfers)
 
     @property
     def region_ids(self) -> frozenset[str]:
@@ -342,7 +364,9 @@ def parse_regions(
                 transit_mount=str(cbao["mount"]),
             )
 
-    if problems:
+    transfers = _parse_transfers(raw.get("transfers", {}), declared, problems)
+
+    if problems or transfers is None:
         raise ConfigError(source, problems)
     return RegionsConfig(
         version=1,
@@ -351,4 +375,105 @@ def parse_regions(
         default_region=str(default_region),
         control=control_cfg,
         source=source,
+        transfers=transfers,
     )
+
+
+def _parse_transfers(
+    raw: Any, declared: list[str], problems: list[ConfigProblem]
+) -> TransferRules | None:
+    """The ``transfers`` section: ``{home: [{to, bases, purposes?, categories?}, …]}``.
+
+    Every problem is appended to ``problems``; None if there was any.
+    """
+    rule_type, rules_type = _transfer_types()
+
+    def bad(where: str, problem: str) -> None:
+        problems.append(ConfigProblem(where, problem))
+
+    if not isinstance(raw, dict):
+        bad("transfers", "must map home region ids to lists of rules")
+        return None
+    first = len(problems)
+    rules: list[TransferRule] = []
+    for home, raw_rules in raw.items():
+        if home not in declared:
+            bad(f"transfers.{home}", "is not a declared region")
+            continue
+        if not isinstance(raw_rules, list):
+            bad(f"transfers.{home}", "must be a list of rules ([] for none)")
+            continue
+        for i, raw_rule in enumerate(raw_rules):
+            where = f"transfers.{home}[{i}]"
+            if not isinstance(raw_rule, dict):
+                bad(where, "must be a mapping with to and bases")
+                continue
+            before = len(problems)
+            for key in raw_rule:
+                if key not in _TRANSFER_RULE_KEYS:
+                    bad(f"{where}.{key}", f"is not a known key ({', '.join(_TRANSFER_RULE_KEYS)})")
+            to = _names(raw_rule, "to", "region id", where, bad)
+            for dest in to or ():
+                if dest == home:
+                    bad(f"{where}.to", f"names {home} itself: data at home is not a transfer")
+                elif dest not in declared:
+                    bad(f"{where}.to", f"{dest!r} is not a declared region")
+            bases = _names(raw_rule, "bases", "transfer basis", where, bad)
+            for basis in bases or ():
+                if basis not in TRANSFER_BASES:
+                    known = ", ".join(sorted(TRANSFER_BASES))
+                    bad(f"{where}.bases", f"{basis!r} is not a transfer basis ({known})")
+            purposes = _names(raw_rule, "purposes", "purpose", where, bad, optional=True)
+            categories = _names(raw_rule, "categories", "category", where, bad, optional=True)
+            if len(problems) > before or to is None or bases is None:
+                continue
+            rules.append(
+                rule_type(
+                    home=home,
+                    destinations=frozenset(to),
+                    bases=frozenset(bases),
+                    purposes=None if purposes is None else frozenset(purposes),
+                    categories=None if categories is None else frozenset(categories),
+                )
+            )
+    if len(problems) > first:
+        return None
+    return rules_type(regions=tuple(declared), rules=tuple(rules))
+
+
+def _names(
+    rule: dict[Any, Any],
+    key: str,
+    noun: str,
+    where: str,
+    bad: Callable[[str, str], None],
+    *,
+    optional: bool = False,
+) -> list[str] | None:
+    """``rule[key]``: a non-empty list of distinct strings; None (and reported) if not.
+
+    An optional key left out is None without a problem: no limit. Purpose and
+    category names must be well-formed (``a.b_c``).
+    """
+    where = f"{where}.{key}"
+    if key not in rule:
+        if not optional:
+            bad(where, "is required")
+        return None
+    value = rule[key]
+    hint = f" (leave it out for any {noun})" if optional else ""
+    if not isinstance(value, list):
+        bad(where, f"must be a list of {noun} names{hint}")
+        return None
+    if not value:
+        bad(where, f"must list at least one {noun}{hint}")
+        return None
+    names: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or (optional and not _TAXONOMY_RE.fullmatch(item)):
+            bad(where, f"{item!r} is not a {noun} name")
+        elif item in names:
+            bad(where, f"lists {item} twice")
+        else:
+            names.append(item)
+    return names

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import pytest
+import yaml
+
+from vault.config import default_regions_file, load_regions, parse_regions
+from vault.errors import ConfigError
 from vault.residency import (
     NO_TRANSFER,
     TRANSFER_ALLOWED,
@@ -208,3 +216,241 @@ def test_given_lists_are_frozen() -> None:
     assert rule.destinations == frozenset({"us"}) and rule.purposes == frozenset({"x"})
     assert rule.categories is None
     assert rules.regions == ("de", "us") and rules.rules == (rule,)
+
+
+# --- the transfers section of a regions file ------------------------------------
+
+_TRANSFERS = {
+    "de": [
+        {"to": ["us"], "bases": ["scc", "adequacy"]},
+        {"to": ["sg"], "bases": ["consent"], "purposes": ["marketing.promotions"]},
+    ],
+    "ru": [],
+    "us": [{"to": ["de", "sg"], "bases": ["scc"], "categories": ["user.name"]}],
+}
+
+
+@pytest.fixture
+def raw() -> dict[str, Any]:
+    """The shipped regions file, with the transfer rules above."""
+    loaded: dict[str, Any] = yaml.safe_load(default_regions_file().read_text())
+    loaded["transfers"] = copy.deepcopy(_TRANSFERS)
+    return loaded
+
+
+def test_the_section_is_read_into_transfer_rules(raw: dict[str, Any]) -> None:
+    cfg = parse_regions(raw)
+    assert cfg.transfers == TransferRules(
+        regions=("cn", "us", "de", "ru", "sg"),
+        rules=(
+            TransferRule(
+                home="de", destinations=frozenset({"us"}), bases=frozenset({"scc", "adequacy"})
+            ),
+            TransferRule(
+                home="de",
+                destinations=frozenset({"sg"}),
+                bases=frozenset({"consent"}),
+                purposes=frozenset({"marketing.promotions"}),
+            ),
+            TransferRule(
+                home="us",
+                destinations=frozenset({"de", "sg"}),
+                bases=frozenset({"scc"}),
+                categories=frozenset({"user.name"}),
+            ),
+        ),
+    )
+
+
+def test_no_section_means_no_transfer(raw: dict[str, Any]) -> None:
+    del raw["transfers"]
+    rules = parse_regions(raw).transfers
+    assert rules.rules == ()
+    assert not any(rules.matrix().values())
+    assert rules.decide("de", "us", "scc", "essential.service", None).reason == (
+        TRANSFER_NOT_ALLOWED
+    )
+
+
+def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
+    """A change to the raw file: ``path`` like ``transfers.de.0.to``; None deletes."""
+
+    def change(raw: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = raw
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        key_: Any = int(last) if isinstance(node, list) else last
+        if value is None:
+            del node[key_]
+        else:
+            node[key_] = value
+
+    return change
+
+
+_BASES_HINT = "(adequacy, consent, scc, security_assessment)"
+_KEYS_HINT = "(to, bases, purposes, categories)"
+
+
+@pytest.mark.parametrize(
+    ("change", "problems"),
+    [
+        (
+            _set("transfers.de.0.to", ["us", "xx"]),
+            [("transfers.de[0].to", "'xx' is not a declared region")],
+        ),
+        (
+            _set("transfers.xx", [{"to": ["de"], "bases": ["scc"]}]),
+            [("transfers.xx", "is not a declared region")],
+        ),
+        (
+            _set("transfers.de.1.to", ["sg", "de"]),
+            [("transfers.de[1].to", "names de itself: data at home is not a transfer")],
+        ),
+        (
+            _set("transfers.de.0.bases", ["scc", "contract"]),
+            [("transfers.de[0].bases", f"'contract' is not a transfer basis {_BASES_HINT}")],
+        ),
+        (
+            _set("transfers.de.0.bases", []),
+            [("transfers.de[0].bases", "must list at least one transfer basis")],
+        ),
+        (
+            _set("transfers.de.0.bases", "scc"),
+            [("transfers.de[0].bases", "must be a list of transfer basis names")],
+        ),
+        (
+            _set("transfers.de.0.bases", None),
+            [("transfers.de[0].bases", "is required")],
+        ),
+        (
+            _set("transfers.us.0.to", None),
+            [("transfers.us[0].to", "is required")],
+        ),
+        (
+            _set("transfers.de.0.to", []),
+            [("transfers.de[0].to", "must list at least one region id")],
+        ),
+        (
+            _set("transfers.de.0.to", ["us", "us"]),
+            [("transfers.de[0].to", "lists us twice")],
+        ),
+        (
+            _set("transfers.de.0.tos", ["sg"]),
+            [("transfers.de[0].tos", f"is not a known key {_KEYS_HINT}")],
+        ),
+        (
+            _set("transfers.de.1.purposes", "marketing.promotions"),
+            [
+                (
+                    "transfers.de[1].purposes",
+                    "must be a list of purpose names (leave it out for any purpose)",
+                )
+            ],
+        ),
+        (
+            _set("transfers.us.0.categories", {"user.name": "*"}),
+            [
+                (
+                    "transfers.us[0].categories",
+                    "must be a list of category names (leave it out for any category)",
+                )
+            ],
+        ),
+        (
+            _set("transfers.de.1.purposes", []),
+            [
+                (
+                    "transfers.de[1].purposes",
+                    "must list at least one purpose (leave it out for any purpose)",
+                )
+            ],
+        ),
+        (
+            _set("transfers.us.0.categories", ["user.name", "User Name"]),
+            [("transfers.us[0].categories", "'User Name' is not a category name")],
+        ),
+        (
+            _set("transfers.ru", {}),
+            [("transfers.ru", "must be a list of rules ([] for none)")],
+        ),
+        (
+            _set("transfers.de.0", "us"),
+            [("transfers.de[0]", "must be a mapping with to and bases")],
+        ),
+        (
+            _set("transfers", [{"to": ["us"], "bases": ["scc"]}]),
+            [("transfers", "must map home region ids to lists of rules")],
+        ),
+        (
+            _set("countries.us", ["US", "FR"]),
+            [("countries.us", "FR is already mapped to de")],
+        ),
+        (
+            _set("regions.2.endpoint", "127.0.0.1:70000"),
+            [("regions[de].endpoint", "must end in a port from 1 to 65535")],
+        ),
+    ],
+)
+def test_a_broken_file_names_the_place(
+    raw: dict[str, Any],
+    change: Callable[[dict[str, Any]], None],
+    problems: list[tuple[str, str]],
+) -> None:
+    change(raw)
+    with pytest.raises(ConfigError) as e:
+        parse_regions(raw)
+    assert [(p.where, p.problem) for p in e.value.problems] == problems
+
+
+def test_every_transfer_problem_is_reported_at_once(raw: dict[str, Any]) -> None:
+    raw["transfers"]["de"][0] = {"to": ["de", "xx"], "bases": ["contract"], "tos": []}
+    raw["transfers"]["us"][0]["purposes"] = "essential.service"
+    raw["transfers"]["zz"] = []
+    raw["countries"]["sg"].append("DE")
+    raw["regions"][0]["endpoint"] = "localhost"
+    with pytest.raises(ConfigError) as e:
+        parse_regions(raw, source="regions.yaml")
+    assert [(p.where, p.problem) for p in e.value.problems] == [
+        ("regions[cn].endpoint", "must be host:port"),
+        ("countries.sg", "DE is already mapped to de"),
+        ("transfers.de[0].tos", f"is not a known key {_KEYS_HINT}"),
+        ("transfers.de[0].to", "names de itself: data at home is not a transfer"),
+        ("transfers.de[0].to", "'xx' is not a declared region"),
+        ("transfers.de[0].bases", f"'contract' is not a transfer basis {_BASES_HINT}"),
+        (
+            "transfers.us[0].purposes",
+            "must be a list of purpose names (leave it out for any purpose)",
+        ),
+        ("transfers.zz", "is not a declared region"),
+    ]
+    assert str(e.value).startswith("invalid configuration in regions.yaml:\n")
+    assert "  transfers.de[0].to: 'xx' is not a declared region\n" in str(e.value)
+
+
+def test_a_rule_naming_a_broken_region_is_not_reported_again(raw: dict[str, Any]) -> None:
+    del raw["regions"][4]["database_url"]  # sg
+    with pytest.raises(ConfigError) as e:
+        parse_regions(raw)
+    assert [p.where for p in e.value.problems] == ["regions[sg].database_url"]
+
+
+def test_a_home_given_twice_in_a_file_is_an_error(tmp_path: Path) -> None:
+    text = default_regions_file().read_text()
+    text = text.split("\ntransfers:\n")[0] + (
+        "\ntransfers:\n"
+        "  de:\n"
+        "    - {to: [us], bases: [scc]}\n"
+        "  ru: []\n"
+        "  de:\n"
+        "    - {to: [sg], bases: [scc]}\n"
+    )
+    f = tmp_path / "regions.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_regions(f)
+    line = len(text.splitlines()) - 1
+    assert [(p.where, p.problem) for p in e.value.problems] == [
+        (f"line {line}", "repeats the key 'de' of its mapping")
+    ]
