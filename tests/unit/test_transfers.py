@@ -25,6 +25,7 @@ from vault.residency import (
     TransferRule,
     TransferRules,
 )
+from vault.tokens import TRANSFER_BASES
 
 # --- the decision, on rules built here ----------------------------------------
 
@@ -454,3 +455,72 @@ def test_a_home_given_twice_in_a_file_is_an_error(tmp_path: Path) -> None:
     assert [(p.where, p.problem) for p in e.value.problems] == [
         (f"line {line}", "repeats the key 'de' of its mapping")
     ]
+
+
+# --- the shipped rules ----------------------------------------------------------------
+
+# What regions/regions.yaml promises, written out here rather than read from the
+# code under test: home -> {destination: accepted bases}. Anything else is refused.
+_SHIPPED: dict[str, dict[str, set[str]]] = {
+    # EEA: EU standard contractual clauses everywhere, adequacy only towards us.
+    "de": {"us": {"scc", "adequacy"}, "cn": {"scc"}, "ru": {"scc"}, "sg": {"scc"}},
+    # Russian personal data stays in Russia.
+    "ru": {},
+    # Chinese personal data leaves only after a security assessment.
+    "cn": {d: {"security_assessment"} for d in ("us", "de", "ru", "sg")},
+    # United States: contract or consent, not to countries of concern.
+    "us": {"de": {"scc", "consent"}, "sg": {"scc", "consent"}},
+    # Singapore (and every unmapped country): contract or consent.
+    "sg": {d: {"scc", "consent"} for d in ("cn", "us", "de", "ru")},
+}
+_BASES = ("scc", "adequacy", "consent", "security_assessment")
+
+
+def _shipped_expectation(home: str, dest: str, basis: str | None) -> TransferDecision:
+    if home == dest:
+        return TransferDecision(True, f"local:{home}", "NO_TRANSFER")
+    accepted = _SHIPPED[home].get(dest, set())
+    if not accepted:
+        return TransferDecision(False, f"no-rule:{home}->{dest}", "TRANSFER_NOT_ALLOWED")
+    if basis is None:
+        return TransferDecision(False, f"no-rule:{home}->{dest}:none", "TRANSFER_BASIS_MISSING")
+    if basis not in accepted:
+        return TransferDecision(
+            False, f"no-rule:{home}->{dest}:{basis}", "TRANSFER_BASIS_NOT_ACCEPTED"
+        )
+    return TransferDecision(True, f"{home}->{dest}:{basis}", "TRANSFER_ALLOWED")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> TransferRules:
+    return load_regions(data_dir="/d", openbao_addr="x").transfers
+
+
+def test_the_test_knows_every_basis() -> None:
+    assert frozenset(_BASES) == TRANSFER_BASES
+
+
+@pytest.mark.parametrize("basis", [None, *_BASES])
+@pytest.mark.parametrize("dest", list(_SHIPPED))
+@pytest.mark.parametrize("home", list(_SHIPPED))
+def test_shipped_rules(shipped: TransferRules, home: str, dest: str, basis: str | None) -> None:
+    expected = _shipped_expectation(home, dest, basis)
+    # The shipped rules are not limited to purposes or categories.
+    for purpose, category in [
+        ("essential.service", None),
+        ("essential.service", "user.name"),
+        ("marketing.promotions", "user.contact.email"),
+        ("essential.subject_rights", "user.location.precise"),
+    ]:
+        assert shipped.decide(home, dest, basis, purpose, category) == expected
+
+
+def test_shipped_matrix(shipped: TransferRules) -> None:
+    assert shipped.regions == ("cn", "us", "de", "ru", "sg")
+    assert shipped.matrix() == {
+        (home, dest): tuple(sorted(_SHIPPED[home].get(dest, ())))
+        for home in ("cn", "us", "de", "ru", "sg")
+        for dest in ("cn", "us", "de", "ru", "sg")
+        if dest != home
+    }
+    assert not any(rule.limited for rule in shipped.rules)
