@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -524,3 +528,96 @@ def test_shipped_matrix(shipped: TransferRules) -> None:
         if dest != home
     }
     assert not any(rule.limited for rule in shipped.rules)
+
+
+# --- pdvault regions check ------------------------------------------------------------
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def _regions_check(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(_REPO),
+        "PYTHONIOENCODING": "utf-8",
+        "COLUMNS": "80",  # the table is wider: piped, it must not be folded or cut
+    }
+    env.pop("PDVAULT_REGIONS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "vault.cli", "regions", "check", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        cwd=_REPO,
+        timeout=60,
+        check=False,
+    )
+
+
+def _table_rows(stdout: str) -> list[list[str]]:
+    """The cells of every header and body line of a rich table."""
+    return [
+        [cell.strip() for cell in re.split(r"[│┃]", line)[1:-1]]
+        for line in stdout.splitlines()
+        if line.startswith(("│", "┃"))
+    ]
+
+
+def test_cli_prints_the_transfer_matrix() -> None:
+    run = _regions_check()
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    lines = run.stdout.splitlines()
+    assert lines[0] == "OK: 5 regions (cn, us, de, ru, sg), 34 countries mapped, default sg"
+    regions = ["cn", "us", "de", "ru", "sg"]
+    names = {"cn": "Beijing", "us": "United States", "de": "Germany", "ru": "Russia"}
+    names["sg"] = "Singapore"
+    expected = [["home → to", *regions]] + [
+        [
+            f"{home} ({names[home]})",
+            *(
+                "local" if dest == home else ", ".join(sorted(_SHIPPED[home].get(dest, ()))) or "—"
+                for dest in regions
+            ),
+        ]
+        for home in regions
+    ]
+    assert _table_rows(run.stdout) == expected
+    assert "— no transfer" in run.stdout
+
+
+def test_cli_marks_bases_limited_to_some_purposes(tmp_path: Path) -> None:
+    text = default_regions_file().read_text().split("\ntransfers:\n")[0] + (
+        "\ntransfers:\n"
+        "  de:\n"
+        "    - {to: [us], bases: [scc]}\n"
+        "    - {to: [us, sg], bases: [consent], purposes: [essential.service.support]}\n"
+    )
+    f = tmp_path / "regions.yaml"
+    f.write_text(text)
+    run = _regions_check(str(f))
+    assert run.returncode == 0, run.stderr
+    rows = {row[0]: row[1:] for row in _table_rows(run.stdout)}
+    assert rows["de (Germany)"] == ["—", "consent*, scc", "local", "—", "consent*"]
+    assert rows["ru (Russia)"] == ["—", "—", "—", "local", "—"]
+
+
+def test_cli_exits_1_with_the_problems_of_a_broken_file(tmp_path: Path) -> None:
+    text = default_regions_file().read_text()
+    text = text.replace("    - to: [cn, ru, sg]\n", "    - to: [cn, ru, sg, xx, de]\n")
+    text = text.replace("bases: [security_assessment]", "bases: [security_assessment, pipl]")
+    text = text.replace("  us: [US]\n", "  us: [US, FR]\n")
+    f = tmp_path / "regions.yaml"
+    f.write_text(text)
+    run = _regions_check(str(f))
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"invalid configuration in {f}:",
+        "  countries.us: FR is already mapped to de",
+        "  transfers.de[1].to: 'xx' is not a declared region",
+        "  transfers.de[1].to: names de itself: data at home is not a transfer",
+        "  transfers.cn[0].bases: 'pipl' is not a transfer basis "
+        "(adequacy, consent, scc, security_assessment)",
+    ]
