@@ -7,20 +7,35 @@ invalid file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from vault._countries import ISO_3166_ALPHA2
 from vault.errors import ConfigError, ConfigProblem, FieldViolation, InvalidArgument
+from vault.tokens import TRANSFER_BASES
+
+if TYPE_CHECKING:
+    # vault.residency imports this module; see _transfer_types.
+    from vault.residency import TransferRule, TransferRules
 
 REGION_IDS = ("cn", "us", "de", "ru", "sg")
 _REGION_RE = re.compile(r"^[a-z]{2}$")
 _MOUNT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_PORT_RE = re.compile(r"^[0-9]{1,5}$")
+#: Purpose and category names, as in the policy and in tokens.
+_TAXONOMY_RE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*$")
+_TRANSFER_RULE_KEYS = ("to", "bases", "purposes", "categories")
 
 
 def default_regions_file() -> Path:
@@ -51,6 +66,17 @@ class ControlConfig:
     transit_mount: str
 
 
+def _transfer_types() -> tuple[type[TransferRule], type[TransferRules]]:
+    """The rule classes, imported when first needed: vault.residency imports this module."""
+    from vault.residency import TransferRule, TransferRules
+
+    return TransferRule, TransferRules
+
+
+def _no_transfers() -> TransferRules:
+    return _transfer_types()[1]()
+
+
 @dataclass(frozen=True)
 class RegionsConfig:
     version: int
@@ -59,6 +85,8 @@ class RegionsConfig:
     default_region: str
     control: ControlConfig
     source: str = "<memory>"
+    #: Cross-border transfer rules (the ``transfers`` section); by default none.
+    transfers: TransferRules = field(default_factory=_no_transfers)
 
     @property
     def region_ids(self) -> frozenset[str]:
@@ -149,24 +177,96 @@ class NodeSettings:
     reflection: bool = False
 
 
+def _endpoint_problem(endpoint: object) -> str | None:
+    """Why ``endpoint`` is not ``host:port`` (port 1-65535), or None if it is.
+
+    The host is a DNS name, an IPv4 address or a bracketed IPv6 address.
+    """
+    if not isinstance(endpoint, str):
+        return "must be a string host:port"
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host:
+        return "must be host:port"
+    if not _PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
+        return "must end in a port from 1 to 65535"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return "has an invalid IPv6 address"
+        return None
+    if not _HOSTNAME_RE.fullmatch(host):
+        return "must name a host (DNS name, IPv4 address or [IPv6 address])"
+    if host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return "has an invalid IPv4 address"
+    return None
+
+
 def _substitute(value: str, variables: dict[str, str]) -> str:
     for k, v in variables.items():
         value = value.replace("{" + k + "}", v)
     return value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that notes every mapping key given twice.
+
+    PyYAML keeps the last of two equal keys without a word: a second ``de:``
+    under ``countries`` would silently send every country of the first list
+    to the default region.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.repeated: list[ConfigProblem] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    self.repeated.append(
+                        ConfigProblem(
+                            f"line {key_node.start_mark.line + 1}",
+                            f"repeats the key {key!r} of its mapping",
+                        )
+                    )
+                seen.add(key)
+            except TypeError:  # unhashable: the base constructor reports it
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_regions(path: Path | None = None, **variables: str) -> RegionsConfig:
     """Reads and validates a regions file; ``variables`` fill ``{placeholders}``."""
     path = path or default_regions_file()
     try:
-        raw = yaml.safe_load(path.read_text())
+        loader = _UniqueKeyLoader(path.read_text())
     except OSError as e:
         raise ConfigError(
             str(path), [ConfigProblem("file", f"cannot be read ({e.strerror})")]
         ) from e
+    try:
+        raw = loader.get_single_data()
     except yaml.YAMLError as e:
         raise ConfigError(str(path), [ConfigProblem("file", "is not valid YAML")]) from e
-    return parse_regions(raw, source=str(path), variables=variables)
+    finally:
+        loader.dispose()
+    try:
+        cfg = parse_regions(raw, source=str(path), variables=variables)
+    except ConfigError as e:
+        if loader.repeated:
+            raise ConfigError(str(path), loader.repeated + e.problems) from None
+        raise
+    if loader.repeated:
+        raise ConfigError(str(path), loader.repeated)
+    return cfg
 
 
 def parse_regions(
@@ -185,6 +285,9 @@ def parse_regions(
         bad("version", "must be 1")
 
     regions: dict[str, RegionConfig] = {}
+    # Every id declared, valid entry or not: a problem inside an entry is
+    # reported there once, not again wherever the id is used.
+    declared: list[str] = []
     raw_regions = raw.get("regions")
     if not isinstance(raw_regions, list) or not raw_regions:
         bad("regions", "must be a non-empty list")
@@ -199,12 +302,19 @@ def parse_regions(
             bad(f"{where}.id", "must be a two-letter lowercase region id")
             continue
         where = f"regions[{rid}]"
-        if rid in regions:
+        if rid in declared:
             bad(where, "is declared twice")
             continue
+        declared.append(rid)
         missing = [k for k in ("name", "jurisdiction", "endpoint", "database_url") if not r.get(k)]
         for k in missing:
             bad(f"{where}.{k}", "is required")
+        endpoint = r.get("endpoint")
+        if isinstance(endpoint, str):
+            endpoint = _substitute(endpoint, variables)
+        endpoint_problem = None if "endpoint" in missing else _endpoint_problem(endpoint)
+        if endpoint_problem:
+            bad(f"{where}.endpoint", endpoint_problem)
         bao = r.get("openbao")
         mounts: list[Any] = []
         address = ""
@@ -223,20 +333,20 @@ def parse_regions(
                     bad(f"{where}.openbao.mounts", f"has an invalid mount name {m!r}")
             if len(set(map(str, mounts))) != len(mounts):
                 bad(f"{where}.openbao.mounts", "lists a mount twice")
-        if missing or not isinstance(bao, dict):
+        if missing or endpoint_problem or not isinstance(bao, dict):
             continue
         regions[rid] = RegionConfig(
             id=rid,
             name=str(r["name"]),
             jurisdiction=str(r["jurisdiction"]),
-            endpoint=_substitute(str(r["endpoint"]), variables),
+            endpoint=str(endpoint),
             database_url=_substitute(str(r["database_url"]), variables),
             openbao_address=_substitute(address, variables),
             transit_mounts=tuple(str(m) for m in mounts),
         )
 
     default_region = raw.get("default_region")
-    if default_region not in regions:
+    if default_region not in declared:
         bad("default_region", "must name a declared region")
 
     country_region: dict[str, str] = {}
@@ -245,7 +355,7 @@ def parse_regions(
         bad("countries", "must map region ids to lists of country codes")
         countries = {}
     for rid, codes in countries.items():
-        if rid not in regions:
+        if rid not in declared:
             bad(f"countries.{rid}", "is not a declared region")
             continue
         if not isinstance(codes, list):
@@ -278,7 +388,9 @@ def parse_regions(
                 transit_mount=str(cbao["mount"]),
             )
 
-    if problems:
+    transfers = _parse_transfers(raw.get("transfers", {}), declared, problems)
+
+    if problems or transfers is None:
         raise ConfigError(source, problems)
     return RegionsConfig(
         version=1,
@@ -287,4 +399,105 @@ def parse_regions(
         default_region=str(default_region),
         control=control_cfg,
         source=source,
+        transfers=transfers,
     )
+
+
+def _parse_transfers(
+    raw: Any, declared: list[str], problems: list[ConfigProblem]
+) -> TransferRules | None:
+    """The ``transfers`` section: ``{home: [{to, bases, purposes?, categories?}, …]}``.
+
+    Every problem is appended to ``problems``; None if there was any.
+    """
+    rule_type, rules_type = _transfer_types()
+
+    def bad(where: str, problem: str) -> None:
+        problems.append(ConfigProblem(where, problem))
+
+    if not isinstance(raw, dict):
+        bad("transfers", "must map home region ids to lists of rules")
+        return None
+    first = len(problems)
+    rules: list[TransferRule] = []
+    for home, raw_rules in raw.items():
+        if home not in declared:
+            bad(f"transfers.{home}", "is not a declared region")
+            continue
+        if not isinstance(raw_rules, list):
+            bad(f"transfers.{home}", "must be a list of rules ([] for none)")
+            continue
+        for i, raw_rule in enumerate(raw_rules):
+            where = f"transfers.{home}[{i}]"
+            if not isinstance(raw_rule, dict):
+                bad(where, "must be a mapping with to and bases")
+                continue
+            before = len(problems)
+            for key in raw_rule:
+                if key not in _TRANSFER_RULE_KEYS:
+                    bad(f"{where}.{key}", f"is not a known key ({', '.join(_TRANSFER_RULE_KEYS)})")
+            to = _names(raw_rule, "to", "region id", where, bad)
+            for dest in to or ():
+                if dest == home:
+                    bad(f"{where}.to", f"names {home} itself: data at home is not a transfer")
+                elif dest not in declared:
+                    bad(f"{where}.to", f"{dest!r} is not a declared region")
+            bases = _names(raw_rule, "bases", "transfer basis", where, bad)
+            for basis in bases or ():
+                if basis not in TRANSFER_BASES:
+                    known = ", ".join(sorted(TRANSFER_BASES))
+                    bad(f"{where}.bases", f"{basis!r} is not a transfer basis ({known})")
+            purposes = _names(raw_rule, "purposes", "purpose", where, bad, optional=True)
+            categories = _names(raw_rule, "categories", "category", where, bad, optional=True)
+            if len(problems) > before or to is None or bases is None:
+                continue
+            rules.append(
+                rule_type(
+                    home=home,
+                    destinations=frozenset(to),
+                    bases=frozenset(bases),
+                    purposes=None if purposes is None else frozenset(purposes),
+                    categories=None if categories is None else frozenset(categories),
+                )
+            )
+    if len(problems) > first:
+        return None
+    return rules_type(regions=tuple(declared), rules=tuple(rules))
+
+
+def _names(
+    rule: dict[Any, Any],
+    key: str,
+    noun: str,
+    where: str,
+    bad: Callable[[str, str], None],
+    *,
+    optional: bool = False,
+) -> list[str] | None:
+    """``rule[key]``: a non-empty list of distinct strings; None (and reported) if not.
+
+    An optional key left out is None without a problem: no limit. Purpose and
+    category names must be well-formed (``a.b_c``).
+    """
+    where = f"{where}.{key}"
+    if key not in rule:
+        if not optional:
+            bad(where, "is required")
+        return None
+    value = rule[key]
+    hint = f" (leave it out for any {noun})" if optional else ""
+    if not isinstance(value, list):
+        bad(where, f"must be a list of {noun} names{hint}")
+        return None
+    if not value:
+        bad(where, f"must list at least one {noun}{hint}")
+        return None
+    names: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or (optional and not _TAXONOMY_RE.fullmatch(item)):
+            bad(where, f"{item!r} is not a {noun} name")
+        elif item in names:
+            bad(where, f"lists {item} twice")
+        else:
+            names.append(item)
+    return names

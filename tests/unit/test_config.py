@@ -85,3 +85,71 @@ def test_yaml_norway_problem_is_caught(tmp_path: Path, raw: dict) -> None:  # ty
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load_regions(tmp_path / "missing.yaml")
+
+
+def test_a_broken_region_entry_is_reported_once(raw: dict) -> None:  # type: ignore[type-arg]
+    del raw["regions"][2]["database_url"]  # de, also the region of countries.de
+    raw["default_region"] = "de"
+    raw["regions"].append(copy.deepcopy(raw["regions"][2]))
+    with pytest.raises(ConfigError) as e:
+        parse_regions(raw)
+    assert [(p.where, p.problem) for p in e.value.problems] == [
+        ("regions[de].database_url", "is required"),
+        ("regions[de]", "is declared twice"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["127.0.0.1:50051", "localhost:1", "cell-de.example.org:65535", "[::1]:50051"],
+)
+def test_good_endpoints(raw: dict, endpoint: str) -> None:  # type: ignore[type-arg]
+    raw["regions"][2]["endpoint"] = endpoint
+    assert parse_regions(raw).regions["de"].endpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "problem"),
+    [
+        ("127.0.0.1", "must be host:port"),
+        (":50051", "must be host:port"),
+        ("127.0.0.1:0", "must end in a port from 1 to 65535"),
+        ("127.0.0.1:65536", "must end in a port from 1 to 65535"),
+        ("127.0.0.1:http", "must end in a port from 1 to 65535"),
+        ("127.0.0.1:-1", "must end in a port from 1 to 65535"),
+        ("999.0.0.1:50051", "has an invalid IPv4 address"),
+        ("[::g]:50051", "has an invalid IPv6 address"),
+        ("::1:50051", "must name a host (DNS name, IPv4 address or [IPv6 address])"),
+        ("cell de:50051", "must name a host (DNS name, IPv4 address or [IPv6 address])"),
+        ("http://cell:50051", "must name a host (DNS name, IPv4 address or [IPv6 address])"),
+        (50051, "must be a string host:port"),
+    ],
+)
+def test_bad_endpoints_are_rejected(raw: dict, endpoint: object, problem: str) -> None:  # type: ignore[type-arg]
+    raw["regions"][2]["endpoint"] = endpoint
+    raw["regions"][3]["endpoint"] = "127.0.0.1:99999"
+    with pytest.raises(ConfigError) as e:
+        parse_regions(raw)
+    assert [(p.where, p.problem) for p in e.value.problems] == [
+        ("regions[de].endpoint", problem),
+        ("regions[ru].endpoint", "must end in a port from 1 to 65535"),
+    ]
+
+
+def test_a_key_given_twice_is_an_error(tmp_path: Path) -> None:
+    text = default_regions_file().read_text()
+    text = text.replace("  cn: [CN]\n", "  cn: [CN]\n  de: [CH]\n")  # drops the EEA list
+    assert yaml.safe_load(text)["countries"]["de"] == ["CH"]  # what PyYAML alone does
+    line = text.splitlines().index("  de: [CH]") + 1
+    f = tmp_path / "regions.yaml"
+    f.write_text(text.replace("default_region: sg", "default_region: zz"))
+    with pytest.raises(ConfigError) as e:
+        load_regions(f)
+    assert [(p.where, p.problem) for p in e.value.problems] == [
+        (f"line {line}", "repeats the key 'de' of its mapping"),
+        ("default_region", "must name a declared region"),
+    ]
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_regions(f)
+    assert [p.where for p in e.value.problems] == [f"line {line}"]
