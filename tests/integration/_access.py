@@ -24,16 +24,14 @@ import grpc
 import pyseto
 
 from tests.conftest import POLICY, Stack
+from tests.factories import make_claims
 from vault.client import VaultClientError
 from vault.tokens import (
-    AUDIENCE,
     IMPLICIT_ASSERTION,
-    ISSUER,
     REGIONS,
     Claims,
     SigningKey,
     issue,
-    new_jti,
 )
 from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
@@ -320,38 +318,11 @@ class Env:
         return self.stack.vault.authority._signing
 
 
-def claims(
-    purpose: str = SERVICE,
-    *,
-    categories: Mapping[str, frozenset[str] | None] | None = None,
-    operations: Iterable[str] | None = None,
-    regions: Iterable[str] | None = None,
-    subjects: Iterable[str] | None = None,
-    iat: int | None = None,
-    nbf: int | None = None,
-    exp: int | None = None,
-    aud: str = AUDIENCE,
-) -> Claims:
-    """Claims built directly (bypassing IssueToken's checks), valid for 10 minutes."""
-    now = int(time.time())
-    p = POLICY.purposes.get(purpose)
-    return Claims(
-        iss=ISSUER,
-        sub="forger",
-        aud=aud,
-        purpose=purpose,
-        categories=categories
-        if categories is not None
-        else dict.fromkeys(p.categories if p else ["user.name"]),
-        operations=frozenset(
-            operations if operations is not None else (p.operations if p else {"read"})
-        ),
-        regions=frozenset(regions if regions is not None else REGIONS),
-        subjects=frozenset(subjects) if subjects is not None else None,
-        iat=iat if iat is not None else now,
-        nbf=nbf if nbf is not None else (iat if iat is not None else now),
-        exp=exp if exp is not None else now + 600,
-        jti=new_jti(),
+def live_claims(*, now: float | None = None, ttl: int = 600, **claims: Any) -> Claims:
+    """:func:`~tests.factories.make_claims` for the running node: valid from now
+    (or ``now``) for ``ttl`` seconds, for any subject. Bypasses IssueToken's checks."""
+    return make_claims(
+        now=time.time() if now is None else now, ttl=ttl, **{"subjects": None, **claims}
     )
 
 

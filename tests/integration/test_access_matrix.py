@@ -40,7 +40,7 @@ from tests.integration._access import (
     Rpc,
     b64d,
     b64e,
-    claims,
+    live_claims,
     new_canary,
     reply_text,
     sign,
@@ -188,7 +188,7 @@ def _now() -> int:
 
 def _wrong_signature(env: Env, w: World) -> str:
     # Signed by another key, but naming the vault's key id in the footer.
-    forged = sign(claims(), SigningKey.generate())
+    forged = sign(live_claims(), SigningKey.generate())
     body = b64d(forged.split(".")[2])[:-64]
     return _bearer(sign_raw(body, SigningKey.generate(), kid=env.signing_key.kid))
 
@@ -230,22 +230,23 @@ AUTH_ATTACKS: dict[str, tuple[Callable[[Env, World], str | None], str]] = {
     "truncated-payload": (_truncated_payload, "BAD_SIGNATURE"),
     "wrong-signature": (_wrong_signature, "BAD_SIGNATURE"),
     "flipped-signature-bit": (_flipped_signature, "BAD_SIGNATURE"),
-    "unknown-key-id": (lambda e, w: _bearer(sign(claims(), SigningKey.generate())), "UNKNOWN_KEY"),
+    "unknown-key-id": (
+        lambda e, w: _bearer(sign(live_claims(), SigningKey.generate())),
+        "UNKNOWN_KEY",
+    ),
     "tampered-claims": (_tampered_claims, "BAD_SIGNATURE"),
     "expired": (
-        lambda e, w: _bearer(sign(claims(iat=_now() - 7200, exp=_now() - 3600), e.signing_key)),
+        lambda e, w: _bearer(sign(live_claims(now=_now() - 7200, ttl=3600), e.signing_key)),
         "EXPIRED",
     ),
     "not-yet-valid": (
-        lambda e, w: _bearer(
-            sign(claims(iat=_now(), nbf=_now() + 600, exp=_now() + 1200), e.signing_key)
-        ),
+        lambda e, w: _bearer(sign(live_claims(nbf=_now() + 600, ttl=1200), e.signing_key)),
         "NOT_YET_VALID",
     ),
     "revoked": (lambda e, w: _bearer(w.revoked_token), "REVOKED"),
     "admin-credential": (lambda e, w: _bearer(e.stack.admin), "MALFORMED_TOKEN"),
     "wrong-audience": (
-        lambda e, w: _bearer(sign(claims(aud="another-service"), e.signing_key)),
+        lambda e, w: _bearer(sign(live_claims(aud="another-service"), e.signing_key)),
         "WRONG_AUDIENCE",
     ),
     "malformed-claims": (
@@ -318,7 +319,12 @@ def purpose_lacks_category(env: Env, rpc: str) -> Case:
     # (IssueToken refuses to make one) is still refused by the policy.
     t = make_target(env)
     t.list_category = t.category
-    c = claims("functional.community.forum", categories={"user.contact.email": None})
+    forum = "functional.community.forum"
+    c = live_claims(
+        purpose=forum,
+        categories={"user.contact.email": None},
+        operations=POLICY.purposes[forum].operations,
+    )
     return _denied(sign(c, env.signing_key), t, "CATEGORY_NOT_ALLOWED")
 
 
@@ -330,7 +336,7 @@ def purpose_lacks_operation(env: Env, rpc: str) -> Case:
     category = "user.location.imprecise" if data_op else "user.contact.email"
     t = make_target(env, category=category)
     p = POLICY.purposes[purpose]
-    c = claims(purpose, operations=p.operations | {op})
+    c = live_claims(purpose=purpose, categories={category: None}, operations=p.operations | {op})
     return _denied(sign(c, env.signing_key), t, "OPERATION_NOT_ALLOWED")
 
 
@@ -355,10 +361,10 @@ def no_field_granted(env: Env, rpc: str) -> Case:
     t.list_category = t.category
     # IssueToken refuses such a grant (INVALID_ARGUMENT); defence in depth: a
     # vault-signed token carrying it anyway is still refused.
-    c = claims(
-        "essential.service.support",
+    c = live_claims(
+        purpose="essential.service.support",
         categories={"user.account": frozenset({"two_step_enabled"})},
-        operations={"read", "write"},
+        operations=frozenset({"read", "write"}),
     )
     return _denied(sign(c, env.signing_key), t, "FIELD_NOT_GRANTED")
 
@@ -385,7 +391,7 @@ def subject_not_granted(env: Env, rpc: str) -> Case:
 
 def unknown_purpose(env: Env, rpc: str) -> Case:
     t = make_target(env)
-    c = claims("marketing.mind_reading", categories={"user.contact.email": None})
+    c = live_claims(purpose="marketing.mind_reading", categories={"user.contact.email": None})
     return _denied(sign(c, env.signing_key), t, "UNKNOWN_PURPOSE")
 
 

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from tests.conftest import POLICY, Bao, Stack, start_stack
+from tests.integration._access import live_claims
 from vault.authz import Authorizer
 from vault.cell import Cell
 from vault.client import VaultClient, VaultClientError
@@ -20,7 +21,6 @@ from vault.errors import StoreUnavailable
 from vault.keys import DataKeyCache, TransitKeyProvider
 from vault.node import Node
 from vault.store import CellStore, make_engine
-from vault.tokens import Claims
 
 pytestmark = pytest.mark.integration
 
@@ -157,16 +157,7 @@ def test_database_down_is_unavailable(bao: Bao) -> None:
     )
     node = Node(regions, {"de": cell}, Limits())
     caller = authz.caller(
-        Claims.new(
-            sub="t",
-            purpose="essential.service",
-            categories={"user.name": None},
-            operations=frozenset({"read", "write"}),
-            regions=frozenset({"de"}),
-            subjects=None,
-            ttl=60,
-            now=time.time(),
-        )
+        live_claims(ttl=60, categories={"user.name": None}, regions=frozenset({"de"}))
     )
 
     with pytest.raises(StoreUnavailable) as e:

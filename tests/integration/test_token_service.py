@@ -16,8 +16,8 @@ from tests.integration._access import (
     SERVICE,
     Env,
     Rpc,
-    claims,
     grants,
+    live_claims,
     new_canary,
     sign,
     wait_until_refused,
@@ -303,10 +303,7 @@ def test_exchange_needs_a_valid_purpose_token(env: Env, credential: str) -> None
             "none": (None, "MISSING_TOKEN"),
             "admin": (env.stack.admin, "MALFORMED_TOKEN"),
             "expired": (
-                sign(
-                    claims(iat=int(time.time()) - 600, exp=int(time.time()) - 60),
-                    env.signing_key,
-                ),
+                sign(live_claims(now=time.time() - 600, ttl=540), env.signing_key),
                 "EXPIRED",
             ),
         }[credential]
@@ -323,7 +320,7 @@ def test_a_token_from_an_issuer_clock_running_ahead(
     env: Env, nbf_ahead: int, reason: str | None
 ) -> None:
     now = int(time.time())
-    token = sign(claims(iat=now + nbf_ahead, exp=now + 600), env.signing_key)
+    token = sign(live_claims(now=now + nbf_ahead, ttl=600 - nbf_ahead), env.signing_key)
     if reason is None:
         works(env, token)
     else:
