@@ -215,11 +215,18 @@ def grants(purpose: str, categories: Categories) -> list[pb.CategoryGrant]:
 
 @dataclass
 class Env:
-    """The session stack, a raw channel, and the tokens the setup steps use."""
+    """A node, a raw channel to it, and the tokens the setup steps use."""
 
     stack: Stack
     rpc: Rpc
     _setup_tokens: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def connect(cls, stack: Stack) -> Env:
+        return cls(stack, Rpc(stack.target))
+
+    def close(self) -> None:
+        self.rpc.close()
 
     # tokens
 

@@ -20,7 +20,7 @@ the presented token).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from tests.conftest import POLICY, Stack
+from tests.conftest import POLICY
 from tests.integration._access import (
     PROMOTIONS,
     RIGHTS,
@@ -37,7 +37,6 @@ from tests.integration._access import (
     SERVICE,
     VAULT_RPCS,
     Env,
-    Rpc,
     b64d,
     b64e,
     live_claims,
@@ -59,13 +58,6 @@ FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
 #: PutRecord with a record_id: the update path (its own code in the cell).
 UPDATE = "PutRecord(update)"
-
-
-@pytest.fixture(scope="module")
-def env(stack: Stack) -> Iterator[Env]:
-    rpc = Rpc(stack.target)
-    yield Env(stack, rpc)
-    rpc.close()
 
 
 # -- targets and requests ---------------------------------------------------------

@@ -7,7 +7,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,9 +15,7 @@ import pytest
 
 from tests.conftest import Bao, Stack, copy_live_files, files_containing, start_stack
 from vault.client import VaultClient, VaultClientError
-from vault.config import load_regions
 from vault.crypto import dek_associated_data
-from vault.devstack import OpenBaoServer
 from vault.erasure import verify_receipt
 from vault.errors import DecryptionFailed
 from vault.keys import KeyRef
@@ -263,24 +260,8 @@ def test_export_round_trip_of_several_hundred_records(stack: Stack) -> None:
     assert _code(e.export_subject, s.subject_id) == grpc.StatusCode.PERMISSION_DENIED
 
 
-@pytest.fixture
-def drill_bao(tmp_path: Path) -> Iterator[tuple[Bao, Path]]:
-    """OpenBao in the same data dir as the node, as `pdvault up` lays it out."""
-    server = OpenBaoServer(tmp_path, log=False)
-    server.start()
-    try:
-        regions = load_regions(data_dir=str(tmp_path), openbao_addr=server.address)
-        creds = server.configure(regions)
-        yield (
-            Bao(server, Path(regions.source), creds.node, creds.eraser, server.audit_log),
-            tmp_path,
-        )
-    finally:
-        server.stop()
-
-
-def test_snapshot_restore_drill_then_reapply(drill_bao: tuple[Bao, Path], canary: str) -> None:
-    bao, data_dir = drill_bao
+def test_snapshot_restore_drill_then_reapply(own_bao: Bao, tmp_path: Path, canary: str) -> None:
+    bao, data_dir = own_bao, tmp_path  # OpenBao in the node's data dir, as `pdvault up` has it
     stack = start_stack(bao, data_dir)
     try:
         c = stack.client(stack.issue(RIGHTS))

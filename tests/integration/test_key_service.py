@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,7 +15,6 @@ from vault.authz import Authorizer
 from vault.cell import Cell
 from vault.client import VaultClient, VaultClientError
 from vault.config import CacheSettings, Limits, load_regions
-from vault.devstack import OpenBaoServer
 from vault.errors import StoreUnavailable
 from vault.keys import DataKeyCache, TransitKeyProvider
 from vault.node import Node
@@ -70,20 +68,6 @@ def test_expired_cache_entry_is_unwrapped_again(stack: Stack, client: VaultClien
     client.get_record(r.record_id)
     client.get_record(r.record_id)
     assert stack.provider.calls["decrypt"] - before == 1
-
-
-@pytest.fixture
-def own_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
-    """An OpenBao of this test alone, so stopping it disturbs no other test."""
-    d = tmp_path_factory.mktemp("own-openbao")
-    server = OpenBaoServer(d, log=False)
-    server.start()
-    try:
-        regions = load_regions(data_dir=str(d), openbao_addr=server.address)
-        creds = server.configure(regions)
-        yield Bao(server, Path(regions.source), creds.node, creds.eraser, server.audit_log)
-    finally:
-        server.stop()
 
 
 def _count(stack: Stack, region: str, table: str) -> int:

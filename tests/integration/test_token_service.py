@@ -10,12 +10,11 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.conftest import POLICY, Bao, Stack, start_stack
+from tests.conftest import POLICY, Stack
 from tests.integration._access import (
     RIGHTS,
     SERVICE,
     Env,
-    Rpc,
     grants,
     live_claims,
     new_canary,
@@ -30,13 +29,6 @@ pytestmark = pytest.mark.integration
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
-
-
-@pytest.fixture(scope="module")
-def env(stack: Stack) -> Iterator[Env]:
-    rpc = Rpc(stack.target)
-    yield Env(stack, rpc)
-    rpc.close()
 
 
 def verified(env: Env, token: str) -> Claims:
@@ -405,27 +397,18 @@ def test_revoke_needs_a_credential(env: Env, authorization: str | None, reason: 
 
 
 @pytest.fixture(scope="module")
-def two_nodes(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Env, Env]]:
-    """Two nodes of one vault: same data dir (control database, token keys, cells).
-
-    A fresh data dir rather than the session stack's: other tests read the session's
-    SQLite files in-process and run CLI processes on them, which leaves new
-    connections to those files unreliable.
-    """
-    data_dir = tmp_path_factory.mktemp("two-nodes")
-    nodes = [start_stack(bao, data_dir), start_stack(bao, data_dir)]
-    envs = [Env(n, Rpc(n.target)) for n in nodes]
+def two_envs(two_nodes: tuple[Stack, Stack]) -> Iterator[tuple[Env, Env]]:
+    envs = [Env.connect(n) for n in two_nodes]
     yield envs[0], envs[1]
     for e in envs:
-        e.rpc.close()
-        e.stack.stop()
+        e.close()
 
 
 @pytest.mark.parametrize("direction", ["first-to-second", "second-to-first"])
 def test_a_revocation_reaches_another_node_within_a_second(
-    two_nodes: tuple[Env, Env], direction: str
+    two_envs: tuple[Env, Env], direction: str
 ) -> None:
-    here, there = two_nodes if direction == "first-to-second" else two_nodes[::-1]
+    here, there = two_envs if direction == "first-to-second" else two_envs[::-1]
     t = here.issue(SERVICE)
     s = here.subject("DE")
     for node in (here, there):
