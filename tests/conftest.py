@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import hvac
@@ -46,6 +47,16 @@ class Bao:
 
     def root(self) -> hvac.Client:
         return hvac.Client(url=self.address, token=self.server.root_token())
+
+    def answers(self, path: str) -> list[str]:
+        """OpenBao's answers to the requests on ``path`` (``transit-de/decrypt/k``),
+        oldest first, as its audit log recorded them: the error, or "" for success."""
+        out = []
+        for line in self.audit_log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("type") == "response" and entry["request"].get("path") == path:
+                out.append(str(entry.get("error") or ""))
+        return out
 
     def transit_requests(self, op: str) -> int:
         """Requests for ``op`` (decrypt, encrypt…) that OpenBao's own audit log recorded."""
@@ -159,6 +170,30 @@ def files_containing(paths: list[Path], *needles: str) -> list[str]:
         timeout=120,
     )
     return out.stdout.split()
+
+
+_SQL = """
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=30)
+with db:
+    rows = db.execute(sys.argv[2], json.loads(sys.argv[3])).fetchall()
+db.close()
+print(json.dumps(rows))
+"""
+
+
+def live_sql(path: Path, sql: str, *params: str | int | None) -> list[list[Any]]:
+    """Runs one statement on a live SQLite file from another process (see
+    :func:`files_containing` for why); its rows (text and numbers only)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SQL, str(path), sql, json.dumps(params)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    rows: list[list[Any]] = json.loads(out.stdout)
+    return rows
 
 
 def copy_live_files(paths: list[Path], target: Path) -> None:
