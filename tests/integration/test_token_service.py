@@ -261,13 +261,30 @@ def test_an_exchanged_token_never_outlives_its_parent(
     env: Env, narrow_parent: tuple[pb.TokenResponse, str, str]
 ) -> None:
     parent, _, _ = narrow_parent
-    try:
-        child = env.exchange(parent.token, ttl_seconds=3600)
-    except grpc.RpcError as e:
-        assert e.code() == PERMISSION_DENIED  # refusing is fine too
-        return
-    assert child.expires_at.seconds <= parent.expires_at.seconds
-    assert verified(env, child.token).exp <= verified(env, parent.token).exp
+    parent_exp = verified(env, parent.token).exp
+    assert parent_exp == parent.expires_at.seconds
+
+    # A life inside the parent's: exactly what was asked for.
+    before = int(time.time())
+    child = env.exchange(parent.token, ttl_seconds=60)
+    after = int(time.time())
+    exp = verified(env, child.token).exp
+    assert exp == child.expires_at.seconds
+    assert before + 60 <= exp <= after + 60 and exp < parent_exp
+
+    # No life asked for: the parent's end, not a default from now.
+    assert verified(env, env.exchange(parent.token).token).exp == parent_exp
+
+    # Beyond the parent's end, even by a few seconds: refused.
+    left = parent_exp - int(time.time())
+    assert left > 60, "the parent fixture expires too soon for this test"
+    env.rpc.expect(
+        "ExchangeToken",
+        pb.ExchangeTokenRequest(ttl_seconds=left + 5),
+        parent.token,
+        PERMISSION_DENIED,
+        "EXCHANGE_WIDENS",
+    )
 
 
 def test_a_child_cannot_exchange_its_way_back_to_the_parents_grant(env: Env) -> None:
