@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 import pyseto
+from sqlalchemy import text
 
 from tests.conftest import POLICY, Stack
 from tests.factories import make_claims
@@ -55,8 +56,10 @@ VAULT_RPCS = (
     "EraseSubject",
     "CancelErasure",
     "ExportSubject",
+    "SetLookups",
+    "FindSubjects",
 )
-#: Server-streaming RPCs: the reply is consumed whole (errors arrive while reading).
+#: Server-streaming RPCs: the reply is read chunk by chunk (errors arrive while reading).
 STREAMING_RPCS = frozenset({"ExportSubject"})
 TOKEN_RPCS = frozenset({"IssueToken", "ExchangeToken", "RevokeToken"})
 #: The operation each RPC needs, and the purpose a test acts under for it.
@@ -74,6 +77,8 @@ RPC_OPERATION = {
     "EraseSubject": "erase",
     "CancelErasure": "erase",
     "ExportSubject": "export",
+    "SetLookups": "write",
+    "FindSubjects": "read",
 }
 #: essential.service reads, writes and deletes; only the subject's own request
 #: (essential.subject_rights) has consent, erase and export.
@@ -152,6 +157,13 @@ class Rpc:
     def close(self) -> None:
         self.channel.close()
 
+    def _send(self, method: str, request: Any, token: str | None, authorization: str | None) -> Any:
+        stub = self._tokens if method in TOKEN_RPCS else self._vault
+        if authorization is None and token is not None:
+            authorization = f"Bearer {token}"
+        md = (("authorization", authorization),) if authorization is not None else ()
+        return getattr(stub, method)(request, metadata=md, timeout=10)
+
     def call(
         self,
         method: str,
@@ -160,12 +172,11 @@ class Rpc:
         *,
         authorization: str | None = None,
     ) -> Any:
-        stub = self._tokens if method in TOKEN_RPCS else self._vault
-        if authorization is None and token is not None:
-            authorization = f"Bearer {token}"
-        md = (("authorization", authorization),) if authorization is not None else ()
-        reply = getattr(stub, method)(request, metadata=md, timeout=10)
-        return list(reply) if method in STREAMING_RPCS else reply
+        """The reply; of a streaming RPC, the list of its chunks."""
+        reply = self._send(method, request, token, authorization)
+        if method not in STREAMING_RPCS:
+            return reply
+        return list(reply)
 
     def fail(
         self,
@@ -175,9 +186,17 @@ class Rpc:
         *,
         authorization: str | None = None,
     ) -> Failure:
+        """The failure of a call that must be refused. A streaming reply is read
+        chunk by chunk: a refusal must come before any chunk, not after some."""
+        received: list[Any] = []
         try:
-            reply = self.call(method, request, token, authorization=authorization)
+            reply = self._send(method, request, token, authorization)
+            if method in STREAMING_RPCS:
+                for chunk in reply:
+                    received.append(chunk)
+                reply = received
         except grpc.RpcError as e:
+            assert not received, f"{method} sent {len(received)} chunk(s) before refusing"
             return failure_of(e)
         raise AssertionError(f"{method} succeeded ({type(reply).__name__}) but must be refused")
 
@@ -274,10 +293,13 @@ class Env:
 
     # data, written with broad setup tokens
 
-    def subject(self, country: str = "DE", *, minor: bool = False) -> pb.Subject:
+    def subject(
+        self, country: str = "DE", *, minor: bool = False, email: str | None = None
+    ) -> pb.Subject:
+        lookups = [pb.Lookup(kind="email", value=email)] if email else []
         return self.rpc.call(  # type: ignore[no-any-return]
             "CreateSubject",
-            pb.CreateSubjectRequest(country=country, minor=minor),
+            pb.CreateSubjectRequest(country=country, minor=minor, lookups=lookups),
             self.setup_token(SERVICE),
         )
 
@@ -317,6 +339,38 @@ class Env:
         store = self.stack.node.cells[subject_id[:2]].store
         state = "restricted" if restricted else "active"
         assert store.set_state(subject_id, state, time.time_ns() // 1000)
+
+    # what is stored
+
+    def stored(self, subject_id: str) -> dict[str, Any]:
+        """Everything stored about a subject, as rows (nothing decrypted): to
+        compare before and after a refused call. Read through the node's own
+        connection pool, never by opening the live SQLite file here."""
+        region = subject_id[:2]
+        engine = self.stack.node.cells[region].store.engine
+        queries = {
+            "subject": "SELECT state, minor, key_name, wrapped_dek, updated_at"
+            " FROM subjects WHERE id = :s",
+            "records": "SELECT id, category, version, envelope, updated_at, expires_at"
+            " FROM records WHERE subject_id = :s ORDER BY id",
+            "consents": "SELECT purpose, granted, source, updated_at"
+            " FROM consents WHERE subject_id = :s ORDER BY purpose",
+            "lookups": "SELECT kind, digest FROM lookups WHERE subject_id = :s"
+            " ORDER BY kind, digest",
+            "subjects in the region": "SELECT count(*) FROM subjects",
+        }
+        with engine.connect() as db:
+            out: dict[str, Any] = {
+                k: [tuple(r) for r in db.execute(text(q), {"s": subject_id})]
+                for k, q in queries.items()
+            }
+            db.rollback()
+        out["erasure"] = self.stack.vault.control.erasure(subject_id)
+        key = self.stack.bao.root().secrets.transit.read_key(
+            name=f"subject-{subject_id}", mount_point=f"transit-{region}"
+        )
+        out["key versions"] = sorted(key["data"]["keys"])
+        return out
 
     # forgeries
 
