@@ -7,6 +7,7 @@ it only ever runs here as a subprocess, never inside pytest.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import files_containing
+from vault.authn import ensure_admin_credential
+from vault.devstack import UNSEAL_FILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -103,3 +108,9 @@ def test_locust_mix_runs_without_failures_and_passes_the_slo_gate(tmp_path: Path
         assert int(total["Failure Count"]) == 0, (tmp_path / "run_failures.csv").read_text()
     finally:
         _stop(stack)
+    # No log of the run (the node's, locust's) holds a token, a credential or a key.
+    (tmp_path / "locust.log").write_text(run.stdout + run.stderr)
+    unseal = json.loads((data_dir / "openbao" / UNSEAL_FILE).read_text())
+    secrets = [ensure_admin_credential(data_dir), unseal["root_token"], unseal["unseal_key"]]
+    logs = [tmp_path / "pdvault-up.log", tmp_path / "locust.log"]
+    assert files_containing(logs, *secrets, "v4.public.", "vault:v1:") == []
