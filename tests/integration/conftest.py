@@ -5,9 +5,14 @@ The session's OpenBao (``bao``) and node (``stack``) are in tests/conftest.py.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.conftest import Bao, Stack, start_stack
@@ -55,3 +60,91 @@ def two_nodes(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
     yield first, second
     second.stop()
     first.stop()
+
+
+PG_ADMIN_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A fresh database on the real PostgreSQL at 127.0.0.1:5432, dropped afterwards."""
+    name = f"pdvault_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:  # pragma: no cover - the machine promises this server
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required: {e}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+class TcpProxy:
+    """Forwards a local port to ``target``, so a test can take a server away from a
+    node (``stop``: no listener, every open connection cut) and bring it back."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        listener.settimeout(0.1)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def pg_proxy() -> Iterator[TcpProxy]:
+    """A way to PostgreSQL that the test can cut (``stop``) and restore (``start``)."""
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    proxy.start()
+    yield proxy
+    proxy.stop()

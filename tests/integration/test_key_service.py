@@ -9,16 +9,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import POLICY, Bao, Stack, start_stack
-from tests.integration._access import live_claims
-from vault.authz import Authorizer
-from vault.cell import Cell
+from tests.conftest import Bao, Stack, start_stack
+from tests.integration.conftest import TcpProxy
 from vault.client import VaultClient, VaultClientError
-from vault.config import CacheSettings, Limits, load_regions
-from vault.errors import StoreUnavailable
-from vault.keys import DataKeyCache, TransitKeyProvider
-from vault.node import Node
-from vault.store import CellStore, make_engine
+from vault.config import CacheSettings
 
 pytestmark = pytest.mark.integration
 
@@ -125,28 +119,33 @@ def test_openbao_down_fails_closed_and_recovers_without_restart(
         stack.stop()
 
 
-def test_database_down_is_unavailable(bao: Bao) -> None:
-    """A cell whose PostgreSQL cannot be reached answers UNAVAILABLE, not a stack trace."""
-    regions = load_regions(data_dir="/nonexistent", openbao_addr=bao.address)
-    rc = regions.regions["de"]
-    authz = Authorizer(POLICY)
-    engine = make_engine("postgresql+psycopg://pdvault@127.0.0.1:1/none?connect_timeout=2")
-    cell = Cell(
-        rc,
-        CellStore(engine),
-        TransitKeyProvider.connect(bao.address, bao.node_token),
-        DataKeyCache(CacheSettings()),
-        Limits(),
-        authz,
-    )
-    node = Node(regions, {"de": cell}, Limits())
-    caller = authz.caller(
-        live_claims(ttl=60, categories={"user.name": None}, regions=frozenset({"de"}))
-    )
+def test_database_down_is_unavailable_and_recovers(
+    bao: Bao, pg_url: str, pg_proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """A cell whose PostgreSQL goes away answers UNAVAILABLE through gRPC, naming
+    neither the database nor its address; the other cells go on; it serves again
+    once the database is back, without a restart."""
+    url = pg_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{pg_proxy.port}/")
+    stack = start_stack(bao, tmp_path, database_urls={"de": f"{url}?connect_timeout=2"})
+    try:
+        c = stack.client()
+        s = c.create_subject("DE")
+        r = c.put_record(s.subject_id, "user.name", {"first": "Ada"})
 
-    with pytest.raises(StoreUnavailable) as e:
-        node.get_record(caller, "de_rec_" + "a" * 26)
-    assert "127.0.0.1" not in str(e.value)
-    with pytest.raises(StoreUnavailable):
-        node.create_subject(caller, country="DE")
-    engine.dispose()
+        pg_proxy.stop()
+        for call, args in (
+            (c.get_record, (r.record_id,)),
+            (c.get_subject, (s.subject_id,)),
+            (c.create_subject, ("DE",)),
+            (c.list_records, (s.subject_id,)),
+        ):
+            e = _unavailable(call, *args)
+            assert e.reason == "STORE_UNAVAILABLE", e
+            for leak in ("127.0.0.1", str(pg_proxy.port), "postgres", pg_url.rsplit("/", 1)[1]):
+                assert leak not in e.message, e.message
+        assert c.get_subject(c.create_subject("US").subject_id).region == "us"
+
+        pg_proxy.start()  # the same port: the node's engine finds it again
+        assert dict(c.get_record(r.record_id).fields) == {"first": "Ada"}
+    finally:
+        stack.stop()
