@@ -13,6 +13,7 @@ from tests.conftest import Bao, Stack, start_stack
 from tests.integration.conftest import TcpProxy
 from vault.client import VaultClient, VaultClientError
 from vault.config import CacheSettings
+from vault.keys import DataKeyCache
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +55,31 @@ def test_without_the_cache_every_read_unwraps(bao: Bao, tmp_path: Path) -> None:
         cold.stop()
 
 
-def test_expired_cache_entry_is_unwrapped_again(stack: Stack, client: VaultClient) -> None:
-    s = client.create_subject("DE")
+def test_expired_cache_entry_is_unwrapped_again(
+    stack: Stack, client: VaultClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached data key is used until max_age_seconds after it was cached, by the
+    cache's clock, then unwrapped from OpenBao once and cached again."""
+    now = [1_000.0]
+    settings = CacheSettings(max_entries=100, max_age_seconds=60)
+    monkeypatch.setattr(stack.node.cells["de"], "cache", DataKeyCache(settings, lambda: now[0]))
+    s = client.create_subject("DE")  # caches the new subject's data key at t=1000
     r = client.put_record(s.subject_id, "user.name", {"first": "1"})
-    stack.node.cells["de"].cache.evict(s.subject_id)
-    before = stack.provider.calls["decrypt"]
-    client.get_record(r.record_id)
-    client.get_record(r.record_id)
-    assert stack.provider.calls["decrypt"] - before == 1
+    before, before_audit = stack.provider.calls["decrypt"], _audit_decrypts(stack.bao)
+
+    def reads_cost(advance: float) -> int:
+        now[0] += advance
+        start = stack.provider.calls["decrypt"]
+        assert dict(client.get_record(r.record_id).fields) == {"first": "1"}
+        return stack.provider.calls["decrypt"] - start
+
+    assert reads_cost(0) == 0
+    assert reads_cost(59.9) == 0  # t=1059.9: still fresh
+    assert reads_cost(0.2) == 1  # t=1060.1: expired, unwrapped again (and cached from now)
+    assert reads_cost(59.8) == 0  # t=1119.9: the new entry is fresh
+    assert reads_cost(0.2) == 1  # t=1120.1: expired again
+    assert stack.provider.calls["decrypt"] - before == 2
+    assert _audit_decrypts(stack.bao) - before_audit == 2  # OpenBao saw exactly those
 
 
 def _count(stack: Stack, region: str, table: str) -> int:
