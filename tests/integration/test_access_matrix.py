@@ -607,20 +607,10 @@ POLICY_ATTACKS: dict[str, tuple[Callable[[Env, str], Case], tuple[str, ...]]] = 
         purpose_lacks_category,
         ("PutRecord", "GetRecord", "ListRecords", "DeleteRecord"),
     ),
+    # Every RPC but the reads: each purpose the attack uses has read.
     "purpose-lacks-operation": (
         purpose_lacks_operation,
-        (
-            "CreateSubject",
-            "PutRecord",
-            "SetLookups",
-            "DeleteRecord",
-            "SetConsent",
-            "ListConsents",
-            "RestrictProcessing",
-            "EraseSubject",
-            "CancelErasure",
-            "ExportSubject",
-        ),
+        tuple(r for r in VAULT_RPCS if RPC_OPERATION[r] != "read"),
     ),
     "category-not-granted": (category_not_granted, DATA),
     "field-not-granted": (field_not_granted, ("PutRecord", UPDATE)),
