@@ -6,8 +6,14 @@ The session's OpenBao (``bao``) and node (``stack``) are in tests/conftest.py.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,3 +154,57 @@ def pg_proxy() -> Iterator[TcpProxy]:
     proxy.start()
     yield proxy
     proxy.stop()
+
+
+_CLI = (sys.executable, "-m", "vault.cli")
+
+
+class PdvaultUp:
+    """``pdvault up`` as a user runs it: a real process on ``data_dir`` (its own
+    OpenBao included), its output appended to ``log``."""
+
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.data_dir, self.log = data_dir, log
+        start = log.stat().st_size if log.exists() else 0
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*_CLI, "up", "--data-dir", str(data_dir), "--port", "0"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            m = re.search(r"endpoint\s+(127\.0\.0\.1:\d+)", log.read_text()[start:])
+            if m:
+                self.target = m.group(1)
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError("pdvault up did not start:\n" + log.read_text()[start:])
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def token(self, *flags: str) -> str:
+        """A token issued with the CLI, as a script would (administrator credential)."""
+        out = subprocess.run(
+            [*_CLI, "token", "issue", "--data-dir", str(self.data_dir), *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    def stop(self) -> int:
+        """SIGTERM, as Ctrl-C in a terminal would; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode

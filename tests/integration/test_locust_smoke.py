@@ -13,15 +13,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import files_containing
+from tests.integration.conftest import PdvaultUp
 from vault.authn import ensure_admin_credential
 from vault.devstack import UNSEAL_FILE
 
@@ -33,40 +32,9 @@ LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 MIX = ("GetRecord", "PutRecord", "CreateSubject", "EraseSubject")
 
 
-def _start_stack(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir), "--port", "0"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    endpoint = data_dir / "endpoint"  # written once the gRPC server listens
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if endpoint.exists() and endpoint.read_text().strip():
-            return proc, endpoint.read_text().strip()
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.kill()
-    proc.wait(10)
-    raise AssertionError("pdvault up did not start:\n" + log.read_text())
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def test_locust_mix_runs_without_failures(tmp_path: Path) -> None:
     data_dir = tmp_path / "pdv"
-    stack, target = _start_stack(data_dir, tmp_path / "pdvault-up.log")
+    up = PdvaultUp(data_dir, tmp_path / "pdvault-up.log")
     try:
         env = {**os.environ, "PDVAULT_DATA_DIR": str(data_dir)}
         env.pop("PDVAULT_TOKEN", None)  # the locustfile issues its own with the admin credential
@@ -85,7 +53,7 @@ def test_locust_mix_runs_without_failures(tmp_path: Path) -> None:
                 "--run-time",
                 "15s",
                 "--host",
-                target,
+                up.target,
                 "--csv",
                 str(tmp_path / "run"),
                 "--only-summary",
@@ -119,7 +87,8 @@ def test_locust_mix_runs_without_failures(tmp_path: Path) -> None:
         assert int(total["Request Count"]) >= 100, report
         assert int(total["Failure Count"]) == 0, (tmp_path / "run_failures.csv").read_text()
     finally:
-        _stop(stack)
+        code = up.stop()
+    assert code == 0, up.output[-6000:]
     # No log of the run (the node's, locust's) holds a token, a credential or a key.
     (tmp_path / "locust.log").write_text(run.stdout + run.stderr)
     unseal = json.loads((data_dir / "openbao" / UNSEAL_FILE).read_text())
