@@ -120,29 +120,25 @@ def _keys(stack: Stack, bao: Bao, sid: str) -> list[str]:
 
 
 def test_no_log_line_holds_personal_data_keys_or_tokens(
-    own_bao: Bao, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    bao: Bao, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)  # the root logger: every library's debug lines too
     data_dir = tmp_path / "node"
-    stack = start_stack(own_bao, data_dir)
+    stack = start_stack(bao, data_dir)  # a node of its own, from its first log line
     try:
         sid, canaries, tokens = _full_run(stack)
-        keys = _keys(stack, own_bao, sid)
+        keys = _keys(stack, bao, sid)
     finally:
         stack.stop()
-    credentials = [
-        stack.admin,
-        own_bao.node_token,
-        own_bao.eraser_token,
-        own_bao.server.root_token(),
-    ]
+    credentials = [stack.admin, bao.node_token, bao.eraser_token, bao.server.root_token()]
 
     python_log = tmp_path / "python.log"
     python_log.write_text(caplog.text)
     # The capture saw the node at work, at DEBUG, from its server threads.
     assert "PutRecord OK" in caplog.text and "GetRecord DATA_LOSS DECRYPTION_FAILED" in caplog.text
-    logs = [python_log, own_bao.audit_log, own_bao.server.dir / "bao.log"]
-    assert own_bao.audit_log.stat().st_size > 0
+    # The session's OpenBao: its logs hold this run and the other tests' too.
+    logs = [python_log, bao.audit_log, bao.server.dir / "bao.log"]
+    assert bao.audit_log.stat().st_size > 0
     secrets = [*canaries, *tokens, *credentials, *keys]
     assert files_containing(logs, *secrets, TOKEN_MARK, WRAP_MARK) == []
 

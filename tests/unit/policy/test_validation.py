@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vault.errors import ConfigError
@@ -565,6 +565,7 @@ _WELL_FORMED: dict[str, Callable[[object], bool]] = {
 
 
 @pytest.mark.parametrize("where", list(_WELL_FORMED))
+@settings(max_examples=40)  # per place; the near misses and examples below do the rest
 @given(value=_yaml_values)
 # Each of these is malformed in most places, and for some place the only kind of
 # malformation a single draw may miss.
