@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import hvac
@@ -52,6 +53,16 @@ class Bao:
 
     def root(self) -> hvac.Client:
         return hvac.Client(url=self.address, token=self.server.root_token())
+
+    def answers(self, path: str) -> list[str]:
+        """OpenBao's answers to the requests on ``path`` (``transit-de/decrypt/k``),
+        oldest first, as its audit log recorded them: the error, or "" for success."""
+        out = []
+        for line in self.audit_log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("type") == "response" and entry["request"].get("path") == path:
+                out.append(str(entry.get("error") or ""))
+        return out
 
     def transit_requests(self, op: str) -> int:
         """Requests for ``op`` (decrypt, encrypt…) that OpenBao's own audit log recorded."""
@@ -174,6 +185,30 @@ def files_containing(paths: list[Path], *needles: str) -> list[str]:
     return out.stdout.split()
 
 
+_SQL = """
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=30)
+with db:
+    rows = db.execute(sys.argv[2], json.loads(sys.argv[3])).fetchall()
+db.close()
+print(json.dumps(rows))
+"""
+
+
+def live_sql(path: Path, sql: str, *params: str | int | None) -> list[list[Any]]:
+    """Runs one statement on a live SQLite file from another process (see
+    :func:`files_containing` for why); its rows (text and numbers only)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SQL, str(path), sql, json.dumps(params)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    rows: list[list[Any]] = json.loads(out.stdout)
+    return rows
+
+
 def copy_live_files(paths: list[Path], target: Path) -> None:
     """Copies files (a live SQLite database and its WAL) from another process."""
     subprocess.run(["cp", "-p", *map(str, paths), str(target)], check=True, timeout=120)
@@ -218,6 +253,7 @@ def start_stack(
     database_urls: dict[str, str] | None = None,
     control_url: str | None = None,
     control_clock: Callable[[], int] | None = None,
+    cache_clock: Callable[[], float] | None = None,
     policy: Policy | None = None,
     erasure_poll_seconds: float = 0.2,
     reflection: bool = False,
@@ -231,7 +267,8 @@ def start_stack(
     the stack's own clients (``issue``, ``client``) connect with.
     ``database_urls`` (region → URL) and ``control_url`` replace the configured
     databases; ``control_clock`` (microseconds) is the wall clock the node's
-    control store stamps its writes with (a skewed node).
+    control store stamps its writes with (a skewed node); ``cache_clock`` (seconds)
+    ages the data-key caches.
     """
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
@@ -260,6 +297,7 @@ def start_stack(
         admin_credential_file=DataDir(data_dir).admin_credential,
         providers={bao.address: provider},
         **({"control_clock": control_clock} if control_clock is not None else {}),
+        **({"cache_clock": cache_clock} if cache_clock is not None else {}),
     )
     bg = BackgroundServer(VaultServer(vault, settings))
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -121,8 +122,10 @@ def build_cells(
     keys: KeyServices,
     authz: Authorizer,
     serve_regions: frozenset[str] | None = None,
+    cache_clock: Callable[[], float] = time.monotonic,
 ) -> Cells:
-    """Opens (and migrates) the database of every served region and builds its cell."""
+    """Opens (and migrates) the database of every served region and builds its
+    cell; ``cache_clock`` (seconds) ages the data-key caches."""
     built = Cells({}, {}, {})
     for rid, rc in regions.regions.items():
         if serve_regions is not None and rid not in serve_regions:
@@ -130,7 +133,7 @@ def build_cells(
         engine = make_engine(rc.database_url)
         migrate(engine)
         store = built.stores[rid] = CellStore(engine)
-        data_keys = built.data_keys[rid] = DataKeyCache(settings.cache)
+        data_keys = built.data_keys[rid] = DataKeyCache(settings.cache, cache_clock)
         provider = keys.provider(rc.openbao_address)
         built.cells[rid] = Cell(
             rc,
@@ -158,6 +161,7 @@ def build_vault(
     serve_regions: frozenset[str] | None = None,
     providers: dict[str, KeyProvider] | None = None,
     control_clock: Callable[[], int] = now_us,
+    cache_clock: Callable[[], float] = time.monotonic,
 ) -> Vault:
     """Opens (and migrates) every served cell and the control plane, connects
     the key services, unwraps the token signing key. ``control_clock``
@@ -175,7 +179,7 @@ def build_vault(
         providers=providers,
     )
     authz = Authorizer(policy)
-    parts = build_cells(regions, settings, keys, authz, serve_regions)
+    parts = build_cells(regions, settings, keys, authz, serve_regions, cache_clock)
     cells = parts.cells
     control = ControlStore(make_engine(regions.control.database_url), clock=control_clock)
     revocations = Revocations(control)

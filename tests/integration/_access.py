@@ -22,19 +22,18 @@ from typing import Any
 
 import grpc
 import pyseto
+from sqlalchemy import text
 
 from tests.conftest import POLICY, Stack
+from tests.factories import make_claims
 from vault.client import VaultClientError
 from vault.store import SubjectState
 from vault.tokens import (
-    AUDIENCE,
     IMPLICIT_ASSERTION,
-    ISSUER,
     REGIONS,
     Claims,
     SigningKey,
     issue,
-    new_jti,
 )
 from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
@@ -58,8 +57,10 @@ VAULT_RPCS = (
     "EraseSubject",
     "CancelErasure",
     "ExportSubject",
+    "SetLookups",
+    "FindSubjects",
 )
-#: Server-streaming RPCs: the reply is consumed whole (errors arrive while reading).
+#: Server-streaming RPCs: the reply is read chunk by chunk (errors arrive while reading).
 STREAMING_RPCS = frozenset({"ExportSubject"})
 TOKEN_RPCS = frozenset({"IssueToken", "ExchangeToken", "RevokeToken"})
 #: The operation each RPC needs, and the purpose a test acts under for it.
@@ -77,6 +78,8 @@ RPC_OPERATION = {
     "EraseSubject": "erase",
     "CancelErasure": "erase",
     "ExportSubject": "export",
+    "SetLookups": "write",
+    "FindSubjects": "read",
 }
 #: essential.service reads, writes and deletes; only the subject's own request
 #: (essential.subject_rights) has consent, erase and export.
@@ -155,6 +158,13 @@ class Rpc:
     def close(self) -> None:
         self.channel.close()
 
+    def _send(self, method: str, request: Any, token: str | None, authorization: str | None) -> Any:
+        stub = self._tokens if method in TOKEN_RPCS else self._vault
+        if authorization is None and token is not None:
+            authorization = f"Bearer {token}"
+        md = (("authorization", authorization),) if authorization is not None else ()
+        return getattr(stub, method)(request, metadata=md, timeout=10)
+
     def call(
         self,
         method: str,
@@ -163,12 +173,11 @@ class Rpc:
         *,
         authorization: str | None = None,
     ) -> Any:
-        stub = self._tokens if method in TOKEN_RPCS else self._vault
-        if authorization is None and token is not None:
-            authorization = f"Bearer {token}"
-        md = (("authorization", authorization),) if authorization is not None else ()
-        reply = getattr(stub, method)(request, metadata=md, timeout=10)
-        return list(reply) if method in STREAMING_RPCS else reply
+        """The reply; of a streaming RPC, the list of its chunks."""
+        reply = self._send(method, request, token, authorization)
+        if method not in STREAMING_RPCS:
+            return reply
+        return list(reply)
 
     def fail(
         self,
@@ -178,9 +187,17 @@ class Rpc:
         *,
         authorization: str | None = None,
     ) -> Failure:
+        """The failure of a call that must be refused. A streaming reply is read
+        chunk by chunk: a refusal must come before any chunk, not after some."""
+        received: list[Any] = []
         try:
-            reply = self.call(method, request, token, authorization=authorization)
+            reply = self._send(method, request, token, authorization)
+            if method in STREAMING_RPCS:
+                for chunk in reply:
+                    received.append(chunk)
+                reply = received
         except grpc.RpcError as e:
+            assert not received, f"{method} sent {len(received)} chunk(s) before refusing"
             return failure_of(e)
         raise AssertionError(f"{method} succeeded ({type(reply).__name__}) but must be refused")
 
@@ -218,11 +235,18 @@ def grants(purpose: str, categories: Categories) -> list[pb.CategoryGrant]:
 
 @dataclass
 class Env:
-    """The session stack, a raw channel, and the tokens the setup steps use."""
+    """A node, a raw channel to it, and the tokens the setup steps use."""
 
     stack: Stack
     rpc: Rpc
     _setup_tokens: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def connect(cls, stack: Stack) -> Env:
+        return cls(stack, Rpc(stack.target))
+
+    def close(self) -> None:
+        self.rpc.close()
 
     # tokens
 
@@ -270,10 +294,13 @@ class Env:
 
     # data, written with broad setup tokens
 
-    def subject(self, country: str = "DE", *, minor: bool = False) -> pb.Subject:
+    def subject(
+        self, country: str = "DE", *, minor: bool = False, email: str | None = None
+    ) -> pb.Subject:
+        lookups = [pb.Lookup(kind="email", value=email)] if email else []
         return self.rpc.call(  # type: ignore[no-any-return]
             "CreateSubject",
-            pb.CreateSubjectRequest(country=country, minor=minor),
+            pb.CreateSubjectRequest(country=country, minor=minor, lookups=lookups),
             self.setup_token(SERVICE),
         )
 
@@ -314,6 +341,38 @@ class Env:
         state = SubjectState.RESTRICTED if restricted else SubjectState.ACTIVE
         assert store.set_state(subject_id, state, time.time_ns() // 1000)
 
+    # what is stored
+
+    def stored(self, subject_id: str) -> dict[str, Any]:
+        """Everything stored about a subject, as rows (nothing decrypted): to
+        compare before and after a refused call. Read through the node's own
+        connection pool, never by opening the live SQLite file here."""
+        region = subject_id[:2]
+        engine = self.stack.vault.parts.stores[region].engine
+        queries = {
+            "subject": "SELECT state, minor, key_name, wrapped_dek, updated_at"
+            " FROM subjects WHERE id = :s",
+            "records": "SELECT id, category, version, envelope, updated_at, expires_at"
+            " FROM records WHERE subject_id = :s ORDER BY id",
+            "consents": "SELECT purpose, granted, source, updated_at"
+            " FROM consents WHERE subject_id = :s ORDER BY purpose",
+            "lookups": "SELECT kind, digest FROM lookups WHERE subject_id = :s"
+            " ORDER BY kind, digest",
+            "subjects in the region": "SELECT count(*) FROM subjects",
+        }
+        with engine.connect() as db:
+            out: dict[str, Any] = {
+                k: [tuple(r) for r in db.execute(text(q), {"s": subject_id})]
+                for k, q in queries.items()
+            }
+            db.rollback()
+        out["erasure"] = self.stack.vault.control.erasure(subject_id)
+        key = self.stack.bao.root().secrets.transit.read_key(
+            name=f"subject-{subject_id}", mount_point=f"transit-{region}"
+        )
+        out["key versions"] = sorted(key["data"]["keys"])
+        return out
+
     # forgeries
 
     @property
@@ -321,38 +380,11 @@ class Env:
         return self.stack.vault.authority._signing
 
 
-def claims(
-    purpose: str = SERVICE,
-    *,
-    categories: Mapping[str, frozenset[str] | None] | None = None,
-    operations: Iterable[str] | None = None,
-    regions: Iterable[str] | None = None,
-    subjects: Iterable[str] | None = None,
-    iat: int | None = None,
-    nbf: int | None = None,
-    exp: int | None = None,
-    aud: str = AUDIENCE,
-) -> Claims:
-    """Claims built directly (bypassing IssueToken's checks), valid for 10 minutes."""
-    now = int(time.time())
-    p = POLICY.purposes.get(purpose)
-    return Claims(
-        iss=ISSUER,
-        sub="forger",
-        aud=aud,
-        purpose=purpose,
-        categories=categories
-        if categories is not None
-        else dict.fromkeys(p.categories if p else ["user.name"]),
-        operations=frozenset(
-            operations if operations is not None else (p.operations if p else {"read"})
-        ),
-        regions=frozenset(regions if regions is not None else REGIONS),
-        subjects=frozenset(subjects) if subjects is not None else None,
-        iat=iat if iat is not None else now,
-        nbf=nbf if nbf is not None else (iat if iat is not None else now),
-        exp=exp if exp is not None else now + 600,
-        jti=new_jti(),
+def live_claims(*, now: float | None = None, ttl: int = 600, **claims: Any) -> Claims:
+    """:func:`~tests.factories.make_claims` for the running node: valid from now
+    (or ``now``) for ``ttl`` seconds, for any subject. Bypasses IssueToken's checks."""
+    return make_claims(
+        now=time.time() if now is None else now, ttl=ttl, **{"subjects": None, **claims}
     )
 
 
@@ -391,8 +423,9 @@ def tamper(token: str, edit: Callable[[bytes], bytes]) -> str:
     return f"{header}.{b64e(edited + signature)}.{footer}"
 
 
-def wait_until_refused(rpc: Rpc, token: str, reason: str, *, within: float = 1.0) -> float:
-    """Polls GetSubject with ``token`` until it is refused with ``reason``; the delay."""
+def wait_until_refused(rpc: Rpc, token: str, reason: str, *, within: float = 5.0) -> float:
+    """Polls GetSubject with ``token`` until it is refused with ``reason``; the delay.
+    ``within`` is generous: the machine running the tests may be loaded."""
     start = time.monotonic()
     req = pb.GetSubjectRequest(subject_id="de_sub_" + "a" * 26)
     while True:

@@ -4,7 +4,7 @@ cells, gRPC server, tokens from the running TokenService).
 
 Two matrices:
 
-* authentication attacks x every RPC of the service (twelve) -> UNAUTHENTICATED
+* authentication attacks x every RPC of the service (fourteen) -> UNAUTHENTICATED
   with the exact reason;
 * grant / policy attacks x the RPCs each applies to (PutRecord's update path
   counted separately) -> PERMISSION_DENIED, or FAILED_PRECONDITION for a
@@ -12,15 +12,19 @@ Two matrices:
   through the API; the "-seeded" variants write the same state straight into
   the cell database, to pin the enforcement independently of those RPCs.
 
-The target subject's records hold canary values, and requests that write carry
-canaries too: no error message or status detail may contain any of them (nor
-the presented token).
+The target subject's records and lookup hold canary values, and requests that
+write carry canaries too: no error message or status detail may contain any of
+them (nor the presented token). A refused call changes nothing stored (the
+subject's row, records, consents, lookups, erasure, key; the region's subject
+count), and a refused export sends no chunk before its error. A control runs
+every request with a token its purpose allows and checks the reply's data.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +32,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from tests.conftest import POLICY, Stack
+from tests.conftest import POLICY
 from tests.integration._access import (
     PROMOTIONS,
     RIGHTS,
@@ -37,10 +41,9 @@ from tests.integration._access import (
     SERVICE,
     VAULT_RPCS,
     Env,
-    Rpc,
     b64d,
     b64e,
-    claims,
+    live_claims,
     new_canary,
     reply_text,
     sign,
@@ -56,16 +59,11 @@ pytestmark = pytest.mark.integration
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+ACTIVE = pb.SUBJECT_STATE_ACTIVE
+RESTRICTED = pb.SUBJECT_STATE_RESTRICTED
 
 #: PutRecord with a record_id: the update path (its own code in the cell).
 UPDATE = "PutRecord(update)"
-
-
-@pytest.fixture(scope="module")
-def env(stack: Stack) -> Iterator[Env]:
-    rpc = Rpc(stack.target)
-    yield Env(stack, rpc)
-    rpc.close()
 
 
 # -- targets and requests ---------------------------------------------------------
@@ -81,21 +79,34 @@ FIELDS = {
 
 @dataclass
 class Target:
-    """A subject with one record, both holding canaries, and what a request writes."""
+    """A subject with a lookup e-mail and one record, all canaries, and what a
+    request writes (record fields, another lookup e-mail)."""
 
     subject_id: str
     record_id: str
     category: str
+    stored: dict[str, str]
     put_fields: dict[str, str]
+    email: str
+    new_email: str
     canaries: list[str]
     country: str = "DE"
     list_category: str = ""
+
+    @property
+    def region(self) -> str:
+        return self.subject_id[:2]
+
+
+def _email() -> str:
+    return f"{new_canary().lower()}@example.org"
 
 
 def make_target(
     env: Env, *, category: str = "user.contact.email", country: str = "DE", minor: bool = False
 ) -> Target:
-    s = env.subject(country, minor=minor)
+    email, new_email = _email(), _email()
+    s = env.subject(country, minor=minor, email=email)
     stored = {f: new_canary() for f in FIELDS[category]}
     rec = env.put(s.subject_id, category, stored)
     written = {f: new_canary() for f in FIELDS[category]}
@@ -103,8 +114,11 @@ def make_target(
         s.subject_id,
         rec.record_id,
         category,
+        stored,
         written,
-        [*stored.values(), *written.values()],
+        email,
+        new_email,
+        [*stored.values(), *written.values(), email, new_email],
         country,
     )
 
@@ -147,6 +161,14 @@ def request_for(rpc: str, t: Target) -> tuple[str, Any]:
             return rpc, pb.CancelErasureRequest(subject_id=t.subject_id)
         case "ExportSubject":
             return rpc, pb.ExportSubjectRequest(subject_id=t.subject_id)
+        case "SetLookups":
+            return rpc, pb.SetLookupsRequest(
+                subject_id=t.subject_id, lookups=[pb.Lookup(kind="email", value=t.new_email)]
+            )
+        case "FindSubjects":
+            return rpc, pb.FindSubjectsRequest(
+                lookup=pb.Lookup(kind="email", value=t.email), region=t.region
+            )
     raise AssertionError(rpc)
 
 
@@ -188,7 +210,7 @@ def _now() -> int:
 
 def _wrong_signature(env: Env, w: World) -> str:
     # Signed by another key, but naming the vault's key id in the footer.
-    forged = sign(claims(), SigningKey.generate())
+    forged = sign(live_claims(), SigningKey.generate())
     body = b64d(forged.split(".")[2])[:-64]
     return _bearer(sign_raw(body, SigningKey.generate(), kid=env.signing_key.kid))
 
@@ -230,22 +252,23 @@ AUTH_ATTACKS: dict[str, tuple[Callable[[Env, World], str | None], str]] = {
     "truncated-payload": (_truncated_payload, "BAD_SIGNATURE"),
     "wrong-signature": (_wrong_signature, "BAD_SIGNATURE"),
     "flipped-signature-bit": (_flipped_signature, "BAD_SIGNATURE"),
-    "unknown-key-id": (lambda e, w: _bearer(sign(claims(), SigningKey.generate())), "UNKNOWN_KEY"),
+    "unknown-key-id": (
+        lambda e, w: _bearer(sign(live_claims(), SigningKey.generate())),
+        "UNKNOWN_KEY",
+    ),
     "tampered-claims": (_tampered_claims, "BAD_SIGNATURE"),
     "expired": (
-        lambda e, w: _bearer(sign(claims(iat=_now() - 7200, exp=_now() - 3600), e.signing_key)),
+        lambda e, w: _bearer(sign(live_claims(now=_now() - 7200, ttl=3600), e.signing_key)),
         "EXPIRED",
     ),
     "not-yet-valid": (
-        lambda e, w: _bearer(
-            sign(claims(iat=_now(), nbf=_now() + 600, exp=_now() + 1200), e.signing_key)
-        ),
+        lambda e, w: _bearer(sign(live_claims(nbf=_now() + 600, ttl=1200), e.signing_key)),
         "NOT_YET_VALID",
     ),
     "revoked": (lambda e, w: _bearer(w.revoked_token), "REVOKED"),
     "admin-credential": (lambda e, w: _bearer(e.stack.admin), "MALFORMED_TOKEN"),
     "wrong-audience": (
-        lambda e, w: _bearer(sign(claims(aud="another-service"), e.signing_key)),
+        lambda e, w: _bearer(sign(live_claims(aud="another-service"), e.signing_key)),
         "WRONG_AUDIENCE",
     ),
     "malformed-claims": (
@@ -266,7 +289,9 @@ def test_authentication_failure_is_unauthenticated(
     make_header, reason = AUTH_ATTACKS[attack]
     authorization = make_header(env, world)
     method, request = request_for(rpc, world.target)
+    before = env.stored(world.target.subject_id)
     f = env.rpc.fail(method, request, authorization=authorization)
+    assert env.stored(world.target.subject_id) == before, "a refused call changed stored data"
     secrets = [*world.target.canaries, world.service_token, world.read_only_token, env.stack.admin]
     if authorization is not None and len(authorization) > 20:
         secrets.append(authorization.removeprefix("Bearer ").removeprefix("Basic "))
@@ -275,9 +300,122 @@ def test_authentication_failure_is_unauthenticated(
         assert s not in f.seen, "the error carries personal data, a token or a credential"
 
 
-@pytest.mark.parametrize("rpc", VAULT_RPCS)
+def _assert_done(env: Env, rpc: str, t: Target, reply: Any) -> None:
+    """``reply`` is what ``rpc`` aimed at ``t`` must answer, and it did it."""
+    rights = env.setup_token(RIGHTS)
+
+    def read(record_id: str) -> dict[str, str]:
+        got = env.rpc.call("GetRecord", pb.GetRecordRequest(record_id=record_id), rights)
+        return dict(got.fields)
+
+    def state() -> int:
+        got = env.rpc.call("GetSubject", pb.GetSubjectRequest(subject_id=t.subject_id), rights)
+        return int(got.state)
+
+    match rpc:
+        case "CreateSubject":
+            assert (reply.region, reply.state, reply.minor) == (t.region, ACTIVE, False)
+            assert reply.subject_id.startswith(f"{t.region}_sub_")
+            assert reply.subject_id != t.subject_id
+            got = env.rpc.call(
+                "GetSubject", pb.GetSubjectRequest(subject_id=reply.subject_id), rights
+            )
+            assert got.subject_id == reply.subject_id
+        case "GetSubject":
+            assert (reply.subject_id, reply.region, reply.state, reply.minor) == (
+                t.subject_id,
+                t.region,
+                ACTIVE,
+                False,
+            )
+        case "PutRecord":
+            assert (reply.subject_id, reply.category, reply.version) == (
+                t.subject_id,
+                t.category,
+                1,
+            )
+            assert reply.record_id != t.record_id and dict(reply.fields) == t.put_fields
+            assert read(reply.record_id) == t.put_fields and read(t.record_id) == t.stored
+        case "PutRecord(update)":
+            assert (reply.record_id, reply.version) == (t.record_id, 2)
+            assert dict(reply.fields) == t.put_fields == read(t.record_id)
+        case "GetRecord":
+            assert (reply.record_id, reply.subject_id, reply.category, reply.version) == (
+                t.record_id,
+                t.subject_id,
+                t.category,
+                1,
+            )
+            assert dict(reply.fields) == t.stored
+        case "ListRecords":
+            assert [(r.record_id, dict(r.fields)) for r in reply.records] == [
+                (t.record_id, t.stored)
+            ]
+            assert reply.next_page_token == ""
+        case "DeleteRecord":
+            assert (reply.record_id, reply.deleted) == (t.record_id, True)
+            env.rpc.expect(
+                "GetRecord",
+                pb.GetRecordRequest(record_id=t.record_id),
+                rights,
+                grpc.StatusCode.NOT_FOUND,
+                None,
+            )
+        case "SetConsent":
+            assert (reply.subject_id, reply.purpose, reply.granted, reply.source) == (
+                t.subject_id,
+                PROMOTIONS,
+                True,
+                "test-form-v1",
+            )
+            listed = env.rpc.call(
+                "ListConsents", pb.ListConsentsRequest(subject_id=t.subject_id), rights
+            )
+            assert [(c.purpose, c.granted) for c in listed.consents] == [(PROMOTIONS, True)]
+        case "ListConsents":
+            assert [(c.purpose, c.granted, c.source) for c in reply.consents] == [
+                (PROMOTIONS, True, "test-form-v1")
+            ]
+        case "RestrictProcessing":
+            assert (reply.subject_id, reply.state) == (t.subject_id, RESTRICTED)
+            assert state() == RESTRICTED
+        case "EraseSubject":
+            assert (reply.subject_id, reply.state, reply.records_affected) == (
+                t.subject_id,
+                pb.ERASURE_STATE_COMPLETED,
+                1,
+            )
+            assert reply.signed_receipt and state() == pb.SUBJECT_STATE_ERASED
+        case "CancelErasure":
+            assert (reply.subject_id, reply.state) == (t.subject_id, ACTIVE)
+            assert read(t.record_id) == t.stored
+        case "ExportSubject":
+            assert [c.sequence for c in reply] == list(range(len(reply)))
+            doc = json.loads(b"".join(c.data for c in reply))
+            assert doc["subject"]["subject_id"] == t.subject_id
+            assert [(r["record_id"], r["fields"]) for r in doc["records"]] == [
+                (t.record_id, t.stored)
+            ]
+        case "SetLookups":
+            assert reply.added == 1
+            found = env.rpc.call(
+                "FindSubjects",
+                pb.FindSubjectsRequest(
+                    lookup=pb.Lookup(kind="email", value=t.new_email), region=t.region
+                ),
+                rights,
+            )
+            assert list(found.subject_ids) == [t.subject_id]
+        case "FindSubjects":
+            assert list(reply.subject_ids) == [t.subject_id]
+        case _:
+            raise AssertionError(rpc)
+
+
+@pytest.mark.parametrize("rpc", [*VAULT_RPCS, UPDATE])
 def test_the_same_requests_succeed_with_a_valid_token(env: Env, rpc: str) -> None:
-    """Control for the matrix above: the requests are otherwise well-formed."""
+    """Control for the matrices: each request, with a token its purpose allows,
+    does what it asks, so each refusal above is the attack's doing."""
     t = make_target(env)
     token = env.token(RPC_PURPOSE[rpc])
     if rpc == "CancelErasure":
@@ -286,8 +424,10 @@ def test_the_same_requests_succeed_with_a_valid_token(env: Env, rpc: str) -> Non
             pb.EraseSubjectRequest(subject_id=t.subject_id, grace_period=Duration(seconds=3600)),
             token,
         )
+    if rpc == "ListConsents":
+        env.set_consent(t.subject_id, PROMOTIONS, True)
     method, request = request_for(rpc, t)
-    env.rpc.call(method, request, token)
+    _assert_done(env, rpc, t, env.rpc.call(method, request, token))
 
 
 # -- 2. grants and policy: PERMISSION_DENIED / FAILED_PRECONDITION ----------------
@@ -318,7 +458,12 @@ def purpose_lacks_category(env: Env, rpc: str) -> Case:
     # (IssueToken refuses to make one) is still refused by the policy.
     t = make_target(env)
     t.list_category = t.category
-    c = claims("functional.community.forum", categories={"user.contact.email": None})
+    forum = "functional.community.forum"
+    c = live_claims(
+        purpose=forum,
+        categories={"user.contact.email": None},
+        operations=POLICY.purposes[forum].operations,
+    )
     return _denied(sign(c, env.signing_key), t, "CATEGORY_NOT_ALLOWED")
 
 
@@ -330,7 +475,7 @@ def purpose_lacks_operation(env: Env, rpc: str) -> Case:
     category = "user.location.imprecise" if data_op else "user.contact.email"
     t = make_target(env, category=category)
     p = POLICY.purposes[purpose]
-    c = claims(purpose, operations=p.operations | {op})
+    c = live_claims(purpose=purpose, categories={category: None}, operations=p.operations | {op})
     return _denied(sign(c, env.signing_key), t, "OPERATION_NOT_ALLOWED")
 
 
@@ -355,10 +500,10 @@ def no_field_granted(env: Env, rpc: str) -> Case:
     t.list_category = t.category
     # IssueToken refuses such a grant (INVALID_ARGUMENT); defence in depth: a
     # vault-signed token carrying it anyway is still refused.
-    c = claims(
-        "essential.service.support",
+    c = live_claims(
+        purpose="essential.service.support",
         categories={"user.account": frozenset({"two_step_enabled"})},
-        operations={"read", "write"},
+        operations=frozenset({"read", "write"}),
     )
     return _denied(sign(c, env.signing_key), t, "FIELD_NOT_GRANTED")
 
@@ -389,7 +534,7 @@ def subject_not_granted(env: Env, rpc: str) -> Case:
 
 def unknown_purpose(env: Env, rpc: str) -> Case:
     t = make_target(env)
-    c = claims("marketing.mind_reading", categories={"user.contact.email": None})
+    c = live_claims(purpose="marketing.mind_reading", categories={"user.contact.email": None})
     return _denied(sign(c, env.signing_key), t, "UNKNOWN_PURPOSE")
 
 
@@ -468,33 +613,28 @@ POLICY_ATTACKS: dict[str, tuple[Callable[[Env, str], Case], tuple[str, ...]]] = 
         purpose_lacks_category,
         ("PutRecord", "GetRecord", "ListRecords", "DeleteRecord"),
     ),
+    # Every RPC but the reads: each purpose the attack uses has read.
     "purpose-lacks-operation": (
         purpose_lacks_operation,
-        (
-            "CreateSubject",
-            "PutRecord",
-            "DeleteRecord",
-            "SetConsent",
-            "ListConsents",
-            "RestrictProcessing",
-            "EraseSubject",
-            "CancelErasure",
-            "ExportSubject",
-        ),
+        tuple(r for r in VAULT_RPCS if RPC_OPERATION[r] != "read"),
     ),
     "category-not-granted": (category_not_granted, DATA),
     "field-not-granted": (field_not_granted, ("PutRecord", UPDATE)),
     "no-field-granted": (no_field_granted, ("PutRecord", UPDATE, "GetRecord", "ListRecords")),
     "operation-not-granted": (operation_not_granted, ALL),
     "region-not-granted": (region_not_granted, ALL),
-    "subject-not-granted": (subject_not_granted, ALL),
+    # FindSubjects filters its answer instead (test_find_subjects_shows_only_granted_subjects).
+    "subject-not-granted": (subject_not_granted, tuple(r for r in ALL if r != "FindSubjects")),
     "unknown-purpose": (unknown_purpose, VAULT_RPCS),
-    "consent-missing": (consent_missing, ("GetSubject", *DATA)),
-    "consent-withdrawn": (consent_withdrawn, DATA),
-    "consent-withdrawn-seeded": (consent_withdrawn_seeded, DATA),
-    "minor-marketing": (minor_marketing, ("GetSubject", *DATA)),
-    "minor-marketing-consented": (minor_marketing_consented, DATA),
-    "minor-marketing-consented-seeded": (minor_marketing_consented_seeded, DATA),
+    "consent-missing": (consent_missing, ("GetSubject", *DATA, "SetLookups")),
+    "consent-withdrawn": (consent_withdrawn, (*DATA, "SetLookups")),
+    "consent-withdrawn-seeded": (consent_withdrawn_seeded, (*DATA, "SetLookups")),
+    "minor-marketing": (minor_marketing, ("GetSubject", *DATA, "SetLookups")),
+    "minor-marketing-consented": (minor_marketing_consented, (*DATA, "SetLookups")),
+    "minor-marketing-consented-seeded": (
+        minor_marketing_consented_seeded,
+        (*DATA, "SetLookups"),
+    ),
     "restricted": (restricted, (*DATA, "ExportSubject")),
     "restricted-seeded": (restricted_seeded, (*DATA, "ExportSubject")),
 }
@@ -511,16 +651,24 @@ def test_policy_denial(env: Env, attack: str, rpc: str) -> None:
     build, _ = POLICY_ATTACKS[attack]
     case = build(env, rpc)
     method, request = request_for(rpc, case.target)
+    before = env.stored(case.target.subject_id)
     f = env.rpc.fail(method, request, case.token)
     assert (f.code, f.reason) == (case.code, case.reason), str(f)
     for s in [*case.target.canaries, case.token]:
         assert s not in f.seen, "the error carries personal data or the token"
-    # Nothing was changed by a refused write or delete.
-    got = env.rpc.call(
-        "GetRecord", pb.GetRecordRequest(record_id=case.target.record_id), env.token(RIGHTS)
-    )
-    assert got.version == 1
-    assert not set(case.target.put_fields.values()) & set(got.fields.values())
+    # Nothing at all was changed by the refused call.
+    assert env.stored(case.target.subject_id) == before, "a refused call changed stored data"
+
+
+def test_find_subjects_shows_only_granted_subjects(env: Env) -> None:
+    """A lookup reads no data: a subject-limited token is not refused, it finds
+    only its own subjects."""
+    t = make_target(env)
+    other = env.subject("DE")
+    method, request = request_for("FindSubjects", t)
+    for granted, found in (([other.subject_id], []), ([t.subject_id], [t.subject_id])):
+        reply = env.rpc.call(method, request, env.token(SERVICE, subjects=granted))
+        assert list(reply.subject_ids) == found
 
 
 def test_update_naming_a_granted_subject_cannot_reach_another_subjects_record(env: Env) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 
 import grpc
+import hvac.exceptions
 import pytest
 
-from tests.conftest import Stack, files_containing
+from tests.conftest import Stack, files_containing, live_sql
 from vault.client import VaultClient, VaultClientError
+from vault.crypto import dek_associated_data, new_data_key
+from vault.errors import DecryptionFailed
+from vault.keys import KeyRef
 
 pytestmark = pytest.mark.integration
 
@@ -103,20 +108,109 @@ def test_rows_copied_to_another_region_do_not_open(stack: Stack, client: VaultCl
     _read_fails_opaquely(client, target.record_id)
 
 
-def test_wrapped_data_key_is_bound_to_its_subject(stack: Stack, client: VaultClient) -> None:
-    """Swapping the wrapped DEK of one subject onto another (same mount) does not unwrap."""
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _key_row(stack: Stack, region: str, subject_id: str) -> tuple[str, str, str]:
+    """(wrapped_dek, key_mount, key_name) of a subject, read by another process."""
+    ((wrapped, mount, name),) = live_sql(
+        stack.db_path(region),
+        "SELECT wrapped_dek, key_mount, key_name FROM subjects WHERE id = ?",
+        subject_id,
+    )
+    return wrapped, mount, name
+
+
+def test_a_wrapped_data_key_opens_only_with_its_own_subjects_associated_data(
+    stack: Stack, client: VaultClient
+) -> None:
+    """The Transit wrap of a DEK is bound to (subject, region): asked directly,
+    OpenBao itself refuses it with another subject's or region's associated data."""
     a = client.create_subject("DE")
     b = client.create_subject("DE")
-    rb = client.put_record(b.subject_id, "user.name", {"first": "Bea"})
-    with sqlite3.connect(stack.db_path("de")) as db:
-        row_a = db.execute(
-            "SELECT wrapped_dek, key_name FROM subjects WHERE id = ?", (a.subject_id,)
-        ).fetchone()
-        db.execute(
-            "UPDATE subjects SET wrapped_dek = ?, key_name = ? WHERE id = ?", (*row_a, b.subject_id)
+    wrapped, mount, name = _key_row(stack, "de", a.subject_id)
+    assert wrapped.startswith("vault:v1:")
+    transit = stack.bao.root().secrets.transit
+
+    def decrypt(aad: bytes) -> bytes:
+        resp = transit.decrypt_data(
+            name=name, ciphertext=wrapped, associated_data=_b64(aad), mount_point=mount
         )
-    stack.node.cells["de"].forget(b.subject_id)
+        return base64.b64decode(resp["data"]["plaintext"])
+
+    assert len(decrypt(dek_associated_data(a.subject_id, "de"))) == 32  # the stored wrap opens
+    for aad in (
+        dek_associated_data(b.subject_id, "de"),  # another subject's
+        dek_associated_data(a.subject_id, "us"),  # another region's
+        b"",
+    ):
+        with pytest.raises(hvac.exceptions.InvalidRequest) as e:
+            decrypt(aad)
+        assert e.value.errors == ["cipher: message authentication failed"]
+
+    # The provider's own wrap and unwrap, checked against OpenBao directly.
+    ref = KeyRef(mount, name)
+    dek = new_data_key()
+    aad_a, aad_b = dek_associated_data(a.subject_id, "de"), dek_associated_data(b.subject_id, "de")
+    ours = stack.provider.wrap(ref, dek, aad_a)
+    assert (
+        base64.b64decode(
+            transit.decrypt_data(
+                name=name, ciphertext=ours, associated_data=_b64(aad_a), mount_point=mount
+            )["data"]["plaintext"]
+        )
+        == dek
+    )
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        transit.decrypt_data(
+            name=name, ciphertext=ours, associated_data=_b64(aad_b), mount_point=mount
+        )
+    theirs = transit.encrypt_data(
+        name=name, plaintext=_b64(dek), associated_data=_b64(aad_a), mount_point=mount
+    )["data"]["ciphertext"]
+    assert stack.provider.unwrap(ref, theirs, aad_a) == dek
+    with pytest.raises(DecryptionFailed):
+        stack.provider.unwrap(ref, theirs, aad_b)
+
+
+@pytest.mark.parametrize(("victim_country", "victim_region"), [("DE", "de"), ("US", "us")])
+def test_a_data_key_moved_to_another_subject_does_not_unwrap(
+    stack: Stack, client: VaultClient, victim_country: str, victim_region: str
+) -> None:
+    """Subject B's row is made to name subject A's key and wrapped DEK (same region
+    or another). Only the wrap's binding to (subject, region) can catch it: the
+    key named is A's own, so OpenBao would unwrap A's DEK for B, and a record
+    written for B would then be sealed under A's key (and survive B's erasure)."""
+    a = client.create_subject("DE")
+    client.put_record(a.subject_id, "user.name", {"first": "Ada"})
+    b = client.create_subject(victim_country)
+    rb = client.put_record(b.subject_id, "user.name", {"first": "Bea"})
+    wrapped, mount, name = _key_row(stack, "de", a.subject_id)
+    live_sql(
+        stack.db_path(victim_region),
+        "UPDATE subjects SET wrapped_dek = ?, key_mount = ?, key_name = ? WHERE id = ?",
+        wrapped,
+        mount,
+        name,
+        b.subject_id,
+    )
+    cell = stack.node.cells[victim_region]
+    cell.forget(b.subject_id)
+    decrypts = f"{mount}/decrypt/{name}"
+    answered = len(stack.bao.answers(decrypts))
+
+    # A write opens no stored envelope: only the unwrap can refuse it.
+    with pytest.raises(VaultClientError) as e:
+        client.put_record(b.subject_id, "user.name", {"first": "Written under A's key"})
+    assert (e.value.code, e.value.reason) == (grpc.StatusCode.DATA_LOSS, "DECRYPTION_FAILED")
+    count = "SELECT count(*) FROM records WHERE subject_id = ?"
+    assert live_sql(stack.db_path(victim_region), count, b.subject_id) == [[1]]
     _read_fails_opaquely(client, rb.record_id)
+    # Both refusals are OpenBao's own answer to unwrapping A's DEK for B.
+    refusals = stack.bao.answers(decrypts)[answered:]
+    assert len(refusals) == 2 and all("invalid request" in r for r in refusals), refusals
+    assert stack.vault.parts.data_keys[victim_region].get(b.subject_id) is None
 
 
 def test_subject_keys_are_non_exportable_without_plaintext_backup(

@@ -7,18 +7,14 @@ next request of tokens that were already in use (and verified, so cached).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 
-from tests.conftest import Stack
 from tests.integration._access import (
     MARKETING_EMAIL,
     RIGHTS,
     SERVICE,
     Env,
-    Rpc,
     new_canary,
     reply_text,
 )
@@ -28,13 +24,6 @@ pytestmark = pytest.mark.integration
 
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
-
-
-@pytest.fixture(scope="module")
-def env(stack: Stack) -> Iterator[Env]:
-    rpc = Rpc(stack.target)
-    yield Env(stack, rpc)
-    rpc.close()
 
 
 class Person:

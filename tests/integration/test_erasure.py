@@ -3,22 +3,21 @@ returns, no copy of the person's data — live, backup, another node — opens."
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import hvac.exceptions
 import pytest
+import requests
 
-from tests.conftest import Bao, Stack, copy_live_files, files_containing, start_stack
+from tests.conftest import Bao, Stack, copy_live_files, files_containing, live_sql, start_stack
 from vault.client import VaultClient, VaultClientError
-from vault.config import load_regions
 from vault.crypto import dek_associated_data
-from vault.devstack import OpenBaoServer
 from vault.erasure import verify_receipt
 from vault.errors import DecryptionFailed
 from vault.keys import KeyRef
@@ -48,6 +47,36 @@ def _key_exists(bao: Bao, mount: str, name: str) -> bool:
     return True
 
 
+def _wrapped_dek(stack: Stack, region: str, sid: str) -> str:
+    """The subject's wrapped DEK as stored, read by another process."""
+    sql = "SELECT wrapped_dek FROM subjects WHERE id = ?"
+    ((wrapped,),) = live_sql(stack.db_path(region), sql, sid)
+    assert isinstance(wrapped, str) and wrapped.startswith("vault:v1:")
+    return wrapped
+
+
+def _openbao_refusal(bao: Bao, region: str, sid: str, wrapped: str) -> str:
+    """Asks OpenBao itself (root token) whether the subject's key is gone: reading the
+    key is 404 and unwrapping the subject's DEK is refused. The evidence a receipt
+    must carry: that request and OpenBao's own answer to it."""
+    mount, name = f"transit-{region}", f"subject-{sid}"
+    key = requests.get(
+        f"{bao.address}/v1/{mount}/keys/{name}",
+        headers={"X-Vault-Token": bao.server.root_token()},
+        timeout=10,
+    )
+    assert key.status_code == 404, key.text
+    with pytest.raises(hvac.exceptions.InvalidRequest) as e:
+        bao.root().secrets.transit.decrypt_data(
+            name=name,
+            ciphertext=wrapped,
+            associated_data=base64.b64encode(dek_associated_data(sid, region)).decode(),
+            mount_point=mount,
+        )
+    assert e.value.errors, "OpenBao refused without saying why"
+    return f"POST {mount}/decrypt/{name} refused: {'; '.join(e.value.errors)}"
+
+
 def _person(c: VaultClient, canary: str, n: int = 3, country: str = "DE") -> tuple[str, list[str]]:
     s = c.create_subject(country)
     rids = [
@@ -63,6 +92,7 @@ def test_erase_destroys_the_key_and_returns_a_signed_receipt(stack: Stack, canar
     c = _rights(stack)
     sid, rids = _person(c, canary)
     c.set_consent(sid, "marketing.communications.email", True, source="signup-form")
+    wrapped = _wrapped_dek(stack, "de", sid)
     receipt = c.erase_subject(sid, reason="subject_request")
 
     assert receipt.state == pb.ERASURE_STATE_COMPLETED
@@ -70,13 +100,13 @@ def test_erase_destroys_the_key_and_returns_a_signed_receipt(stack: Stack, canar
     assert receipt.key_name == f"transit-de/subject-{sid}"
     assert list(receipt.key_versions_destroyed) == [1]
     assert receipt.records_affected == 3
-    assert "refused" in receipt.evidence
-    assert not _key_exists(stack.bao, "transit-de", f"subject-{sid}")
+    assert receipt.evidence == _openbao_refusal(stack.bao, "de", sid, wrapped)
 
     keys = stack.vault.authority.verifier._keys
     doc = verify_receipt(receipt.signed_receipt, keys)
     assert doc["subject_id"] == sid and doc["records_affected"] == 3
     assert doc["key_versions_destroyed"] == [1]
+    assert doc["evidence"] == receipt.evidence
     assert canary not in receipt.signed_receipt and canary not in str(doc)
 
     for rid in rids:  # the records are deleted
@@ -219,20 +249,43 @@ def test_grace_period_ends_in_destruction_by_the_worker(stack: Stack, canary: st
 
 
 def test_pending_erasure_survives_a_restart(bao: Bao, canary: str, tmp_path: Path) -> None:
+    """A pending erasure is kept by the node's data, not its memory: the key lives
+    out its grace period across a restart, then the restarted node destroys it."""
+    grace = 3
     first = start_stack(bao, tmp_path, erasure_poll_seconds=60)
     c = first.client(first.issue(RIGHTS))
     sid, _ = _person(c, canary, n=1)
-    c.erase_subject(sid, grace_period_seconds=1)
+    wrapped = _wrapped_dek(first, "de", sid)
+    pending = c.erase_subject(sid, grace_period_seconds=grace)
+    assert pending.state == pb.ERASURE_STATE_PENDING and pending.signed_receipt == ""
+    destroy_after = pending.destroy_after.seconds + pending.destroy_after.nanos / 1e9
+    assert _key_exists(bao, "transit-de", f"subject-{sid}")
     first.stop()
-    time.sleep(1.1)
-    second = start_stack(
-        bao, tmp_path, erasure_poll_seconds=0.2
-    )  # same data dir, new process state
+    assert time.time() < destroy_after, "the grace period ended before the node stopped"
+    assert _key_exists(bao, "transit-de", f"subject-{sid}")
+
+    second = start_stack(bao, tmp_path, erasure_poll_seconds=0.2)  # same data dir
     try:
+        # Never destroyed before the grace period ends (if the restart came in time
+        # to see it), and destroyed by the restarted node's worker after it.
+        while time.time() < destroy_after - 0.2:
+            assert _key_exists(bao, "transit-de", f"subject-{sid}"), "destroyed too early"
+            time.sleep(0.1)
         deadline = time.monotonic() + 15
         while _key_exists(bao, "transit-de", f"subject-{sid}"):
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, "the restarted node did not destroy the key"
             time.sleep(0.1)
+        assert time.time() >= destroy_after
+
+        c2 = second.client(second.issue(RIGHTS))
+        done = c2.erase_subject(sid)  # idempotent: the completed erasure's receipt
+        assert done.state == pb.ERASURE_STATE_COMPLETED
+        assert list(done.key_versions_destroyed) == [1] and done.records_affected == 1
+        assert done.evidence == _openbao_refusal(bao, "de", sid, wrapped)
+        doc = verify_receipt(done.signed_receipt, second.vault.authority.verifier._keys)
+        assert (doc["subject_id"], doc["key_versions_destroyed"]) == (sid, [1])
+        assert doc["evidence"] == done.evidence
+        assert c2.get_subject(sid).state == pb.SUBJECT_STATE_ERASED
     finally:
         second.stop()
 
@@ -263,24 +316,8 @@ def test_export_round_trip_of_several_hundred_records(stack: Stack) -> None:
     assert _code(e.export_subject, s.subject_id) == grpc.StatusCode.PERMISSION_DENIED
 
 
-@pytest.fixture
-def drill_bao(tmp_path: Path) -> Iterator[tuple[Bao, Path]]:
-    """OpenBao in the same data dir as the node, as `pdvault up` lays it out."""
-    server = OpenBaoServer(tmp_path, log=False)
-    server.start()
-    try:
-        regions = load_regions(data_dir=str(tmp_path), openbao_addr=server.address)
-        creds = server.configure(regions)
-        yield (
-            Bao(server, Path(regions.source), creds.node, creds.eraser, server.audit_log),
-            tmp_path,
-        )
-    finally:
-        server.stop()
-
-
-def test_snapshot_restore_drill_then_reapply(drill_bao: tuple[Bao, Path], canary: str) -> None:
-    bao, data_dir = drill_bao
+def test_snapshot_restore_drill_then_reapply(own_bao: Bao, tmp_path: Path, canary: str) -> None:
+    bao, data_dir = own_bao, tmp_path  # OpenBao in the node's data dir, as `pdvault up` has it
     stack = start_stack(bao, data_dir)
     try:
         c = stack.client(stack.issue(RIGHTS))

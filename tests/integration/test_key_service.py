@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.conftest import POLICY, Bao, Stack, start_stack
-from vault.cell import BlindIndex, Cell
+from tests.conftest import Bao, Stack, start_stack
+from tests.integration.conftest import TcpProxy
 from vault.client import VaultClient, VaultClientError
-from vault.config import CacheSettings, Limits, load_regions
-from vault.devstack import OpenBaoServer
-from vault.errors import StoreUnavailable
-from vault.keys import BoundedCache, DataKeyCache, TransitKeyProvider
-from vault.policy import Authorizer
-from vault.store import CellStore, make_engine
-from vault.tokens import Claims
+from vault.config import CacheSettings
 
 pytestmark = pytest.mark.integration
 
@@ -61,28 +54,40 @@ def test_without_the_cache_every_read_unwraps(bao: Bao, tmp_path: Path) -> None:
         cold.stop()
 
 
-def test_expired_cache_entry_is_unwrapped_again(stack: Stack, client: VaultClient) -> None:
-    s = client.create_subject("DE")
-    r = client.put_record(s.subject_id, "user.name", {"first": "1"})
-    stack.node.cells["de"].forget(s.subject_id)
-    before = stack.provider.calls["decrypt"]
-    client.get_record(r.record_id)
-    client.get_record(r.record_id)
-    assert stack.provider.calls["decrypt"] - before == 1
-
-
-@pytest.fixture
-def own_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
-    """An OpenBao of this test alone, so stopping it disturbs no other test."""
-    d = tmp_path_factory.mktemp("own-openbao")
-    server = OpenBaoServer(d, log=False)
-    server.start()
+def test_expired_cache_entry_is_unwrapped_again(bao: Bao, tmp_path: Path) -> None:
+    """A cached data key is used until max_age_seconds after it was cached, by the
+    cache's clock, then unwrapped from OpenBao once and cached again."""
+    now = [1_000.0]
+    stack = start_stack(
+        bao,
+        tmp_path,
+        cache=CacheSettings(max_entries=100, max_age_seconds=60),
+        cache_clock=lambda: now[0],
+    )
     try:
-        regions = load_regions(data_dir=str(d), openbao_addr=server.address)
-        creds = server.configure(regions)
-        yield Bao(server, Path(regions.source), creds.node, creds.eraser, server.audit_log)
+        _expiry_by_the_cache_clock(stack, stack.client(), now)
     finally:
-        server.stop()
+        stack.stop()
+
+
+def _expiry_by_the_cache_clock(stack: Stack, client: VaultClient, now: list[float]) -> None:
+    s = client.create_subject("DE")  # caches the new subject's data key at t=1000
+    r = client.put_record(s.subject_id, "user.name", {"first": "1"})
+    before, before_audit = stack.provider.calls["decrypt"], _audit_decrypts(stack.bao)
+
+    def reads_cost(advance: float) -> int:
+        now[0] += advance
+        start = stack.provider.calls["decrypt"]
+        assert dict(client.get_record(r.record_id).fields) == {"first": "1"}
+        return stack.provider.calls["decrypt"] - start
+
+    assert reads_cost(0) == 0
+    assert reads_cost(59.9) == 0  # t=1059.9: still fresh
+    assert reads_cost(0.2) == 1  # t=1060.1: expired, unwrapped again (and cached from now)
+    assert reads_cost(59.8) == 0  # t=1119.9: the new entry is fresh
+    assert reads_cost(0.2) == 1  # t=1120.1: expired again
+    assert stack.provider.calls["decrypt"] - before == 2
+    assert _audit_decrypts(stack.bao) - before_audit == 2  # OpenBao saw exactly those
 
 
 def _count(stack: Stack, region: str, table: str) -> int:
@@ -140,40 +145,33 @@ def test_openbao_down_fails_closed_and_recovers_without_restart(
         stack.stop()
 
 
-def test_database_down_is_unavailable(bao: Bao) -> None:
-    """A cell whose PostgreSQL cannot be reached answers UNAVAILABLE, not a stack trace."""
-    regions = load_regions(data_dir="/nonexistent", openbao_addr=bao.address)
-    rc = regions.regions["de"]
-    authz = Authorizer(POLICY)
-    engine = make_engine("postgresql+psycopg://pdvault@127.0.0.1:1/none?connect_timeout=2")
-    store = CellStore(engine)
-    provider = TransitKeyProvider.connect(bao.address, bao.node_token)
-    cell = Cell(
-        rc,
-        store,
-        provider,
-        DataKeyCache(CacheSettings()),
-        BoundedCache(CacheSettings()),
-        BlindIndex(store, provider, rc.transit_mounts[0]),
-        Limits(),
-        authz,
-    )
-    caller = authz.caller(
-        Claims.new(
-            sub="t",
-            purpose="essential.service",
-            categories={"user.name": None},
-            operations=frozenset({"read", "write"}),
-            regions=frozenset({"de"}),
-            subjects=None,
-            ttl=60,
-            now=time.time(),
-        )
-    )
+def test_database_down_is_unavailable_and_recovers(
+    bao: Bao, pg_url: str, pg_proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """A cell whose PostgreSQL goes away answers UNAVAILABLE through gRPC, naming
+    neither the database nor its address; the other cells go on; it serves again
+    once the database is back, without a restart."""
+    url = pg_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{pg_proxy.port}/")
+    stack = start_stack(bao, tmp_path, database_urls={"de": f"{url}?connect_timeout=2"})
+    try:
+        c = stack.client()
+        s = c.create_subject("DE")
+        r = c.put_record(s.subject_id, "user.name", {"first": "Ada"})
 
-    with pytest.raises(StoreUnavailable) as e:
-        cell.get_record(caller, "de_rec_" + "a" * 26)
-    assert "127.0.0.1" not in str(e.value)
-    with pytest.raises(StoreUnavailable):
-        cell.create_subject(caller, minor=False)
-    engine.dispose()
+        pg_proxy.stop()
+        for call, args in (
+            (c.get_record, (r.record_id,)),
+            (c.get_subject, (s.subject_id,)),
+            (c.create_subject, ("DE",)),
+            (c.list_records, (s.subject_id,)),
+        ):
+            e = _unavailable(call, *args)
+            assert e.reason == "STORE_UNAVAILABLE", e
+            for leak in ("127.0.0.1", str(pg_proxy.port), "postgres", pg_url.rsplit("/", 1)[1]):
+                assert leak not in e.message, e.message
+        assert c.get_subject(c.create_subject("US").subject_id).region == "us"
+
+        pg_proxy.start()  # the same port: the node's engine finds it again
+        assert dict(c.get_record(r.record_id).fields) == {"first": "Ada"}
+    finally:
+        stack.stop()

@@ -3,76 +3,18 @@
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.integration.conftest import PdvaultUp
 from vault.client import VaultClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-class Up:
-    def __init__(self, data_dir: Path, *flags: str) -> None:
-        self.data_dir = data_dir
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "vault.cli", "up"),
-                *("--data-dir", str(data_dir), "--port", "0", *flags),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.output: list[str] = []
-        deadline = time.monotonic() + 90
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.output.append(line)
-            m = re.search(r"endpoint\s+((?:grpcs://)?127\.0\.0\.1:\d+)", line)
-            if m:
-                self.target = m.group(1)
-            if "Stop with Ctrl-C." in line:  # the banner is read whole
-                return
-        self.proc.kill()
-        raise AssertionError("pdvault up did not start:\n" + "".join(self.output))
-
-    def token(self, *flags: str) -> str:
-        """A token issued with the CLI, as a script would (administrator credential)."""
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "vault.cli",
-                "token",
-                "issue",
-                "--data-dir",
-                str(self.data_dir),
-                *flags,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return out.stdout.strip()
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=60)
-        self.output.append(out)
-        return self.proc.returncode
 
 
 def _bao_processes(data_dir: Path) -> list[str]:
@@ -86,7 +28,7 @@ def _bao_processes(data_dir: Path) -> list[str]:
 
 def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) -> None:
     data_dir = tmp_path / "pdv"
-    up = Up(data_dir)
+    up = PdvaultUp(data_dir, tmp_path / "up.log")
     try:
         with grpc.insecure_channel(up.target) as ch:
             status = health_pb2_grpc.HealthStub(ch).Check(
@@ -111,17 +53,17 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
                 written[r.record_id] = (s.subject_id, f"{country}@example.org")
     finally:
         code = up.stop()
-    assert code == 0, "".join(up.output)
-    assert "pdvault: stopped" in "".join(up.output)
+    assert code == 0, up.output
+    assert "pdvault: stopped" in up.output
     # No TLS flags on loopback: plaintext, and said so loudly (banner and log).
-    assert "".join(up.output).count("INSECURE: local development only, plaintext on loopback") == 2
+    assert up.output.count("INSECURE: local development only, plaintext on loopback") == 2
     assert _bao_processes(data_dir) == [], "OpenBao outlived pdvault up"
 
     unseal = data_dir / "openbao" / "LOCAL-ONLY-unseal.json"
     assert unseal.stat().st_mode & 0o777 == 0o600
     assert "LOCAL DEVELOPMENT ONLY" in unseal.read_text()
 
-    up = Up(data_dir)
+    up = PdvaultUp(data_dir, tmp_path / "up.log")
     try:
         # The signing key was unwrapped again through OpenBao: old tokens still verify.
         with VaultClient(up.target, token=token) as c:
@@ -143,7 +85,7 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
 
 
 def test_second_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
-    up = Up(tmp_path / "pdv")
+    up = PdvaultUp(tmp_path / "pdv", tmp_path / "up.log")
     try:
         second = subprocess.run(
             [

@@ -11,26 +11,10 @@ import psycopg
 import pytest
 
 from tests.conftest import Bao, Stack, start_stack
+from tests.integration.conftest import PG_ADMIN_DSN
 from vault.client import VaultClientError
 
 pytestmark = pytest.mark.integration
-
-ADMIN_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A fresh database of this test run, dropped afterwards."""
-    name = f"pdvault_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as e:  # pragma: no cover - the machine promises this server
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required: {e}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +101,7 @@ def test_pg_dump_taken_before_erasure_no_longer_decrypts(
     rights.erase_subject(gone.subject_id)
 
     restored_db = f"pdvault_restored_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{restored_db}"')
     try:
         restored_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{restored_db}"
@@ -138,5 +122,5 @@ def test_pg_dump_taken_before_erasure_no_longer_decrypts(
         finally:
             node.stop()
     finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{restored_db}" WITH (FORCE)')

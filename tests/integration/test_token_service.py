@@ -10,14 +10,13 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.conftest import POLICY, Bao, Stack, start_stack
+from tests.conftest import POLICY, Stack
 from tests.integration._access import (
     RIGHTS,
     SERVICE,
     Env,
-    Rpc,
-    claims,
     grants,
+    live_claims,
     new_canary,
     sign,
     wait_until_refused,
@@ -30,13 +29,6 @@ pytestmark = pytest.mark.integration
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
-
-
-@pytest.fixture(scope="module")
-def env(stack: Stack) -> Iterator[Env]:
-    rpc = Rpc(stack.target)
-    yield Env(stack, rpc)
-    rpc.close()
 
 
 def verified(env: Env, token: str) -> Claims:
@@ -277,13 +269,30 @@ def test_an_exchanged_token_never_outlives_its_parent(
     env: Env, narrow_parent: tuple[pb.TokenResponse, str, str]
 ) -> None:
     parent, _, _ = narrow_parent
-    try:
-        child = env.exchange(parent.token, ttl_seconds=3600)
-    except grpc.RpcError as e:
-        assert e.code() == PERMISSION_DENIED  # refusing is fine too
-        return
-    assert child.expires_at.seconds <= parent.expires_at.seconds
-    assert verified(env, child.token).exp <= verified(env, parent.token).exp
+    parent_exp = verified(env, parent.token).exp
+    assert parent_exp == parent.expires_at.seconds
+
+    # A life inside the parent's: exactly what was asked for.
+    before = int(time.time())
+    child = env.exchange(parent.token, ttl_seconds=60)
+    after = int(time.time())
+    exp = verified(env, child.token).exp
+    assert exp == child.expires_at.seconds
+    assert before + 60 <= exp <= after + 60 and exp < parent_exp
+
+    # No life asked for: the parent's end, not a default from now.
+    assert verified(env, env.exchange(parent.token).token).exp == parent_exp
+
+    # Beyond the parent's end, even by a few seconds: refused.
+    left = parent_exp - int(time.time())
+    assert left > 60, "the parent fixture expires too soon for this test"
+    env.rpc.expect(
+        "ExchangeToken",
+        pb.ExchangeTokenRequest(ttl_seconds=left + 5),
+        parent.token,
+        PERMISSION_DENIED,
+        "EXCHANGE_WIDENS",
+    )
 
 
 def test_a_child_cannot_exchange_its_way_back_to_the_parents_grant(env: Env) -> None:
@@ -311,10 +320,7 @@ def test_exchange_needs_a_valid_purpose_token(env: Env, credential: str) -> None
             "none": (None, "MISSING_TOKEN"),
             "admin": (env.stack.admin, "MALFORMED_TOKEN"),
             "expired": (
-                sign(
-                    claims(iat=int(time.time()) - 600, exp=int(time.time()) - 60),
-                    env.signing_key,
-                ),
+                sign(live_claims(now=time.time() - 600, ttl=540), env.signing_key),
                 "EXPIRED",
             ),
         }[credential]
@@ -331,7 +337,7 @@ def test_a_token_from_an_issuer_clock_running_ahead(
     env: Env, nbf_ahead: int, reason: str | None
 ) -> None:
     now = int(time.time())
-    token = sign(claims(iat=now + nbf_ahead, exp=now + 600), env.signing_key)
+    token = sign(live_claims(now=now + nbf_ahead, ttl=600 - nbf_ahead), env.signing_key)
     if reason is None:
         works(env, token)
     else:
@@ -346,12 +352,18 @@ def revoke_request(token_id: str) -> pb.RevokeTokenRequest:
     return pb.RevokeTokenRequest(token_id=token_id)
 
 
-def test_a_holder_revokes_its_own_token_within_a_second(env: Env) -> None:
+def refused_at_once(env: Env, token: str) -> None:
+    """The node that took a revocation refuses the token's very next request."""
+    req = pb.GetSubjectRequest(subject_id="de_sub_" + "a" * 26)
+    env.rpc.expect("GetSubject", req, token, UNAUTHENTICATED, "REVOKED")
+
+
+def test_a_holder_revokes_its_own_token(env: Env) -> None:
     t = env.issue(SERVICE)
     works(env, t.token)
     resp = env.revoke(t.token_id, t.token)
     assert (resp.token_id, resp.revoked) == (t.token_id, True)
-    assert wait_until_refused(env.rpc, t.token, "REVOKED") < 1.0
+    refused_at_once(env, t.token)
     # Already revoked: the admin sees revoked=False; the token itself is refused.
     assert env.revoke(t.token_id, env.stack.admin).revoked is False
     env.rpc.expect("RevokeToken", revoke_request(t.token_id), t.token, UNAUTHENTICATED, "REVOKED")
@@ -362,7 +374,7 @@ def test_a_holder_revokes_its_child_and_keeps_its_own_token(env: Env) -> None:
     child = env.exchange(parent.token, operations=["read"])
     works(env, child.token)
     assert env.revoke(child.token_id, parent.token).revoked is True
-    assert wait_until_refused(env.rpc, child.token, "REVOKED") < 1.0
+    refused_at_once(env, child.token)
     works(env, parent.token)
 
 
@@ -387,9 +399,13 @@ def test_a_holder_cannot_revoke_tokens_that_are_not_its_own(env: Env, victim: st
         "REVOKE_NOT_ALLOWED",
         secrets=[t.token for t in (parent, child, sibling, unrelated)],
     )
+    # Nothing was revoked: not on this node, nor in the control database that
+    # every other node polls.
+    revoked = {r.jti for r in env.stack.vault.control.revocations_after(0)}
     if target is not None:
-        time.sleep(0.3)  # longer than the revocation poll: a wrongful revocation would show
+        assert target.token_id not in revoked
         works(env, target.token)
+    assert target_id not in revoked
     works(env, caller)
 
 
@@ -401,7 +417,7 @@ def test_the_admin_revokes_any_token(env: Env) -> None:
     for t in (child, a, b):
         assert env.revoke(t.token_id, env.stack.admin).revoked is True
     for t in (a, b, child):
-        assert wait_until_refused(env.rpc, t.token, "REVOKED") < 1.0
+        refused_at_once(env, t.token)
 
 
 @pytest.mark.parametrize(
@@ -416,35 +432,27 @@ def test_revoke_needs_a_credential(env: Env, authorization: str | None, reason: 
 
 
 @pytest.fixture(scope="module")
-def two_nodes(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Env, Env]]:
-    """Two nodes of one vault: same data dir (control database, token keys, cells).
-
-    A fresh data dir rather than the session stack's: other tests read the session's
-    SQLite files in-process and run CLI processes on them, which leaves new
-    connections to those files unreliable.
-    """
-    data_dir = tmp_path_factory.mktemp("two-nodes")
-    nodes = [start_stack(bao, data_dir), start_stack(bao, data_dir)]
-    envs = [Env(n, Rpc(n.target)) for n in nodes]
+def two_envs(two_nodes: tuple[Stack, Stack]) -> Iterator[tuple[Env, Env]]:
+    envs = [Env.connect(n) for n in two_nodes]
     yield envs[0], envs[1]
     for e in envs:
-        e.rpc.close()
-        e.stack.stop()
+        e.close()
 
 
 @pytest.mark.parametrize("direction", ["first-to-second", "second-to-first"])
-def test_a_revocation_reaches_another_node_within_a_second(
-    two_nodes: tuple[Env, Env], direction: str
-) -> None:
-    here, there = two_nodes if direction == "first-to-second" else two_nodes[::-1]
+def test_a_revocation_reaches_another_node(two_envs: tuple[Env, Env], direction: str) -> None:
+    """Within about a second (the other node polls every 0.25 s); asserted within
+    5 s so that a loaded machine does not fail it, the measured delay printed."""
+    here, there = two_envs if direction == "first-to-second" else two_envs[::-1]
     t = here.issue(SERVICE)
     s = here.subject("DE")
     for node in (here, there):
         got = node.rpc.call("GetSubject", pb.GetSubjectRequest(subject_id=s.subject_id), t.token)
         assert got.subject_id == s.subject_id
     assert here.revoke(t.token_id, t.token).revoked is True
-    assert wait_until_refused(there.rpc, t.token, "REVOKED") < 1.0
-    assert wait_until_refused(here.rpc, t.token, "REVOKED") < 0.1
+    refused_at_once(here, t.token)
+    delay = wait_until_refused(there.rpc, t.token, "REVOKED", within=5.0)
+    print(f"revocation seen by the other node after {delay * 1000:.0f} ms ({direction})")
 
 
 def test_issue_refuses_fields_the_purpose_cannot_see(stack: Stack) -> None:

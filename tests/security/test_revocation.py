@@ -8,7 +8,6 @@ out of order (PostgreSQL), a child token minted while its parent was being revok
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,13 +23,13 @@ from tests.integration._access import (
     SERVICE,
     Env,
     Rpc,
-    claims,
     failure_of,
+    live_claims,
     sign,
     wait_until_refused,
 )
 from vault.db import now_us
-from vault.tokens import MAX_EXCHANGE_DEPTH
+from vault.tokens import MAX_EXCHANGE_DEPTH, new_jti
 from vault.v1 import vault_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -269,7 +268,7 @@ def test_an_old_format_child_is_refused_when_its_parent_is_revoked(pair: tuple[E
     first, second = pair
     parent = first.issue(SERVICE)
     old = sign(
-        dataclasses.replace(claims(SERVICE), sub="test-service", parent_jti=parent.token_id),
+        live_claims(purpose=SERVICE, sub="test-service", parent_jti=parent.token_id, jti=new_jti()),
         first.signing_key,
     )
     accepted(second, old)

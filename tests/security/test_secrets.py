@@ -200,6 +200,7 @@ def test_admin_credential_is_never_a_purpose_token(stack: Stack) -> None:
 
 # --- the token issuer -------------------------------------------------------------
 
+
 def _foreign_claims(sub: str = "foreign") -> Claims:
     return Claims.new(
         iss="someone-else",

@@ -24,7 +24,7 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.conftest import Bao, Stack, start_stack
-from tests.integration.test_local_stack import Up
+from tests.integration.conftest import PdvaultUp
 from tests.security._pki import CA, DAY, NOW, SERVER_NAMES, Issued, credentials
 from vault.cli import _up, build_parser, main
 from vault.client import VaultClient, VaultClientError, channel_credentials
@@ -506,13 +506,14 @@ def test_pdvault_up_with_mtls_and_the_cli_end_to_end(pki: Pki, tmp_path: Path) -
     cert, key = pki.good_client.write(tmp_path / "pki", "client")
     ca = pki.ca.write(tmp_path / "pki", "ca")
     data_dir = tmp_path / "pdv"
-    up = Up(
+    up = PdvaultUp(
         data_dir,
+        tmp_path / "up.log",
         *("--tls-cert", str(pki.mutual.cert_file), "--tls-key", str(pki.mutual.key_file)),
         *("--tls-client-ca", str(pki.mutual.client_ca_file)),
     )
     try:
-        banner = "".join(up.output)
+        banner = up.output
         assert up.target.startswith("grpcs://127.0.0.1:")
         assert "mutual TLS" in banner and "INSECURE" not in banner
         assert (data_dir / "endpoint").read_text().strip() == up.target

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vault.errors import ConfigError
-from vault.policy import check_main, default_policy_path, load_policy, parse_policy
+from vault.policy import (
+    LEGAL_BASES,
+    OPERATIONS,
+    check_main,
+    default_policy_path,
+    load_policy,
+    parse_policy,
+)
 
 MARKETING = "purposes.marketing.communications.email"
 
@@ -491,8 +500,17 @@ def test_check_main_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 # --- robustness ---------------------------------------------------------------------
 
+#: Values next to the well-formed ones, which random draws would seldom hit.
+_near_misses = st.sampled_from(
+    [0, 1, -1, 1.0, "1", "", " ", "*", "consent", "contract", "read", "erase", "first", "last"]
+)
 _yaml_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | _near_misses
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
     ),
@@ -500,28 +518,94 @@ _yaml_values = st.recursive(
 )
 
 
-@given(
-    where=st.sampled_from(
-        [
-            "version",
-            "revision",
-            "categories",
-            "categories/user.name",
-            "categories/user.name/fields",
-            "categories/user.name/description",
-            "purposes",
-            ESS,
-            *(f"{ESS}/{k}" for k in ("description", "legal_basis", "categories", "operations")),
-            f"{ESS}/categories/user.name",
-            f"{MKT}/requires_consent",
-            f"{MKT}/minors",
-            f"{MKT}/retention_days",
-        ]
+def _text(v: object) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+def _names(v: object) -> frozenset[str] | None:
+    """A non-empty list of distinct field names, as a set; None if it is not one."""
+    if not isinstance(v, list) or not v:
+        return None
+    if not all(isinstance(f, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", f) for f in v):
+        return None
+    return frozenset(v) if len(set(v)) == len(v) else None
+
+
+def _never(v: object) -> bool:
+    # A mapping of these needs keys such as "description" or "user.contact.email",
+    # longer than any key the strategy draws: nothing drawn is well-formed here.
+    return False
+
+
+#: Per place of test_any_malformed_value_is_a_config_error: is ``value`` well-formed
+#: there, the rest of valid() unchanged? (ESS has requires_consent false and grants
+#: user.name's first and last; MKT's legal basis is consent.)
+_WELL_FORMED: dict[str, Callable[[object], bool]] = {
+    "version": lambda v: type(v) is int and v == 1,
+    "revision": _text,
+    "categories": _never,
+    "categories/user.name": _never,
+    "categories/user.name/fields": lambda v: (
+        v is None or ((n := _names(v)) is not None and {"first", "last"} <= n)
     ),
-    value=_yaml_values,
-)
+    "categories/user.name/description": _text,
+    "purposes": _never,
+    ESS: _never,
+    f"{ESS}/description": _text,
+    f"{ESS}/legal_basis": lambda v: isinstance(v, str) and v in LEGAL_BASES - {"consent"},
+    f"{ESS}/categories": _never,
+    f"{ESS}/operations": lambda v: (n := _names(v)) is not None and n <= OPERATIONS,
+    f"{ESS}/categories/user.name": lambda v: (
+        v == "*" or ((n := _names(v)) is not None and n <= {"first", "last"})
+    ),
+    f"{MKT}/requires_consent": lambda v: v is True,
+    f"{MKT}/minors": lambda v: v is False,
+    f"{MKT}/retention_days": lambda v: v is None or (type(v) is int and v >= 1),
+}
+
+
+@pytest.mark.parametrize("where", list(_WELL_FORMED))
+@settings(max_examples=40)  # per place; the near misses and examples below do the rest
+@given(value=_yaml_values)
+# Each of these is malformed in most places, and for some place the only kind of
+# malformation a single draw may miss.
+@example(value=0)
+@example(value=-1)
+@example(value=True)
+@example(value=1.0)
+@example(value=" ")
+@example(value=["read", "read"])
+@example(value=["first", "last", "first"])
+@example(value=["first", "true"])
 def test_any_malformed_value_is_a_config_error(where: str, value: object) -> None:
+    """Every value is either well-formed for its place (then accepted) or refused
+    with the problems listed; a malformed value accepted fails the test."""
+    ok = _WELL_FORMED[where](value)
     try:
         parse_policy(broken(where, value), "t")
     except ConfigError as e:
         assert e.problems
+        assert not ok, f"{where}: the well-formed {value!r} was refused: {e.problems}"
+    else:
+        assert ok, f"{where}: the malformed {value!r} was accepted"
+
+
+def test_the_oracle_tells_well_formed_from_malformed() -> None:
+    """The oracle above is not vacuous: each place has a value it accepts and one it does not."""
+    samples = {
+        "version": (1, True),
+        "revision": ("r1", " "),
+        "categories/user.name/fields": (["last", "first", "x"], ["first"]),
+        "categories/user.name/description": ("Name", ""),
+        f"{ESS}/description": ("d", 1),
+        f"{ESS}/legal_basis": ("contract", "consent"),
+        f"{ESS}/operations": (["read"], ["read", "read"]),
+        f"{ESS}/categories/user.name": ("*", ["middle"]),
+        f"{MKT}/requires_consent": (True, False),
+        f"{MKT}/minors": (False, 0),
+        f"{MKT}/retention_days": (None, True),
+    }
+    for where, (good, bad) in samples.items():
+        assert _WELL_FORMED[where](good) and not _WELL_FORMED[where](bad), where
+        parse_policy(broken(where, good), "t")
+        assert problems(broken(where, bad))

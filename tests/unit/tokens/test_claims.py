@@ -6,36 +6,11 @@ from typing import Any
 
 import pytest
 
+from tests.factories import NOW, SUBJECT, make_claims
 from vault.errors import AccessDenied, Unauthenticated
 from vault.tokens import MAX_EXCHANGE_DEPTH, Claims
 
-NOW = 1_750_000_000
-SUBJECT = "de_sub_" + "a" * 26
 OTHER_SUBJECT = "us_sub_" + "b" * 26
-
-
-def make_claims(**overrides: Any) -> Claims:
-    fields: dict[str, Any] = {
-        "iss": "pdvault",
-        "sub": "crm-backend",
-        "aud": "pdvault",
-        "purpose": "essential.service",
-        "categories": {
-            "user.name": frozenset({"first", "last"}),
-            "user.contact.email": None,
-        },
-        "operations": frozenset({"read", "write"}),
-        "regions": frozenset({"de", "us"}),
-        "subjects": frozenset({SUBJECT}),
-        "transfer_basis": "scc",
-        "iat": NOW,
-        "nbf": NOW,
-        "exp": NOW + 300,
-        "jti": "j" * 22,
-        "parent_jti": None,
-    }
-    fields.update(overrides)
-    return Claims(**fields)
 
 
 def test_payload_shape() -> None:

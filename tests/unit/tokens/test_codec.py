@@ -9,38 +9,16 @@ import pyseto
 import pytest
 from pyseto import Key
 
+from tests.factories import NOW, SUBJECT, make_claims
 from vault.errors import Unauthenticated
 from vault.tokens import (
     IMPLICIT_ASSERTION,
     MAX_TOKEN_LENGTH,
-    Claims,
     KeySet,
     SigningKey,
     decode,
     issue,
 )
-
-NOW = 1_750_000_000
-SUBJECT = "de_sub_" + "a" * 26
-
-
-def make_claims(**overrides: Any) -> Claims:
-    fields: dict[str, Any] = {
-        "iss": "pdvault",
-        "sub": "crm-backend",
-        "aud": "pdvault",
-        "purpose": "essential.service",
-        "categories": {"user.name": frozenset({"first", "last"}), "user.contact.email": None},
-        "operations": frozenset({"read"}),
-        "regions": frozenset({"de"}),
-        "subjects": frozenset({SUBJECT}),
-        "iat": NOW,
-        "nbf": NOW,
-        "exp": NOW + 300,
-        "jti": "j" * 22,
-    }
-    fields.update(overrides)
-    return Claims(**fields)
 
 
 @pytest.fixture(scope="module")

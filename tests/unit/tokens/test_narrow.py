@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.factories import NOW, make_claims
 from vault.errors import AccessDenied, InvalidArgument
 from vault.tokens import MAX_EXCHANGE_DEPTH, OPERATIONS, REGIONS, Claims, is_narrowing, narrow
 
-NOW = 1_750_000_000
 S1, S2, S3 = ("de_sub_" + c * 26 for c in "abc")
 SUBJECTS = (S1, S2, S3, "us_sub_" + "d" * 26)
 CATEGORIES = ("user.name", "user.contact.email", "user.device.device_id", "user.financial")
@@ -19,26 +19,8 @@ FIELDS = ("first", "last", "email", "id", "iban")
 
 
 def make_parent(**overrides: Any) -> Claims:
-    fields: dict[str, Any] = {
-        "iss": "pdvault",
-        "sub": "crm-backend",
-        "aud": "pdvault",
-        "purpose": "essential.service",
-        "categories": {
-            "user.name": frozenset({"first", "last"}),
-            "user.contact.email": None,
-        },
-        "operations": frozenset({"read", "write"}),
-        "regions": frozenset({"de", "us"}),
-        "subjects": frozenset({S1, S2}),
-        "transfer_basis": "scc",
-        "iat": NOW,
-        "nbf": NOW,
-        "exp": NOW + 3600,
-        "jti": "p" * 22,
-    }
-    fields.update(overrides)
-    return Claims(**fields)
+    """The parent of the exchanges: two subjects, one hour."""
+    return make_claims(**{"subjects": frozenset({S1, S2}), "jti": "p" * 22, **overrides}, ttl=3600)
 
 
 def widens(**request: Any) -> str:

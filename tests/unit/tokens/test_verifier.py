@@ -5,10 +5,9 @@ from typing import Any
 
 import pytest
 
+from tests.factories import NOW, make_claims
 from vault.errors import Unauthenticated
-from vault.tokens import Claims, KeySet, SigningKey, TokenVerifier, issue
-
-NOW = 1_750_000_000
+from vault.tokens import KeySet, SigningKey, TokenVerifier, issue
 
 
 class FakeClock:
@@ -27,25 +26,6 @@ class Revocations:
     def __call__(self, jti: str) -> bool:
         self.asked.append(jti)
         return jti in self.jtis
-
-
-def make_claims(jti: str = "j" * 22, **overrides: Any) -> Claims:
-    fields: dict[str, Any] = {
-        "iss": "pdvault",
-        "sub": "crm-backend",
-        "aud": "pdvault",
-        "purpose": "essential.service",
-        "categories": {"user.name": None},
-        "operations": frozenset({"read"}),
-        "regions": frozenset({"de"}),
-        "subjects": None,
-        "iat": NOW,
-        "nbf": NOW,
-        "exp": NOW + 300,
-        "jti": jti,
-    }
-    fields.update(overrides)
-    return Claims(**fields)
 
 
 @pytest.fixture(scope="module")
