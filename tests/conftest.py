@@ -335,3 +335,26 @@ def client(stack: Stack) -> VaultClient:
 def canary() -> str:
     """A value that must never appear anywhere at rest."""
     return f"CANARY-{uuid.uuid4().hex}"
+
+
+_ATTACK_SUITES = {
+    "authentication faults (attack by RPC)": "test_authentication_failure_is_unauthenticated[",
+    "policy faults (dimension by RPC)": "test_policy_denial[",
+    "security review and transport tests": "tests/security/",
+}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many attack cases ran, and how many held (printed after every run)."""
+    counts = {name: [0, 0] for name in _ATTACK_SUITES}
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") != "call":
+                continue
+            for name, marker in _ATTACK_SUITES.items():
+                if marker in report.nodeid:
+                    counts[name][0 if outcome == "passed" else 1] += 1
+    if any(sum(c) for c in counts.values()):
+        terminalreporter.section("attack cases")
+        for name, (held, broke) in counts.items():
+            terminalreporter.write_line(f"{name}: {held + broke} run, {held} held, {broke} failed")

@@ -240,6 +240,33 @@ def _truncated_payload(env: Env, w: World) -> str:
 
 
 #: name -> (the authorization header, or None for none; the expected reason)
+def _swap_header(version: str) -> Callable[[Env, World], str]:
+    return lambda e, w: _bearer(version + w.service_token.removeprefix("v4.public."))
+
+
+def _payload_edit(edit: Callable[[str], str]) -> Callable[[Env, World], str]:
+    """The valid token with its payload segment's *encoding* changed (same bytes)."""
+
+    def make(env: Env, w: World) -> str:
+        header, body, footer = w.service_token.rsplit(".", 2)
+        return _bearer(f"{header}.{edit(body)}.{footer}")
+
+    return make
+
+
+def _footer(raw: bytes) -> Callable[[Env, World], str]:
+    def make(env: Env, w: World) -> str:
+        header, body, _ = w.service_token.rsplit(".", 2)
+        return _bearer(f"{header}.{body}.{b64e(raw)}")
+
+    return make
+
+
+def _kid(w: World) -> str:
+    footer = w.service_token.rsplit(".", 1)[1]
+    return str(json.loads(b64d(footer))["kid"])
+
+
 AUTH_ATTACKS: dict[str, tuple[Callable[[Env, World], str | None], str]] = {
     "no-token": (lambda e, w: None, "MISSING_TOKEN"),
     "empty-bearer": (lambda e, w: "Bearer ", "MALFORMED_TOKEN"),
@@ -275,6 +302,47 @@ AUTH_ATTACKS: dict[str, tuple[Callable[[Env, World], str | None], str]] = {
         lambda e, w: _bearer(sign_raw(b'{"purpose":"essential.service"}', e.signing_key)),
         "MALFORMED_CLAIMS",
     ),
+    "wrong-issuer": (
+        lambda e, w: _bearer(sign(live_claims(iss="someone-else"), e.signing_key)),
+        "WRONG_ISSUER",
+    ),
+    # header variants
+    "scheme-without-space": (lambda e, w: "Bearer" + w.service_token, "MALFORMED_TOKEN"),
+    "scheme-only": (lambda e, w: "Bearer", "MALFORMED_TOKEN"),
+    "token-without-scheme": (lambda e, w: w.service_token, "MALFORMED_TOKEN"),
+    "token-with-trailing-words": (
+        lambda e, w: _bearer(w.service_token + " " + w.service_token),
+        "MALFORMED_TOKEN",
+    ),
+    # (An oversized token never reaches the vault: gRPC refuses metadata over
+    # 8 KiB itself; the codec's own length limit is unit-tested.)
+    # versions and purposes of PASETO other than v4.public
+    "v4-local-header": (_swap_header("v4.local."), "MALFORMED_TOKEN"),
+    "v3-public-header": (_swap_header("v3.public."), "MALFORMED_TOKEN"),
+    "v2-public-header": (_swap_header("v2.public."), "MALFORMED_TOKEN"),
+    "upper-case-header": (_swap_header("V4.PUBLIC."), "MALFORMED_TOKEN"),
+    # encodings of the same signed bytes
+    "payload-with-padding": (
+        _payload_edit(lambda b: b + "=" * (-len(b) % 4 or 4)),
+        "BAD_SIGNATURE",
+    ),
+    "payload-standard-base64": (
+        _payload_edit(lambda b: b.replace("-", "+").replace("_", "/") + "+/"),
+        "BAD_SIGNATURE",
+    ),
+    "payload-with-whitespace": (_payload_edit(lambda b: b[:10] + " " + b[10:]), "BAD_SIGNATURE"),
+    # footers
+    "footer-missing": (
+        lambda e, w: _bearer(w.service_token.rsplit(".", 1)[0]),
+        "MALFORMED_TOKEN",
+    ),
+    "footer-not-json": (_footer(b"kid"), "MALFORMED_TOKEN"),
+    "footer-kid-not-a-string": (_footer(b'{"kid":1}'), "MALFORMED_TOKEN"),
+    "footer-extra-field": (
+        lambda e, w: _footer(json.dumps({"kid": _kid(w), "x": 1}).encode())(e, w),
+        "MALFORMED_TOKEN",
+    ),
+    "footer-empty-kid": (_footer(b'{"kid":""}'), "UNKNOWN_KEY"),
 }
 
 AUTH_CASES = [
