@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError:
         con.print(f"[red]No running local stack in {data_dir}: start it with `make run`.")
         return 1
+
     def connect(token: str) -> VaultClient:
         return _connect.connect(args, token, target)
 
