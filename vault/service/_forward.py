@@ -13,11 +13,13 @@ to that region's ``endpoint`` (regions.yaml) over mutual TLS
 - ``x-pdvault-entry-region``: this node's region. Whatever the caller sent
   under that name is dropped.
 
-The home node believes ``x-pdvault-entry-region: X`` only from a peer whose
-verified client certificate identity is exactly region X's ``node_identity``
-(:func:`entry_region`); from anyone else the header is ignored, the caller is
-treated as having entered at the home node, and no border is crossed. A call
-from a node identity is never forwarded again (one hop).
+The home node takes the entry region from the peer's verified client
+certificate: a peer presenting exactly region X's ``node_identity`` entered by
+X, and may say so in ``x-pdvault-entry-region: X`` (any other value is
+refused); from anyone else the header is ignored, the caller is treated as
+having entered at the home node, and no border is crossed
+(:func:`entry_region`). A call from a node identity is never forwarded again
+(one hop).
 
 The entry node authenticates the caller before forwarding, relays the home
 node's error status as is (an unreachable home region is ``UNAVAILABLE``,
@@ -36,7 +38,7 @@ from typing import Any
 import grpc
 
 from vault.config import NodeSettings, PeerTlsSettings, RegionsConfig
-from vault.errors import ConfigError, ConfigProblem, KeyServiceUnavailable
+from vault.errors import AccessDenied, ConfigError, ConfigProblem, KeyServiceUnavailable
 from vault.transport import is_loopback
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
@@ -74,14 +76,23 @@ def request_id(metadata: Iterable[tuple[str, Any]] | None) -> str:
 def entry_region(
     regions: RegionsConfig, peer_identity: str | None, metadata: Iterable[tuple[str, Any]] | None
 ) -> str | None:
-    """The entry region a forwarded call reports, if it may report it: exactly
-    one header value, naming the region whose node identity the peer's
-    verified client certificate presents. None otherwise (ignored)."""
-    values = metadata_values(metadata, ENTRY_HEADER)
-    if len(values) != 1:
-        return None
+    """The region a call entered the vault by, if not at this node.
+
+    A peer whose verified client certificate presents region X's node identity
+    entered by X, whatever it sends: a node cannot pass for a caller at the
+    home node by leaving the header out, and a header naming another region is
+    refused (``ENTRY_REGION_MISMATCH``). From anyone else the header is
+    ignored: the caller entered here. None: entered here.
+    """
     peer_region = regions.node_region(peer_identity)
-    return values[0] if peer_region is not None and peer_region == values[0] else None
+    if peer_region is None:
+        return None
+    if any(v != peer_region for v in metadata_values(metadata, ENTRY_HEADER)):
+        raise AccessDenied(
+            "a node may report only its own region as the entry region",
+            reason="ENTRY_REGION_MISMATCH",
+        )
+    return peer_region
 
 
 def _host(endpoint: str) -> str:

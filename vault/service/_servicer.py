@@ -129,7 +129,7 @@ class _Base:
 
         def authenticated() -> T:
             caller = who.authenticated(self._auth.authenticate(_authorization(context)))
-            # Believed only from a node of that region (see vault.service._forward).
+            # From a node's certificate only (see vault.service._forward).
             entry = entry_region(self._node.regions, who.client, context.invocation_metadata())
             if entry is not None:
                 caller = dataclasses.replace(caller, entry_region=entry)
