@@ -196,6 +196,17 @@ class VaultClient:
         )
         return list(self._call(self._stub.FindSubjects, req).subject_ids)
 
+    def find_subjects_response(
+        self, kind: str, value: str, *, region: str = "", all_regions: bool = True
+    ) -> pb.FindSubjectsResponse:
+        """The whole reply: the ids, and with ``all_regions`` the regions that
+        could not be searched (``region_errors``)."""
+        req = pb.FindSubjectsRequest(
+            lookup=pb.Lookup(kind=kind, value=value), region=region, all_regions=all_regions
+        )
+        resp: pb.FindSubjectsResponse = self._call(self._stub.FindSubjects, req)
+        return resp
+
     def get_subject(self, subject_id: str) -> pb.Subject:
         req = pb.GetSubjectRequest(subject_id=subject_id)
         return self._call(self._stub.GetSubject, req)  # type: ignore[no-any-return]

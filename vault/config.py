@@ -36,6 +36,15 @@ _PORT_RE = re.compile(r"^[0-9]{1,5}$")
 #: Purpose and category names, as in the policy and in tokens.
 _TAXONOMY_RE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*$")
 _TRANSFER_RULE_KEYS = ("to", "bases", "purposes", "categories")
+#: A node identity: what a node's mTLS client certificate names (its CN, or its
+#: SANs). No comma (``client_identity`` joins several names with commas), no space.
+_NODE_IDENTITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$")
+
+
+def default_node_identity(region: str) -> str:
+    """The client-certificate identity of the nodes of ``region`` unless the
+    regions file names another (``node_identity``)."""
+    return f"pdvault-node.{region}"
 
 
 def default_regions_file() -> Path:
@@ -55,6 +64,14 @@ class RegionConfig:
     database_url: str
     openbao_address: str
     transit_mounts: tuple[str, ...]
+    #: The identity (client certificate CN or SANs, exactly) of this region's
+    #: nodes when they forward a request to another region's node: only a peer
+    #: presenting it may say a request entered by this region.
+    node_identity: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.node_identity:
+            object.__setattr__(self, "node_identity", default_node_identity(self.id))
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,15 @@ class RegionsConfig:
     @property
     def region_ids(self) -> frozenset[str]:
         return frozenset(self.regions)
+
+    def node_region(self, identity: str | None) -> str | None:
+        """The region whose nodes present ``identity`` (exactly), or None."""
+        if not identity:
+            return None
+        for r in self.regions.values():
+            if r.node_identity == identity:
+                return r.id
+        return None
 
     def region_for(self, country: str, requested: str = "") -> str:
         """The residency region of a person living in ``country``.
@@ -158,6 +184,21 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class PeerTlsSettings:
+    """How a node calls the nodes of other regions (forwarding): mutual TLS.
+
+    ``ca_file`` is the CA the peers' server certificates chain to;
+    ``cert_file``/``key_file`` the client certificate this node presents,
+    whose identity must be its region's ``node_identity`` for the peer to
+    accept the entry region it reports.
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
 class NodeSettings:
     data_dir: Path
     host: str = "127.0.0.1"
@@ -175,6 +216,11 @@ class NodeSettings:
     #: gRPC server reflection: off unless asked for (it lists the whole API to
     #: anyone who can connect).
     reflection: bool = False
+    #: Node-to-node mutual TLS for forwarding (see :class:`PeerTlsSettings`);
+    #: ``None``: plaintext, only to loopback endpoints (local development).
+    peer_tls: PeerTlsSettings | None = None
+    #: How long a forwarded call may take when the caller set no deadline.
+    forward_timeout_seconds: float = 30.0
 
 
 def _endpoint_problem(endpoint: object) -> str | None:
@@ -288,6 +334,7 @@ def parse_regions(
     # Every id declared, valid entry or not: a problem inside an entry is
     # reported there once, not again wherever the id is used.
     declared: list[str] = []
+    identities: dict[str, str] = {}
     raw_regions = raw.get("regions")
     if not isinstance(raw_regions, list) or not raw_regions:
         bad("regions", "must be a non-empty list")
@@ -333,7 +380,22 @@ def parse_regions(
                     bad(f"{where}.openbao.mounts", f"has an invalid mount name {m!r}")
             if len(set(map(str, mounts))) != len(mounts):
                 bad(f"{where}.openbao.mounts", "lists a mount twice")
-        if missing or endpoint_problem or not isinstance(bao, dict):
+        identity = r.get("node_identity", default_node_identity(rid))
+        identity_bad = not isinstance(identity, str) or not _NODE_IDENTITY_RE.fullmatch(identity)
+        if identity_bad:
+            bad(
+                f"{where}.node_identity",
+                "must be a certificate identity (letters, digits, . _ : / @ -; no comma or space)",
+            )
+        elif identity in identities:
+            bad(
+                f"{where}.node_identity",
+                f"is already the node identity of {identities[identity]}: "
+                "one identity could then speak for two regions",
+            )
+        else:
+            identities[identity] = rid
+        if missing or endpoint_problem or not isinstance(bao, dict) or identity_bad:
             continue
         regions[rid] = RegionConfig(
             id=rid,
@@ -343,6 +405,7 @@ def parse_regions(
             database_url=_substitute(str(r["database_url"]), variables),
             openbao_address=_substitute(address, variables),
             transit_mounts=tuple(str(m) for m in mounts),
+            node_identity=str(identity),
         )
 
     default_region = raw.get("default_region")

@@ -33,9 +33,9 @@ from vault.keys import (
     TransitKeyShredder,
 )
 from vault.policy import Authorizer, Policy
-from vault.residency import Node
-from vault.service import PersonalDataVaultServicer, TokenServicer
-from vault.store import CellStore, make_engine, migrate
+from vault.residency import Node, TransferGate
+from vault.service import Peers, PersonalDataVaultServicer, TokenServicer
+from vault.store import CellStore, CellTransferLog, make_engine, migrate
 from vault.tokens.authority import AdminCredential, TokenAuthority, load_or_create_signing_key
 from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
 from vault.v1 import vault_pb2, vault_pb2_grpc
@@ -145,6 +145,7 @@ def build_cells(
             settings.limits,
             authz,
             shredder=keys.shredder(rc.openbao_address),
+            transfers=TransferGate(regions.transfers, rid, CellTransferLog(engine), now_us),
         )
     return built
 
@@ -211,6 +212,14 @@ class VaultServer:
         self.health = health_aio.HealthServicer()
         self.port = 0
         self._workers: list[asyncio.Task[None]] = []
+        #: Channels to the other regions' nodes: a node serving one region of
+        #: several forwards calls about the others (vault.service._forward).
+        entry = self.node.entry_region
+        self.peers = (
+            Peers(self.node.regions, settings, entry)
+            if entry is not None and len(self.node.regions.regions) > 1
+            else None
+        )
 
     async def start(self) -> int:
         """Listens and serves; returns the port.
@@ -220,6 +229,8 @@ class VaultServer:
         :mod:`vault.transport`) and for unreadable TLS files.
         """
         credentials = server_credentials(self.settings)
+        if self.peers is not None:
+            self.peers.check()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -228,7 +239,7 @@ class VaultServer:
             ]
         )
         vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(  # type: ignore[no-untyped-call]
-            PersonalDataVaultServicer(self.node, self.vault.authority, self._executor),
+            PersonalDataVaultServicer(self.node, self.vault.authority, self._executor, self.peers),
             server,
         )
         vault_pb2_grpc.add_TokenServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -331,5 +342,7 @@ class VaultServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
         self._server = None
+        if self.peers is not None:
+            await self.peers.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.vault.close()

@@ -153,3 +153,32 @@ def test_a_key_given_twice_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_regions(f)
     assert [p.where for p in e.value.problems] == [f"line {line}"]
+
+
+def test_node_identities_default_per_region_and_map_back() -> None:
+    cfg = load_regions(data_dir="/d", openbao_addr="x")
+    assert {r.node_identity for r in cfg.regions.values()} == {
+        f"pdvault-node.{r}" for r in cfg.regions
+    }
+    assert cfg.node_region("pdvault-node.ru") == "ru"
+    # Exact match only: no prefix, no list of names, no case folding.
+    for other in (None, "", "pdvault-node", "pdvault-node.ru,x", "PDVAULT-NODE.RU", "crm"):
+        assert cfg.node_region(other) is None
+
+
+@pytest.mark.parametrize(
+    ("identity", "problem"),
+    [
+        ("pdvault-node.us", "already the node identity of us"),
+        ("node a", "certificate identity"),
+        ("node-a,node-b", "certificate identity"),
+        ("", "certificate identity"),
+        (7, "certificate identity"),
+    ],
+)
+def test_node_identity_is_validated(raw: dict, identity: object, problem: str) -> None:  # type: ignore[type-arg]
+    bad = copy.deepcopy(raw)
+    bad["regions"][2]["node_identity"] = identity  # de
+    with pytest.raises(ConfigError) as e:
+        parse_regions(bad)
+    assert any("node_identity" in p.where and problem in p.problem for p in e.value.problems)

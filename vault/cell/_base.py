@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from vault._inline import ensure_may_block
 from vault.cell._lookup import BlindIndex
@@ -29,6 +30,24 @@ def scoped_idempotency_key(caller: Caller, key: str) -> str:
     return hashlib.sha256(f"{caller.service}\x00{key}".encode()).hexdigest()
 
 
+class TransferCheck(Protocol):
+    """The cross-border transfer decision of the cell's region
+    (:class:`vault.residency.TransferGate`)."""
+
+    def check(
+        self,
+        caller: Caller,
+        *,
+        operation: str,
+        write: bool,
+        subject_id: str,
+        record_id: str | None,
+        categories: Sequence[str | None],
+    ) -> None: ...
+
+    def history(self, subject_id: str) -> list[dict[str, Any]]: ...
+
+
 class CellBase:
     """The collaborators of one region's cell, built by the composition root.
 
@@ -50,6 +69,7 @@ class CellBase:
         *,
         shredder: KeyShredder | None = None,
         clock: Callable[[], int] = now_us,
+        transfers: TransferCheck | None = None,
     ) -> None:
         self.region = region
         self.limits = limits
@@ -61,8 +81,35 @@ class CellBase:
         self._authz = authz
         self._shredder = shredder
         self._clock = clock
+        self._transfers = transfers
         # A local SQLite file answers in microseconds: calls may run inline.
         self.local_store = store.local
+
+    def _transfer(
+        self,
+        caller: Caller,
+        operation: str,
+        subject_id: str,
+        record_id: str | None,
+        categories: Sequence[str | None],
+        *,
+        write: bool = False,
+    ) -> None:
+        """The transfer rules, for a caller that entered by another region's node
+        (after the policy check, before any record is opened or written)."""
+        if self._transfers is not None and caller.entry_region is not None:
+            self._transfers.check(
+                caller,
+                operation=operation,
+                write=write,
+                subject_id=subject_id,
+                record_id=record_id,
+                categories=categories,
+            )
+
+    def transfer_history(self, subject_id: str) -> list[dict[str, Any]]:
+        """The subject's recorded cross-border transfers (oldest first)."""
+        return [] if self._transfers is None else self._transfers.history(subject_id)
 
     def forget(self, subject_id: str) -> None:
         """Drops what this node caches about a subject (its data key, its row)."""

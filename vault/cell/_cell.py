@@ -88,9 +88,11 @@ class Cell(RecordOps):
             digest = hashlib.sha256(request.encode()).hexdigest()
             existing = self._store.subject_by_idempotency_key(key)
             if existing is not None:
+                self._lookup_transfer(caller, existing[0].id, lookups)
                 return self._replayed_subject(*existing, digest)
-        ensure_may_block()
         sid = ids.new_subject_id(self.region.id)
+        self._lookup_transfer(caller, sid, lookups)
+        ensure_may_block()
         ref = KeyRef(self._mount_for(sid), key_name_for(sid))
         # Key first, then the row: if the key service is down nothing is written.
         # A key whose row insert then fails guards no data and is harmless.
@@ -110,6 +112,19 @@ class Cell(RecordOps):
             return self._replayed_subject(*existing, digest)
         self._data_keys.put(sid, dek)
         return SubjectView.of(row)
+
+    def _lookup_transfer(
+        self,
+        caller: Caller,
+        subject_id: str,
+        lookups: list[tuple[str, str]] | None,
+        operation: str = "CreateSubject",
+    ) -> None:
+        """Lookup values are the person's data: writing them is a transfer
+        (of their categories) when the caller entered by another region."""
+        if lookups:
+            categories = sorted({CATEGORY_OF_KIND[kind] for kind, _ in lookups})
+            self._transfer(caller, operation, subject_id, None, categories, write=True)
 
     def _replayed_subject(
         self, existing: SubjectRow, stored_digest: str | None, digest: str
@@ -184,7 +199,10 @@ class Cell(RecordOps):
             except AccessDenied as e:
                 if e.reason != "FIELD_NOT_GRANTED":
                     raise
+        # The whole document is about no single category (see TransferRules).
+        self._transfer(caller, "ExportSubject", subject_id, None, [None])
         consents = self._store.list_consents(subject_id)
+        transfers = self.transfer_history(subject_id)
         dek = self._data_key(subject)
 
         def pages() -> Iterator[list[RecordView | None]]:
@@ -196,7 +214,7 @@ class Cell(RecordOps):
                     for r in rows
                 ]
 
-        return export_pieces(subject, consents, pages(), self._clock)
+        return export_pieces(subject, consents, pages(), self._clock, transfers)
 
     # -- lookups -------------------------------------------------------------
 
@@ -206,6 +224,7 @@ class Cell(RecordOps):
         self._authz.scope(caller, "write", self.region.id, subject_id)
         subject = self._live_subject(subject_id)
         digests = self._lookup_digests(caller, entries, self._facts(caller, subject))
+        self._lookup_transfer(caller, subject_id, entries, "SetLookups")
         added = self._store.add_lookups(
             subject_id, digests, MAX_LOOKUPS_PER_SUBJECT, self._writable(caller)
         )

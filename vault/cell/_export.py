@@ -2,7 +2,9 @@
 
 Format ``pdvault.export`` version 1: one JSON object with ``subject``,
 ``consents``, ``records`` (the fields the caller may export, per record) and
-``omitted_records`` (records of categories it may not). Pieces are produced
+``omitted_records`` (records of categories it may not) and ``transfers`` (every
+recorded cross-border transfer decision about the subject's data: regions,
+basis, purpose, service, token id, ids, categories, rule; never data). Pieces are produced
 page by page so a large subject never sits in memory at once.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from vault.cell._views import RecordView
 from vault.store import SubjectRow
@@ -20,6 +23,7 @@ def export_pieces(
     consents: list[tuple[str, bool, str, int]],
     pages: Iterable[list[RecordView | None]],
     now_us: Callable[[], int],
+    transfers: list[dict[str, Any]] | None = None,
 ) -> Iterator[bytes]:
     """The document in pieces; ``pages`` yields the subject's records page by
     page, ``None`` standing for a record the caller may not export."""
@@ -61,4 +65,5 @@ def export_pieces(
             first = False
         if parts:
             yield "".join(parts).encode()
-    yield f'],"omitted_records":{omitted}}}'.encode()
+    tail = json.dumps(transfers or [], ensure_ascii=False, separators=(",", ":"))
+    yield f'],"omitted_records":{omitted},"transfers":{tail}}}'.encode()

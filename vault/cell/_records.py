@@ -73,6 +73,8 @@ class RecordOps(CellBase):
         facts = self._facts(caller, dataclasses.replace(subject, state=SubjectState.ACTIVE))
         allowed = self._authz.fields(caller, category, "write", facts)
         self._authz.check_write_fields(category, fields, allowed)
+        rid = ids.new_record_id(self.region.id)
+        self._transfer(caller, "PutRecord", subject_id, rid, [category], write=True)
         dek = self._data_key(subject)
         key = digest = None
         if idempotency_key:
@@ -81,7 +83,6 @@ class RecordOps(CellBase):
             existing = self._store.record_by_idempotency_key(subject_id, key)
             if existing is not None:
                 return self._replayed_record(caller, subject_id, *existing, fields, digest)
-        rid = ids.new_record_id(self.region.id)
         now = self._clock()
         ctx = RecordContext(rid, subject_id, self.region.id, category, 1)
         row = RecordRow(rid, subject_id, category, 1, seal_fields(dek, ctx, fields), now, now)
@@ -171,6 +172,7 @@ class RecordOps(CellBase):
         self._authz.check_write_fields(category, fields, allowed)
         if expected_version and expected_version != rec.version:
             raise Conflict("record version does not match expected_version")
+        self._transfer(caller, "PutRecord", rec.subject_id, rec.id, [category], write=True)
         dek = self._data_key(subject)
         if allowed is not None:
             # A caller granted some fields replaces those and keeps the others.
@@ -210,6 +212,7 @@ class RecordOps(CellBase):
     def get_record(self, caller: Caller, record_id: str) -> RecordView:
         rec, subject = self._record_for(caller, "read", record_id)
         allowed = self._authz.fields(caller, rec.category, "read", self._facts(caller, subject))
+        self._transfer(caller, "GetRecord", rec.subject_id, rec.id, [rec.category])
         return self._open_for(self._data_key(subject), rec, allowed)
 
     def list_records(
@@ -233,6 +236,8 @@ class RecordOps(CellBase):
             except AccessDenied as e:
                 if e.reason != "FIELD_NOT_GRANTED" or category:
                     raise
+        # A listing of every category is about no single one (see TransferRules).
+        self._transfer(caller, "ListRecords", subject_id, None, [category or None])
         rows = self._store.list_records(subject_id, frozenset(grants), after, page_size + 1)
         more = len(rows) > page_size
         rows = rows[:page_size]

@@ -15,18 +15,8 @@ from vault.datadir import DEFAULT_DATA_DIR
 DEFAULT_PORT = 50051
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pdvault", description="pdvault personal data vault")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    up = sub.add_parser("up", help="run the local stack: OpenBao + five regional cells + gRPC")
-    up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    up.add_argument("--port", type=int, default=int(os.environ.get("PDVAULT_PORT", DEFAULT_PORT)))
-    up.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="listen address; anything but loopback needs TLS (--tls-cert, --tls-key)",
-    )
+def add_tls_flags(up: argparse.ArgumentParser) -> None:
+    """The server TLS flags of ``pdvault up`` and ``pdvault serve``."""
     tls = up.add_argument_group(
         "transport",
         "TLS with --tls-cert and --tls-key; mutual TLS adds --tls-client-ca. Without them the "
@@ -45,6 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plaintext on loopback, for local development (the default without --tls-cert)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pdvault", description="pdvault personal data vault")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the local stack: OpenBao + five regional cells + gRPC")
+    up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    up.add_argument("--port", type=int, default=int(os.environ.get("PDVAULT_PORT", DEFAULT_PORT)))
+    up.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="listen address; anything but loopback needs TLS (--tls-cert, --tls-key)",
+    )
+    add_tls_flags(up)
     up.add_argument(
         "--regions", type=Path, default=None, help="regions file (default: regions/regions.yaml)"
     )
@@ -89,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _connect, _rights, _tokens
+    from vault.cli import _connect, _rights, _serve, _tokens
+
+    add_tls_flags(_serve.add_parser(sub))
 
     _connect.add_flags(demo, target=False)
 
@@ -140,6 +147,14 @@ def main(argv: list[str] | None = None) -> int:
             "retention": _rights.run_retention,
         }[args.command]
         return runner(args)
+    if args.command == "serve":
+        from vault.cli import _serve
+
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        return asyncio.run(_serve.serve(args))
     if args.command == "up":
         from vault.cli import _up
 

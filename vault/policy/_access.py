@@ -30,11 +30,19 @@ class Caller:
     (mutual TLS, see :func:`vault.transport.client_identity`), set by the gRPC
     servicer; ``None`` without one. It is recorded beside the token's ``sub``,
     never used to widen an access.
+
+    ``entry_region`` is the region of the node the caller entered the vault
+    by, when that was not the node serving the request: set by the servicer
+    only when a peer whose client certificate is a node identity of that
+    region forwarded the request (see :mod:`vault.service._forward`); ``None``
+    when the caller came directly. Transfer rules apply when it differs from
+    the home region.
     """
 
     claims: Claims
     purpose: Purpose
     client_identity: str | None = None
+    entry_region: str | None = None
 
     @property
     def service(self) -> str:

@@ -1,6 +1,7 @@
 """Residency: which region a person's data lives in, routing requests there, and
 whether their plaintext may cross a region border (transfer rules)."""
 
+from vault.residency._gate import TransferGate, TransferLog, TransferRefused, transfer_decision
 from vault.residency._node import Node, RegionNotServed
 from vault.residency._transfers import (
     NO_TRANSFER,
@@ -28,6 +29,10 @@ __all__ = [
     "Node",
     "RegionNotServed",
     "TransferDecision",
+    "TransferGate",
+    "TransferLog",
+    "TransferRefused",
     "TransferRule",
     "TransferRules",
+    "transfer_decision",
 ]

@@ -7,6 +7,7 @@ so that the region an ID belongs to decides where it is served.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 from vault import ids, validation
 from vault._inline import ensure_may_block
@@ -47,6 +48,32 @@ class Node:
         for cell in self.cells.values():
             cell.close()
 
+    @property
+    def entry_region(self) -> str | None:
+        """The region a caller enters by at this node, for forwarding: the one
+        region it serves; None for a node serving several (it never forwards)."""
+        return next(iter(self.cells)) if len(self.cells) == 1 else None
+
+    def home_of(self, value: str, kind: Literal["sub", "rec"]) -> str | None:
+        """The home region named by a subject (``sub``) or record (``rec``) id;
+        None when the id is not valid (the local path reports why)."""
+        try:
+            return ids.parse_id(value, kind, field="id", regions=self._region_ids).region
+        except InvalidArgument:
+            return None
+
+    def home_of_new_subject(self, country: str, region: str) -> str | None:
+        """The region a new subject of ``country`` belongs to; None if invalid."""
+        try:
+            return self.regions.region_for(country, region)
+        except InvalidArgument:
+            return None
+
+    def transfer_history(self, subject_id: str) -> list[dict[str, object]]:
+        """The recorded cross-border transfers of a subject served here."""
+        cell, sid = self.subject_cell(subject_id)
+        return cell.transfer_history(sid)
+
     def subject_cell(self, value: str, field: str = "subject_id") -> tuple[Cell, str]:
         """The home cell of a subject id (validated) and the id."""
         vid = ids.parse_id(value, "sub", field=field, regions=self._region_ids)
@@ -77,6 +104,9 @@ class Node:
     def set_lookups(self, caller: Caller, subject_id: str, lookups: list[tuple[str, str]]) -> int:
         cell, sid = self.subject_cell(subject_id)
         return cell.set_lookups(caller, sid, lookups)
+
+    def check_lookup(self, kind: str, value: str) -> None:
+        normalise(kind, value)
 
     def find_subjects(
         self, caller: Caller, kind: str, value: str, region: str, all_regions: bool

@@ -15,17 +15,32 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from vault._inline import WouldBlock, nonblocking
-from vault.errors import FieldViolation, InvalidArgument, VaultError
+from vault.errors import (
+    FieldViolation,
+    InvalidArgument,
+    KeyServiceUnavailable,
+    StoreUnavailable,
+    VaultError,
+)
 from vault.policy import Caller
-from vault.residency import Node
+from vault.residency import Node, TransferRefused, transfer_decision
 from vault.service._convert import consent_pb, erasure_pb, record_pb, subject_pb
+from vault.service._forward import (
+    REQUEST_ID_HEADER,
+    Peers,
+    RegionUnavailable,
+    entry_region,
+    metadata_values,
+)
 from vault.service._status import code_for, internal_status, to_status
 from vault.tokens import Claims
 from vault.tokens.authority import DEFAULT_TTL, IssueRequest, TokenAuthority
@@ -37,6 +52,8 @@ log = logging.getLogger("vault.access")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 EXPORT_CHUNK_BYTES = 64 * 1024
 T = TypeVar("T")
+R = TypeVar("R")
+_STATUS_DETAILS = "grpc-status-details-bin"
 
 
 def _authorization(context: Ctx) -> str | None:
@@ -54,6 +71,11 @@ class _Who:
 
     client: str | None
     sub: str | None = None
+    #: The entry region a node peer reported (home side), for the access log.
+    entry: str | None = None
+    #: The region the call was forwarded to (entry side).
+    forwarded: str | None = None
+    request_id: str | None = None
 
     @classmethod
     def of(cls, context: Ctx) -> _Who:
@@ -67,14 +89,28 @@ class _Who:
         return dataclasses.replace(caller, client_identity=self.client)
 
     def __str__(self) -> str:
-        return f"sub={log_safe(self.sub)} client={log_safe(self.client)}"
+        text = f"sub={log_safe(self.sub)} client={log_safe(self.client)}"
+        if self.entry:
+            text += f" entry={self.entry}"
+        if self.forwarded:
+            text += f" forwarded={self.forwarded}"
+        if self.request_id:
+            text += f" rid={log_safe(self.request_id)}"
+        return text
 
 
 class _Base:
-    def __init__(self, node: Node, auth: TokenAuthority, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        node: Node,
+        auth: TokenAuthority,
+        executor: ThreadPoolExecutor,
+        peers: Peers | None = None,
+    ) -> None:
         self._node = node
         self._auth = auth
         self._executor = executor
+        self._peers = peers
 
     async def _run(
         self,
@@ -93,6 +129,14 @@ class _Base:
 
         def authenticated() -> T:
             caller = who.authenticated(self._auth.authenticate(_authorization(context)))
+            # From a node's certificate only (see vault.service._forward).
+            entry = entry_region(self._node.regions, who.client, context.invocation_metadata())
+            if entry is not None:
+                caller = dataclasses.replace(caller, entry_region=entry)
+                who.entry = entry
+                who.request_id = (
+                    metadata_values(context.invocation_metadata(), REQUEST_ID_HEADER) or [""]
+                )[0]
             return fn(caller, *args, **kwargs)
 
         return await self._guarded(method, context, authenticated, who=who)
@@ -134,11 +178,206 @@ class _Base:
                 pass
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+    # -- forwarding (see vault.service._forward) ---------------------------------
+
+    def _from_node(self, context: Ctx) -> bool:
+        """Whether the caller presents a node identity (its calls are never forwarded)."""
+        identity = client_identity(context.auth_context())
+        return self._node.regions.node_region(identity) is not None
+
+    def _forward_to(self, context: Ctx, home: str | None) -> str | None:
+        """The region to forward the call to: the id's home region when this node
+        forwards and does not serve it; None to serve (or refuse) it here."""
+        if home is None or self._peers is None or home in self._node.cells:
+            return None
+        if self._from_node(context):
+            return None  # one hop: a forwarded call is served here or refused
+        return home
+
+    def _timeout(self, context: Ctx) -> float:
+        assert self._peers is not None
+        remaining = context.time_remaining()
+        if remaining is None or remaining > self._peers.timeout:
+            return self._peers.timeout
+        return max(remaining, 0.001)
+
+    async def _entry_caller(self, method: str, context: Ctx, who: _Who) -> Caller:
+        """The caller, authenticated at the entry node too (the reply check needs
+        its token's basis and purpose; nothing unauthenticated is forwarded)."""
+        return await self._guarded(
+            method,
+            context,
+            lambda: who.authenticated(self._auth.authenticate(_authorization(context))),
+            who=who,
+        )
+
+    def _forward_who(self, context: Ctx, home: str) -> tuple[_Who, tuple[tuple[str, str], ...]]:
+        assert self._peers is not None
+        who = _Who.of(context)
+        who.forwarded = home
+        md = self._peers.metadata(context.invocation_metadata())
+        who.request_id = dict(md)[REQUEST_ID_HEADER]
+        return who, md
+
+    async def _relay(
+        self, method: str, context: Ctx, err: grpc.aio.AioRpcError, start: float, who: _Who
+    ) -> NoReturn:
+        """The home node's error, as it sent it; an unreachable home node is
+        UNAVAILABLE (REGION_UNAVAILABLE)."""
+        code = err.code()
+        details = [(k, v) for k, v in err.trailing_metadata() or () if k == _STATUS_DETAILS]
+        if not details and code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.CANCELLED,
+            grpc.StatusCode.UNKNOWN,
+        ):
+            e = RegionUnavailable("the home region of this id is unavailable; retry later")
+            log.info("%s UNAVAILABLE %s %.1fms %s", method, e.reason, _ms(start), who)
+            await _abort(context, to_status(e))
+        log.info("%s %s relayed %.1fms %s", method, code.name, _ms(start), who)
+        await context.abort(code, err.details() or "", trailing_metadata=tuple(details))
+        raise AssertionError("abort returned")  # pragma: no cover
+
+    async def _check_reply(
+        self,
+        method: str,
+        context: Ctx,
+        caller: Caller,
+        home: str,
+        categories: Sequence[str | None],
+        who: _Who,
+    ) -> None:
+        """The transfer rules again, at the entry node, on what the home node sent."""
+        assert self._peers is not None
+        decision = transfer_decision(
+            self._node.regions.transfers,
+            home,
+            self._peers.entry,
+            caller.claims.transfer_basis,
+            caller.claims.purpose,
+            categories,
+        )
+        if not decision.allowed:
+            log.warning(
+                "%s: the %s node replied with data the transfer rules refuse (%s); withheld %s",
+                method,
+                home,
+                decision.rule,
+                who,
+            )
+            await _abort(context, to_status(TransferRefused(decision)))
+
+    async def _forward_unary(
+        self,
+        method: str,
+        context: Ctx,
+        request: Any,
+        home: str,
+        reply_type: type[R],
+        categories: Callable[[R], Sequence[str | None]] | None = None,
+    ) -> R:
+        assert self._peers is not None
+        who, md = self._forward_who(context, home)
+        caller = await self._entry_caller(method, context, who)
+        start = time.perf_counter()
+        try:
+            reply = await getattr(self._peers.stub(home), method)(
+                request, metadata=md, timeout=self._timeout(context)
+            )
+        except grpc.aio.AioRpcError as e:
+            await self._relay(method, context, e, start, who)
+        if not isinstance(reply, reply_type):
+            await _abort(context, internal_status())
+        if categories is not None:
+            await self._check_reply(method, context, caller, home, categories(reply), who)
+        log.debug("%s OK %.1fms %s", method, _ms(start), who)
+        return reply
+
+    async def _forward_export(
+        self, request: pb.ExportSubjectRequest, context: Ctx, home: str
+    ) -> AsyncIterator[pb.ExportChunk]:
+        """ExportSubject through the home node, relayed chunk by chunk."""
+        assert self._peers is not None
+        who, md = self._forward_who(context, home)
+        caller = await self._entry_caller("ExportSubject", context, who)
+        start = time.perf_counter()
+        call = self._peers.stub(home).ExportSubject(
+            request, metadata=md, timeout=self._timeout(context)
+        )
+        checked = False
+        try:
+            async for chunk in call:
+                if not checked:
+                    # The document is about no single category (see TransferRules).
+                    await self._check_reply("ExportSubject", context, caller, home, [None], who)
+                    checked = True
+                yield chunk
+        except grpc.aio.AioRpcError as e:
+            await self._relay("ExportSubject", context, e, start, who)
+        finally:
+            call.cancel()
+        log.debug("ExportSubject OK %.1fms %s", _ms(start), who)
+
+    async def _find_everywhere(
+        self, request: pb.FindSubjectsRequest, context: Ctx
+    ) -> pb.FindSubjectsResponse:
+        """FindSubjects(all_regions): the local cells, then every other region
+        the token covers through its node, at once; ids only. A region whose
+        node fails is a RegionError in the reply, not a failed call."""
+        assert self._peers is not None
+        peers = self._peers
+        who, md = self._forward_who(context, "all")
+        caller = await self._entry_caller("FindSubjects", context, who)
+        kind, value = request.lookup.kind, request.lookup.value
+        targets = sorted(r for r in self._node.regions.regions if caller.claims.allows_region(r))
+        local = [r for r in targets if r in self._node.cells]
+        remote = [r for r in targets if r not in self._node.cells]
+        found: dict[str, list[str]] = {}
+        errors: list[pb.RegionError] = []
+
+        def local_find() -> None:
+            self._node.check_lookup(kind, value)
+            for r in local:
+                try:
+                    found[r] = self._node.find_subjects(caller, kind, value, r, False)
+                except (StoreUnavailable, KeyServiceUnavailable) as e:
+                    errors.append(pb.RegionError(region=r, code=code_for(e).name, reason=e.reason))
+
+        await self._guarded("FindSubjects", context, local_find, who=who)
+        timeout = self._timeout(context)
+
+        async def one(r: str) -> None:
+            try:
+                reply = await peers.stub(r).FindSubjects(
+                    pb.FindSubjectsRequest(lookup=request.lookup, region=r),
+                    metadata=md,
+                    timeout=timeout,
+                )
+            except grpc.aio.AioRpcError as e:
+                errors.append(pb.RegionError(region=r, code=e.code().name, reason=_reason(e)))
+                return
+            # Only ids of that region: a node answers for its own region.
+            found[r] = [i for i in reply.subject_ids if self._node.home_of(i, "sub") == r]
+
+        await asyncio.gather(*(one(r) for r in remote))
+        errors.sort(key=lambda e: e.region)
+        for e in errors:
+            log.info("FindSubjects region %s %s %s %s", e.region, e.code, e.reason, who)
+        return pb.FindSubjectsResponse(
+            subject_ids=[i for r in targets for i in found.get(r, [])], region_errors=errors
+        )
+
 
 class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
     async def EraseSubject(
         self, request: pb.EraseSubjectRequest, context: Ctx
     ) -> pb.ErasureReceipt:
+        home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
+        if home is not None:
+            return await self._forward_unary(
+                "EraseSubject", context, request, home, pb.ErasureReceipt
+            )
         v = await self._run(
             "EraseSubject",
             context,
@@ -151,12 +390,20 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
         return erasure_pb(v)
 
     async def CancelErasure(self, request: pb.CancelErasureRequest, context: Ctx) -> pb.Subject:
+        home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
+        if home is not None:
+            return await self._forward_unary("CancelErasure", context, request, home, pb.Subject)
         v = await self._run("CancelErasure", context, self._node.cancel_erasure, request.subject_id)
         return subject_pb(v)
 
     async def ExportSubject(
         self, request: pb.ExportSubjectRequest, context: Ctx
     ) -> AsyncIterator[pb.ExportChunk]:
+        home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
+        if home is not None:
+            async for chunk in self._forward_export(request, context, home):
+                yield chunk
+            return
         # Every piece is produced under the same error mapping as a unary call:
         # a failure after the first chunk (a record that does not open, the
         # database gone) ends the stream with its documented status.
@@ -182,6 +429,11 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
                 return
 
     async def CreateSubject(self, request: pb.CreateSubjectRequest, context: Ctx) -> pb.Subject:
+        home = self._forward_to(
+            context, self._node.home_of_new_subject(request.country, request.region)
+        )
+        if home is not None:
+            return await self._forward_unary("CreateSubject", context, request, home, pb.Subject)
         v = await self._run(
             "CreateSubject",
             context,
@@ -197,6 +449,11 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
     async def SetLookups(
         self, request: pb.SetLookupsRequest, context: Ctx
     ) -> pb.SetLookupsResponse:
+        home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
+        if home is not None:
+            return await self._forward_unary(
+                "SetLookups", context, request, home, pb.SetLookupsResponse
+            )
         added = await self._run(
             "SetLookups",
             context,
@@ -209,6 +466,15 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
     async def FindSubjects(
         self, request: pb.FindSubjectsRequest, context: Ctx
     ) -> pb.FindSubjectsResponse:
+        if request.all_regions:
+            if self._peers is not None and not self._from_node(context):
+                return await self._find_everywhere(request, context)
+        elif request.region in self._node.regions.regions:
+            home = self._forward_to(context, request.region)
+            if home is not None:
+                return await self._forward_unary(
+                    "FindSubjects", context, request, home, pb.FindSubjectsResponse
+                )
         ids = await self._run(
             "FindSubjects",
             context,
@@ -221,10 +487,24 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
         return pb.FindSubjectsResponse(subject_ids=ids)
 
     async def GetSubject(self, request: pb.GetSubjectRequest, context: Ctx) -> pb.Subject:
+        home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
+        if home is not None:
+            return await self._forward_unary("GetSubject", context, request, home, pb.Subject)
         v = await self._run("GetSubject", context, self._node.get_subject, request.subject_id)
         return subject_pb(v)
 
     async def PutRecord(self, request: pb.PutRecordRequest, context: Ctx) -> pb.Record:
+        home = self._forward_to(
+            context,
+            self._node.home_of(request.record_id, "rec")
+            if request.record_id
+            else self._node.home_of(request.subject_id, "sub"),
+        )
+        if home is not None:
+            # The reply echoes the fields written: checked like a read.
+            return await self._forward_unary(
+                "PutRecord", context, request, home, pb.Record, lambda r: [r.category]
+            )
         v = await self._run(
             "PutRecord",
             context,
@@ -239,12 +519,27 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
         return record_pb(v)
 
     async def GetRecord(self, request: pb.GetRecordRequest, context: Ctx) -> pb.Record:
+        home = self._forward_to(context, self._node.home_of(request.record_id, "rec"))
+        if home is not None:
+            return await self._forward_unary(
+                "GetRecord", context, request, home, pb.Record, lambda r: [r.category]
+            )
         v = await self._run("GetRecord", context, self._node.get_record, request.record_id)
         return record_pb(v)
 
     async def ListRecords(
         self, request: pb.ListRecordsRequest, context: Ctx
     ) -> pb.ListRecordsResponse:
+        home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
+        if home is not None:
+            return await self._forward_unary(
+                "ListRecords",
+                context,
+                request,
+                home,
+                pb.ListRecordsResponse,
+                lambda r: _listed(request, r),
+            )
         page = await self._run(
             "ListRecords",
             context,
@@ -261,6 +556,11 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
     async def DeleteRecord(
         self, request: pb.DeleteRecordRequest, context: Ctx
     ) -> pb.DeleteRecordResponse:
+        home = self._forward_to(context, self._node.home_of(request.record_id, "rec"))
+        if home is not None:
+            return await self._forward_unary(
+                "DeleteRecord", context, request, home, pb.DeleteRecordResponse
+            )
         await self._run(
             "DeleteRecord",
             context,
@@ -271,6 +571,9 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
         return pb.DeleteRecordResponse(record_id=request.record_id, deleted=True)
 
     async def SetConsent(self, request: pb.SetConsentRequest, context: Ctx) -> pb.Consent:
+        home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
+        if home is not None:
+            return await self._forward_unary("SetConsent", context, request, home, pb.Consent)
         v = await self._run(
             "SetConsent",
             context,
@@ -285,12 +588,22 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
     async def ListConsents(
         self, request: pb.ListConsentsRequest, context: Ctx
     ) -> pb.ListConsentsResponse:
+        home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
+        if home is not None:
+            return await self._forward_unary(
+                "ListConsents", context, request, home, pb.ListConsentsResponse
+            )
         vs = await self._run("ListConsents", context, self._node.list_consents, request.subject_id)
         return pb.ListConsentsResponse(consents=[consent_pb(v) for v in vs])
 
     async def RestrictProcessing(
         self, request: pb.RestrictProcessingRequest, context: Ctx
     ) -> pb.Subject:
+        home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
+        if home is not None:
+            return await self._forward_unary(
+                "RestrictProcessing", context, request, home, pb.Subject
+            )
         v = await self._run(
             "RestrictProcessing",
             context,
@@ -299,6 +612,28 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
             request.restricted,
         )
         return subject_pb(v)
+
+
+def _listed(request: pb.ListRecordsRequest, reply: pb.ListRecordsResponse) -> list[str | None]:
+    """The categories a listing is about: the one asked for (and every record's
+    must be it), or none in particular."""
+    if not request.category:
+        return [None]
+    return [request.category, *(r.category for r in reply.records)]
+
+
+def _reason(err: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a peer's error; REGION_UNAVAILABLE if it sent none."""
+    try:
+        status = rpc_status.from_call(cast(grpc.Call, err))
+    except ValueError:
+        status = None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return RegionUnavailable.reason
 
 
 def _ms(start: float) -> float:

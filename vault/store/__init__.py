@@ -11,15 +11,18 @@ from vault.store._cellstore import (
 )
 from vault.store._migrate import migrate
 from vault.store._models import consents, metadata, records, subjects
+from vault.store._transfers import CellTransferLog, TransferEntry
 
 __all__ = [
     "GONE_STATES",
     "LIVE_STATES",
     "CellStore",
+    "CellTransferLog",
     "DuplicateKey",
     "RecordRow",
     "SubjectRow",
     "SubjectState",
+    "TransferEntry",
     "consents",
     "make_engine",
     "metadata",

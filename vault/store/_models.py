@@ -105,3 +105,30 @@ cell_keys = Table(
     Column("key_name", String(128), nullable=False),
     Column("wrapped", Text, nullable=False),
 )
+
+# Cross-border transfers of this region's data (allowed and refused), one row
+# per decision: ids, region names, the basis, purpose and service names, the
+# token id (never the token) and the rule that decided. No personal data.
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at_us", BigInteger, nullable=False),
+    Column("from_region", String(8), nullable=False),
+    Column("to_region", String(8), nullable=False),
+    # read (home -> entry) or write (entry -> home).
+    Column("direction", String(8), nullable=False),
+    Column("operation", String(32), nullable=False),
+    Column("basis", String(32), nullable=True),
+    Column("purpose", String(128), nullable=False),
+    Column("service", String(128), nullable=False),
+    Column("token_id", String(64), nullable=False),
+    Column("subject_id", String(64), nullable=False),
+    Column("record_id", String(64), nullable=True),
+    # Sorted, comma-separated category names ("" for none in particular).
+    Column("categories", String(1024), nullable=False),
+    Column("allowed", Boolean, nullable=False),
+    Column("rule", String(128), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Index("ix_transfers_subject_id_id", "subject_id", "id"),
+)

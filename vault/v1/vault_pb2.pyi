@@ -358,7 +358,19 @@ class FindSubjectsRequest(_message.Message):
     def __init__(self, lookup: _Optional[_Union[Lookup, _Mapping]] = ..., region: _Optional[str] = ..., all_regions: _Optional[bool] = ...) -> None: ...
 
 class FindSubjectsResponse(_message.Message):
-    __slots__ = ("subject_ids",)
+    __slots__ = ("subject_ids", "region_errors")
     SUBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    REGION_ERRORS_FIELD_NUMBER: _ClassVar[int]
     subject_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, subject_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    region_errors: _containers.RepeatedCompositeFieldContainer[RegionError]
+    def __init__(self, subject_ids: _Optional[_Iterable[str]] = ..., region_errors: _Optional[_Iterable[_Union[RegionError, _Mapping]]] = ...) -> None: ...
+
+class RegionError(_message.Message):
+    __slots__ = ("region", "code", "reason")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    code: str
+    reason: str
+    def __init__(self, region: _Optional[str] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
