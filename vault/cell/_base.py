@@ -8,12 +8,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from vault._inline import ensure_may_block
 from vault.cell._lookup import BlindIndex
 from vault.cell._views import RecordView
 from vault.config import Limits, RegionConfig
 from vault.crypto import RecordContext, dek_associated_data, open_fields
 from vault.errors import Erased, NotFound
+from vault.inline import ensure_may_block
 from vault.keys import BoundedCache, DataKeyCache, KeyProvider, KeyRef, KeyShredder
 from vault.policy import Authorizer, Caller, SubjectFacts, filter_fields
 from vault.store import CellStore, RecordRow, SubjectRow, SubjectState

@@ -13,7 +13,6 @@ import json
 from collections.abc import Iterator
 
 from vault import ids
-from vault._inline import ensure_may_block
 from vault.cell._base import scoped_idempotency_key
 from vault.cell._export import export_pieces
 from vault.cell._lookup import (
@@ -33,6 +32,7 @@ from vault.cell._views import (
 )
 from vault.crypto import dek_associated_data, new_data_key, same_digest
 from vault.errors import AccessDenied, Conflict, Erased, NotFound, Restricted, TooLarge
+from vault.inline import ensure_may_block
 from vault.keys import KeyRef, KeyShredder
 from vault.policy import Caller, SubjectFacts
 from vault.store import DuplicateKey, SubjectRow, SubjectState

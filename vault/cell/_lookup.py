@@ -16,9 +16,9 @@ import hmac
 import re
 import threading
 
-from vault._inline import ensure_may_block
 from vault.crypto import new_data_key
 from vault.errors import FieldViolation, InvalidArgument
+from vault.inline import ensure_may_block
 from vault.keys import KeyProvider, KeyRef
 from vault.store import CellStore
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from vault.cli import _connect
 from vault.client import VaultClient, VaultClientError
+from vault.config import load_regions
 from vault.crypto import dek_associated_data
 from vault.datadir import DataDir
 from vault.devstack import OpenBaoServer
@@ -97,9 +98,20 @@ def run(args: argparse.Namespace) -> int:
     found = shop.find_subjects("email", "ADA@example.org", all_regions=True)
     con.print(f"Lookup by e-mail (blind index, nothing decrypted): {found}\n")
 
+    # 3. Cross-border transfers: what the regions file's rules decide for Ada's
+    # German data if a caller entered by another region's node (`pdvault serve`).
+    rules = load_regions(data_dir=str(data_dir), openbao_addr="-").transfers
+    table = Table(title="3. Ada's data (home de) asked for through another region's node")
+    for col in ("entry node", "token transfer_basis", "decision", "rule"):
+        table.add_column(col)
+    for entry, basis in (("us", "scc"), ("us", None), ("ru", "consent"), ("de", None)):
+        d = rules.decide("de", entry, basis, "essential.service", "user.name")
+        verdict = "[green]returned" if d.allowed else f"[red]PERMISSION_DENIED {d.reason}"
+        table.add_row(entry, basis or "(none)", verdict, d.rule)
+    con.print(table)
     con.print(
-        "[dim]3. Cross-border transfers: refused by default once the residency rules "
-        "are in place (not yet in this build).\n"
+        "[dim]This one-process stack serves every region itself; with one node per region "
+        "(`pdvault serve --region R`) the home node decides each crossing and records it.\n"
     )
 
     # 4. Export.

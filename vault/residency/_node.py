@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from typing import Literal
 
 from vault import ids, validation
-from vault._inline import ensure_may_block
 from vault.cell import Cell, ConsentView, RecordPage, RecordView, SubjectView, normalise
 from vault.config import Limits, RegionsConfig
 from vault.erasure import Eraser, ErasureView
 from vault.errors import FieldViolation, InvalidArgument, KeyServiceUnavailable
+from vault.inline import ensure_may_block
 from vault.policy import Caller
 
 

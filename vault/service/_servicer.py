@@ -3,7 +3,7 @@
 Domain calls run inline on the event loop when every served cell is a local
 SQLite file and the call needs no key-service round trip; otherwise (cache
 miss, subject creation, a networked database) on a thread pool. See
-:mod:`vault._inline`. Errors are mapped in one place
+:mod:`vault.inline`. Errors are mapped in one place
 (:mod:`vault.service._status`); the access log carries method, status,
 duration and who called (the token's ``sub``, the client certificate's
 identity under mutual TLS) — never request or response content.
@@ -23,7 +23,6 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from vault._inline import WouldBlock, nonblocking
 from vault.errors import (
     FieldViolation,
     InvalidArgument,
@@ -31,6 +30,7 @@ from vault.errors import (
     StoreUnavailable,
     VaultError,
 )
+from vault.inline import WouldBlock, nonblocking
 from vault.policy import Caller
 from vault.residency import Node, TransferRefused, transfer_decision
 from vault.service._convert import consent_pb, erasure_pb, record_pb, subject_pb

@@ -24,10 +24,10 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from vault._inline import ensure_may_block
 from vault.control import ControlStore, Revocations, TokenEvent
 from vault.datadir import DataDir, write_file
 from vault.errors import AccessDenied, FieldViolation, InvalidArgument, Unauthenticated
+from vault.inline import ensure_may_block
 from vault.keys import KeyProvider, KeyRef
 from vault.policy import Authorizer, Caller
 from vault.tokens._claims import Claims, is_narrowing, narrow
