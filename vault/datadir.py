@@ -5,6 +5,12 @@
     DATA_DIR/                      (default ./.pdvault, mode 0700)
       endpoint                     host:port the local stack listens on
                                    (grpcs://host:port when it serves TLS)
+      endpoints.json               five-region topology: every region's node
+                                   ({"de": "grpcs://127.0.0.1:…", …}), entry first
+      pki/                         five-region topology: local CA, node and
+                                   client certificates (keys 0600; vault.devpki)
+      five/                        five-region topology: the generated regions.yaml
+                                   (and policy.yaml), logs/REGION.log of each node
       admin.credential             the administrator credential (0600)
       admin.credential.new         the next one while `pdvault admin rotate` writes it
       tokens/signing-key.json      the token signing key, wrapped by OpenBao (0600)
@@ -16,6 +22,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +71,34 @@ class DataDir:
     @property
     def verification_keys(self) -> Path:
         return self.tokens / "verification-keys.json"
+
+    @property
+    def endpoints(self) -> Path:
+        return self.root / "endpoints.json"
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def five(self) -> Path:
+        return self.root / "five"
+
+    def region_endpoints(self) -> dict[str, str]:
+        """The five-region topology's endpoint per region ({} when not running one)."""
+        try:
+            raw = json.loads(self.endpoints.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+    def local_tls_files(self, target: str) -> tuple[Path, Path, Path] | None:
+        """(CA, client certificate, key) of this data dir's five-region topology
+        when ``target`` is one of its nodes, else None."""
+        if target not in self.region_endpoints().values():
+            return None
+        ca, cert, key = (self.pki / n for n in ("ca.pem", "client.pem", "client-key.pem"))
+        return (ca, cert, key) if all(p.exists() for p in (ca, cert, key)) else None
 
     @property
     def openbao(self) -> Path:

@@ -282,9 +282,11 @@ audit "file" "pdvault-local" {{
             time.sleep(0.1)
         raise RuntimeError("OpenBao did not become active after unsealing")
 
-    def configure(self, regions: RegionsConfig) -> Credentials:
-        """Mounts Transit per region mount, bounds caches, returns the node's tokens."""
-        client = hvac.Client(url=self.address, token=self.root_token(), timeout=10)
+    def _root_client(self) -> hvac.Client:
+        return hvac.Client(url=self.address, token=self.root_token(), timeout=10)
+
+    def _mount(self, client: hvac.Client, regions: RegionsConfig) -> None:
+        """Transit per region mount and the control mount, bounded caches, the signing key."""
         mounted = client.sys.list_mounted_secrets_engines()["data"]
         mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
         control = regions.control.transit_mount
@@ -302,17 +304,53 @@ audit "file" "pdvault-local" {{
             allow_plaintext_backup=False,
             mount_point=control,
         )
+
+    @staticmethod
+    def _token(client: hvac.Client, policy: str) -> str:
+        t = client.auth.token.create(
+            policies=[policy],
+            no_default_policy=True,
+            period="24h",
+            display_name=policy,
+            no_parent=True,
+        )
+        return str(t["auth"]["client_token"])
+
+    def configure(self, regions: RegionsConfig) -> Credentials:
+        """Mounts Transit per region mount, bounds caches, returns the node's tokens."""
+        client = self._root_client()
+        self._mount(client, regions)
+        mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
+        control = regions.control.transit_mount
         client.sys.create_or_update_policy(NODE_POLICY, node_policy(mounts, control))
         client.sys.create_or_update_policy(ERASER_POLICY, eraser_policy(mounts))
+        return Credentials(
+            node=self._token(client, NODE_POLICY), eraser=self._token(client, ERASER_POLICY)
+        )
 
-        def token(policy: str) -> str:
-            t = client.auth.token.create(
-                policies=[policy],
-                no_default_policy=True,
-                period="24h",
-                display_name=policy,
-                no_parent=True,
+    def configure_per_region(self, regions: RegionsConfig) -> dict[str, Credentials]:
+        """Like :meth:`configure`, but one pair of tokens per region, each limited
+        to that region's mounts (policies ``pdvault-node-R``, ``pdvault-eraser-R``;
+        the node's also reaches the control mount's token-signing key): the
+        key separation of one OpenBao cluster per region, by policy."""
+        client = self._root_client()
+        self._mount(client, regions)
+        control = regions.control.transit_mount
+        out = {}
+        for r in regions.regions.values():
+            mounts = list(r.transit_mounts)
+            node, eraser = f"{NODE_POLICY}-{r.id}", f"{ERASER_POLICY}-{r.id}"
+            client.sys.create_or_update_policy(node, node_policy(mounts, control))
+            client.sys.create_or_update_policy(eraser, eraser_policy(mounts))
+            out[r.id] = Credentials(
+                node=self._token(client, node), eraser=self._token(client, eraser)
             )
-            return str(t["auth"]["client_token"])
+        return out
 
-        return Credentials(node=token(NODE_POLICY), eraser=token(ERASER_POLICY))
+    def revoke(self, *tokens: str) -> None:
+        """Revokes tokens this server issued (best effort: a stopped stack's
+        tokens would otherwise stay valid until their period ends)."""
+        client = self._root_client()
+        for t in tokens:
+            with contextlib.suppress(Exception):
+                client.auth.token.revoke(t)

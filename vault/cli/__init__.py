@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--policy", type=Path, default=None, help="purpose policy (default: shipped)")
     up.add_argument(
+        "--regions-mode",
+        choices=("one", "five"),
+        default="one",
+        help="one: one process serving all five regions (default); five: one node process per "
+        "region (`pdvault serve`), forwarding to each other over mutual TLS, on --port and the "
+        "next four ports",
+    )
+    up.add_argument(
         "--key-cache-entries",
         type=int,
         default=CacheSettings.max_entries,

@@ -4,7 +4,9 @@
 local stack serves TLS). ``--ca`` (the CA the server's certificate chains
 to) and ``--cert``/``--key`` (a client certificate, for mutual TLS) default
 to ``$PDVAULT_CA``, ``$PDVAULT_CERT``, ``$PDVAULT_KEY``; any of them, or a
-``grpcs://`` target, means TLS.
+``grpcs://`` target, means TLS. When none is given and the target is a node of
+the data dir's five-region topology (``endpoints.json``), the data dir's local
+CA and client certificate (``pki/``) are used.
 """
 
 from __future__ import annotations
@@ -68,12 +70,19 @@ def connect(args: argparse.Namespace, token: str | None, target: str | None = No
     """A client for ``args`` (``--target``/``--ca``/``--cert``/``--key``/``--data-dir``)."""
     if (args.cert is None) != (args.key is None):
         raise SystemExit("pdvault: --cert and --key go together")
+    layout = DataDir(args.data_dir)
+    target = target or layout.target(getattr(args, "target", None))
+    ca, cert, key = args.ca, args.cert, args.key
+    if ca is None and cert is None:
+        local = layout.local_tls_files(target)
+        if local is not None:
+            ca, cert, key = local
     return VaultClient(
-        target or DataDir(args.data_dir).target(getattr(args, "target", None)),
+        target,
         token=token,
-        ca=_read(args.ca, "--ca"),
-        cert=_read(args.cert, "--cert"),
-        key=_read(args.key, "--key"),
+        ca=_read(ca, "--ca"),
+        cert=_read(cert, "--cert"),
+        key=_read(key, "--key"),
     )
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -14,7 +16,7 @@ from rich.table import Table
 
 from vault.cli import _connect
 from vault.client import VaultClient, VaultClientError
-from vault.config import load_regions
+from vault.config import RegionsConfig, load_regions
 from vault.crypto import dek_associated_data
 from vault.datadir import DataDir
 from vault.devstack import OpenBaoServer
@@ -22,6 +24,7 @@ from vault.erasure import verify_receipt
 from vault.errors import DecryptionFailed
 from vault.keys import KeyRef, TransitKeyProvider
 
+_RULE_RE = re.compile(r"by rule (\S+);")
 PEOPLE = (
     ("Ada", "Lovelace", "FR", "ada@example.org"),
     ("Bob", "Smith", "US", "bob@example.com"),
@@ -40,21 +43,47 @@ def run(args: argparse.Namespace) -> int:
         con.print(f"[red]No running local stack in {data_dir}: start it with `make run`.")
         return 1
 
-    def connect(token: str) -> VaultClient:
-        return _connect.connect(args, token, target)
+    # The five-region topology (`pdvault up --regions-mode five`): one node per
+    # region; each person is created through a node of their home region, and
+    # step 3 crosses a border for real.
+    endpoints = layout.region_endpoints()
+    five = target in endpoints.values()
+    regions_file = layout.five / "regions.yaml" if five else None
+    regions = load_regions(regions_file, data_dir=str(data_dir), openbao_addr="-")
+
+    def connect(token: str, at: str | None = None) -> VaultClient:
+        return _connect.connect(args, token, at or target)
+
+    def home(region: str) -> str:
+        """The endpoint of a node of ``region`` (the one endpoint of a one-process stack)."""
+        return endpoints.get(region, target) if five else target
 
     admin = connect(admin_credential)
 
-    def token(purpose: str, categories: list[str], ops: list[str]) -> VaultClient:
-        t = admin.issue_token(
-            service="demo", purpose=purpose, categories=categories, operations=ops, ttl_seconds=900
+    def issue(purpose: str, categories: list[str], ops: list[str], basis: str = "") -> str:
+        return admin.issue_token(
+            service="demo",
+            purpose=purpose,
+            categories=categories,
+            operations=ops,
+            transfer_basis=basis,
+            ttl_seconds=900,
         ).token
-        return connect(t)
+
+    def token(purpose: str, categories: list[str], ops: list[str]) -> VaultClient:
+        return connect(issue(purpose, categories, ops))
 
     con.rule("[bold]pdvault demo")
-    con.print(f"Talking to the local stack at [cyan]{target}[/] (data in {data_dir}).\n")
+    if five:
+        con.print(
+            f"Talking to the five-region local stack: entry node [cyan]{target}[/] "
+            f"({len(endpoints)} nodes, data in {data_dir}).\n"
+        )
+    else:
+        con.print(f"Talking to the local stack at [cyan]{target}[/] (data in {data_dir}).\n")
 
-    shop = token("essential.service", ["user.name", "user.contact.email"], ["read", "write"])
+    shop_token = issue("essential.service", ["user.name", "user.contact.email"], ["read", "write"])
+    shop = connect(shop_token)
     rights = token(
         "essential.subject_rights", ["user.name", "user.contact.email"], ["read", "export", "erase"]
     )
@@ -67,15 +96,19 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(col)
     people = []
     for first, last, country, email in PEOPLE:
-        s = shop.create_subject(country, lookups={"email": email})
-        name = shop.put_record(s.subject_id, "user.name", {"first": first, "last": last})
-        mail = shop.put_record(s.subject_id, "user.contact.email", {"address": email})
+        # Through a node of the person's home region: no plaintext (name, e-mail
+        # lookup) crosses a border to sign them up.
+        at_home = connect(shop_token, home(regions.region_for(country)))
+        s = at_home.create_subject(country, lookups={"email": email})
+        name = at_home.put_record(s.subject_id, "user.name", {"first": first, "last": last})
+        mail = at_home.put_record(s.subject_id, "user.contact.email", {"address": email})
         people.append((first, s, name, mail))
         table.add_row(first, country, s.region, s.subject_id, "name, email")
     con.print(table)
     con.print(
         "Each person has their own non-exportable key in their region's OpenBao mount; "
-        "the database holds only ciphertext.\n"
+        "the database holds only ciphertext."
+        + (" Each was created through their home region's node.\n" if five else "\n")
     )
 
     _, ada_subject, ada_name, _ = people[0]
@@ -98,21 +131,13 @@ def run(args: argparse.Namespace) -> int:
     found = shop.find_subjects("email", "ADA@example.org", all_regions=True)
     con.print(f"Lookup by e-mail (blind index, nothing decrypted): {found}\n")
 
-    # 3. Cross-border transfers: what the regions file's rules decide for Ada's
-    # German data if a caller entered by another region's node (`pdvault serve`).
-    rules = load_regions(data_dir=str(data_dir), openbao_addr="-").transfers
-    table = Table(title="3. Ada's data (home de) asked for through another region's node")
-    for col in ("entry node", "token transfer_basis", "decision", "rule"):
-        table.add_column(col)
-    for entry, basis in (("us", "scc"), ("us", None), ("ru", "consent"), ("de", None)):
-        d = rules.decide("de", entry, basis, "essential.service", "user.name")
-        verdict = "[green]returned" if d.allowed else f"[red]PERMISSION_DENIED {d.reason}"
-        table.add_row(entry, basis or "(none)", verdict, d.rule)
-    con.print(table)
-    con.print(
-        "[dim]This one-process stack serves every region itself; with one node per region "
-        "(`pdvault serve --region R`) the home node decides each crossing and records it.\n"
-    )
+    # 3. Cross-border transfers.
+    if five:
+        _transfers_for_real(
+            con, ada_subject.subject_id, ada_name.record_id, endpoints, issue, connect, rights
+        )
+    else:
+        _transfers_explained(con, regions)
 
     # 4. Export.
     doc = rights.export_subject(ada_subject.subject_id)
@@ -177,6 +202,74 @@ def run(args: argparse.Namespace) -> int:
     con.print(table)
     shutil.rmtree(backup)
     bob = people[1]
-    con.print(f"Bob and Li are untouched: {dict(shop.get_record(bob[2].record_id).fields)}")
+    bob_home = connect(shop_token, home(bob[1].region))
+    con.print(f"Bob and Li are untouched: {dict(bob_home.get_record(bob[2].record_id).fields)}")
     con.rule()
     return 0
+
+
+def _transfers_explained(con: Console, regions: RegionsConfig) -> None:
+    """One-process stack: what the regions file's rules decide for Ada's German
+    data if a caller entered by another region's node (`pdvault serve`)."""
+    rules = regions.transfers
+    table = Table(title="3. Ada's data (home de) asked for through another region's node")
+    for col in ("entry node", "token transfer_basis", "decision", "rule"):
+        table.add_column(col)
+    for entry, basis in (("us", "scc"), ("us", None), ("ru", "consent"), ("de", None)):
+        d = rules.decide("de", entry, basis, "essential.service", "user.name")
+        verdict = "[green]returned" if d.allowed else f"[red]PERMISSION_DENIED {d.reason}"
+        table.add_row(entry, basis or "(none)", verdict, d.rule)
+    con.print(table)
+    con.print(
+        "[dim]This one-process stack serves every region itself; with one node per region "
+        "(`pdvault up --regions-mode five`, or `pdvault serve --region R`) the home node "
+        "decides each crossing and records it.\n"
+    )
+
+
+def _transfers_for_real(
+    con: Console,
+    subject_id: str,
+    record_id: str,
+    endpoints: dict[str, str],
+    issue: Callable[..., str],
+    connect: Callable[..., VaultClient],
+    rights: VaultClient,
+) -> None:
+    """Five-region stack: Ada's record read through other regions' nodes, and
+    the transfer records her home cell kept (from her export document)."""
+    table = Table(title="3. Ada's data (home de) read through another region's node, for real")
+    for col in ("entry node", "token transfer_basis", "answer", "rule"):
+        table.add_column(col)
+    for entry, basis in (("us", "scc"), ("us", None), ("ru", "consent"), ("de", None)):
+        if entry not in endpoints:
+            continue
+        t = issue("essential.service", ["user.name"], ["read"], basis or "")
+        with connect(t, endpoints[entry]) as c:
+            try:
+                got = c.get_record(record_id)
+                answer, rule = f"[green]returned[/] {dict(got.fields)}", ""
+            except VaultClientError as e:
+                m = _RULE_RE.search(e.message)
+                answer, rule = f"[red]{e.code.name}[/] {e.reason}", m.group(1) if m else ""
+        table.add_row(f"{entry} ({endpoints[entry]})", basis or "(none)", answer, rule)
+    con.print(table)
+    doc = rights.export_subject(subject_id)
+    table = Table(title="   The transfer records of Ada's home cell (her export's `transfers`)")
+    for col in ("operation", "from -> to", "basis", "allowed", "rule", "reason"):
+        table.add_column(col)
+    for t in doc["transfers"]:
+        table.add_row(
+            t["operation"],
+            f"{t['from_region']} -> {t['to_region']}",
+            t["basis"] or "(none)",
+            "[green]yes" if t["allowed"] else "[red]no",
+            t["rule"],
+            t["reason"],
+        )
+    con.print(table)
+    con.print(
+        "[dim]The home node (de) decided each crossing by the transfer rules of the regions "
+        "file and recorded it (ids and rule only, no data) before anything was returned; the "
+        "entry node checked the reply again. At home (de) no border is crossed.\n"
+    )

@@ -74,6 +74,10 @@ def _transport_banner(settings: NodeSettings) -> str:
 
 
 async def up(args: argparse.Namespace) -> int:
+    if getattr(args, "regions_mode", "one") == "five":
+        from vault.cli._five import up_five
+
+        return await up_five(args, _lock_data_dir)
     data_dir: Path = args.data_dir.resolve()
     settings = NodeSettings(
         data_dir=data_dir,
@@ -120,6 +124,7 @@ async def up(args: argparse.Namespace) -> int:
         scheme = "grpcs://" if settings.tls else ""
         endpoint = f"{scheme}{local_dial_host(settings.host)}:{port}"
         write_file(layout.endpoint, endpoint + "\n", 0o644)
+        layout.endpoints.unlink(missing_ok=True)  # no five-region topology here
         renew = [
             asyncio.create_task(_renew_forever(bao.address, t)) for t in (creds.node, creds.eraser)
         ]
