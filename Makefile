@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 50051
 DATA   ?= .pdvault
+MODE   ?= one
 
 .PHONY: run test install install-test proto lint typecheck clean
 
@@ -21,7 +22,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 run: install
-	$(VENV)/bin/pdvault up --data-dir $(DATA) --port $(PORT)
+	$(VENV)/bin/pdvault up --data-dir $(DATA) --port $(PORT) --regions-mode $(MODE)
 
 test: install-test
 	$(PY) -m pytest

@@ -33,7 +33,13 @@ the SLO file (``--pdv-slo``, default ``loadtests/slo.yaml``) is checked and the
 process exits 1 if any objective was missed.
 
 The target is ``--host`` as ``host:port`` (``grpcs://host:port`` for TLS; the CA
-bundle from ``PDVAULT_TLS_CA`` if set). The purpose token comes from
+bundle from ``PDVAULT_TLS_CA`` if set, a client certificate for mutual TLS from
+``PDVAULT_TLS_CERT``/``PDVAULT_TLS_KEY``). ``--pdv-entry-nodes
+[REGION=]host:port,…`` spreads the users over several entry nodes (a
+five-region stack's nodes: the region and the TLS files come from the data
+dir's ``endpoints.json`` and ``pki/``); every call is then reported as
+``RPC [entry->home]``, e.g. ``GetRecord [us->de]``, and the SLO gate checks
+each RPC over all of its entry/home pairs. The purpose token comes from
 ``PDVAULT_TOKEN``; without it one is issued at start through
 ``TokenService.IssueToken`` with the administrator credential of the local stack
 in ``PDVAULT_DATA_DIR`` (default ``./.pdvault``). See ``loadtests/README.md``.
@@ -64,6 +70,7 @@ from grpc_status import rpc_status
 from locust import User, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
+from locust.stats import StatsEntry
 
 from vault.datadir import DEFAULT_DATA_DIR, DataDir
 from vault.v1 import vault_pb2 as pb
@@ -157,6 +164,18 @@ def _add_arguments(parser: Any) -> None:
         help="concurrent calls while creating the population (default 16)",
     )
     add(
+        "--pdv-entry-nodes",
+        default="",
+        help="entry nodes [REGION=]host:port,… (default: --host); users are spread over them "
+        "and calls reported per entry and home region, e.g. 'GetRecord [us->de]'",
+    )
+    add(
+        "--pdv-transfer-basis",
+        default="",
+        help="transfer_basis of the token issued at start (scc, consent, …): calls whose "
+        "entry and home regions differ need one the regions file accepts",
+    )
+    add(
         "--pdv-slo",
         default=str(DEFAULT_SLO),
         help="SLO file checked at the end of the run; 'none' disables the gate",
@@ -177,6 +196,8 @@ class Settings:
     timeout: float
     setup_concurrency: int
     erase_rpc: str
+    entry_nodes: str = ""
+    transfer_basis: str = ""
 
     def population_key(self) -> tuple[object, ...]:
         return (self.subjects, self.zipf, self.payload, self.countries, self.country_weights)
@@ -203,6 +224,8 @@ class Settings:
             timeout=float(o.pdv_timeout),
             setup_concurrency=max(1, int(o.pdv_setup_concurrency)),
             erase_rpc=_erase_rpc(str(o.pdv_erase_rpc)),
+            entry_nodes=str(getattr(o, "pdv_entry_nodes", "") or ""),
+            transfer_basis=str(getattr(o, "pdv_transfer_basis", "") or ""),
         )
 
 
@@ -247,15 +270,54 @@ def resolve_target(host: str | None) -> tuple[str, bool]:
     return rest.rstrip("/"), scheme in ("grpcs", "https")
 
 
+@dataclass(frozen=True)
+class Entry:
+    """An entry node: where a user's calls go in; ``region`` labels the report."""
+
+    target: str
+    tls: bool
+    region: str
+
+
+def _local_endpoints() -> dict[str, str]:
+    """host:port -> region of the data dir's five-region stack (``endpoints.json``)."""
+    return {
+        ep.partition("://")[2] or ep: region
+        for region, ep in _data_dir().region_endpoints().items()
+    }
+
+
+def resolve_entries(spec: str, host: str | None) -> list[Entry]:
+    """``--pdv-entry-nodes`` (``[REGION=]host:port,…``), else ``--host`` alone."""
+    local = _local_endpoints()
+    out = []
+    for item in [i.strip() for i in spec.split(",") if i.strip()] or [host or ""]:
+        label, sep, address = item.rpartition("=")
+        target, tls = resolve_target(address or None)
+        if target in local:
+            tls = True  # a five-region stack's nodes serve mutual TLS only
+        out.append(Entry(target, tls, label if sep else local.get(target, target)))
+    return out
+
+
 def open_channel(target: str, tls: bool) -> grpc.Channel:
     if not tls:
         return grpc.insecure_channel(target)
-    ca = os.environ.get("PDVAULT_TLS_CA")
-    creds = grpc.ssl_channel_credentials(Path(ca).read_bytes() if ca else None)
+    ca, cert, key = (os.environ.get(f"PDVAULT_TLS_{k}") for k in ("CA", "CERT", "KEY"))
+    local = _data_dir().local_tls_files(f"grpcs://{target}")
+    if local is not None and not ca and not cert:
+        ca, cert, key = (str(p) for p in local)
+    creds = grpc.ssl_channel_credentials(
+        Path(ca).read_bytes() if ca else None,
+        Path(key).read_bytes() if key else None,
+        Path(cert).read_bytes() if cert else None,
+    )
     return grpc.secure_channel(target, creds)
 
 
-def obtain_token(target: str, tls: bool, kind: tuple[str, str, tuple[str, ...]]) -> str:
+def obtain_token(
+    target: str, tls: bool, kind: tuple[str, str, tuple[str, ...]], transfer_basis: str = ""
+) -> str:
     """The token from ``kind``'s variable, else one issued with the local stack's
     administrator credential."""
     variable, purpose, operations = kind
@@ -276,6 +338,7 @@ def obtain_token(target: str, tls: bool, kind: tuple[str, str, tuple[str, ...]])
         categories=[pb.CategoryGrant(category=c) for c in TOKEN_CATEGORIES],
         operations=list(operations),
         regions=list(ALL_REGIONS),
+        transfer_basis=transfer_basis,
         ttl_seconds=86400,
     )
     with open_channel(target, tls) as ch:
@@ -327,6 +390,12 @@ class Run:
     token: str
     erase_token: str | None
     population: Population
+    #: Where users enter; more than one (``--pdv-entry-nodes``): reported per entry/home.
+    entries: tuple[Entry, ...] = ()
+
+    @property
+    def breakdown(self) -> bool:
+        return bool(self.settings.entry_nodes)
 
 
 _run: Run | None = None
@@ -359,20 +428,30 @@ def _reason(err: grpc.RpcError) -> str:
 class _Vault:
     """One channel and the RPCs of the mix, each reported to locust."""
 
-    def __init__(self, env: Environment | None, run: Run, *, report: bool = True) -> None:
+    def __init__(
+        self,
+        env: Environment | None,
+        run: Run,
+        *,
+        report: bool = True,
+        entry: Entry | None = None,
+    ) -> None:
         self._env = env
         self._report = report
+        entry = entry or (run.entries[0] if run.entries else Entry(run.target, run.tls, ""))
+        #: "us" when calls are reported per entry and home region, else None.
+        self._entry = entry.region if run.breakdown else None
         self._md = (("authorization", f"Bearer {run.token}"),)
         self._erase_md = (("authorization", f"Bearer {run.erase_token or run.token}"),)
         self._erase_rpc = run.settings.erase_rpc
         self._timeout = run.settings.timeout
-        self._channel = open_channel(run.target, run.tls)
+        self._channel = open_channel(entry.target, entry.tls)
         self._stub = pb_grpc.PersonalDataVaultStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, name: str, request: Any, metadata: Any = None) -> Any:
+    def _call(self, name: str, request: Any, metadata: Any = None, home: str = "") -> Any:
         method: Callable[..., Any] = getattr(self._stub, name)
         start = time.perf_counter()
         response: Any = None
@@ -385,6 +464,10 @@ class _Vault:
             exception = CallFailed(code, _reason(e))
         elapsed_ms = (time.perf_counter() - start) * 1000
         if self._report and self._env is not None:
+            if self._entry is not None:
+                if not home and response is not None and getattr(response, "region", ""):
+                    home = str(response.region)  # CreateSubject: the region it chose
+                name = f"{name} [{self._entry}->{home or '?'}]"
             self._env.events.request.fire(
                 request_type="grpc",
                 name=name,
@@ -409,16 +492,18 @@ class _Vault:
             fields={"address": value},
             record_id=record_id,
         )
-        return self._call("PutRecord", req)  # type: ignore[no-any-return]
+        return self._call("PutRecord", req, home=subject_id[:2])  # type: ignore[no-any-return]
 
     def get_record(self, record_id: str) -> pb.Record | None:
-        return self._call("GetRecord", pb.GetRecordRequest(record_id=record_id))  # type: ignore[no-any-return]
+        req = pb.GetRecordRequest(record_id=record_id)
+        return self._call("GetRecord", req, home=record_id[:2])  # type: ignore[no-any-return]
 
     def erase(self, subject_id: str, record_id: str) -> object:
         if self._erase_rpc == "EraseSubject":
             req = pb.EraseSubjectRequest(subject_id=subject_id, reason="load_test")
-            return self._call("EraseSubject", req, self._erase_md)
-        return self._call("DeleteRecord", pb.DeleteRecordRequest(record_id=record_id))
+            return self._call("EraseSubject", req, self._erase_md, home=subject_id[:2])
+        req2 = pb.DeleteRecordRequest(record_id=record_id)
+        return self._call("DeleteRecord", req2, home=record_id[:2])
 
 
 def _value(size: int, rng: random.Random) -> str:
@@ -431,6 +516,9 @@ def _build_population(env: Environment, run: Run) -> None:
     rng = random.Random()
     countries = rng.choices(s.countries, weights=s.country_weights, k=s.subjects)
     vault = _Vault(env, run, report=False)
+    # With several entry nodes: each first record through its home region's node
+    # if one is listed (no border crossed while setting up), else the first node.
+    at_home = {e.region: _Vault(env, run, report=False, entry=e) for e in run.entries[1:]}
     records: list[tuple[str, str]] = []
     errors: list[BaseException] = []
     started = time.monotonic()
@@ -441,7 +529,8 @@ def _build_population(env: Environment, run: Run) -> None:
         try:
             subject = vault.create_subject(country)
             assert subject is not None
-            rec = vault.put_record(subject.subject_id, _value(s.payload, rng))
+            writer = at_home.get(subject.region, vault)
+            rec = writer.put_record(subject.subject_id, _value(s.payload, rng))
             assert rec is not None
             records.append((subject.subject_id, rec.record_id))
         except Exception as e:
@@ -454,6 +543,8 @@ def _build_population(env: Environment, run: Run) -> None:
         pool.join()
     finally:
         vault.close()
+        for v in at_home.values():
+            v.close()
     if errors:
         raise RuntimeError(f"creating the subject population failed: {errors[0]}")
     rng.shuffle(records)  # popularity rank independent of region and creation order
@@ -472,22 +563,31 @@ def _build_population(env: Environment, run: Run) -> None:
 def _prepare(environment: Environment) -> Run:
     """The token and population for a test; reused while the options that shape them hold."""
     settings = Settings.from_options(environment.parsed_options)
-    target, tls = resolve_target(environment.host)
+    entries = tuple(resolve_entries(settings.entry_nodes, environment.host))
+    target, tls = entries[0].target, entries[0].tls
     prev = _run
     if prev is not None and (prev.target, prev.tls) != (target, tls):
         prev = None
-    token = prev.token if prev is not None else obtain_token(target, tls, SERVICE_TOKEN)
+    if prev is not None and prev.settings.transfer_basis != settings.transfer_basis:
+        prev = None
+    token = (
+        prev.token
+        if prev is not None
+        else obtain_token(target, tls, SERVICE_TOKEN, settings.transfer_basis)
+    )
     erase_token = None
     if settings.erase_rpc == "EraseSubject":
         erase_token = (prev.erase_token if prev is not None else None) or obtain_token(
-            target, tls, ERASE_TOKEN
+            target, tls, ERASE_TOKEN, settings.transfer_basis
         )
     if prev is not None and prev.settings.population_key() == settings.population_key():
-        return Run(settings, target, tls, token, erase_token, prev.population)
-    run = Run(settings, target, tls, token, erase_token, Population())
+        return Run(settings, target, tls, token, erase_token, prev.population, entries)
+    run = Run(settings, target, tls, token, erase_token, Population(), entries)
     log.info(
         "target %s%s; mix %s (erase = %s); %d-byte values",
-        target,
+        ", ".join(f"{e.region}={e.target}" if e.region != e.target else e.target for e in entries)
+        if settings.entry_nodes
+        else target,
         " (TLS)" if tls else "",
         ", ".join(f"{k} {v:g}" for k, v in settings.weights.items()),
         settings.erase_rpc,
@@ -535,9 +635,13 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
 class _Session:
     """One user's connection and state: the operations of the mix."""
 
+    _count = itertools.count()
+
     def __init__(self, environment: Environment, run: Run) -> None:
         self.run = run
-        self.vault = _Vault(environment, run)
+        # Users are spread over the entry nodes in turn.
+        entry = run.entries[next(self._count) % len(run.entries)] if run.entries else None
+        self.vault = _Vault(environment, run, entry=entry)
         self.rng = random.Random()
         self.own: list[tuple[str, str]] = []  # subjects this user created; erase takes these
         self._ops = list(run.settings.weights)
@@ -687,6 +791,25 @@ class Verdict:
     unused: list[str] = field(default_factory=list)
 
 
+def _entry_for(stats: Any, operation: str) -> Any:
+    """The stats of ``operation``: its own row, or its ``operation [entry->home]``
+    rows (``--pdv-entry-nodes``) merged into one."""
+    entry = stats.entries.get((operation, "grpc"))
+    if entry is not None:
+        return entry
+    parts = [
+        e
+        for (name, method), e in stats.entries.items()
+        if method == "grpc" and name.startswith(f"{operation} [")
+    ]
+    if not parts:
+        return None
+    merged = StatsEntry(stats, operation, "grpc", use_response_times_cache=False)
+    for e in parts:
+        merged.extend(e)
+    return merged
+
+
 def check_slo(slo: SLO, stats: Any, *, cpu_warning: bool) -> Verdict:
     """Locust's RequestStats (aggregated over workers) against ``slo``."""
     v = Verdict()
@@ -702,7 +825,7 @@ def check_slo(slo: SLO, stats: Any, *, cpu_warning: bool) -> Verdict:
     else:
         held.append(f"{line} <= max {slo.max_error_rate:.3%}")
     for o in slo.objectives:
-        entry = stats.entries.get((o.operation, "grpc"))
+        entry = _entry_for(stats, o.operation)
         if entry is None or entry.num_requests == 0:
             v.unused.append(o.operation)
             continue

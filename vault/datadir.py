@@ -42,6 +42,15 @@ def write_file(path: Path, text: str, mode: int) -> None:
     os.chmod(path, mode)
 
 
+def replace_file(path: Path, text: str, mode: int) -> None:
+    """Like :func:`write_file`, but readers see the old content or the new, never
+    a partial file (written beside it, then renamed over it): for files that
+    several processes read while one may be writing (the verification keys)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_file(tmp, text, mode)
+    os.replace(tmp, path)
+
+
 @dataclass(frozen=True)
 class DataDir:
     """Where each file of a data directory lives."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vault.control import ControlStore, Revocations, TokenEvent
-from vault.datadir import DataDir, write_file
+from vault.datadir import DataDir, replace_file, write_file
 from vault.errors import AccessDenied, FieldViolation, InvalidArgument, Unauthenticated
 from vault.inline import ensure_may_block
 from vault.keys import KeyProvider, KeyRef
@@ -76,9 +76,10 @@ def load_or_create_signing_key(
     pub = signing.public()
     if all(k.kid != pub.kid for k in published):
         published.append(pub)
-    # The trust anchor of every node: public, but written 0644 deliberately,
-    # never left to the umask.
-    write_file(pub_file, keyset_to_json(published), 0o644)
+        # The trust anchor of every node: public, but written 0644 deliberately,
+        # never left to the umask; replaced whole, as nodes starting side by
+        # side read it (`pdvault up --regions-mode five`), and only when it changes.
+        replace_file(pub_file, keyset_to_json(published), 0o644)
     return signing, KeySet(published)
 
 
