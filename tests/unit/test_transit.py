@@ -40,12 +40,13 @@ class FakeTransit:
         self.keys: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.fail: Exception | None = None
+        self.fail_on: str | None = None  # only this operation fails (default: all)
         self.answer: dict[str, Any] | None = None
 
     def _call(self, op: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         inspect.signature(getattr(Transit, op)).bind(None, **kwargs)  # as hvac would take it
         self.calls.append((op, kwargs))
-        if self.fail is not None:
+        if self.fail is not None and self.fail_on in (None, op):
             raise self.fail
         return kwargs
 
@@ -300,8 +301,61 @@ def test_prove_destroyed_names_the_refusal_when_it_has_no_text(
     )
 
 
-def test_shredder_failures_fail_closed(shredder: TransitKeyShredder, transit: FakeTransit) -> None:
-    transit.fail = hvac.exceptions.Forbidden(errors=["denied"])
+def test_prove_destroyed_quotes_every_error_of_the_refusal(
+    shredder: TransitKeyShredder, transit: FakeTransit
+) -> None:
+    transit.fail = hvac.exceptions.InvalidRequest(errors=["key not found", "try again"])
+    assert shredder.prove_destroyed(REF, "vault:v1:x", AAD) == (
+        "POST transit-de/decrypt/subject-de_sub_a refused: key not found; try again"
+    )
+
+
+@pytest.mark.parametrize(
+    ("op", "name"),
+    [
+        ("read_key", "read_key"),
+        ("update_key_configuration", "update_key_configuration"),
+        ("delete_key", "delete_key"),
+        ("decrypt_data", "decrypt"),
+    ],
+)
+def test_shredder_failures_fail_closed_naming_the_step(
+    provider: TransitKeyProvider,
+    shredder: TransitKeyShredder,
+    transit: FakeTransit,
+    op: str,
+    name: str,
+) -> None:
+    provider.create_key(REF)
+    wrapped = provider.wrap(REF, DEK, AAD)
+    transit.fail, transit.fail_on = hvac.exceptions.Forbidden(errors=["denied"]), op
     with pytest.raises(KeyServiceUnavailable) as e:
-        shredder.destroy(REF)
-    assert e.value.message == "key service refused read_key (permission)"
+        if op == "decrypt_data":
+            shredder.prove_destroyed(REF, wrapped, AAD)
+        else:
+            shredder.destroy(REF)
+    assert e.value.message == f"key service refused {name} (permission)"
+
+
+class RecordingClient:
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+
+def test_connect_builds_a_client_for_the_address_and_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hvac, "Client", RecordingClient)
+    node = TransitKeyProvider.connect("http://bao:8200", "node-token")
+    assert node._client.kwargs == {  # type: ignore[attr-defined]
+        "url": "http://bao:8200",
+        "token": "node-token",
+        "timeout": 5.0,
+    }
+    eraser = TransitKeyShredder.connect("http://bao:8200", "eraser-token", timeout=2.5)
+    assert eraser._client.kwargs == {  # type: ignore[attr-defined]
+        "url": "http://bao:8200",
+        "token": "eraser-token",
+        "timeout": 2.5,
+    }
+    assert TransitKeyShredder.connect("u", "t")._client.kwargs["timeout"] == 10.0  # type: ignore[attr-defined]
