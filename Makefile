@@ -6,7 +6,7 @@ PORT   ?= 50051
 DATA   ?= .pdvault
 MODE   ?= one
 
-.PHONY: run test install install-test proto lint typecheck clean
+.PHONY: run test install install-test proto lint typecheck clean mutation
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-mutation: $(VENV)/.installed-test pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,mutation]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,9 +34,19 @@ test: install-test
 proto: install-test
 	$(PY) -m vault._protogen
 
+# Mutation testing of the security core (docs/mutation.md); not part of `make test`.
+# A fresh run each time: mutmut keeps old verdicts otherwise, even after tests change.
+# MUTANTS narrows the run to matching mutants, e.g. MUTANTS='vault.crypto*'.
+MUTATION_CHILDREN ?= 2
+MUTANTS ?=
+mutation: $(VENV)/.installed-mutation
+	rm -rf mutants
+	nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN) $(MUTANTS)
+	$(PY) loadtests/mutation_report.py
+
 lint: install-test
 	$(VENV)/bin/ruff check vault tests loadtests
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info mutants

@@ -47,3 +47,43 @@ def test_evict_and_counters() -> None:
     cache.evict("a")
     assert cache.get("a") is None
     assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_an_entry_is_gone_at_exactly_max_age() -> None:
+    clock = Clock()
+    cache = DataKeyCache(CacheSettings(max_entries=10, max_age_seconds=30), clock)
+    cache.put("s", b"k")
+    clock.t += 30
+    assert cache.get("s") is None
+    assert len(cache) == 0
+
+
+def test_counters_count_every_hit_and_miss() -> None:
+    clock = Clock()
+    cache = DataKeyCache(CacheSettings(max_entries=10, max_age_seconds=30), clock)
+    cache.put("a", b"a")
+    for _ in range(3):
+        assert cache.get("a") == b"a"
+    for _ in range(2):
+        assert cache.get("absent") is None
+    clock.t += 31
+    assert cache.get("a") is None  # expired: a miss too
+    assert (cache.hits, cache.misses) == (3, 3)
+
+
+def test_a_disabled_cache_counts_every_lookup_as_a_miss() -> None:
+    cache = DataKeyCache(CacheSettings(max_age_seconds=0), Clock())
+    for _ in range(3):
+        cache.put("a", b"a")
+        assert cache.get("a") is None
+    assert (cache.hits, cache.misses) == (0, 3)
+
+
+def test_evicting_or_clearing_what_is_not_there_is_harmless() -> None:
+    cache = DataKeyCache(CacheSettings(), Clock())
+    cache.evict("never-put")
+    cache.put("a", b"a")
+    cache.clear()
+    assert len(cache) == 0
+    cache.clear()
+    assert cache.get("a") is None

@@ -1,8 +1,16 @@
 import dataclasses
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vault.crypto import RecordContext, new_data_key, open_fields, seal_fields
+from vault.crypto import (
+    ENVELOPE_V1,
+    RecordContext,
+    dek_associated_data,
+    new_data_key,
+    open_fields,
+    seal_fields,
+)
 from vault.errors import DecryptionFailed
 
 CTX = RecordContext("de_rec_a", "de_sub_a", "de", "user.contact.email", 3)
@@ -76,3 +84,79 @@ def test_unknown_format_version_fails() -> None:
     env[0] = 0x02
     with pytest.raises(DecryptionFailed):
         open_fields(dek, CTX, bytes(env))
+
+
+# --- the documented format, checked by an independent implementation ---------------
+
+DEK = bytes(range(32))
+
+
+def documented_aad(ctx: RecordContext) -> bytes:
+    """The record AAD exactly as the module docstring spells it."""
+    out = b"pdvault/record/v1"
+    for s in (ctx.record_id, ctx.subject_id, ctx.region, ctx.category):
+        b = s.encode("utf-8")
+        out += len(b).to_bytes(4, "big") + b
+    return out + ctx.version.to_bytes(8, "big", signed=True)
+
+
+def test_associated_data_known_answer() -> None:
+    ctx = RecordContext("de_rec_é", "de_sub_a", "de", "user.name", 258)
+    assert ctx.associated_data() == (
+        b"pdvault/record/v1"
+        + b"\x00\x00\x00\x09de_rec_\xc3\xa9"  # length in bytes, not characters
+        + b"\x00\x00\x00\x08de_sub_a"
+        + b"\x00\x00\x00\x02de"
+        + b"\x00\x00\x00\x09user.name"
+        + b"\x00\x00\x00\x00\x00\x00\x01\x02"
+    )
+    assert CTX.associated_data() == documented_aad(CTX)
+
+
+def test_sealed_envelope_has_the_documented_layout_and_canonical_plaintext() -> None:
+    # Keys in non-sorted order and a non-ASCII value: the plaintext must still be
+    # canonical JSON (sorted keys, no whitespace, UTF-8 rather than \u escapes).
+    fields = {"label": "wörk", "address": "ada@example.org"}
+    env = seal_fields(DEK, CTX, fields)
+    assert env[0] == ENVELOPE_V1 == 0x01
+    nonce, body = env[1:13], env[13:]
+    plaintext = AESGCM(DEK).decrypt(nonce, body, documented_aad(CTX))
+    assert plaintext == '{"address":"ada@example.org","label":"wörk"}'.encode()
+    assert len(env) == 1 + 12 + len(plaintext) + 16
+
+
+def test_open_reads_an_envelope_built_to_the_documented_format() -> None:
+    nonce = b"\x07" * 12
+    plaintext = '{"address":"ada@example.org","label":"wörk"}'.encode()
+    env = b"\x01" + nonce + AESGCM(DEK).encrypt(nonce, plaintext, documented_aad(CTX))
+    assert open_fields(DEK, CTX, env) == FIELDS
+
+
+@pytest.mark.parametrize("dek_len", [16, 24, 31, 33])
+def test_a_data_key_of_another_length_never_opens(dek_len: int) -> None:
+    # AESGCM itself would open under an AES-128/192 key, and raise ValueError for
+    # other lengths; the envelope insists on AES-256 and has one opaque error.
+    dek = (DEK * 2)[:dek_len]
+    sealing_key = dek if dek_len in (16, 24) else DEK
+    nonce = b"\x07" * 12
+    env = b"\x01" + nonce + AESGCM(sealing_key).encrypt(nonce, b"{}", documented_aad(CTX))
+    with pytest.raises(DecryptionFailed):
+        open_fields(dek, CTX, env)
+
+
+@pytest.mark.parametrize("plaintext", [b"[]", b'"x"', b"not json", b"\xff"])
+def test_authentic_plaintext_that_is_not_a_json_object_is_the_opaque_error(
+    plaintext: bytes,
+) -> None:
+    nonce = b"\x07" * 12
+    env = b"\x01" + nonce + AESGCM(DEK).encrypt(nonce, plaintext, documented_aad(CTX))
+    with pytest.raises(DecryptionFailed) as e:
+        open_fields(DEK, CTX, env)
+    assert e.value.__cause__ is None
+    assert str(e.value) == "stored data could not be decrypted"
+
+
+def test_dek_associated_data_known_answer() -> None:
+    assert dek_associated_data("de_sub_a", "de") == b"pdvault/dek/v1|de|de_sub_a"
+    assert dek_associated_data("de_sub_a", "us") != dek_associated_data("de_sub_a", "de")
+    assert dek_associated_data("de_sub_b", "de") != dek_associated_data("de_sub_a", "de")

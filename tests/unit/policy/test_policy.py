@@ -399,3 +399,115 @@ def test_authorize_never_grants_more_than_the_policy_says(
     declared = DEFAULT.categories[category].fields
     if fields is not None and declared is not None:
         assert fields <= declared
+
+
+# --- what each refusal says -----------------------------------------------------------
+
+CONSENTED_MINOR = dataclasses.replace(
+    MINOR, consented_purposes=frozenset({"marketing.communications.email"})
+)
+
+
+@pytest.mark.parametrize(
+    ("purpose", "category", "operation", "subject", "error", "reason", "message"),
+    [
+        (
+            "marketing.telepathy",
+            "user.name",
+            "read",
+            ADULT,
+            AccessDenied,
+            "UNKNOWN_PURPOSE",
+            "purpose 'marketing.telepathy' is not in the policy",
+        ),
+        (
+            "analytics.reporting",
+            "user.contact.email",
+            "read",
+            ADULT,
+            AccessDenied,
+            "CATEGORY_NOT_ALLOWED",
+            "purpose 'analytics.reporting' may not access category 'user.contact.email'",
+        ),
+        (
+            "analytics.reporting",
+            "user.telemetry",
+            "write",
+            ADULT,
+            AccessDenied,
+            "OPERATION_NOT_ALLOWED",
+            "purpose 'analytics.reporting' does not allow operation 'write'",
+        ),
+        (
+            "marketing.communications.email",
+            "user.contact.email",
+            "read",
+            CONSENTED_MINOR,
+            AccessDenied,
+            # A minor's consent does not count, and the answer is the same as
+            # without consent: a consent purpose cannot tell who is a minor.
+            "CONSENT_REQUIRED",
+            "purpose 'marketing.communications.email' requires the subject's active, valid consent",
+        ),
+        (
+            "marketing.communications.email",
+            "user.contact.email",
+            "read",
+            ADULT,
+            AccessDenied,
+            "CONSENT_REQUIRED",
+            "purpose 'marketing.communications.email' requires the subject's active, valid consent",
+        ),
+        (
+            "essential.service",
+            "user.name",
+            "read",
+            RESTRICTED,
+            Restricted,
+            "PROCESSING_RESTRICTED",
+            "processing of this subject is restricted; purpose 'essential.service' "
+            "is not allowed under restriction",
+        ),
+    ],
+)
+def test_each_refusal_has_its_reason_and_message(
+    purpose: str,
+    category: str,
+    operation: str,
+    subject: SubjectFacts,
+    error: type[Exception],
+    reason: str,
+    message: str,
+) -> None:
+    with pytest.raises(error) as e:
+        DEFAULT.authorize(purpose, category, operation, subject)
+    assert isinstance(e.value, AccessDenied | Restricted)
+    assert (e.value.reason, e.value.message) == (reason, message)
+
+
+def test_names_are_echoed_up_to_128_characters() -> None:
+    longest = "a" * 128
+    with pytest.raises(AccessDenied) as e:
+        DEFAULT.authorize(longest, "user.name", "read", ADULT)
+    assert e.value.message == f"purpose {longest!r} is not in the policy"
+    with pytest.raises(AccessDenied) as e:
+        DEFAULT.authorize(longest + "a", "user.name", "read", ADULT)
+    assert e.value.message == "purpose (an invalid name) is not in the policy"
+
+
+def test_policy_keeps_its_own_read_only_copies_of_what_it_was_built_from() -> None:
+    purpose = DEFAULT.purposes["essential.service"]
+    categories = {"user.name": DEFAULT.categories["user.name"]}
+    purposes = {"essential.service": purpose}
+    policy = Policy(version=1, revision="r", categories=categories, purposes=purposes)
+    categories["user.extra"] = DEFAULT.categories["user.account"]
+    purposes["evil"] = purpose
+    assert set(policy.categories) == {"user.name"}
+    assert set(policy.purposes) == {"essential.service"}
+    with pytest.raises(TypeError):
+        policy.categories["user.extra"] = DEFAULT.categories["user.account"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        policy.purposes["evil"] = purpose  # type: ignore[index]
+    with pytest.raises(AccessDenied) as e:
+        policy.authorize("evil", "user.name", "read", None)
+    assert e.value.reason == "UNKNOWN_PURPOSE"

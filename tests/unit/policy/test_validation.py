@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ from vault.errors import ConfigError
 from vault.policy import (
     LEGAL_BASES,
     OPERATIONS,
+    Category,
+    Purpose,
     check_main,
     default_policy_path,
     load_policy,
@@ -609,3 +612,367 @@ def test_the_oracle_tells_well_formed_from_malformed() -> None:
         assert _WELL_FORMED[where](good) and not _WELL_FORMED[where](bad), where
         parse_policy(broken(where, good), "t")
         assert problems(broken(where, bad))
+
+
+# --- exactly what is reported ---------------------------------------------------------
+
+OPS = "consent, delete, erase, export, read, write"
+BASES = "consent, contract, legal_obligation, legitimate_interests, public_task, vital_interests"
+ESS_KEYS = (
+    "description, legal_basis, categories, operations, requires_consent, minors, "
+    "allowed_when_restricted, retention_days"
+)
+E = "purposes.essential.service"
+M = MARKETING
+
+
+def test_valid_policy_parses_to_exactly_these_values() -> None:
+    policy = parse_policy(valid(), "test.yaml")
+    assert (policy.version, policy.revision, policy.source) == (1, "2026-11-29", "test.yaml")
+    assert policy.categories == {
+        "user.contact.email": Category(
+            "user.contact.email", "Email address.", frozenset({"address"})
+        ),
+        "user.name": Category("user.name", "Name.", frozenset({"first", "last"})),
+        "user.content": Category("user.content", "Free-form.", None),
+    }
+    assert policy.purposes["essential.service"] == Purpose(
+        name="essential.service",
+        description="Provide the service.",
+        legal_basis="contract",
+        categories={
+            "user.contact.email": None,
+            "user.name": frozenset({"first", "last"}),
+            "user.content": frozenset({"anything-goes_1"}),
+        },
+        operations=frozenset({"read", "write"}),
+        requires_consent=False,
+        minors=True,
+        allowed_when_restricted=False,
+        retention_days=None,
+    )
+    marketing = policy.purposes["marketing.communications.email"]
+    assert (marketing.legal_basis, marketing.requires_consent, marketing.minors) == (
+        "consent",
+        True,
+        False,
+    )
+    assert marketing.allowed_when_restricted is False
+    assert marketing.categories == {"user.contact.email": frozenset({"address"})}
+
+
+def test_purpose_flags_are_read_as_given() -> None:
+    raw = valid()
+    raw["purposes"]["essential.service"].update(
+        requires_consent=True, minors=False, allowed_when_restricted=True
+    )
+    p = parse_policy(raw, "t").purposes["essential.service"]
+    assert (p.requires_consent, p.minors, p.allowed_when_restricted) == (True, False, True)
+
+
+def test_one_day_is_the_shortest_retention() -> None:
+    raw = broken(f"{ESS}/retention_days", 1)
+    assert parse_policy(raw, "t").purposes["essential.service"].retention_days == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (
+            "purpose",
+            {},
+            [
+                (
+                    "purpose",
+                    "is not a known key (expected one of: version, revision, categories, purposes)",
+                )
+            ],
+        ),
+        ("version", 2, [("version", "must be 1")]),
+        ("revision", _DELETE, [("revision", "is required")]),
+        (
+            "revision",
+            "",
+            [("revision", 'must be a non-empty string (quote it: revision: "2026-11-29")')],
+        ),
+        (
+            "categories",
+            {},
+            [
+                ("categories", "must be a non-empty mapping of category names"),
+                (f"{E}.categories.user.contact.email", "is not a declared category"),
+                (f"{E}.categories.user.name", "is not a declared category"),
+                (f"{E}.categories.user.content", "is not a declared category"),
+                (f"{M}.categories.user.contact.email", "is not a declared category"),
+            ],
+        ),
+        (
+            "categories/user.name",
+            ["first"],
+            [
+                ("categories.user.name", "must be a mapping with a description"),
+                (f"{E}.categories.user.name", "is not a declared category"),
+            ],
+        ),
+        (
+            "categories/user.name/fileds",
+            ["first"],
+            [
+                (
+                    "categories.user.name.fileds",
+                    "is not a known key (expected one of: description, fields)",
+                )
+            ],
+        ),
+        (
+            "categories/user.name/description",
+            "",
+            [("categories.user.name.description", "must be a non-empty string")],
+        ),
+        (
+            "categories/user.name/fields",
+            "first",
+            [("categories.user.name.fields", "must be a non-empty list of field names")],
+        ),
+        # A category with a bad field list is not used to check the grants naming it
+        # (essential.service grants user.name's "last", which the list lacks).
+        (
+            "categories/user.name/fields",
+            ["first", "first.name"],
+            [
+                (
+                    "categories.user.name.fields[1]",
+                    "'first.name' is not a field name (letters, digits, _ and -)",
+                )
+            ],
+        ),
+        (
+            "categories/user.name/fields",
+            ["first", True],
+            [
+                (
+                    "categories.user.name.fields[1]",
+                    "True is a YAML boolean, not a field name (quote it)",
+                )
+            ],
+        ),
+        (
+            "categories/user.name/fields",
+            ["first", "first"],
+            [("categories.user.name.fields[1]", "field 'first' is listed twice")],
+        ),
+        ("purposes", {}, [("purposes", "must be a non-empty mapping of purpose names")]),
+        (ESS, "contract", [(E, "must be a mapping")]),
+        (
+            f"{ESS}/retention",
+            30,
+            [(f"{E}.retention", f"is not a known key (expected one of: {ESS_KEYS})")],
+        ),
+        (f"{ESS}/description", " ", [(f"{E}.description", "must be a non-empty string")]),
+        (f"{MKT}/legal_basis", "because", [(f"{M}.legal_basis", f"must be one of: {BASES}")]),
+        (f"{ESS}/minors", "yes", [(f"{E}.minors", "must be true or false")]),
+        (
+            f"{ESS}/retention_days",
+            0,
+            [(f"{E}.retention_days", "must be a positive whole number of days or null")],
+        ),
+        (
+            f"{MKT}/requires_consent",
+            False,
+            [(f"{M}.requires_consent", "must be true when legal_basis is consent")],
+        ),
+        (
+            f"{MKT}/minors",
+            True,
+            [(f"{M}.minors", "must be false: marketing never applies to a minor's data")],
+        ),
+        (f"{ESS}/operations", [], [(f"{E}.operations", f"must be a non-empty list of: {OPS}")]),
+        (
+            f"{ESS}/operations",
+            ["read", "sell"],
+            [(f"{E}.operations[1]", f"'sell' is not one of: {OPS}")],
+        ),
+        (
+            f"{ESS}/operations",
+            ["read", "read"],
+            [(f"{E}.operations[1]", "operation 'read' is listed twice")],
+        ),
+        (
+            f"{ESS}/categories",
+            {},
+            [(f"{E}.categories", 'must map at least one category to "*" or a list of fields')],
+        ),
+        (
+            f"{ESS}/categories/user.financial",
+            "*",
+            [(f"{E}.categories.user.financial", "is not a declared category")],
+        ),
+        (
+            f"{ESS}/categories/user.name",
+            "all",
+            [(f"{E}.categories.user.name", 'must be "*" or a list of fields')],
+        ),
+        (
+            f"{ESS}/categories/user.name",
+            ["first", "middle"],
+            [(f"{E}.categories.user.name", "field 'middle' is not declared by category user.name")],
+        ),
+    ],
+)
+def test_each_defect_is_reported_exactly(
+    path: str, value: object, expected: list[tuple[str, str]]
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_policy(broken(path, value), "test.yaml")
+    assert [(p.where, p.problem) for p in e.value.problems] == expected
+
+
+def test_marketing_without_consent_is_reported_exactly() -> None:
+    raw = broken(f"{MKT}/legal_basis", "legitimate_interests")
+    raw["purposes"]["marketing.communications.email"]["requires_consent"] = False
+    assert problems(raw) == {f"{M}.requires_consent": ["must be true: marketing needs consent"]}
+
+
+def test_a_category_that_fails_is_not_used_to_check_grants() -> None:
+    # Reported once, at the category: the grant of an undeclared field is not
+    # checked against a category that is itself invalid.
+    raw = broken("categories/user.name/description", "")
+    raw["purposes"]["essential.service"]["categories"]["user.name"] = ["first", "middle"]
+    assert problems(raw) == {"categories.user.name.description": ["must be a non-empty string"]}
+
+
+def test_the_file_must_be_a_mapping_exactly() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_policy(["version", 1], "test.yaml")
+    assert [(p.where, p.problem) for p in e.value.problems] == [("file", "must be a mapping")]
+
+
+def test_a_non_string_key_is_named_by_its_repr() -> None:
+    raw = valid()
+    raw["categories"][datetime.date(2026, 11, 29)] = {"description": "x"}
+    assert problems(raw) == {
+        "categories.datetime.date(2026, 11, 29)": [
+            "is not a category name (like user.contact.email)"
+        ]
+    }
+
+
+def _first(mapping: dict[str, Any], key: object, value: object) -> dict[str, Any]:
+    """``mapping`` with ``key`` set to ``value`` and moved to the front."""
+    return {key: value, **{k: v for k, v in mapping.items() if k != key}}
+
+
+def test_every_entry_is_checked_after_a_bad_category() -> None:
+    raw = valid()
+    raw["categories"] = _first(raw["categories"], "contact.email", {"description": "x"})
+    raw["categories"] = _first(raw["categories"], "user.aaa", ["x"])
+    assert problems(raw) == {
+        "categories.user.aaa": ["must be a mapping with a description"],
+        "categories.contact.email": ["is not a category name (like user.contact.email)"],
+    }
+
+
+def test_every_purpose_is_checked_after_a_bad_one() -> None:
+    raw = broken(f"{ESS}/legal_basis", "because")
+    raw["purposes"] = _first(raw["purposes"], "Bad", {})
+    raw["purposes"] = _first(raw["purposes"], "essential.other", "contract")
+    assert problems(raw) == {
+        "purposes.essential.other": ["must be a mapping"],
+        "purposes.Bad": ["is not a purpose name (like essential.service)"],
+        f"{E}.legal_basis": [f"must be one of: {BASES}"],
+    }
+
+
+def test_every_grant_is_checked_after_a_bad_one() -> None:
+    raw = valid()
+    grants = raw["purposes"]["essential.service"]["categories"]
+    grants["user.name"] = ["first", "middle"]
+    grants = _first(grants, "user.contact.email", ["nope!"])
+    grants = _first(grants, "user.content", "all")
+    grants = _first(grants, "user.financial", "*")
+    raw["purposes"]["essential.service"]["categories"] = grants
+    assert problems(raw) == {
+        f"{E}.categories.user.financial": ["is not a declared category"],
+        f"{E}.categories.user.content": ['must be "*" or a list of fields'],
+        f"{E}.categories.user.contact.email[0]": [
+            "'nope!' is not a field name (letters, digits, _ and -)"
+        ],
+        f"{E}.categories.user.name": ["field 'middle' is not declared by category user.name"],
+    }
+
+
+# --- files, exactly -------------------------------------------------------------------
+
+
+def file_problems(path: Path) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as e:
+        load_policy(path)
+    assert e.value.source == str(path)
+    return [(p.where, p.problem) for p in e.value.problems]
+
+
+def test_file_errors_are_reported_exactly(tmp_path: Path) -> None:
+    assert file_problems(tmp_path / "absent.yaml") == [
+        ("file", "cannot be read (No such file or directory)")
+    ]
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"version: 1\nrevision: \xff\xfe\n")
+    assert file_problems(path) == [("file", "cannot be read (not UTF-8)")]
+    bad = write(tmp_path, "version: 1\npurposes: [unclosed\n")
+    assert file_problems(bad) == [("file", "is not valid YAML (line 3)")]
+    # A reader error carries no position.
+    assert file_problems(write(tmp_path, "version: 1\nrevision: \x00\n")) == [
+        ("file", "is not valid YAML")
+    ]
+
+
+def test_duplicate_keys_are_reported_with_their_line(tmp_path: Path) -> None:
+    text = "version: 1\nrevision: r\nversion: 1\n"
+    path = write(
+        tmp_path, text + yaml.safe_dump({k: valid()[k] for k in ("categories", "purposes")})
+    )
+    assert file_problems(path) == [("line 3", "key 'version' is declared twice")]
+    path = write(tmp_path, "version: 2\nversion: 1\n")
+    assert file_problems(path)[0] == ("line 2", "key 'version' is declared twice")
+
+
+def test_duplicates_after_a_merge_key_are_reported(tmp_path: Path) -> None:
+    text = """
+version: 1
+revision: r1
+categories:
+  user.name: {description: Name.}
+purposes:
+  essential.service: &base
+    description: Provide the service.
+    legal_basis: contract
+    categories: {user.name: "*"}
+    operations: [read]
+    requires_consent: false
+    minors: true
+    allowed_when_restricted: false
+    retention_days: null
+  essential.service.support:
+    <<: *base
+    retention_days: 30
+    retention_days: 60
+"""
+    assert file_problems(write(tmp_path, text)) == [
+        ("line 19", "key 'retention_days' is declared twice")
+    ]
+
+
+def test_check_main_prints_every_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = broken(f"{MKT}/minors", True)
+    raw["version"] = 3
+    path = write(tmp_path, yaml.safe_dump(raw))
+    assert check_main(str(path)) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"invalid policy {path}:\n"
+        "  version: must be 1\n"
+        f"  {M}.minors: must be false: marketing never applies to a minor's data\n"
+    )

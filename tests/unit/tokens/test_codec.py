@@ -14,11 +14,16 @@ from vault.errors import Unauthenticated
 from vault.tokens import (
     IMPLICIT_ASSERTION,
     MAX_TOKEN_LENGTH,
+    Claims,
     KeySet,
     SigningKey,
+    TokenVerifier,
     decode,
     issue,
+    sign_document,
+    verify_document,
 )
+from vault.tokens._codec import _b64url_decode
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +52,26 @@ def sign_raw(
     return pyseto.encode(k, payload, footer=footer, implicit_assertion=assertion).decode()
 
 
+#: The one message per reason: written for callers, never carrying the token.
+MESSAGES = {
+    "MALFORMED_TOKEN": "the token is not a well-formed pdvault token",
+    "UNKNOWN_KEY": "signed by an unknown key",
+    "BAD_SIGNATURE": "the token signature does not verify",
+    "MALFORMED_CLAIMS": "token claims are malformed",
+    "EXPIRED": "the token has expired",
+    "NOT_YET_VALID": "the token is not valid yet",
+    "WRONG_AUDIENCE": "the token is meant for another audience",
+}
+
+
 def reason_of(token: object, keys: KeySet, now: float = NOW, **kwargs: Any) -> str:
     with pytest.raises(Unauthenticated) as caught:
         decode(token, keys, now=now, **kwargs)  # type: ignore[arg-type]
     err = caught.value
+    if err.reason == "MALFORMED_CLAIMS":  # may name the claim: "… (iss: must be a string)"
+        assert err.message.startswith(MESSAGES["MALFORMED_CLAIMS"])
+    else:
+        assert err.message == MESSAGES[err.reason]
     # Never leak the token or the claims, and carry no cause that could.
     assert err.__cause__ is None
     if isinstance(token, str) and len(token) > 20:
@@ -297,3 +318,148 @@ def test_oversized_claims_are_refused_at_issue(key: SigningKey) -> None:
     many = {f"user.c{i}": frozenset({f"field{j}" for j in range(20)}) for i in range(40)}
     with pytest.raises(ValueError):
         issue(make_claims(categories=many), key)
+
+
+# --- the wire format, byte for byte -------------------------------------------------
+
+
+def canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def test_payload_and_footer_are_canonical_json(key: SigningKey) -> None:
+    claims = make_claims(transfer_basis="scc")
+    _, _, body, footer = issue(claims, key).split(".")
+    assert unb64(body)[:-64] == canonical(claims.to_payload())  # payload || 64-byte signature
+    assert unb64(footer) == b'{"kid":"' + key.kid.encode() + b'"}'
+
+
+@pytest.mark.parametrize("n", range(41))
+def test_every_canonical_base64url_segment_decodes(n: int) -> None:
+    raw = bytes((7 * i + n) % 256 for i in range(n))
+    assert _b64url_decode(b64(raw)) == raw
+
+
+def test_every_last_character_of_a_canonical_segment_decodes() -> None:
+    # Whatever a segment ends with ("X", "=" lookalikes, "-", "_"), it decodes.
+    for b in range(256):
+        for raw in (bytes([b]), bytes([0, b]), bytes([0, 0, b]), bytes([b, 0, 0])):
+            assert _b64url_decode(b64(raw)) == raw, raw
+
+
+@pytest.mark.parametrize("segment", ["A", "AAAAA", "e30=", "e3!0", "e30\n", "AB", "AAB"])
+def test_non_canonical_base64url_segments_do_not_decode(segment: str) -> None:
+    assert _b64url_decode(segment) is None
+
+
+# --- length limits, at their boundaries ---------------------------------------------
+
+
+def claims_of_token_length(key: SigningKey, length: int) -> Claims:
+    """Claims whose token is exactly ``length`` characters, padded with field names."""
+    base = len(issue(make_claims(), key))
+    estimate = max((length - base) * 3 // 4 - 200, 0)  # 4 characters per 3 bytes
+    for pad in range(estimate, estimate + 600):
+        names = {f"f{i:03d}" + "x" * 124 for i in range(pad // 128)}
+        if pad % 128:
+            names.add("r" * (pad % 128))
+        claims = make_claims(categories={"user.name": frozenset(names) or None})
+        have = len(issue(claims, key))
+        if have == length:
+            return claims
+        assert have < length, "no padding gives that exact length"
+    raise AssertionError("search window too small")
+
+
+def test_the_longest_token_is_issued_and_accepted(key: SigningKey, keys: KeySet) -> None:
+    claims = claims_of_token_length(key, MAX_TOKEN_LENGTH)
+    token = issue(claims, key)
+    assert len(token) == MAX_TOKEN_LENGTH
+    assert decode(token, keys, now=NOW) == claims
+    verifier = TokenVerifier(KeySet([key.public()]), lambda _jti: False, lambda: NOW)
+    assert verifier.verify(token) == claims
+    longer = dict(claims.categories)
+    longer["user.contact.email"] = None  # a few bytes more
+    with pytest.raises(ValueError, match=r"^too large to sign as a token$"):
+        issue(make_claims(categories=longer), key)
+
+
+def test_the_length_limit_is_the_first_check(key: SigningKey, keys: KeySet) -> None:
+    footer = b64(json.dumps({"kid": "k4.pid.unknown"}).encode())
+    at_limit = "v4.public." + "A" * (MAX_TOKEN_LENGTH - 11 - len(footer)) + "." + footer
+    assert len(at_limit) == MAX_TOKEN_LENGTH
+    assert reason_of(at_limit, keys) == "UNKNOWN_KEY"  # read as far as the kid
+    over = "v4.public.A" + at_limit[len("v4.public.") :]
+    assert reason_of(over, keys) == "MALFORMED_TOKEN"
+    verifier = TokenVerifier(keys, lambda _jti: False, lambda: NOW)
+    for token, reason in ((at_limit, "UNKNOWN_KEY"), (over, "MALFORMED_TOKEN")):
+        with pytest.raises(Unauthenticated) as caught:
+            verifier.verify(token)
+        assert caught.value.reason == reason
+
+
+def test_the_footer_segment_limit(keys: KeySet) -> None:
+    # 384 bytes of footer JSON encode to exactly 512 characters.
+    kid = "k" * (384 - len(b'{"kid":""}'))
+    at_limit = b64(json.dumps({"kid": kid}, separators=(",", ":")).encode())
+    assert len(at_limit) == 512
+    assert reason_of("v4.public.abc." + at_limit, keys) == "UNKNOWN_KEY"
+    over = b64(json.dumps({"kid": kid + "kkk"}, separators=(",", ":")).encode())
+    assert len(over) == 516
+    assert reason_of("v4.public.abc." + over, keys) == "MALFORMED_TOKEN"
+
+
+def test_an_empty_payload_segment_is_malformed_even_with_a_known_kid(
+    key: SigningKey, keys: KeySet
+) -> None:
+    footer = b64(json.dumps({"kid": key.kid}).encode())
+    assert reason_of("v4.public.." + footer, keys) == "MALFORMED_TOKEN"
+
+
+# --- signed documents (erasure receipts) ----------------------------------------------
+
+PURPOSE = b"pdvault/test-document/v1"
+
+
+def test_document_round_trip(key: SigningKey, keys: KeySet) -> None:
+    document = {"type": "t", "n": 3, "text": "wörk", "list": [1, "a"]}
+    signed = sign_document(document, key, PURPOSE)
+    assert signed.isascii() and signed.startswith("v4.public.")
+    assert verify_document(signed, keys, PURPOSE) == document
+    assert unb64(signed.split(".")[2])[:-64] == canonical(document)
+
+
+def test_document_is_bound_to_its_purpose(key: SigningKey, keys: KeySet) -> None:
+    signed = sign_document({"type": "t"}, key, PURPOSE)
+    for other in (b"pdvault/test-document/v2", IMPLICIT_ASSERTION, b""):
+        with pytest.raises(Unauthenticated) as caught:
+            verify_document(signed, keys, other)
+        assert caught.value.reason == "BAD_SIGNATURE"
+    # Neither a token as a document nor a document as a token.
+    token = issue(make_claims(), key)
+    with pytest.raises(Unauthenticated) as caught:
+        verify_document(token, keys, PURPOSE)
+    assert caught.value.reason == "BAD_SIGNATURE"
+    as_token = sign_document(make_claims().to_payload(), key, PURPOSE)
+    assert reason_of(as_token, keys) == "BAD_SIGNATURE"
+
+
+def test_document_unknown_key(key: SigningKey) -> None:
+    signed = sign_document({"type": "t"}, key, PURPOSE)
+    with pytest.raises(Unauthenticated) as caught:
+        verify_document(signed, KeySet([SigningKey.generate().public()]), PURPOSE)
+    assert caught.value.reason == "UNKNOWN_KEY"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[1]", b'"text"', b"null", b"not json", b'{"a": NaN}', b'{"a": -Infinity}', b'{"a":1,"a":2}'],
+)
+def test_a_signed_document_must_be_a_strict_json_object(
+    key: SigningKey, keys: KeySet, body: bytes
+) -> None:
+    signed = sign_raw(key.private_pem(), body, json.dumps({"kid": key.kid}).encode(), PURPOSE)
+    with pytest.raises(Unauthenticated) as caught:
+        verify_document(signed, keys, PURPOSE)
+    assert caught.value.reason == "BAD_SIGNATURE"
+    assert caught.value.message == MESSAGES["BAD_SIGNATURE"]

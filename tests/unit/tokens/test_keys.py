@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
@@ -107,3 +109,67 @@ def test_keyset_refuses_duplicates_and_emptiness() -> None:
         KeySet([a, VerificationKey(a.paserk)])
     with pytest.raises(ValueError):
         KeySet([])
+
+
+def _encrypted_pem() -> bytes:
+    return SigningKey.generate()._private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    )
+
+
+def _ec_pem() -> bytes:
+    return generate_private_key(SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+_A = SigningKey.generate().public()
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (lambda: SigningKey("pem"), TypeError, "a signing key must be an Ed25519 private key"),
+        (lambda: SigningKey.from_pem(b"junk"), ValueError, "not an unencrypted PEM private key"),
+        (
+            lambda: SigningKey.from_pem(_encrypted_pem()),
+            ValueError,
+            "not an unencrypted PEM private key",
+        ),
+        (lambda: SigningKey.from_pem(_ec_pem()), ValueError, "not an Ed25519 private key"),
+        (lambda: VerificationKey(7), ValueError, "a verification key must be a k4.public PASERK"),
+        (
+            lambda: VerificationKey("k2.public.AAAA"),
+            ValueError,
+            "a verification key must be a k4.public PASERK",
+        ),
+        (lambda: VerificationKey("k4.public.AAAA"), ValueError, "not a valid k4.public PASERK"),
+        (
+            lambda: VerificationKey.from_paserk("k4.pid.other", _A.paserk),
+            ValueError,
+            "kid does not match the key's PASERK id",
+        ),
+        (lambda: KeySet([_A.paserk]), TypeError, "a KeySet holds VerificationKey objects"),
+        (lambda: KeySet([_A, VerificationKey(_A.paserk)]), ValueError, "duplicate kid in KeySet"),
+        (lambda: KeySet(iter(())), ValueError, "a KeySet needs at least one key"),
+    ],
+)
+def test_key_errors_say_what_is_wrong_without_quoting_the_input(
+    build: Callable[[], object], error: type[Exception], message: str
+) -> None:
+    # The operator's only diagnostic when the node's keys do not load; it must
+    # never quote the input, which may be key material.
+    with pytest.raises(error) as caught:
+        build()
+    assert str(caught.value) == message
+    assert caught.value.__cause__ is None
+
+
+def test_keyset_repr_lists_the_kids_in_order_and_nothing_else() -> None:
+    a, b = SigningKey.generate().public(), SigningKey.generate().public()
+    assert repr(KeySet([a, b])) == f"KeySet(kids={sorted([a.kid, b.kid])!r})"
+    assert a.paserk not in repr(KeySet([a]))

@@ -223,3 +223,86 @@ def test_concurrent_verification(key: SigningKey) -> None:
     assert errors == []
     assert verifier.hits + verifier.misses == 8 * 200
     assert len(verifier) <= 4
+
+
+def test_refusals_carry_their_fixed_messages(key: SigningKey) -> None:
+    verifier, _, revoked = make_verifier(key)
+    revoked.jtis.add("j" * 22)
+    with pytest.raises(Unauthenticated) as caught:
+        verifier.verify(issue(make_claims(), key))
+    assert (caught.value.reason, caught.value.message) == ("REVOKED", "the token has been revoked")
+    with pytest.raises(Unauthenticated) as caught:
+        verifier.verify("v4.public." + "A" * 10_000)
+    assert (caught.value.reason, caught.value.message) == (
+        "MALFORMED_TOKEN",
+        "the token is not a well-formed pdvault token",
+    )
+
+
+@pytest.mark.parametrize("token", [None, b"v4.public.abc.e30", 42, ["v4.public."]])
+def test_a_token_that_is_not_a_string_is_malformed(key: SigningKey, token: object) -> None:
+    verifier, _, revoked = make_verifier(key)
+    assert reason(verifier, token) == "MALFORMED_TOKEN"  # type: ignore[arg-type]
+    assert revoked.asked == []
+    assert (verifier.hits, verifier.misses) == (0, 0)
+
+
+def test_negative_max_entries_is_refused(key: SigningKey) -> None:
+    with pytest.raises(ValueError, match=r"^max_entries must not be negative$"):
+        make_verifier(key, max_entries=-1)
+
+
+def test_a_one_entry_cache_caches(key: SigningKey) -> None:
+    verifier, _, _ = make_verifier(key, max_entries=1)
+    a, b = issue(make_claims(jti="a" * 22), key), issue(make_claims(jti="b" * 22), key)
+    verifier.verify(a)
+    verifier.verify(a)
+    assert (verifier.hits, verifier.misses) == (1, 1)
+    verifier.verify(b)  # evicts a
+    verifier.verify(a)
+    assert (verifier.hits, verifier.misses) == (1, 3)
+    assert len(verifier) == 1
+
+
+def test_a_verification_that_raced_a_key_change_is_not_cached(key: SigningKey) -> None:
+    keys = KeySet([key.public()])
+    verifier, _, _ = make_verifier(key)
+    verifier.replace_keys(keys)  # not the first change: generations must keep counting
+    racing = True
+
+    def revoked(_jti: str) -> bool:
+        # Runs after the signature check, outside the lock: the keys change meanwhile.
+        nonlocal racing
+        if racing:
+            racing = False
+            verifier.replace_keys(keys)
+        return False
+
+    verifier._revoked = revoked
+    token = issue(make_claims(), key)
+    assert verifier.verify(token).jti == "j" * 22
+    assert len(verifier) == 0
+    verifier.verify(token)  # no race this time: cached now
+    verifier.verify(token)
+    assert (verifier.hits, verifier.misses) == (1, 2)
+    assert len(verifier) == 1
+
+
+def test_the_configured_audience_is_checked(key: SigningKey) -> None:
+    verifier, _, _ = make_verifier(key, audience="billing")
+    assert reason(verifier, issue(make_claims(), key)) == "WRONG_AUDIENCE"
+    assert verifier.verify(issue(make_claims(aud="billing"), key)).aud == "billing"
+
+
+def test_the_configured_nbf_leeway_applies_to_fresh_and_cached_tokens(key: SigningKey) -> None:
+    early = issue(make_claims(nbf=NOW + 10, exp=NOW + 400), key)
+    strict, _, _ = make_verifier(key, nbf_leeway=0)
+    assert reason(strict, early) == "NOT_YET_VALID"
+    lenient, clock, _ = make_verifier(key, nbf_leeway=60)
+    later = issue(make_claims(jti="l" * 22, nbf=NOW + 45, exp=NOW + 400), key)
+    assert lenient.verify(later).nbf == NOW + 45  # beyond the default 30 s
+    assert lenient.verify(later).nbf == NOW + 45  # and again from the cache
+    assert lenient.hits == 1
+    clock.now = NOW - 20  # the cached token is now 65 s early: beyond the leeway
+    assert reason(lenient, later) == "NOT_YET_VALID"
+    assert len(lenient) == 0
