@@ -31,7 +31,8 @@ from vault.tokens.authority import ensure_admin_credential
 from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
-NODE_REGIONS = ("de", "us", "ru")
+#: One node per region: all five.
+NODE_REGIONS = ("de", "us", "ru", "cn", "sg")
 
 
 def free_port() -> int:
@@ -149,6 +150,7 @@ for path in sys.argv[1:]:
         t: [r[0] for r in con.execute(f"select id from {t}")]
         for t in ("subjects", "records")
     }
+    out[path]["key_mounts"] = sorted({r[0] for r in con.execute("select key_mount from subjects")})
     con.close()
 print(json.dumps(out))
 """
@@ -161,7 +163,7 @@ def start_mesh(bao: Bao, tmp: Path) -> Mesh:
     client_ca = ca.write(pki, "ca")
     data_dir = tmp / "data"
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
-    ports = {r: free_port() for r in regions.regions}  # cn, sg: nobody listens there
+    ports = {r: free_port() for r in regions.regions}
     regions = dataclasses.replace(
         regions,
         regions={

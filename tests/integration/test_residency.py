@@ -24,7 +24,7 @@ from vault.tokens import TRANSFER_BASES
 
 pytestmark = pytest.mark.integration
 
-COUNTRY = {"de": "DE", "us": "US", "ru": "RU"}
+COUNTRY = {"de": "DE", "us": "US", "ru": "RU", "cn": "CN", "sg": "SG"}
 BASES: tuple[str | None, ...] = (None, *sorted(TRANSFER_BASES))
 PURPOSE = "essential.service"
 CATEGORY = "user.name"
@@ -60,7 +60,7 @@ def _refused(
 def test_transfer_matrix_through_real_nodes(
     mesh: Mesh, rules: TransferRules, tokens: dict[str | None, str]
 ) -> None:
-    """Every home x entry x basis of the three node regions: reads and writes
+    """Every home x entry x basis of the five regions: reads and writes
     through the entry node are served exactly when the rules allow them."""
     seen = {True: 0, False: 0}
     for home in NODE_REGIONS:
@@ -161,6 +161,10 @@ def test_mixed_workload_through_random_entry_nodes(
     for rid, (home, _, _) in records.items():
         holders = [r for r in NODE_REGIONS if rid in rows[r]["records"]]
         assert holders == [home]
+    # Every subject's key (which wraps the data key of every ciphertext) lives in
+    # its home region's Transit mount, which only that region's credential reaches.
+    for region in NODE_REGIONS:
+        assert rows[region]["key_mounts"] in ([], [f"transit-{region}"]), rows[region]
 
 
 def test_transfer_records_equal_the_crossings(mesh: Mesh, tokens: dict[str | None, str]) -> None:
@@ -220,19 +224,26 @@ def test_find_subjects_fans_out_and_reports_regions_that_are_down(
     for home in NODE_REGIONS:
         c = mesh.client(home, tokens[None])
         ids[home] = c.create_subject(COUNTRY[home], lookups={"email": email}).subject_id
-    # Token for the three node regions: every id, no errors, from any entry node.
+    # Every region: every id, no errors, from any entry node.
     three = mesh.issue(None, regions=list(NODE_REGIONS))
     for entry in NODE_REGIONS:
         resp = mesh.client(entry, three).find_subjects_response("email", email)
         assert sorted(resp.subject_ids) == sorted(ids.values())
         assert list(resp.region_errors) == []
-    # All five regions: cn and sg have no node running; the call still answers.
-    resp = mesh.client("us", tokens[None]).find_subjects_response("email", email)
-    assert sorted(resp.subject_ids) == sorted(ids.values())
-    assert [(e.region, e.code, e.reason) for e in resp.region_errors] == [
-        ("cn", "UNAVAILABLE", "REGION_UNAVAILABLE"),
-        ("sg", "UNAVAILABLE", "REGION_UNAVAILABLE"),
-    ]
+    # cn and sg down: the call still answers, with a per-region error for each.
+    mesh.stop("cn")
+    mesh.stop("sg")
+    try:
+        resp = mesh.client("us", tokens[None]).find_subjects_response("email", email)
+        up = [v for k, v in ids.items() if k not in ("cn", "sg")]
+        assert sorted(resp.subject_ids) == sorted(up)
+        assert [(e.region, e.code, e.reason) for e in resp.region_errors] == [
+            ("cn", "UNAVAILABLE", "REGION_UNAVAILABLE"),
+            ("sg", "UNAVAILABLE", "REGION_UNAVAILABLE"),
+        ]
+    finally:
+        mesh.start("cn")
+        mesh.start("sg")
     # One region by name, served by another node: forwarded.
     assert mesh.client("de", three).find_subjects("email", email, region="ru") == [ids["ru"]]
 
