@@ -359,3 +359,36 @@ def test_connect_builds_a_client_for_the_address_and_token(
         "timeout": 2.5,
     }
     assert TransitKeyShredder.connect("u", "t")._client.kwargs["timeout"] == 10.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        hvac.exceptions.RateLimitExceeded(errors=["rate limited"]),
+        hvac.exceptions.PreconditionFailed(errors=["precondition"]),
+        hvac.exceptions.VaultNotInitialized(errors=["not initialised"]),
+        hvac.exceptions.UnexpectedError(errors=["teapot"]),
+    ],
+)
+def test_every_other_key_service_failure_is_unavailable_never_raw(
+    provider: TransitKeyProvider,
+    shredder: TransitKeyShredder,
+    transit: FakeTransit,
+    failure: Exception,
+) -> None:
+    """429, 412, 501 and unexpected answers: the vault fails closed with its own
+    error (UNAVAILABLE, retryable), never an hvac exception (INTERNAL)."""
+    provider.create_key(REF)
+    wrapped = provider.wrap(REF, DEK, AAD)
+    transit.fail = failure
+    for call in (
+        lambda: provider.create_key(OTHER),
+        lambda: provider.wrap(REF, DEK, AAD),
+        lambda: provider.unwrap(REF, wrapped, AAD),
+        lambda: shredder.versions(REF),
+        lambda: shredder.destroy(REF),
+    ):
+        with pytest.raises(KeyServiceUnavailable) as e:
+            call()
+        assert e.value.__cause__ is failure
+        assert "rate" not in e.value.message and "teapot" not in e.value.message

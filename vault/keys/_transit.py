@@ -28,15 +28,35 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode("ascii")
 
 
-def _call(op: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Runs one hvac call; the key service's failures become KeyServiceUnavailable."""
+#: What a caller may handle itself (an unwrap that does not open, a key that is
+#: gone); every other failure is KeyServiceUnavailable.
+_CALLER_HANDLED: tuple[type[hvac.exceptions.VaultError], ...] = (
+    hvac.exceptions.InvalidRequest,
+    hvac.exceptions.InvalidPath,
+)
+
+
+def _call(
+    op: str,
+    fn: Any,
+    *args: Any,
+    handled: tuple[type[Exception], ...] = (),
+    **kwargs: Any,
+) -> Any:
+    """Runs one hvac call. The exceptions in ``handled`` reach the caller; every
+    other failure of the key service — unreachable, sealed, forbidden, rate
+    limited, erroring, or an answer of any other kind — is KeyServiceUnavailable."""
     try:
         return fn(*args, **kwargs)
+    except handled:
+        raise
     except (requests.exceptions.RequestException, hvac.exceptions.VaultDown) as e:
         raise KeyServiceUnavailable(f"key service unreachable during {op}") from e
     except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as e:
         raise KeyServiceUnavailable(f"key service refused {op} (permission)") from e
-    except (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway) as e:
+    except _CALLER_HANDLED as e:
+        raise KeyServiceUnavailable(f"key service rejected {op}") from e
+    except hvac.exceptions.VaultError as e:
         raise KeyServiceUnavailable(f"key service failed during {op}") from e
 
 
@@ -57,9 +77,11 @@ class TransitKeyProvider:
         with self._lock:
             self.calls[op] += 1
 
-    def _call(self, op: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(
+        self, op: str, fn: Any, *args: Any, handled: tuple[type[Exception], ...] = (), **kwargs: Any
+    ) -> Any:
         self._count(op)
-        return _call(op, fn, *args, **kwargs)
+        return _call(op, fn, *args, handled=handled, **kwargs)
 
     def create_key(self, ref: KeyRef) -> None:
         self._call(
@@ -73,17 +95,14 @@ class TransitKeyProvider:
         )
 
     def wrap(self, ref: KeyRef, plaintext: bytes, associated_data: bytes) -> str:
-        try:
-            resp = self._call(
-                "encrypt",
-                self._client.secrets.transit.encrypt_data,
-                name=ref.name,
-                plaintext=_b64(plaintext),
-                associated_data=_b64(associated_data),
-                mount_point=ref.mount,
-            )
-        except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath) as e:
-            raise KeyServiceUnavailable("key service rejected encrypt") from e
+        resp = self._call(
+            "encrypt",
+            self._client.secrets.transit.encrypt_data,
+            name=ref.name,
+            plaintext=_b64(plaintext),
+            associated_data=_b64(associated_data),
+            mount_point=ref.mount,
+        )
         return str(resp["data"]["ciphertext"])
 
     def unwrap(self, ref: KeyRef, wrapped: str, associated_data: bytes) -> bytes:
@@ -95,8 +114,9 @@ class TransitKeyProvider:
                 ciphertext=wrapped,
                 associated_data=_b64(associated_data),
                 mount_point=ref.mount,
+                handled=_CALLER_HANDLED,
             )
-        except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath) as e:
+        except _CALLER_HANDLED as e:
             # Altered wrap, wrong associated data, or the key no longer exists.
             raise DecryptionFailed() from e
         try:
@@ -119,8 +139,10 @@ class TransitKeyShredder:
     def connect(cls, address: str, token: str, timeout: float = 10.0) -> TransitKeyShredder:
         return cls(hvac.Client(url=address, token=token, timeout=timeout))
 
-    def _call(self, op: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return _call(op, fn, *args, **kwargs)
+    def _call(
+        self, op: str, fn: Any, *args: Any, handled: tuple[type[Exception], ...] = (), **kwargs: Any
+    ) -> Any:
+        return _call(op, fn, *args, handled=handled, **kwargs)
 
     def versions(self, ref: KeyRef) -> tuple[int, ...]:
         """The key's versions; empty when the key does not exist."""
@@ -130,6 +152,7 @@ class TransitKeyShredder:
                 self._client.secrets.transit.read_key,
                 name=ref.name,
                 mount_point=ref.mount,
+                handled=(hvac.exceptions.InvalidPath,),
             )
         except hvac.exceptions.InvalidPath:
             return ()
@@ -173,8 +196,9 @@ class TransitKeyShredder:
                 ciphertext=wrapped,
                 associated_data=_b64(associated_data),
                 mount_point=ref.mount,
+                handled=_CALLER_HANDLED,
             )
-        except (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest) as e:
+        except _CALLER_HANDLED as e:
             answer = "; ".join(str(x) for x in (e.errors or [])) or type(e).__name__
             return f"POST {path} refused: {answer}"
         raise RuntimeError("the subject key still decrypts after its destruction")
