@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 
-from vault.tokens import KeySet, SigningKey, VerificationKey
+from vault.tokens import KeySet, SigningKey, VerificationKey, keyset_from_json, keyset_to_json
 
 
 def test_generated_keys_differ_and_kid_is_the_public_paserk_id() -> None:
@@ -173,3 +174,24 @@ def test_keyset_repr_lists_the_kids_in_order_and_nothing_else() -> None:
     a, b = SigningKey.generate().public(), SigningKey.generate().public()
     assert repr(KeySet([a, b])) == f"KeySet(kids={sorted([a.kid, b.kid])!r})"
     assert a.paserk not in repr(KeySet([a]))
+
+
+def test_published_key_set_round_trip_is_exact() -> None:
+    a, b = SigningKey.generate().public(), SigningKey.generate().public()
+    text = keyset_to_json([a, b])
+    assert json.loads(text) == {
+        "keys": [{"kid": a.kid, "paserk": a.to_paserk()}, {"kid": b.kid, "paserk": b.to_paserk()}]
+    }
+    assert text.startswith('{\n  "keys": [\n')  # indented for people who read it
+    loaded = keyset_from_json(text)
+    assert [k.kid for k in loaded] == [a.kid, b.kid]
+    assert loaded.get(a.kid) == a and loaded.get(b.kid) == b
+
+
+def test_a_published_key_whose_kid_is_not_its_own_is_refused() -> None:
+    a, b = SigningKey.generate().public(), SigningKey.generate().public()
+    forged = json.dumps({"keys": [{"kid": b.kid, "paserk": a.to_paserk()}]})
+    with pytest.raises(ValueError):
+        keyset_from_json(forged)
+    with pytest.raises(ValueError):
+        keyset_from_json('{"keys": []}')
