@@ -227,3 +227,35 @@ def test_known_category_and_purpose() -> None:
     with pytest.raises(InvalidArgument) as e:
         AUTHZ.known_purpose("nope", field="purposes[1]")
     assert e.value.violations == [FieldViolation("purposes[1]", "is not a purpose of the policy")]
+
+
+def test_search_outside_the_tokens_regions_has_its_message() -> None:
+    assert denied(AUTHZ.scope_search, caller(), "sg") == (
+        "REGION_NOT_GRANTED",
+        "the token does not grant this region",
+    )
+
+
+def test_delete_with_every_declared_field_listed_and_under_restriction() -> None:
+    listed = caller(
+        categories={"user.name": frozenset({"first", "last", "full"})},
+        operations=frozenset({"delete"}),
+    )
+    AUTHZ.delete_fields(listed, "user.name", ADULT)  # exactly the declared fields: allowed
+    # The subject's facts count: restriction stops a purpose not allowed under it.
+    with pytest.raises(Restricted):
+        AUTHZ.delete_fields(listed, "user.name", SubjectFacts(minor=False, restricted=True))
+
+
+def test_a_minor_excluded_message_names_the_purpose() -> None:
+    import dataclasses
+
+    forum = dataclasses.replace(POLICY.purposes["functional.community.forum"], minors=False)
+    authz = Authorizer(dataclasses.replace(POLICY, purposes={**POLICY.purposes, forum.name: forum}))
+    c = authz.caller(make_claims(purpose=forum.name, categories={"user.account": None}))
+    with pytest.raises(AccessDenied) as e:
+        authz.subject_visible(c, SubjectFacts(minor=True, restricted=False))
+    assert (e.value.reason, e.value.message) == (
+        "MINOR_EXCLUDED",
+        "purpose 'functional.community.forum' never applies to a minor's data",
+    )
