@@ -259,3 +259,9 @@ def test_a_minor_excluded_message_names_the_purpose() -> None:
         "MINOR_EXCLUDED",
         "purpose 'functional.community.forum' never applies to a minor's data",
     )
+
+
+def test_known_purpose_names_the_purpose_field_by_default() -> None:
+    with pytest.raises(InvalidArgument) as e:
+        AUTHZ.known_purpose("nope")
+    assert e.value.violations == [FieldViolation("purpose", "is not a purpose of the policy")]
