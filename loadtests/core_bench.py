@@ -54,6 +54,7 @@ def issue_token(
     purpose: str = "essential.service",
     categories: str = "user.contact.email",
     ops: str = "read,write",
+    transfer_basis: str = "",
 ) -> str:
     """A token from the local stack's administrator credential, via the CLI."""
     out = subprocess.run(
@@ -75,6 +76,7 @@ def issue_token(
             ops,
             "--ttl",
             "86400",
+            *(("--transfer-basis", transfer_basis) if transfer_basis else ()),
         ],
         capture_output=True,
         text=True,

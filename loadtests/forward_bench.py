@@ -37,6 +37,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import Result, run
+from core_bench import issue_token
 
 from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
@@ -62,21 +63,6 @@ def start_five(data_dir: Path) -> subprocess.Popen[str]:
     raise SystemExit("pdvault up --regions-mode five did not start")
 
 
-def issue_token(data_dir: Path, basis: str) -> str:
-    out = subprocess.run(
-        [
-            *(sys.executable, "-m", "vault.cli", "token", "issue", "--data-dir", str(data_dir)),
-            *("--service", "forward-bench", "--purpose", "essential.service"),
-            *("--categories", "user.contact.email", "--ops", "read,write", "--ttl", "86400"),
-            *("--transfer-basis", basis),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
-
-
 def _channel(endpoint: str, pki: Path) -> grpc.aio.Channel:
     creds = grpc.ssl_channel_credentials(
         root_certificates=(pki / "ca.pem").read_bytes(),
@@ -88,7 +74,7 @@ def _channel(endpoint: str, pki: Path) -> grpc.aio.Channel:
 
 async def bench(args: argparse.Namespace, data_dir: Path) -> list[tuple[Result, Result]]:
     endpoints = json.loads((data_dir / "endpoints.json").read_text())
-    token = issue_token(data_dir, "scc")
+    token = issue_token(data_dir, service="forward-bench", transfer_basis="scc")
     md = (("authorization", f"Bearer {token}"),)
     pki = data_dir / "pki"
     country = {"de": "DE", "us": "US", "sg": "SG", "cn": "CN", "ru": "RU"}[args.home]

@@ -21,7 +21,7 @@ def test_the_documented_construction() -> None:
     payload = ["user.name", {"first": "Ada", "last": "Lövelace"}]
     got = request_digest(KEY, "put-record", payload)
     assert got == _expected(KEY, "put-record", payload)
-    assert len(got) == 64 and int(got, 16) >= 0
+    assert len(got) == 64
 
 
 def test_canonical_payload_key_order_does_not_matter() -> None:
