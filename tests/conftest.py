@@ -245,6 +245,17 @@ def postgres_database(prefix: str = "pdvault_test") -> Iterator[str]:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database on each engine the vault runs on: a SQLite file,
+    and a database of its own on the real PostgreSQL server (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'cell.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
 def start_stack(
     bao: Bao,
     data_dir: Path,

@@ -14,14 +14,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from tests.conftest import Bao, Stack, start_stack
+from tests.conftest import POSTGRES_ADMIN_DSN, Bao, Stack, postgres_database, start_stack
 from tests.integration._access import Env
 from vault.config import load_regions
 from vault.devstack import OpenBaoServer
@@ -68,22 +66,14 @@ def two_nodes(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
     first.stop()
 
 
-PG_ADMIN_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+PG_ADMIN_DSN = POSTGRES_ADMIN_DSN
 
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     """A fresh database on the real PostgreSQL at 127.0.0.1:5432, dropped afterwards."""
-    name = f"pdvault_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as e:  # pragma: no cover - the machine promises this server
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required: {e}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with postgres_database() as url:
+        yield url
 
 
 class TcpProxy:

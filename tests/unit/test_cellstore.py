@@ -1,6 +1,7 @@
-"""The cell repository on a real SQLite file (no key service needed)."""
+"""The cell repository on a real SQLite file and a real PostgreSQL database
+(no key service needed)."""
 
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
@@ -9,15 +10,16 @@ from vault.store import CellStore, RecordRow, SubjectRow, SubjectState, make_eng
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> CellStore:
-    engine = make_engine(f"sqlite:///{tmp_path / 'de.db'}")
+def store(database_url: str) -> Iterator[CellStore]:
+    engine = make_engine(database_url)
     migrate(engine)
     s = CellStore(engine)
     for sid in ("de_sub_a", "de_sub_b"):
         s.insert_subject(
             SubjectRow(sid, "de", SubjectState.ACTIVE, False, "m", "k", "w", 1, 1), None
         )
-    return s
+    yield s
+    s.close()
 
 
 def _rec(rid: str, sid: str, version: int = 1) -> RecordRow:
@@ -89,3 +91,13 @@ def test_hide_remembers_the_state_and_unhide_restores_it(store: CellStore) -> No
     row = store.get_subject("de_sub_a")
     assert row is not None and row.state == SubjectState.RESTRICTED
     assert not store.unhide("de_sub_a", 6)  # not pending any more
+
+
+def test_consent_is_recorded_only_while_its_subject_is_live(store: CellStore) -> None:
+    assert store.set_consent("de_sub_a", "marketing.communications.email", True, "web", 1)
+    assert store.set_consent("de_sub_a", "marketing.communications.email", False, "web", 2)
+    store.hide("de_sub_a", 3)
+    assert not store.set_consent("de_sub_a", "marketing.communications.email", True, "web", 4)
+    assert not store.set_consent("de_sub_a", "analytics.product", True, "web", 4)
+    assert store.list_consents("de_sub_a") == [("marketing.communications.email", False, "web", 2)]
+    assert not store.set_consent("de_sub_none", "analytics.product", True, "web", 4)

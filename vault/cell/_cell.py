@@ -154,7 +154,10 @@ class Cell(RecordOps):
         self._authz.known_purpose(purpose)
         self._live_subject(subject_id)
         now = self._clock()
-        self._store.set_consent(subject_id, purpose, granted, source, now)
+        if not self._store.set_consent(subject_id, purpose, granted, source, now):
+            # The subject's state changed since the check above (guarded write).
+            self._live_subject(subject_id)  # raises NotFound / Erased
+            raise Conflict("the subject changed during the write; retry")
         return ConsentView(subject_id, purpose, granted, source, now)
 
     def list_consents(self, caller: Caller, subject_id: str) -> list[ConsentView]:

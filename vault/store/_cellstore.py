@@ -119,6 +119,17 @@ def _subject_row(r: Sequence[Any]) -> SubjectRow:
 # A record is written only while its subject is live, checked in the same
 # statement: an erasure that lands between a request's checks and its write
 # cannot leave a row behind. Built once, executed with a parameter dict.
+#
+# Under READ COMMITTED (PostgreSQL) a check alone reads the last committed
+# state, blind to an erasure in flight; so writes also take a share lock on
+# the subject's row (FOR SHARE; SQLite, whose writers are serialised, ignores
+# it) and the erasure updates that row first, before it deletes anything. The
+# two then run one after the other: either the write commits first and the
+# erasure deletes what it wrote, or the write waits and finds the subject erased.
+_LIVE_WHERE = and_(
+    subjects.c.id == bindparam("live_subject"),
+    subjects.c.state.in_(bindparam("live_states", expanding=True)),
+)
 _SUBJECT_LIVE = (
     select(subjects.c.id)
     .where(
@@ -145,7 +156,10 @@ _INSERT_RECORD = (
     insert(records)
     .from_select(
         list(_INSERT_COLS),
-        select(*(bindparam(c, type_=records.c[c].type) for c in _INSERT_COLS)).where(_SUBJECT_LIVE),
+        select(*(bindparam(c, type_=records.c[c].type) for c in _INSERT_COLS))
+        .select_from(subjects)
+        .where(_LIVE_WHERE)
+        .with_for_update(read=True),
     )
     # SQLAlchemy keeps an INSERT's rowcount only when asked to.
     .execution_options(preserve_rowcount=True)
@@ -153,11 +167,20 @@ _INSERT_RECORD = (
 _SUBJECT_LOOKUPS = select(lookups_t.c.kind, lookups_t.c.digest).where(
     lookups_t.c.subject_id == bindparam("sid")
 )
-_SUBJECT_LIVE_ROW = select(subjects.c.id).where(
-    and_(
-        subjects.c.id == bindparam("live_subject"),
-        subjects.c.state.in_(bindparam("live_states", expanding=True)),
+_SUBJECT_LIVE_ROW = select(subjects.c.id).where(_LIVE_WHERE)
+#: The subject's row, share-locked while it is live (see _LIVE_WHERE).
+_LOCK_LIVE_SUBJECT = _SUBJECT_LIVE_ROW.with_for_update(read=True)
+_CONSENT_COLS = ("subject_id", "purpose", "granted", "source", "updated_at")
+_INSERT_CONSENT = (
+    insert(consents)
+    .from_select(
+        list(_CONSENT_COLS),
+        select(*(bindparam(c, type_=consents.c[c].type) for c in _CONSENT_COLS))
+        .select_from(subjects)
+        .where(_LIVE_WHERE)
+        .with_for_update(read=True),
     )
+    .execution_options(preserve_rowcount=True)
 )
 _UPDATE_RECORD = (
     update(records)
@@ -192,6 +215,10 @@ class CellStore:
         # Per-thread read connections only for a local SQLite file: cheap to
         # hold, and the pool is sized for them (vault.store.make_engine).
         self._sticky_reads = self.local
+        # Row locks before a guarded write where writers run concurrently. Not
+        # on SQLite: its writers are serialised, and a read before a write
+        # would only risk a stale-snapshot failure.
+        self._row_locks = not self.local
 
     def close(self) -> None:
         """Closes every pooled connection (the node is stopping)."""
@@ -199,6 +226,13 @@ class CellStore:
 
     def _tx(self) -> AbstractContextManager[Connection]:
         return transaction(self.engine, "cell")
+
+    def _lock_live(self, conn: Connection, live_params: dict[str, Any]) -> bool:
+        """Share-locks the subject's row for the rest of the transaction if it
+        is in one of the states; False if it is not (nothing locked)."""
+        if not self._row_locks:
+            return True
+        return conn.execute(_LOCK_LIVE_SUBJECT, live_params).first() is not None
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -344,12 +378,14 @@ class CellStore:
         """Compare-and-set on ``version`` while the subject is in one of
         ``states`` (the same guard as inserts); False when another writer got
         there first or the subject's state changed since."""
+        live_params = {"live_subject": row.subject_id, "live_states": [str(x) for x in states]}
         with self._tx() as conn:
+            if not self._lock_live(conn, live_params):
+                return False
             res = conn.execute(
                 _UPDATE_RECORD,
                 {
-                    "live_subject": row.subject_id,
-                    "live_states": [str(x) for x in states],
+                    **live_params,
                     "rid": row.id,
                     "prev": previous_version,
                     "new_version": row.version,
@@ -482,24 +518,45 @@ class CellStore:
         return bool(r and r[0])
 
     def set_consent(
-        self, subject_id: str, purpose: str, granted: bool, source: str, now: int
-    ) -> None:
+        self,
+        subject_id: str,
+        purpose: str,
+        granted: bool,
+        source: str,
+        now: int,
+        states: tuple[SubjectState, ...] = LIVE_STATES,
+    ) -> bool:
+        """Records a consent decision while the subject is in one of ``states``
+        (the guard of record writes); False, with nothing written, otherwise."""
+        live_params = {"live_subject": subject_id, "live_states": [str(x) for x in states]}
         with self._tx() as conn:
+            if not self._lock_live(conn, live_params):
+                return False
             res = conn.execute(
                 update(consents)
-                .where(and_(consents.c.subject_id == subject_id, consents.c.purpose == purpose))
-                .values(granted=granted, source=source, updated_at=now)
-            )
-            if res.rowcount == 0:
-                conn.execute(
-                    insert(consents).values(
-                        subject_id=subject_id,
-                        purpose=purpose,
-                        granted=granted,
-                        source=source,
-                        updated_at=now,
+                .where(
+                    and_(
+                        consents.c.subject_id == subject_id,
+                        consents.c.purpose == purpose,
+                        _SUBJECT_LIVE,
                     )
                 )
+                .values(granted=granted, source=source, updated_at=now),
+                live_params,
+            )
+            if res.rowcount == 0:
+                res = conn.execute(
+                    _INSERT_CONSENT,
+                    {
+                        **live_params,
+                        "subject_id": subject_id,
+                        "purpose": purpose,
+                        "granted": granted,
+                        "source": source,
+                        "updated_at": now,
+                    },
+                )
+        return res.rowcount == 1
 
     def list_consents(self, subject_id: str) -> list[tuple[str, bool, str, int]]:
         """(purpose, granted, source, updated_at) of every consent record of a subject."""
@@ -515,14 +572,12 @@ class CellStore:
 
     def erase_subject_data(self, subject_id: str, now: int) -> int:
         """Deletes every record and consent of a subject, drops its wrapped data key
-        and marks it erased, in one transaction; returns the records deleted."""
+        and marks it erased, in one transaction; returns the records deleted.
+
+        The subject's row is updated first: on PostgreSQL that locks it, so a
+        write holding it (FOR SHARE) commits before the deletes look, and a
+        write arriving later waits and finds the subject erased."""
         with self._tx() as conn:
-            n = conn.execute(
-                select(func.count()).select_from(records).where(records.c.subject_id == subject_id)
-            ).scalar_one()
-            conn.execute(delete(records).where(records.c.subject_id == subject_id))
-            conn.execute(delete(consents).where(consents.c.subject_id == subject_id))
-            conn.execute(delete(lookups_t).where(lookups_t.c.subject_id == subject_id))
             conn.execute(
                 update(subjects)
                 .where(subjects.c.id == subject_id)
@@ -533,6 +588,9 @@ class CellStore:
                     updated_at=now,
                 )
             )
+            n = conn.execute(delete(records).where(records.c.subject_id == subject_id)).rowcount
+            conn.execute(delete(consents).where(consents.c.subject_id == subject_id))
+            conn.execute(delete(lookups_t).where(lookups_t.c.subject_id == subject_id))
         return int(n)
 
     def all_records(self, subject_id: str) -> list[RecordRow]:
@@ -579,6 +637,8 @@ class CellStore:
         live_params = {"live_subject": subject_id, "live_states": [str(x) for x in states]}
         try:
             with self._tx() as conn:
+                if not self._lock_live(conn, live_params):
+                    return None
                 have = set(conn.execute(_SUBJECT_LOOKUPS, {"sid": subject_id}).all())
                 new = [e for e in wanted if e not in have]
                 if len(have) + len(new) > max_per_subject:
