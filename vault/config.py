@@ -154,6 +154,21 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class PoolSettings:
+    """Connections a node keeps to each PostgreSQL database (per cell and for
+    the control plane). A SQLite file is sized by the vault itself: it keeps a
+    read connection per thread."""
+
+    size: int = 10
+    max_overflow: int = 20
+    timeout_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.max_overflow < 0 or self.timeout_seconds <= 0:
+            raise ValueError("pool size must be >= 1, overflow >= 0, timeout > 0")
+
+
+@dataclass(frozen=True)
 class Limits:
     """Size limits; exceeding one is RESOURCE_EXHAUSTED or INVALID_ARGUMENT."""
 
@@ -221,6 +236,8 @@ class NodeSettings:
     peer_tls: PeerTlsSettings | None = None
     #: How long a forwarded call may take when the caller set no deadline.
     forward_timeout_seconds: float = 30.0
+    #: Connection pool of each PostgreSQL database.
+    db_pool: PoolSettings = field(default_factory=PoolSettings)
 
 
 def _endpoint_problem(endpoint: object) -> str | None:

@@ -14,11 +14,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
+from vault.config import PoolSettings
 from vault.errors import StoreUnavailable
 
 
@@ -44,8 +46,9 @@ def transaction(engine: Engine, what: str) -> Iterator[Connection]:
         raise StoreUnavailable(f"{what} database unavailable") from e
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for a cell database; SQLite files get WAL and a busy timeout."""
+def make_engine(url: str, pool: PoolSettings | None = None) -> Engine:
+    """An engine for a database of the vault; SQLite files get WAL and a busy
+    timeout, a server database a pool sized by ``pool`` (default: PoolSettings())."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
@@ -68,13 +71,21 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10)
+    pool = pool or PoolSettings()
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=pool.size,
+        max_overflow=pool.max_overflow,
+        pool_timeout=pool.timeout_seconds,
+    )
 
 
-def migrate(engine: Engine, script_location: Path) -> None:
-    """Brings the schema to the newest alembic revision (idempotent)."""
+def migrate(engine: Engine, script_location: Path) -> str:
+    """Brings the schema to the newest alembic revision (idempotent); returns it."""
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+    return str(ScriptDirectory.from_config(cfg).get_current_head())

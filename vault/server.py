@@ -130,7 +130,7 @@ def build_cells(
     for rid, rc in regions.regions.items():
         if serve_regions is not None and rid not in serve_regions:
             continue
-        engine = make_engine(rc.database_url)
+        engine = make_engine(rc.database_url, settings.db_pool)
         migrate(engine)
         store = built.stores[rid] = CellStore(engine)
         data_keys = built.data_keys[rid] = DataKeyCache(settings.cache, cache_clock)
@@ -182,7 +182,9 @@ def build_vault(
     authz = Authorizer(policy)
     parts = build_cells(regions, settings, keys, authz, serve_regions, cache_clock)
     cells = parts.cells
-    control = ControlStore(make_engine(regions.control.database_url), clock=control_clock)
+    control = ControlStore(
+        make_engine(regions.control.database_url, settings.db_pool), clock=control_clock
+    )
     revocations = Revocations(control)
     signing, keyset = load_or_create_signing_key(
         DataDir(settings.data_dir).tokens,

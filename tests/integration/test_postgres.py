@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import psycopg
 import pytest
+import yaml
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-from tests.conftest import Bao, Stack, start_stack
+from tests.conftest import Bao, Stack, postgres_database, start_stack
 from tests.integration.conftest import PG_ADMIN_DSN
 from vault.client import VaultClientError
+from vault.config import PoolSettings, default_regions_file
+from vault.db import make_engine
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +130,75 @@ def test_pg_dump_taken_before_erasure_no_longer_decrypts(
     finally:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{restored_db}" WITH (FORCE)')
+
+
+def _db_upgrade(*flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vault.cli", "db", "upgrade", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _regions_file(tmp_path: Path, urls: dict[str, str]) -> Path:
+    """The shipped regions file with some databases (region id, or "control") moved."""
+    raw = yaml.safe_load(default_regions_file().read_text())
+    for r in raw["regions"]:
+        r["database_url"] = urls.get(r["id"], r["database_url"])
+    raw["control"]["database_url"] = urls.get("control", raw["control"]["database_url"])
+    path = tmp_path / "regions.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_db_upgrade_migrates_the_chosen_cell_and_the_control_plane(tmp_path: Path) -> None:
+    with postgres_database() as cell_url, postgres_database() as control_url:
+        regions = _regions_file(tmp_path, {"de": cell_url, "control": control_url})
+        done = _db_upgrade("--regions", str(regions), "--data-dir", str(tmp_path), "--region", "de")
+        assert done.returncode == 0, done.stderr
+        assert "cell de: schema at revision 0005" in done.stdout
+        assert "control plane: schema at revision c0004" in done.stdout
+        with psycopg.connect(cell_url.replace("+psycopg", "")) as db:
+            assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005",)]
+        with psycopg.connect(control_url.replace("+psycopg", "")) as db:
+            rows = db.execute("SELECT version_num FROM alembic_version_control").fetchall()
+            assert rows == [("c0004",)]
+        # Only the chosen region: no other cell's SQLite file was made.
+        assert not list(tmp_path.glob("cells/*.db"))
+        again = _db_upgrade(
+            "--regions", str(regions), "--data-dir", str(tmp_path), "--region", "de"
+        )
+        assert again.returncode == 0 and again.stdout == done.stdout
+
+
+def test_db_upgrade_refuses_an_unknown_region_and_hides_the_url_of_a_dead_database(
+    tmp_path: Path,
+) -> None:
+    unknown = _db_upgrade("--data-dir", str(tmp_path), "--region", "xx")
+    assert unknown.returncode == 2 and "xx" in unknown.stderr
+    dead = "postgresql+psycopg://postgres:SECRETPW@127.0.0.1:1/nothing"
+    regions = _regions_file(tmp_path, {"de": dead})
+    failed = _db_upgrade(
+        "--regions", str(regions), "--data-dir", str(tmp_path), "--region", "de", "--no-control"
+    )
+    assert failed.returncode == 1
+    assert "cell de: database unavailable" in failed.stderr
+    assert "SECRETPW" not in failed.stderr + failed.stdout
+    assert not (tmp_path / "control.db").exists()
+
+
+def test_the_pool_of_a_postgresql_database_is_sized_by_the_settings(pg_url: str) -> None:
+    engine = make_engine(pg_url, PoolSettings(size=3, max_overflow=1, timeout_seconds=0.5))
+    try:
+        held = [engine.connect() for _ in range(4)]
+        with pytest.raises(SATimeoutError):
+            engine.connect()  # 3 + 1 in use: the fifth waits, then gives up
+        for c in held:
+            c.close()
+        assert engine.pool.size() == 3  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
+    with pytest.raises(ValueError):
+        PoolSettings(size=0)

@@ -102,14 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _connect, _rights, _serve, _tokens
+    from vault.cli import _connect, _db, _rights, _serve, _tokens
 
-    add_tls_flags(_serve.add_parser(sub))
+    serve = _serve.add_parser(sub)
+    add_tls_flags(serve)
+    _db.add_pool_flags(serve)
 
     _connect.add_flags(demo, target=False)
 
     _tokens.add_parser(sub)
     _rights.add_parsers(sub)
+    _db.add_parsers(sub)
+    _db.add_pool_flags(up)
     return p
 
 
@@ -155,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             "retention": _rights.run_retention,
         }[args.command]
         return runner(args)
+    if args.command == "db":
+        from vault.cli import _db
+
+        logging.basicConfig(level=logging.WARNING)
+        return _db.run(args)
     if args.command == "serve":
         from vault.cli import _serve
 

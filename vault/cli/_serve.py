@@ -33,6 +33,7 @@ import signal
 import sys
 from pathlib import Path
 
+from vault.cli._db import pool_settings
 from vault.config import NodeSettings, PeerTlsSettings, load_regions
 from vault.datadir import DataDir
 from vault.errors import ConfigError
@@ -110,12 +111,18 @@ async def serve(args: argparse.Namespace) -> int:
     port = args.port
     if port is None:
         port = int(regions.regions[args.region].endpoint.rpartition(":")[2])
+    try:
+        pool = pool_settings(args)
+    except ValueError as e:
+        print(f"pdvault: refusing to start: {e}", file=sys.stderr)
+        return 2
     settings = NodeSettings(
         data_dir=data_dir,
         host=args.host,
         port=port,
         tls=_tls(args),
         peer_tls=PeerTlsSettings(*(f.resolve() for f in peer_flags)) if all(peer_flags) else None,
+        db_pool=pool,
     )
     try:
         server_credentials(settings)

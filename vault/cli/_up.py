@@ -13,6 +13,7 @@ from typing import IO
 
 import hvac
 
+from vault.cli._db import pool_settings
 from vault.config import CacheSettings, NodeSettings, TlsSettings, load_regions
 from vault.datadir import DataDir, write_file
 from vault.devstack import OpenBaoServer
@@ -79,6 +80,11 @@ async def up(args: argparse.Namespace) -> int:
 
         return await up_five(args, _lock_data_dir)
     data_dir: Path = args.data_dir.resolve()
+    try:
+        pool = pool_settings(args)
+    except ValueError as e:
+        print(f"pdvault: refusing to start: {e}", file=sys.stderr)
+        return 2
     settings = NodeSettings(
         data_dir=data_dir,
         host=args.host,
@@ -88,6 +94,7 @@ async def up(args: argparse.Namespace) -> int:
         ),
         reflection=args.reflection,
         tls=_tls(args),
+        db_pool=pool,
     )
     try:
         # Before anything starts: plaintext off loopback, unreadable TLS files.

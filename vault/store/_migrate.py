@@ -9,6 +9,6 @@ from vault import db
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def migrate(engine: Engine) -> None:
-    """Brings a cell database to the newest schema (idempotent)."""
-    db.migrate(engine, _MIGRATIONS)
+def migrate(engine: Engine) -> str:
+    """Brings a cell database to the newest schema (idempotent); returns its revision."""
+    return db.migrate(engine, _MIGRATIONS)
