@@ -15,6 +15,8 @@ its own process (all started first; a server is idle while other rows run):
      purpose token from the CLI, reads spread over a population of subjects
   d  the same with ``--key-cache-entries 0``: one Transit call per operation
   e  a raw hvac Transit decrypt loop against the stack's own OpenBao (threads)
+  p  pdvault GetRecord / PutRecord as in c, with every cell and the control
+     plane on PostgreSQL (``--pg-admin``: fresh databases, dropped afterwards)
 
 Prints a table (requests/s, p50/p99/p99.9, ratios to a and b, CPU used by
 the server, the client and everything else), checks the targets of the issue
@@ -225,12 +227,20 @@ class Server:
 class Stack:
     """``pdvault up`` in a temporary data dir."""
 
-    def __init__(self, data_dir: Path, *, key_cache_entries: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        key_cache_entries: int | None = None,
+        regions_file: Path | None = None,
+    ) -> None:
         self.data_dir = data_dir
         argv = [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir)]
         argv += ["--port", "0"]
         if key_cache_entries is not None:
             argv += ["--key-cache-entries", str(key_cache_entries)]
+        if regions_file is not None:
+            argv += ["--regions", str(regions_file)]
         self.server = Server("pdvault up", argv, r"endpoint\s+(\S+:\d+)")
         self.target = self.server.match.group(1)
 
@@ -260,6 +270,40 @@ class Stack:
         """The local stack's root token (LOCAL-ONLY file of the temporary data dir)."""
         f = self.data_dir / "openbao" / "LOCAL-ONLY-unseal.json"
         return str(json.loads(f.read_text())["root_token"])
+
+
+class PostgresDatabases:
+    """Fresh databases on a PostgreSQL server for a stack's cells and control
+    plane, and the regions file that points there; all dropped by ``drop``."""
+
+    def __init__(self, admin_dsn: str, work: Path) -> None:
+        import psycopg
+        import yaml
+
+        from vault.config import default_regions_file
+
+        self.admin_dsn = admin_dsn
+        self.names: list[str] = []
+        raw = yaml.safe_load(default_regions_file().read_text())
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            info = admin.info
+            for owner in [r for r in raw["regions"]] + [raw["control"]]:
+                name = f"pdvault_ladder_{secrets.token_hex(6)}"
+                admin.execute(f'CREATE DATABASE "{name}"')
+                self.names.append(name)
+                owner["database_url"] = (
+                    f"postgresql+psycopg://{info.user}@{info.host}:{info.port}/{name}"
+                )
+        self.regions_file = work / "regions-postgresql.yaml"
+        self.regions_file.write_text(yaml.safe_dump(raw))
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
+            for name in self.names:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.names = []
 
 
 # -- loads (built inside each client process) ---------------------------------
@@ -633,6 +677,7 @@ def run_ladder(opts: argparse.Namespace, rows_wanted: set[str], work: Path) -> l
     countries = [c.strip() for c in opts.countries.split(",") if c.strip()]
     running: list[Server | Stack] = []
     steps: list[Step] = []
+    databases: PostgresDatabases | None = None
     try:
         c_stack = d_stack = None
         pop_c = None
@@ -717,6 +762,21 @@ def run_ladder(opts: argparse.Namespace, rows_wanted: set[str], work: Path) -> l
             steps.append(Step("d", "get", label.format("GetRecord"), get, pid))
             steps.append(Step("d", "put", label.format("PutRecord"), put, pid))
 
+        if "p" in rows_wanted:
+            say("setup: pdvault up, cells and control plane on PostgreSQL ...")
+            databases = PostgresDatabases(opts.pg_admin, work)
+            p_stack = Stack(work / "stack-postgresql", regions_file=databases.regions_file)
+            running.append(p_stack)
+            p_md = (("authorization", f"Bearer {p_stack.issue_token()}"),)
+            pop_p = asyncio.run(
+                populate_pdvault(p_stack.target, p_md, opts.subjects, countries, value)
+            )
+            get = GrpcLoad(p_stack.target, GET_RECORD, "get", pop_p.record_ids, value, p_md)
+            put = GrpcLoad(p_stack.target, PUT_RECORD, "put", pop_p.subject_ids, value, p_md)
+            pid = p_stack.server.pid
+            steps.append(Step("p", "get", "pdvault GetRecord, PostgreSQL", get, pid))
+            steps.append(Step("p", "put", "pdvault PutRecord, PostgreSQL", put, pid))
+
         if "e" in rows_wanted:
             stack = d_stack or c_stack
             assert stack is not None
@@ -731,6 +791,8 @@ def run_ladder(opts: argparse.Namespace, rows_wanted: set[str], work: Path) -> l
     finally:
         for s in reversed(running):
             s.stop()
+        if databases is not None:
+            databases.drop()
     return [median_row(attempts[i]) for i in range(len(steps))]
 
 
@@ -902,6 +964,13 @@ class Report:
         rel(cg, a, 0.45, "GetRecord ≥ 45% of (a) echo")
         rel(cg, dg, 5.0, "GetRecord ≥ 5x (d) no key cache")
         rel(cp, a, 0.30, "PutRecord ≥ 30% of (a) echo")
+        for op, name in (("get", "GetRecord"), ("put", "PutRecord")):
+            pr, cr = self.find("p", op), self.find("c", op)
+            if pr is not None and cr is not None and cr.result.rps:
+                self.say(
+                    f"INFO  {name} PostgreSQL / SQLite: {pr.result.rps:,.0f} / "
+                    f"{cr.result.rps:,.0f} = {pr.result.rps / cr.result.rps:.2f}"
+                )
         if cg is None:
             check("GetRecord p99 < 25 ms", None, "(row not run)")
         else:
@@ -996,7 +1065,14 @@ class Report:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        colors = {"a": "#9e9e9e", "b": "#607d8b", "c": "#1e88e5", "d": "#e53935", "e": "#fb8c00"}
+        colors = {
+            "a": "#9e9e9e",
+            "b": "#607d8b",
+            "c": "#1e88e5",
+            "d": "#e53935",
+            "e": "#fb8c00",
+            "p": "#43a047",
+        }
         labels = [f"{r.key}  {r.label}" for r in self.rows][::-1]
         rps = [r.result.rps for r in self.rows][::-1]
         p50 = [r.result.percentile(50) for r in self.rows][::-1]
@@ -1090,7 +1166,12 @@ def main() -> int:
         default=1,
         help="run the generator in N processes, callers split between them, latencies merged",
     )
-    ap.add_argument("--only", default="a,b,c,d,e", help="rows to run, e.g. a,b,c")
+    ap.add_argument("--only", default="a,b,c,d,e,p", help="rows to run, e.g. a,b,c")
+    ap.add_argument(
+        "--pg-admin",
+        default="host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        help="libpq DSN of a PostgreSQL role that may create databases (row p)",
+    )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=HERE / "out", help="CSV, PNG and text report")
     ap.add_argument("--gate", action="store_true", help="exit 1 when a target is missed")
@@ -1117,8 +1198,8 @@ def main() -> int:
     )
     opts = ap.parse_args()
     wanted = {x.strip().lower() for x in opts.only.split(",") if x.strip()}
-    if not wanted <= set("abcde"):
-        ap.error("--only takes letters among a,b,c,d,e")
+    if not wanted <= set("abcdep"):
+        ap.error("--only takes letters among a,b,c,d,e,p")
     if opts.payload < 1 or opts.payload > 65536:
         ap.error("--payload must be 1..65536 bytes (pdvault's limit per value)")
     info = machine()

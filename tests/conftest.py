@@ -271,6 +271,7 @@ def start_stack(
     host: str = "127.0.0.1",
     tls: TlsSettings | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    metrics_port: int | None = None,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -296,6 +297,7 @@ def start_stack(
         reflection=reflection,
         host=host,
         tls=tls,
+        metrics_port=metrics_port,
     )
     provider = TransitKeyProvider.connect(bao.address, bao.node_token)
     admin = ensure_admin_credential(data_dir)

@@ -238,6 +238,10 @@ class NodeSettings:
     forward_timeout_seconds: float = 30.0
     #: Connection pool of each PostgreSQL database.
     db_pool: PoolSettings = field(default_factory=PoolSettings)
+    #: Port of the Prometheus endpoint (``/metrics``); None: no endpoint and no
+    #: per-request instrumentation. 0 picks a free port.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 def _endpoint_problem(endpoint: object) -> str | None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,6 +33,7 @@ from vault.keys import (
     TransitKeyProvider,
     TransitKeyShredder,
 )
+from vault.metrics import MetricsInterceptor, serve_metrics
 from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferGate
 from vault.service import Peers, PersonalDataVaultServicer, TokenServicer
@@ -213,6 +215,10 @@ class VaultServer:
         self._server: grpc.aio.Server | None = None
         self.health = health_aio.HealthServicer()
         self.port = 0
+        #: The bound port of the metrics endpoint (0: none).
+        self.metrics_port = 0
+        self._metrics_http: Any = None
+        self._metrics_interceptor: MetricsInterceptor | None = None
         self._workers: list[asyncio.Task[None]] = []
         #: Channels to the other regions' nodes: a node serving one region of
         #: several forwards calls about the others (vault.service._forward).
@@ -233,12 +239,16 @@ class VaultServer:
         credentials = server_credentials(self.settings)
         if self.peers is not None:
             self.peers.check()
+        self._metrics_interceptor = (
+            MetricsInterceptor() if self.settings.metrics_port is not None else None
+        )
         server = grpc.aio.server(
+            interceptors=[self._metrics_interceptor] if self._metrics_interceptor else [],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(  # type: ignore[no-untyped-call]
             PersonalDataVaultServicer(self.node, self.vault.authority, self._executor, self.peers),
@@ -274,6 +284,13 @@ class VaultServer:
             )
             raise RuntimeError(f"cannot listen on {address}{hint}")
         self._announce_transport()
+        if self.settings.metrics_port is not None:
+            self._metrics_http, self.metrics_port = serve_metrics(
+                self.settings.metrics_port, self.settings.metrics_host
+            )
+            log.info(
+                "metrics on http://%s:%d/metrics", self.settings.metrics_host, self.metrics_port
+            )
         self.vault.revocations.start()
         await server.start()
         self._server = server
@@ -344,6 +361,10 @@ class VaultServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
         self._server = None
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
         if self.peers is not None:
             await self.peers.close()
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -156,7 +156,14 @@ print(json.dumps(out))
 """
 
 
-def start_mesh(bao: Bao, tmp: Path) -> Mesh:
+def start_mesh(
+    bao: Bao,
+    tmp: Path,
+    *,
+    nodes: tuple[str, ...] = NODE_REGIONS,
+    metrics: frozenset[str] = frozenset(),
+) -> Mesh:
+    """The mesh of ``nodes``; the nodes of ``metrics`` serve /metrics on a free port."""
     pki = tmp / "pki"
     ca = CA("pdvault test CA")
     cert, key = ca.issue("pdvault-node", sans=SERVER_NAMES, server=True).write(pki, "server")
@@ -180,6 +187,7 @@ def start_mesh(bao: Bao, tmp: Path) -> Mesh:
             tls=TlsSettings(cert, key, client_ca_file=client_ca),
             peer_tls=PeerTlsSettings(ca_file=client_ca, cert_file=ncert, key_file=nkey),
             erasure_poll_seconds=0.2,
+            metrics_port=0 if r in metrics else None,
         )
     admin = ensure_admin_credential(data_dir)
     mesh = Mesh(
@@ -193,7 +201,7 @@ def start_mesh(bao: Bao, tmp: Path) -> Mesh:
         admin,
     )
     try:
-        for r in NODE_REGIONS:
+        for r in nodes:
             mesh.start(r)
     except BaseException:
         mesh.close()

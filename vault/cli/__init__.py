@@ -102,18 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _connect, _db, _rights, _serve, _tokens
+    from vault.cli import _connect, _db, _flags, _rights, _serve, _tokens
 
     serve = _serve.add_parser(sub)
     add_tls_flags(serve)
-    _db.add_pool_flags(serve)
+    _flags.add_pool_flags(serve)
+    _flags.add_metrics_flags(serve)
 
     _connect.add_flags(demo, target=False)
 
     _tokens.add_parser(sub)
     _rights.add_parsers(sub)
     _db.add_parsers(sub)
-    _db.add_pool_flags(up)
+    _flags.add_pool_flags(up)
+    _flags.add_metrics_flags(up)
     return p
 
 

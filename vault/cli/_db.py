@@ -1,6 +1,5 @@
 """``pdvault db upgrade``: the alembic migrations of the cells and the control
-plane, applied ahead of a deployment; and the pool flags of the commands that
-start nodes.
+plane, applied ahead of a deployment.
 
     pdvault db upgrade --config /etc/pdvault --region de   # de's cell and the control plane
     pdvault db upgrade --data-dir ~/.pdvault               # the local stack: every database
@@ -17,30 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vault.config import PoolSettings, load_regions
+from vault.config import load_regions
 from vault.datadir import DEFAULT_DATA_DIR
 from vault.errors import ConfigError
-
-
-def add_pool_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("database pool", "connections to each PostgreSQL database")
-    g.add_argument(
-        "--db-pool-size",
-        type=int,
-        default=PoolSettings.size,
-        help=f"connections kept open per database (default {PoolSettings.size})",
-    )
-    g.add_argument(
-        "--db-max-overflow",
-        type=int,
-        default=PoolSettings.max_overflow,
-        help=f"extra connections opened under load (default {PoolSettings.max_overflow})",
-    )
-
-
-def pool_settings(args: argparse.Namespace) -> PoolSettings:
-    """The pool flags; ValueError (reported by the caller) if out of range."""
-    return PoolSettings(size=args.db_pool_size, max_overflow=args.db_max_overflow)
 
 
 def add_parsers(sub: Any) -> None:

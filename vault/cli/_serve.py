@@ -33,7 +33,7 @@ import signal
 import sys
 from pathlib import Path
 
-from vault.cli._db import pool_settings
+from vault.cli._flags import pool_settings
 from vault.config import NodeSettings, PeerTlsSettings, load_regions
 from vault.datadir import DataDir
 from vault.errors import ConfigError
@@ -123,6 +123,8 @@ async def serve(args: argparse.Namespace) -> int:
         tls=_tls(args),
         peer_tls=PeerTlsSettings(*(f.resolve() for f in peer_flags)) if all(peer_flags) else None,
         db_pool=pool,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     try:
         server_credentials(settings)

@@ -13,7 +13,7 @@ from typing import IO
 
 import hvac
 
-from vault.cli._db import pool_settings
+from vault.cli._flags import pool_settings
 from vault.config import CacheSettings, NodeSettings, TlsSettings, load_regions
 from vault.datadir import DataDir, write_file
 from vault.devstack import OpenBaoServer
@@ -95,6 +95,8 @@ async def up(args: argparse.Namespace) -> int:
         reflection=args.reflection,
         tls=_tls(args),
         db_pool=pool,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     try:
         # Before anything starts: plaintext off loopback, unreadable TLS files.

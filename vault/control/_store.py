@@ -278,6 +278,17 @@ class ControlStore:
             rows = conn.execute(select(*_ERASURE_COLS).where(cond)).all()
         return [ErasureEntry(*r) for r in rows]
 
+    def pending_erasures(self, regions: list[str]) -> int:
+        """How many erasures of ``regions`` still wait for their key's destruction."""
+        with self._tx() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(erasures)
+                    .where(and_(erasures.c.destroyed_at.is_(None), erasures.c.region.in_(regions)))
+                ).scalar_one()
+            )
+
     def destroyed_erasures(self) -> list[ErasureEntry]:
         with self._tx() as conn:
             rows = conn.execute(

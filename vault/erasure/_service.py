@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from vault import metrics
 from vault.cell import Cell, SubjectView
 from vault.control import ControlStore, ErasureEntry
 from vault.erasure._receipt import sign_receipt, verify_receipt
@@ -106,7 +107,9 @@ class Eraser:
                 requested_at=now,
                 destroy_after=now + grace_seconds * 1_000_000,
             )
-            if not self._control.add_erasure(entry):
+            if self._control.add_erasure(entry):
+                metrics.ERASURES.labels("requested").inc()
+            else:
                 entry = self._control.erasure(subject_id) or entry
         if entry.destroyed_at is None and entry.destroy_after <= self._clock():
             entry = self._finish(entry)
@@ -128,6 +131,7 @@ class Eraser:
                     reason="ERASURE_IN_PROGRESS",
                 )
             raise Erased("the erasure is complete and cannot be cancelled")
+        metrics.ERASURES.labels("cancelled").inc()
         return cell.unhide(subject_id)
 
     # -- background work -------------------------------------------------------
@@ -139,6 +143,7 @@ class Eraser:
             for entry in self._control.due_erasures(self._clock(), region):
                 if self._finish(entry, wait=False).destroyed_at is not None:
                     done += 1
+        metrics.ERASURES_PENDING.set(self._control.pending_erasures(sorted(self._cells)))
         return done
 
     def _finish(self, entry: ErasureEntry, *, wait: bool = True) -> ErasureEntry:
@@ -181,6 +186,7 @@ class Eraser:
             self._signing,
         )
         self._control.mark_destroyed(entry.subject_id, erased_at, signed)
+        metrics.ERASURES.labels("completed").inc()
 
     def _view(self, entry: ErasureEntry) -> ErasureView:
         if entry.destroyed_at is None or entry.receipt is None:

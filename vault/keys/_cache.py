@@ -6,6 +6,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from vault import metrics
 from vault.config import CacheSettings
 
 V = TypeVar("V")
@@ -13,11 +14,16 @@ V = TypeVar("V")
 
 class BoundedCache(Generic[V]):
     """A bounded, thread-safe cache: entries expire ``max_age_seconds`` after
-    they were put and the least recently used is evicted beyond ``max_entries``."""
+    they were put and the least recently used is evicted beyond ``max_entries``.
+    Lookups are counted as hits and misses here and in :mod:`vault.metrics`
+    under ``metric_name``."""
+
+    metric_name = "subject"
 
     def __init__(
         self, settings: CacheSettings, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        self._hit, self._miss = metrics.cache_counters(self.metric_name)
         self._settings = settings
         self._clock = clock
         self._lock = threading.Lock()
@@ -28,6 +34,7 @@ class BoundedCache(Generic[V]):
     def get(self, key: str) -> V | None:
         if not self._settings.enabled:
             self.misses += 1
+            self._miss.inc()
             return None
         now = self._clock()
         with self._lock:
@@ -36,10 +43,12 @@ class BoundedCache(Generic[V]):
                 if entry is not None:
                     del self._entries[key]
                 self.misses += 1
+                self._miss.inc()
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
-            return entry[1]
+        self._hit.inc()
+        return entry[1]
 
     def put(self, key: str, value: V) -> None:
         if not self._settings.enabled:
@@ -70,3 +79,5 @@ class DataKeyCache(BoundedCache[bytes]):
     Only a performance device: whether a subject may be decrypted at all
     (erasure) is decided from the cell database on every request, never here.
     """
+
+    metric_name = "data_key"

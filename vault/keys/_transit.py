@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -18,6 +19,7 @@ import hvac
 import hvac.exceptions
 import requests
 
+from vault import metrics
 from vault.errors import DecryptionFailed, KeyServiceUnavailable
 from vault.keys._provider import KeyRef
 
@@ -45,10 +47,16 @@ def _call(
 ) -> Any:
     """Runs one hvac call. The exceptions in ``handled`` reach the caller; every
     other failure of the key service — unreachable, sealed, forbidden, rate
-    limited, erroring, or an answer of any other kind — is KeyServiceUnavailable."""
+    limited, erroring, or an answer of any other kind — is KeyServiceUnavailable.
+    Counted and timed in :mod:`vault.metrics`."""
+    start = time.perf_counter()
+    outcome = "unavailable"
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
+        outcome = "ok"
+        return result
     except handled:
+        outcome = "refused"
         raise
     except (requests.exceptions.RequestException, hvac.exceptions.VaultDown) as e:
         raise KeyServiceUnavailable(f"key service unreachable during {op}") from e
@@ -58,6 +66,8 @@ def _call(
         raise KeyServiceUnavailable(f"key service rejected {op}") from e
     except hvac.exceptions.VaultError as e:
         raise KeyServiceUnavailable(f"key service failed during {op}") from e
+    finally:
+        metrics.observe_openbao(op, outcome, time.perf_counter() - start)
 
 
 class TransitKeyProvider:

@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from vault import metrics
 from vault.errors import Unauthenticated
 from vault.tokens._claims import AUDIENCE, Claims
 from vault.tokens._codec import DEFAULT_NBF_LEEWAY, MAX_TOKEN_LENGTH, decode
@@ -58,6 +59,7 @@ class TokenVerifier:
         self._generation = 0
         self._hits = 0
         self._misses = 0
+        self._hit, self._miss = metrics.cache_counters("token")
 
     def verify(self, token: str) -> Claims:
         """The claims of ``token`` if it is valid now; ``Unauthenticated`` otherwise.
@@ -80,6 +82,7 @@ class TokenVerifier:
             else:
                 self._misses += 1
             keys, generation = self._keys, self._generation
+        (self._hit if cached is not None else self._miss).inc()
 
         if cached is None:
             claims = decode(
