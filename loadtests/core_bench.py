@@ -2,6 +2,7 @@
 
     .venv/bin/python loadtests/core_bench.py                  # starts its own local stack
     .venv/bin/python loadtests/core_bench.py --target 127.0.0.1:50051 --token "$TOKEN"
+    .venv/bin/python loadtests/core_bench.py --metrics --ops GetRecord  # metrics on
 
 Prints requests/s and p50/p99 latency per operation. Without ``--target`` it
 starts ``pdvault up`` in a temporary data dir (a separate process, so the
@@ -31,9 +32,12 @@ from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
 
-def start_stack(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+def start_stack(data_dir: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir), "--port", "0"],
+        [
+            *(sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir)),
+            *("--port", "0", *flags),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -86,7 +90,13 @@ def issue_token(
 
 
 async def bench(
-    target: str, token: str | None, seconds: float, concurrency: int, subjects: int, payload: int
+    target: str,
+    token: str | None,
+    seconds: float,
+    concurrency: int,
+    subjects: int,
+    payload: int,
+    ops: frozenset[str] = frozenset({"GetRecord", "PutRecord", "FindSubjects"}),
 ) -> None:
     md = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(target) as ch:
@@ -143,6 +153,8 @@ async def bench(
             f"grpcio {grpc.__version__}"
         )
         for name, fn in (("GetRecord", get), ("PutRecord", put), ("FindSubjects", find)):
+            if name not in ops:
+                continue
             res = await run(name, fn, concurrency=concurrency, seconds=seconds)
             print(res.row(), flush=True)
 
@@ -157,17 +169,35 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--subjects", type=int, default=200)
     ap.add_argument("--payload", type=int, default=64, help="bytes per field value")
+    ap.add_argument(
+        "--ops", default="GetRecord,PutRecord,FindSubjects", help="operations to measure"
+    )
+    ap.add_argument(
+        "--metrics",
+        action="store_true",
+        help="the local stack serves Prometheus metrics (--metrics-port 0): their cost",
+    )
     args = ap.parse_args()
     proc = None
     target = args.target
     tmp = None
     if target is None:
         tmp = tempfile.TemporaryDirectory(prefix="pdvault-bench-")
-        proc, target = start_stack(Path(tmp.name))
+        proc, target = start_stack(
+            Path(tmp.name), *(("--metrics-port", "0") if args.metrics else ())
+        )
         args.token = args.token or issue_token(Path(tmp.name))
     try:
         asyncio.run(
-            bench(target, args.token, args.seconds, args.concurrency, args.subjects, args.payload)
+            bench(
+                target,
+                args.token,
+                args.seconds,
+                args.concurrency,
+                args.subjects,
+                args.payload,
+                frozenset(o.strip() for o in args.ops.split(",")),
+            )
         )
     finally:
         if proc is not None:
