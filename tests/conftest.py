@@ -272,6 +272,7 @@ def start_stack(
     tls: TlsSettings | None = None,
     credentials: grpc.ChannelCredentials | None = None,
     metrics_port: int | None = None,
+    log_format: str = "text",
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -298,6 +299,7 @@ def start_stack(
         host=host,
         tls=tls,
         metrics_port=metrics_port,
+        log_format=log_format,
     )
     provider = TransitKeyProvider.connect(bao.address, bao.node_token)
     admin = ensure_admin_credential(data_dir)

@@ -242,6 +242,8 @@ class NodeSettings:
     #: per-request instrumentation. 0 picks a free port.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    #: ``json``: every unary call gets a request id for its log lines (vault.logs).
+    log_format: str = "text"
 
 
 def _endpoint_problem(endpoint: object) -> str | None:

@@ -33,6 +33,7 @@ from vault.keys import (
     TransitKeyProvider,
     TransitKeyShredder,
 )
+from vault.logs import RequestIdInterceptor
 from vault.metrics import MetricsInterceptor, serve_metrics
 from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferGate
@@ -242,8 +243,13 @@ class VaultServer:
         self._metrics_interceptor = (
             MetricsInterceptor() if self.settings.metrics_port is not None else None
         )
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.settings.log_format == "json":
+            interceptors.append(RequestIdInterceptor())
+        if self._metrics_interceptor is not None:
+            interceptors.append(self._metrics_interceptor)
         server = grpc.aio.server(
-            interceptors=[self._metrics_interceptor] if self._metrics_interceptor else [],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),

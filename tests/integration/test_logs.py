@@ -8,14 +8,21 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import Bao, Stack, files_containing, live_sql, start_stack
 from vault.client import VaultClientError
 from vault.crypto import dek_associated_data
+from vault.logs import JsonFormatter
+from vault.v1 import vault_pb2 as pb
+from vault.v1 import vault_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -119,25 +126,65 @@ def _keys(stack: Stack, bao: Bao, sid: str) -> list[str]:
     return [*wrapped, dek, base64.b64decode(dek).hex(), *pem_lines, signing["wrapped"]]
 
 
+@contextmanager
+def json_log(path: Path) -> Iterator[None]:
+    """The root logger's records, at DEBUG, also written to ``path`` as the
+    node's ``--log-format json`` writes them."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of a JSON log, each one object (or the test fails)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    docs = [json.loads(line) for line in lines]
+    assert all(isinstance(d, dict) and {"ts", "level", "logger", "msg"} <= d.keys() for d in docs)
+    return docs
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_log_line_holds_personal_data_keys_or_tokens(
-    bao: Bao, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    bao: Bao, tmp_path: Path, caplog: pytest.LogCaptureFixture, log_format: str
 ) -> None:
     caplog.set_level(logging.DEBUG)  # the root logger: every library's debug lines too
     data_dir = tmp_path / "node"
-    stack = start_stack(bao, data_dir)  # a node of its own, from its first log line
-    try:
-        sid, canaries, tokens = _full_run(stack)
-        keys = _keys(stack, bao, sid)
-    finally:
-        stack.stop()
+    structured = tmp_path / "python.jsonl"
+    with json_log(structured):
+        # A node of its own, from its first log line.
+        stack = start_stack(bao, data_dir, log_format=log_format)
+        try:
+            sid, canaries, tokens = _full_run(stack)
+            keys = _keys(stack, bao, sid)
+        finally:
+            stack.stop()
     credentials = [stack.admin, bao.node_token, bao.eraser_token, bao.server.root_token()]
 
     python_log = tmp_path / "python.log"
     python_log.write_text(caplog.text)
     # The capture saw the node at work, at DEBUG, from its server threads.
     assert "PutRecord OK" in caplog.text and "GetRecord DATA_LOSS DECRYPTION_FAILED" in caplog.text
+    docs = json_lines(structured)
+    served = [d for d in docs if d["logger"] == "vault.access" and " OK " in d["msg"]]
+    assert served
+    if log_format == "json":
+        # Every line of a request carries its id; an id belongs to one call.
+        assert all(len(d.get("request_id", "")) == 32 for d in served)
+        methods: dict[str, set[str]] = {}
+        for d in served:
+            methods.setdefault(d["request_id"], set()).add(d["msg"].split()[0])
+        assert all(len(m) == 1 for m in methods.values())
+        assert len(methods) >= len(served) - 5  # a few calls log twice (streams, fan-out)
+    else:
+        assert not any("request_id" in d for d in docs)
     # The session's OpenBao: its logs hold this run and the other tests' too.
-    logs = [python_log, bao.audit_log, bao.server.dir / "bao.log"]
+    logs = [python_log, structured, bao.audit_log, bao.server.dir / "bao.log"]
     assert bao.audit_log.stat().st_size > 0
     secrets = [*canaries, *tokens, *credentials, *keys]
     assert files_containing(logs, *secrets, TOKEN_MARK, WRAP_MARK) == []
@@ -146,3 +193,34 @@ def test_no_log_line_holds_personal_data_keys_or_tokens(
     # signed receipts) holds no personal data, token, credential or key.
     control = sorted(data_dir.glob("control.db*"))
     assert files_containing(control, *secrets, WRAP_MARK) == []
+
+
+def test_a_callers_request_id_is_logged_and_a_malformed_one_replaced(
+    bao: Bao, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    structured = tmp_path / "python.jsonl"
+    with json_log(structured):
+        stack = start_stack(bao, tmp_path / "node", log_format="json")
+        try:
+            auth = ("authorization", f"Bearer {stack.issue()}")
+            with stack.channel() as ch:
+                stub = pb_grpc.PersonalDataVaultStub(ch)  # type: ignore[no-untyped-call]
+                s = stub.CreateSubject(
+                    pb.CreateSubjectRequest(country="DE"),
+                    metadata=(auth, ("x-request-id", "trace-0042")),
+                )
+                stub.GetSubject(
+                    pb.GetSubjectRequest(subject_id=s.subject_id),
+                    metadata=(auth, ("x-request-id", "not {an} id")),
+                )
+        finally:
+            stack.stop()
+    served = [
+        d for d in json_lines(structured) if d["logger"] == "vault.access" and " OK " in d["msg"]
+    ]
+    created = [d["request_id"] for d in served if d["msg"].startswith("CreateSubject ")]
+    assert created == ["trace-0042"]
+    (read,) = [d["request_id"] for d in served if d["msg"].startswith("GetSubject ")]
+    assert re.fullmatch(r"[0-9a-f]{32}", read)
+    assert "{an}" not in structured.read_text()

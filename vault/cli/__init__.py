@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_flags(serve)
     _flags.add_pool_flags(serve)
     _flags.add_metrics_flags(serve)
+    _flags.add_log_flags(serve)
 
     _connect.add_flags(demo, target=False)
 
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _db.add_parsers(sub)
     _flags.add_pool_flags(up)
     _flags.add_metrics_flags(up)
+    _flags.add_log_flags(up)
     return p
 
 
@@ -168,19 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         return _db.run(args)
     if args.command == "serve":
         from vault.cli import _serve
+        from vault.logs import configure
 
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        configure(args.log_format, logging.INFO)
         return asyncio.run(_serve.serve(args))
     if args.command == "up":
         from vault.cli import _up
+        from vault.logs import configure
 
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        )
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        configure(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
         return asyncio.run(_up.up(args))
     return 2

@@ -43,3 +43,12 @@ def add_metrics_flags(p: argparse.ArgumentParser) -> None:
         help="address of the metrics endpoint (default 127.0.0.1; 0.0.0.0 for a scraper "
         "on another host: it lists no personal data, but keep it off public networks)",
     )
+
+
+def add_log_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines (default) or one JSON object per line, with a request id per call",
+    )

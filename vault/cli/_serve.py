@@ -125,6 +125,7 @@ async def serve(args: argparse.Namespace) -> int:
         db_pool=pool,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        log_format=args.log_format,
     )
     try:
         server_credentials(settings)

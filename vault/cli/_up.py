@@ -97,6 +97,7 @@ async def up(args: argparse.Namespace) -> int:
         db_pool=pool,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        log_format=args.log_format,
     )
     try:
         # Before anything starts: plaintext off loopback, unreadable TLS files.

@@ -40,6 +40,7 @@ import grpc
 from vault import metrics
 from vault.config import NodeSettings, PeerTlsSettings, RegionsConfig
 from vault.errors import AccessDenied, ConfigError, ConfigProblem, KeyServiceUnavailable
+from vault.logs import current_request_id
 from vault.transport import is_loopback
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
@@ -146,7 +147,7 @@ class Peers:
         md: list[tuple[str, str]] = [
             ("authorization", v) for v in metadata_values(invocation, "authorization")[:1]
         ]
-        md.append((REQUEST_ID_HEADER, request_id(invocation)))
+        md.append((REQUEST_ID_HEADER, current_request_id() or request_id(invocation)))
         md.append((ENTRY_HEADER, self.entry))
         return tuple(md)
 
