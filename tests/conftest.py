@@ -273,6 +273,7 @@ def start_stack(
     credentials: grpc.ChannelCredentials | None = None,
     metrics_port: int | None = None,
     log_format: str = "text",
+    health_probe_seconds: float = 2.0,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -300,6 +301,7 @@ def start_stack(
         tls=tls,
         metrics_port=metrics_port,
         log_format=log_format,
+        health_probe_seconds=health_probe_seconds,
     )
     provider = TransitKeyProvider.connect(bao.address, bao.node_token)
     admin = ensure_admin_credential(data_dir)

@@ -244,6 +244,9 @@ class NodeSettings:
     metrics_host: str = "127.0.0.1"
     #: ``json``: every unary call gets a request id for its log lines (vault.logs).
     log_format: str = "text"
+    #: How often gRPC health checks the databases and OpenBao (NOT_SERVING while
+    #: one does not answer).
+    health_probe_seconds: float = 2.0
 
 
 def _endpoint_problem(endpoint: object) -> str | None:

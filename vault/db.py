@@ -15,7 +15,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
@@ -44,6 +44,16 @@ def transaction(engine: Engine, what: str) -> Iterator[Connection]:
         raise DuplicateKey() from e
     except (DBAPIError, SATimeoutError) as e:
         raise StoreUnavailable(f"{what} database unavailable") from e
+
+
+def ping(engine: Engine) -> bool:
+    """Whether the database answers ``SELECT 1`` now (readiness probes)."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except (DBAPIError, SATimeoutError):
+        return False
+    return True
 
 
 def make_engine(url: str, pool: PoolSettings | None = None) -> Engine:

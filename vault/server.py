@@ -73,6 +73,12 @@ class Vault:
     control: ControlStore
     eraser: Eraser
     parts: Cells
+    #: What the node needs to serve, probed for gRPC health: (name, check).
+    readiness: tuple[tuple[str, Callable[[], bool]], ...] = ()
+
+    def not_ready(self) -> list[str]:
+        """The names of the dependencies that fail their check now."""
+        return [name for name, check in self.readiness if not check()]
 
     def close(self) -> None:
         self.revocations.stop()
@@ -202,7 +208,35 @@ def build_vault(
     authority = TokenAuthority(signing, keyset, control, revocations, authz, admin)
     eraser = Eraser(cells, control, signing, keyset)
     node = Node(regions, cells, settings.limits, eraser)
-    return Vault(node, authority, revocations, control, eraser, parts)
+    return Vault(
+        node,
+        authority,
+        revocations,
+        control,
+        eraser,
+        parts,
+        _readiness(regions, parts, control, keys),
+    )
+
+
+def _readiness(
+    regions: RegionsConfig, parts: Cells, control: ControlStore, keys: KeyServices
+) -> tuple[tuple[str, Callable[[], bool]], ...]:
+    """The checks of the health probe: every database the node opened, and every
+    OpenBao it uses (named by the regions it serves there, or "control")."""
+    checks: list[tuple[str, Callable[[], bool]]] = [
+        (f"cell {rid} database", store.ping) for rid, store in sorted(parts.stores.items())
+    ]
+    checks.append(("control database", control.ping))
+    users: dict[str, list[str]] = {}
+    for rid in sorted(parts.stores):
+        users.setdefault(regions.regions[rid].openbao_address, []).append(rid)
+    users.setdefault(regions.control.openbao_address, []).append("control")
+    for address, names in users.items():
+        ready = getattr(keys.provider(address), "ready", None)
+        if ready is not None:
+            checks.append((f"OpenBao of {', '.join(names)}", ready))
+    return tuple(checks)
 
 
 class VaultServer:
@@ -213,6 +247,7 @@ class VaultServer:
         self.node = vault.node
         self.settings = settings
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vault")
+        self._probe_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-health")
         self._server: grpc.aio.Server | None = None
         self.health = health_aio.HealthServicer()
         self.port = 0
@@ -300,13 +335,50 @@ class VaultServer:
         self.vault.revocations.start()
         await server.start()
         self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._workers = [
             asyncio.create_task(self._erasure_worker()),
             asyncio.create_task(self._retention_worker()),
+            asyncio.create_task(self._health_probe()),
         ]
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    async def _health_probe(self) -> None:
+        """Every ``health_probe_seconds``: NOT_SERVING while a database or an
+        OpenBao of the node does not answer, SERVING again once all do.
+
+        The checks run on a thread of their own, so a hanging one neither
+        holds the request workers nor stops the probe: past its time it counts
+        as failed."""
+        loop = asyncio.get_running_loop()
+        interval = self.settings.health_probe_seconds
+        serving = True
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                failing = await asyncio.wait_for(
+                    loop.run_in_executor(self._probe_executor, self.vault.not_ready),
+                    timeout=max(2 * interval, 2.0),
+                )
+            except TimeoutError:
+                failing = ["(the checks did not finish in time)"]
+            except Exception as e:  # a check that raises is a failed check
+                failing = [f"(a check failed: {type(e).__name__})"]
+            if (not failing) == serving:
+                continue
+            serving = not failing
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", *SERVICE_NAMES):
+                await self.health.set(name, status)
+            if serving:
+                log.info("health: SERVING again")
+            else:
+                log.warning("health: NOT_SERVING; not answering: %s", "; ".join(failing))
 
     def _announce_transport(self) -> None:
         tls = self.settings.tls
@@ -374,4 +446,5 @@ class VaultServer:
         if self.peers is not None:
             await self.peers.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._probe_executor.shutdown(wait=False, cancel_futures=True)
         self.vault.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
 from vault.control._models import erasures, revoked_tokens, token_events
-from vault.db import DuplicateKey, migrate, now_us, transaction
+from vault.db import DuplicateKey, migrate, now_us, ping, transaction
 from vault.errors import StoreUnavailable
 
 log = logging.getLogger("vault.control")
@@ -97,6 +97,10 @@ class ControlStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def ping(self) -> bool:
+        """Whether the control database answers a query now (the health probe)."""
+        return ping(self.engine)
 
     @property
     def networked(self) -> bool:

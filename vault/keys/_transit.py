@@ -24,6 +24,8 @@ from vault.errors import DecryptionFailed, KeyServiceUnavailable
 from vault.keys._provider import KeyRef
 
 KEY_TYPE = "aes256-gcm96"
+#: sys/health answers: active (200), standby (429), DR / performance standby (472, 473).
+_READY_STATUSES = frozenset({200, 429, 472, 473})
 
 
 def _b64(b: bytes) -> str:
@@ -92,6 +94,15 @@ class TransitKeyProvider:
     ) -> Any:
         self._count(op)
         return _call(op, fn, *args, handled=handled, **kwargs)
+
+    def ready(self) -> bool:
+        """Whether OpenBao answers and is unsealed now (``sys/health``, no
+        credential needed): active, or a standby that forwards to the leader."""
+        try:
+            resp = self._client.sys.read_health_status(method="HEAD")
+        except (requests.exceptions.RequestException, hvac.exceptions.VaultError):
+            return False
+        return getattr(resp, "status_code", 0) in _READY_STATUSES
 
     def create_key(self, ref: KeyRef) -> None:
         self._call(

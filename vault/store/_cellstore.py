@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-from vault.db import DuplicateKey, transaction
+from vault.db import DuplicateKey, ping, transaction
 from vault.errors import StoreUnavailable, TooLarge
 from vault.store._models import cell_keys, consents, records, subjects
 from vault.store._models import lookups as lookups_t
@@ -223,6 +223,10 @@ class CellStore:
     def close(self) -> None:
         """Closes every pooled connection (the node is stopping)."""
         self.engine.dispose()
+
+    def ping(self) -> bool:
+        """Whether the database answers a query now (the health probe)."""
+        return ping(self.engine)
 
     def _tx(self) -> AbstractContextManager[Connection]:
         return transaction(self.engine, "cell")
