@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -89,6 +90,18 @@ def issue_token(
     return out.stdout.strip()
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` (Linux /proc), or None."""
+    if pid is None:
+        return None
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def bench(
     target: str,
     token: str | None,
@@ -97,6 +110,7 @@ async def bench(
     subjects: int,
     payload: int,
     ops: frozenset[str] = frozenset({"GetRecord", "PutRecord", "FindSubjects"}),
+    server_pid: int | None = None,
 ) -> None:
     md = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(target) as ch:
@@ -155,8 +169,21 @@ async def bench(
         for name, fn in (("GetRecord", get), ("PutRecord", put), ("FindSubjects", find)):
             if name not in ops:
                 continue
-            res = await run(name, fn, concurrency=concurrency, seconds=seconds)
-            print(res.row(), flush=True)
+            calls = [0]
+
+            async def counted(i: int, fn: Any = fn) -> None:
+                await fn(i)
+                calls[0] += 1
+
+            cpu_before = _cpu_seconds(server_pid)
+            res = await run(name, counted, concurrency=concurrency, seconds=seconds)
+            cpu_after = _cpu_seconds(server_pid)
+            line = res.row()
+            if cpu_before is not None and cpu_after is not None and calls[0]:
+                # CPU time of the server process per call: steadier than requests/s
+                # on a machine that other processes share.
+                line += f"   server cpu {1e6 * (cpu_after - cpu_before) / calls[0]:.0f} us/call"
+            print(line, flush=True)
 
 
 def main() -> None:
@@ -197,6 +224,7 @@ def main() -> None:
                 args.subjects,
                 args.payload,
                 frozenset(o.strip() for o in args.ops.split(",")),
+                proc.pid if proc is not None else None,
             )
         )
     finally:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,10 +337,45 @@ def start_stack(
 
 
 @pytest.fixture(scope="session")
-def stack(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def sqlite_stack(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The session's node: its cells and control plane are SQLite files."""
     s = start_stack(bao, tmp_path_factory.mktemp("node"))
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def postgresql_stack(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A node whose five cells and control plane are databases of their own on
+    the real PostgreSQL server (created once per session, dropped afterwards)."""
+    with ExitStack() as databases:
+        cells = {
+            rid: databases.enter_context(postgres_database(f"pdvault_{rid}")) for rid in REGIONS
+        }
+        control = databases.enter_context(postgres_database("pdvault_control"))
+        s = start_stack(
+            bao, tmp_path_factory.mktemp("pg-node"), database_urls=cells, control_url=control
+        )
+        try:
+            yield s
+        finally:
+            s.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(sqlite_stack: Stack) -> Stack:
+    """The node most tests use (SQLite). A storage-facing test module runs on
+    both engines by overriding it with ``db_stack``."""
+    return sqlite_stack
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+)
+def db_stack(request: pytest.FixtureRequest) -> Stack:
+    """The session's node on each engine: a module overrides ``stack`` with it
+    (``stack = db_stack_fixture``) to run every test on SQLite and PostgreSQL."""
+    return request.getfixturevalue(f"{request.param}_stack")  # type: ignore[no-any-return]
 
 
 @pytest.fixture

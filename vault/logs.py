@@ -18,17 +18,17 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import grpc
+
+from vault._interceptor import WrappingInterceptor
 
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
 
 #: The id of the request being served on this task (None outside a request).
 REQUEST_ID: ContextVar[str | None] = ContextVar("pdvault_request_id", default=None)
@@ -70,32 +70,18 @@ def configure(log_format: str, level: int) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-class RequestIdInterceptor(grpc.aio.ServerInterceptor):
+class RequestIdInterceptor(WrappingInterceptor):
     """Gives every unary call a request id (see the module) for its log lines."""
 
     def __init__(self) -> None:
         from vault.service._forward import request_id
 
+        super().__init__()
         self._request_id = request_id
-        self._handlers: dict[tuple[str, int], grpc.RpcMethodHandler[Any, Any]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Req, _Resp] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        key = (handler_call_details.method, id(handler))
-        wrapped = self._handlers.get(key)
-        if wrapped is None:
-            wrapped = self._handlers[key] = self._wrap(handler)
-        return cast("grpc.RpcMethodHandler[_Req, _Resp]", wrapped)
-
-    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         new_id = self._request_id
         if handler.unary_unary is not None:
             inner = handler.unary_unary

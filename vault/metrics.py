@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
+from vault._interceptor import WrappingInterceptor
 
 #: Buckets for in-process calls: from 100 µs (warm GetRecord) to 10 s.
 _BUCKETS = (
@@ -102,7 +101,7 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> tuple[Any, int]:
     return httpd, int(httpd.server_address[1])
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Counts and times every RPC by method and status code.
 
     The wrapped handler of each method is built once and reused; a call then
@@ -111,25 +110,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self) -> None:
-        self._handlers: dict[tuple[str, int], grpc.RpcMethodHandler[Any, Any]] = {}
+        super().__init__()
         self._counters: dict[tuple[str, Any], Any] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Req, _Resp] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        full = handler_call_details.method
-        key = (full, id(handler))
-        wrapped = self._handlers.get(key)
-        if wrapped is None:
-            wrapped = self._handlers[key] = self._wrap(full.rpartition("/")[2], handler)
-        return cast("grpc.RpcMethodHandler[_Req, _Resp]", wrapped)
 
     def _record(self, method: str, context: Any, seconds: float, failed: bool) -> None:
         code = context.code()

@@ -15,6 +15,12 @@ from vault.v1 import vault_pb2 as pb
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def stack(db_stack: Stack) -> Stack:
+    """Every test of this module runs on SQLite and on PostgreSQL."""
+    return db_stack
+
+
 def _error(fn, *args, **kwargs) -> VaultClientError:  # type: ignore[no-untyped-def]
     with pytest.raises(VaultClientError) as e:
         fn(*args, **kwargs)

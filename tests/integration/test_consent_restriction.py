@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from tests.conftest import Stack
 from tests.integration._access import (
     MARKETING_EMAIL,
     RIGHTS,
@@ -21,6 +22,13 @@ from tests.integration._access import (
 from vault.v1 import vault_pb2 as pb
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(db_stack: Stack) -> Stack:
+    """Every test of this module runs on SQLite and on PostgreSQL."""
+    return db_stack
+
 
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION

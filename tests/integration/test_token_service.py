@@ -26,6 +26,13 @@ from vault.v1 import vault_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture(scope="module")
+def stack(db_stack: Stack) -> Stack:
+    """Every test of this module runs on SQLite and on PostgreSQL."""
+    return db_stack
+
+
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT

@@ -12,7 +12,9 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Insert,
     String,
+    Table,
     and_,
     bindparam,
     delete,
@@ -152,35 +154,34 @@ _INSERT_COLS = (
     "expires_at",
     "request_digest",
 )
-_INSERT_RECORD = (
-    insert(records)
-    .from_select(
-        list(_INSERT_COLS),
-        select(*(bindparam(c, type_=records.c[c].type) for c in _INSERT_COLS))
-        .select_from(subjects)
-        .where(_LIVE_WHERE)
-        .with_for_update(read=True),
+
+
+def _insert_while_live(table: Table, cols: tuple[str, ...]) -> Insert:
+    """INSERT of one row of bound ``cols`` that happens only while the subject
+    is live, share-locking its row (see _LIVE_WHERE); rowcount 1 or 0."""
+    return (
+        insert(table)
+        .from_select(
+            list(cols),
+            select(*(bindparam(c, type_=table.c[c].type) for c in cols))
+            .select_from(subjects)
+            .where(_LIVE_WHERE)
+            .with_for_update(read=True),
+        )
+        # SQLAlchemy keeps an INSERT's rowcount only when asked to.
+        .execution_options(preserve_rowcount=True)
     )
-    # SQLAlchemy keeps an INSERT's rowcount only when asked to.
-    .execution_options(preserve_rowcount=True)
-)
+
+
+_INSERT_RECORD = _insert_while_live(records, _INSERT_COLS)
 _SUBJECT_LOOKUPS = select(lookups_t.c.kind, lookups_t.c.digest).where(
     lookups_t.c.subject_id == bindparam("sid")
 )
 _SUBJECT_LIVE_ROW = select(subjects.c.id).where(_LIVE_WHERE)
 #: The subject's row, share-locked while it is live (see _LIVE_WHERE).
 _LOCK_LIVE_SUBJECT = _SUBJECT_LIVE_ROW.with_for_update(read=True)
-_CONSENT_COLS = ("subject_id", "purpose", "granted", "source", "updated_at")
-_INSERT_CONSENT = (
-    insert(consents)
-    .from_select(
-        list(_CONSENT_COLS),
-        select(*(bindparam(c, type_=consents.c[c].type) for c in _CONSENT_COLS))
-        .select_from(subjects)
-        .where(_LIVE_WHERE)
-        .with_for_update(read=True),
-    )
-    .execution_options(preserve_rowcount=True)
+_INSERT_CONSENT = _insert_while_live(
+    consents, ("subject_id", "purpose", "granted", "source", "updated_at")
 )
 _UPDATE_RECORD = (
     update(records)
