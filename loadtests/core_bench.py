@@ -171,7 +171,7 @@ async def bench(
                 continue
             calls = [0]
 
-            async def counted(i: int, fn: Any = fn) -> None:
+            async def counted(i: int, fn: Any = fn, calls: list[int] = calls) -> None:
                 await fn(i)
                 calls[0] += 1
 
