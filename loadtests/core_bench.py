@@ -200,6 +200,12 @@ def main() -> None:
         "--ops", default="GetRecord,PutRecord,FindSubjects", help="operations to measure"
     )
     ap.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="with --target: the server's process id, to report its CPU per call",
+    )
+    ap.add_argument(
         "--metrics",
         action="store_true",
         help="the local stack serves Prometheus metrics (--metrics-port 0): their cost",
@@ -224,7 +230,7 @@ def main() -> None:
                 args.subjects,
                 args.payload,
                 frozenset(o.strip() for o in args.ops.split(",")),
-                proc.pid if proc is not None else None,
+                proc.pid if proc is not None else args.server_pid,
             )
         )
     finally:
