@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -202,3 +203,26 @@ def test_the_pool_of_a_postgresql_database_is_sized_by_the_settings(pg_url: str)
         engine.dispose()
     with pytest.raises(ValueError):
         PoolSettings(size=0)
+
+
+@pytest.mark.parametrize(
+    "flags", [("--db-pool-size", "0"), ("--db-max-overflow", "-1")], ids=["size", "overflow"]
+)
+def test_a_node_refuses_to_start_with_a_pool_out_of_range(
+    tmp_path: Path, flags: tuple[str, str]
+) -> None:
+    repo = default_regions_file().parent
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "vault.cli", "serve", "--region", "de"),
+            *("--config", str(repo), "--data-dir", str(tmp_path), *flags),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "BAO_TOKEN": "unused", "BAO_ADDR": "http://127.0.0.1:1"},
+    )
+    assert done.returncode == 2
+    assert "refusing to start: pool size must be >= 1, overflow >= 0" in done.stderr
+    assert not list(tmp_path.iterdir())  # nothing made
