@@ -25,6 +25,14 @@ from vault.v1 import vault_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture(scope="module")
+def stack(db_stack: Stack) -> Stack:
+    """Each test of this module runs on SQLite and on PostgreSQL, but for those
+    that read the cell's SQLite files (``sqlite_stack``)."""
+    return db_stack
+
+
 RIGHTS = "essential.subject_rights"
 
 
@@ -88,11 +96,13 @@ def _person(c: VaultClient, canary: str, n: int = 3, country: str = "DE") -> tup
     return s.subject_id, rids
 
 
-def test_erase_destroys_the_key_and_returns_a_signed_receipt(stack: Stack, canary: str) -> None:
-    c = _rights(stack)
+def test_erase_destroys_the_key_and_returns_a_signed_receipt(
+    sqlite_stack: Stack, canary: str
+) -> None:
+    c = _rights(sqlite_stack)
     sid, rids = _person(c, canary)
     c.set_consent(sid, "marketing.communications.email", True, source="signup-form")
-    wrapped = _wrapped_dek(stack, "de", sid)
+    wrapped = _wrapped_dek(sqlite_stack, "de", sid)
     receipt = c.erase_subject(sid, reason="subject_request")
 
     assert receipt.state == pb.ERASURE_STATE_COMPLETED
@@ -100,9 +110,9 @@ def test_erase_destroys_the_key_and_returns_a_signed_receipt(stack: Stack, canar
     assert receipt.key_name == f"transit-de/subject-{sid}"
     assert list(receipt.key_versions_destroyed) == [1]
     assert receipt.records_affected == 3
-    assert receipt.evidence == _openbao_refusal(stack.bao, "de", sid, wrapped)
+    assert receipt.evidence == _openbao_refusal(sqlite_stack.bao, "de", sid, wrapped)
 
-    keys = stack.vault.authority.verifier._keys
+    keys = sqlite_stack.vault.authority.verifier._keys
     doc = verify_receipt(receipt.signed_receipt, keys)
     assert doc["subject_id"] == sid and doc["records_affected"] == 3
     assert doc["key_versions_destroyed"] == [1]
@@ -114,7 +124,7 @@ def test_erase_destroys_the_key_and_returns_a_signed_receipt(stack: Stack, canar
     assert _code(c.list_records, sid) == grpc.StatusCode.FAILED_PRECONDITION
     assert _code(c.export_subject, sid) == grpc.StatusCode.FAILED_PRECONDITION
     assert c.get_subject(sid).state == pb.SUBJECT_STATE_ERASED
-    with sqlite3.connect(stack.db_path("de")) as db:
+    with sqlite3.connect(sqlite_stack.db_path("de")) as db:
         assert db.execute(
             "SELECT count(*) FROM records WHERE subject_id = ?", (sid,)
         ).fetchone() == (0,)
@@ -150,19 +160,21 @@ def test_erase_needs_the_erase_operation(stack: Stack, canary: str) -> None:
 
 
 def test_backup_taken_before_erasure_no_longer_decrypts(
-    stack: Stack, canary: str, tmp_path: Path
+    sqlite_stack: Stack, canary: str, tmp_path: Path
 ) -> None:
-    c = _rights(stack)
+    c = _rights(sqlite_stack)
     gone, gone_rids = _person(c, canary)
     _kept, kept_rids = _person(c, "KEPT")
     backup = tmp_path / "backup"
     backup.mkdir()
     # The file and its WAL, as they are.
-    copy_live_files(list(stack.db_path("de").parent.glob("de.db*")), backup)
+    copy_live_files(list(sqlite_stack.db_path("de").parent.glob("de.db*")), backup)
     c.erase_subject(gone)
 
     restored = start_stack(
-        stack.bao, tmp_path / "restored", database_urls={"de": f"sqlite:///{backup / 'de.db'}"}
+        sqlite_stack.bao,
+        tmp_path / "restored",
+        database_urls={"de": f"sqlite:///{backup / 'de.db'}"},
     )
     try:
         r = restored.client(restored.issue(RIGHTS))
@@ -178,13 +190,13 @@ def test_backup_taken_before_erasure_no_longer_decrypts(
 
 
 def test_another_node_with_a_warm_cache_refuses_at_once(
-    stack: Stack, canary: str, tmp_path: Path
+    sqlite_stack: Stack, canary: str, tmp_path: Path
 ) -> None:
     """Node 2 serves the same cells (same files, same OpenBao) with the key cached."""
-    urls = {rid: f"sqlite:///{stack.db_path(rid)}" for rid in ("de", "us", "cn", "ru", "sg")}
-    node2 = start_stack(stack.bao, tmp_path / "node2", database_urls=urls)
+    urls = {rid: f"sqlite:///{sqlite_stack.db_path(rid)}" for rid in ("de", "us", "cn", "ru", "sg")}
+    node2 = start_stack(sqlite_stack.bao, tmp_path / "node2", database_urls=urls)
     try:
-        c1 = _rights(stack)
+        c1 = _rights(sqlite_stack)
         sid, rids = _person(c1, canary)
         c2 = node2.client(node2.issue(RIGHTS))
         assert c2.get_record(rids[0]).fields["address"].startswith(canary)  # node 2 now warm
@@ -208,14 +220,14 @@ def test_another_node_with_a_warm_cache_refuses_at_once(
         node2.stop()
 
 
-def test_no_canary_anywhere_after_erasure(stack: Stack, canary: str) -> None:
-    c = _rights(stack)
+def test_no_canary_anywhere_after_erasure(sqlite_stack: Stack, canary: str) -> None:
+    c = _rights(sqlite_stack)
     sid, _ = _person(c, canary, n=5, country="US")
     c.erase_subject(sid)
     places = [
-        *stack.db_path("us").parent.glob("*.db*"),
-        *stack.data_dir.glob("control.db*"),
-        *(stack.bao.server.dir).glob("*.log"),
+        *sqlite_stack.db_path("us").parent.glob("*.db*"),
+        *sqlite_stack.data_dir.glob("control.db*"),
+        *(sqlite_stack.bao.server.dir).glob("*.log"),
     ]
     assert any(p.name.endswith("audit.log") for p in places)
     assert files_containing(places, canary) == []

@@ -16,8 +16,15 @@ from vault.client import VaultClientError
 pytestmark = pytest.mark.integration
 
 
-def test_find_subjects_by_normalised_values_without_storing_them(stack: Stack) -> None:
-    c = stack.client(stack.issue("essential.subject_rights"))
+@pytest.fixture(scope="module")
+def stack(db_stack: Stack) -> Stack:
+    """Each test of this module runs on SQLite and on PostgreSQL, but for those
+    that read the cell's SQLite files (``sqlite_stack``)."""
+    return db_stack
+
+
+def test_find_subjects_by_normalised_values_without_storing_them(sqlite_stack: Stack) -> None:
+    c = sqlite_stack.client(sqlite_stack.issue("essential.subject_rights"))
     marker = f"ada.{time.time_ns()}"
     email = f"{marker}@Example.ORG"
     s = c.create_subject("DE", lookups={"email": email, "phone": "+49 (30) 1234-5678"})
@@ -29,26 +36,26 @@ def test_find_subjects_by_normalised_values_without_storing_them(stack: Stack) -
     assert c.find_subjects("account_id", marker, all_regions=True) == [other.subject_id]
     assert c.set_lookups(s.subject_id, {"email": email.upper()}) == 0  # same normalised value
 
-    files = [p for r in ("de", "us") for p in stack.db_path(r).parent.glob(f"{r}.db*")]
+    files = [p for r in ("de", "us") for p in sqlite_stack.db_path(r).parent.glob(f"{r}.db*")]
     assert files_containing(files, marker) == []
 
     c.erase_subject(s.subject_id)
     assert c.find_subjects("email", email, all_regions=True) == []
-    with sqlite3.connect(stack.db_path("de")) as db:
+    with sqlite3.connect(sqlite_stack.db_path("de")) as db:
         n = db.execute("SELECT count(*) FROM lookups WHERE subject_id = ?", (s.subject_id,))
         assert n.fetchone() == (0,)
 
 
-def test_bad_lookup_creates_nothing(stack: Stack) -> None:
-    c = stack.client(stack.issue("essential.subject_rights"))
-    with sqlite3.connect(stack.db_path("de")) as db:
+def test_bad_lookup_creates_nothing(sqlite_stack: Stack) -> None:
+    c = sqlite_stack.client(sqlite_stack.issue("essential.subject_rights"))
+    with sqlite3.connect(sqlite_stack.db_path("de")) as db:
         before = db.execute("SELECT count(*) FROM subjects").fetchone()
     for bad in ({"ssn": "1"}, {"email": "not-an-address"}, {"phone": "call me"}):
         with pytest.raises(VaultClientError) as e:
             c.create_subject("DE", lookups=bad)
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "not-an-address" not in e.value.message and "call me" not in e.value.message
-    with sqlite3.connect(stack.db_path("de")) as db:
+    with sqlite3.connect(sqlite_stack.db_path("de")) as db:
         assert db.execute("SELECT count(*) FROM subjects").fetchone() == before
 
 
@@ -68,11 +75,13 @@ def test_subject_limited_token_finds_only_its_subjects(stack: Stack) -> None:
     assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_records_expire_by_policy_and_the_sweeper_deletes_them(stack: Stack) -> None:
-    payments = stack.client(
-        stack.issue("essential.service.payment_processing", ["user.financial.purchase_history"])
+def test_records_expire_by_policy_and_the_sweeper_deletes_them(sqlite_stack: Stack) -> None:
+    payments = sqlite_stack.client(
+        sqlite_stack.issue(
+            "essential.service.payment_processing", ["user.financial.purchase_history"]
+        )
     )
-    everyday = stack.client()
+    everyday = sqlite_stack.client()
     s = everyday.create_subject("SG")
     orders = [
         payments.put_record(
@@ -82,7 +91,7 @@ def test_records_expire_by_policy_and_the_sweeper_deletes_them(stack: Stack) -> 
     ]
     keep = everyday.put_record(s.subject_id, "user.name", {"first": "Tan"}).record_id
     now_us = time.time_ns() // 1000
-    with sqlite3.connect(stack.db_path("sg")) as db:
+    with sqlite3.connect(sqlite_stack.db_path("sg")) as db:
         exp = dict(
             db.execute("SELECT id, expires_at FROM records WHERE subject_id = ?", (s.subject_id,))
         )
@@ -102,7 +111,7 @@ def test_records_expire_by_policy_and_the_sweeper_deletes_them(stack: Stack) -> 
         "retention",
         "sweep",
         "--data-dir",
-        str(stack.data_dir),
+        str(sqlite_stack.data_dir),
         "--batch",
         "2",
     ]
