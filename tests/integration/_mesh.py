@@ -162,6 +162,7 @@ def start_mesh(
     *,
     nodes: tuple[str, ...] = NODE_REGIONS,
     metrics: frozenset[str] = frozenset(),
+    log_format: str = "text",
 ) -> Mesh:
     """The mesh of ``nodes``; the nodes of ``metrics`` serve /metrics on a free port."""
     pki = tmp / "pki"
@@ -188,6 +189,7 @@ def start_mesh(
             peer_tls=PeerTlsSettings(ca_file=client_ca, cert_file=ncert, key_file=nkey),
             erasure_poll_seconds=0.2,
             metrics_port=0 if r in metrics else None,
+            log_format=log_format,
         )
     admin = ensure_admin_credential(data_dir)
     mesh = Mesh(

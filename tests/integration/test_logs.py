@@ -15,9 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.conftest import Bao, Stack, files_containing, live_sql, start_stack
+from tests.integration._mesh import start_mesh
 from vault.client import VaultClientError
 from vault.crypto import dek_associated_data
 from vault.logs import JsonFormatter
@@ -224,3 +226,51 @@ def test_a_callers_request_id_is_logged_and_a_malformed_one_replaced(
     (read,) = [d["request_id"] for d in served if d["msg"].startswith("GetSubject ")]
     assert re.fullmatch(r"[0-9a-f]{32}", read)
     assert "{an}" not in structured.read_text()
+
+
+def test_a_forwarded_call_is_logged_under_one_request_id_by_both_nodes(
+    bao: Bao, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    structured = tmp_path / "python.jsonl"
+    with json_log(structured):
+        mesh = start_mesh(bao, tmp_path / "mesh", nodes=("de", "us"), log_format="json")
+        try:
+            token = mesh.issue(regions=["us"])
+            via_de = mesh.client("de", token)
+            sid = via_de.create_subject("US").subject_id
+            with grpc.secure_channel(mesh.target("de"), mesh.caller_credentials()) as ch:
+                pb_grpc.PersonalDataVaultStub(ch).GetSubject(  # type: ignore[no-untyped-call]
+                    pb.GetSubjectRequest(subject_id=sid),
+                    metadata=(("authorization", f"Bearer {token}"), ("x-request-id", "trace-77")),
+                    timeout=10,
+                )
+            via_de.get_subject(sid)  # no id given: the entry node's own goes along
+        finally:
+            mesh.close()
+    access = [
+        d
+        for d in json_lines(structured)
+        if d["logger"] == "vault.access" and d.get("request_id") != "trace-77"
+    ]
+    at_entry = {
+        d["request_id"]
+        for d in access
+        if d["msg"].startswith("GetSubject OK") and "forwarded=us" in d["msg"]
+    }
+    at_home = {
+        d["request_id"]
+        for d in access
+        if d["msg"].startswith("GetSubject OK") and "entry=de" in d["msg"]
+    }
+    (rid,) = at_entry
+    assert re.fullmatch(r"[0-9a-f]{32}", rid)
+    assert at_home == {rid}
+    lines = [
+        d
+        for d in json_lines(structured)
+        if d["logger"] == "vault.access" and d.get("request_id") == "trace-77"
+    ]
+    # The entry node (forwarded to us) and the home node (entered by de).
+    assert any("GetSubject OK" in d["msg"] and "forwarded=us" in d["msg"] for d in lines)
+    assert any("GetSubject OK" in d["msg"] and "entry=de" in d["msg"] for d in lines)
