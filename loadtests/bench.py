@@ -670,6 +670,22 @@ class Step:
     server_pid: int | None
 
 
+def pdvault_steps(
+    key: str, label: str, stack: Stack, opts: argparse.Namespace, countries: list[str], value: str
+) -> list[Step]:
+    """GetRecord and PutRecord rows against ``stack``, after populating it
+    (``label`` gets the RPC name)."""
+    md = (("authorization", f"Bearer {stack.issue_token()}"),)
+    pop = asyncio.run(populate_pdvault(stack.target, md, opts.subjects, countries, value))
+    get = GrpcLoad(stack.target, GET_RECORD, "get", pop.record_ids, value, md)
+    put = GrpcLoad(stack.target, PUT_RECORD, "put", pop.subject_ids, value, md)
+    pid = stack.server.pid
+    return [
+        Step(key, "get", label.format("GetRecord"), get, pid),
+        Step(key, "put", label.format("PutRecord"), put, pid),
+    ]
+
+
 def run_ladder(opts: argparse.Namespace, rows_wanted: set[str], work: Path) -> list[Row]:
     """Starts every server the wanted rows need (idle while not measured), then runs
     the rows one after another, ``--rounds`` times, interleaved."""
@@ -751,31 +767,14 @@ def run_ladder(opts: argparse.Namespace, rows_wanted: set[str], work: Path) -> l
             say("setup: pdvault up --key-cache-entries 0 ...")
             d_stack = Stack(work / "stack-nocache", key_cache_entries=0)
             running.append(d_stack)
-            d_md = (("authorization", f"Bearer {d_stack.issue_token()}"),)
-            pop_d = asyncio.run(
-                populate_pdvault(d_stack.target, d_md, opts.subjects, countries, value)
-            )
-            get = GrpcLoad(d_stack.target, GET_RECORD, "get", pop_d.record_ids, value, d_md)
-            put = GrpcLoad(d_stack.target, PUT_RECORD, "put", pop_d.subject_ids, value, d_md)
-            pid = d_stack.server.pid
-            label = "pdvault {}, no key cache"
-            steps.append(Step("d", "get", label.format("GetRecord"), get, pid))
-            steps.append(Step("d", "put", label.format("PutRecord"), put, pid))
+            steps += pdvault_steps("d", "pdvault {}, no key cache", d_stack, opts, countries, value)
 
         if "p" in rows_wanted:
             say("setup: pdvault up, cells and control plane on PostgreSQL ...")
             databases = PostgresDatabases(opts.pg_admin, work)
             p_stack = Stack(work / "stack-postgresql", regions_file=databases.regions_file)
             running.append(p_stack)
-            p_md = (("authorization", f"Bearer {p_stack.issue_token()}"),)
-            pop_p = asyncio.run(
-                populate_pdvault(p_stack.target, p_md, opts.subjects, countries, value)
-            )
-            get = GrpcLoad(p_stack.target, GET_RECORD, "get", pop_p.record_ids, value, p_md)
-            put = GrpcLoad(p_stack.target, PUT_RECORD, "put", pop_p.subject_ids, value, p_md)
-            pid = p_stack.server.pid
-            steps.append(Step("p", "get", "pdvault GetRecord, PostgreSQL", get, pid))
-            steps.append(Step("p", "put", "pdvault PutRecord, PostgreSQL", put, pid))
+            steps += pdvault_steps("p", "pdvault {}, PostgreSQL", p_stack, opts, countries, value)
 
         if "e" in rows_wanted:
             stack = d_stack or c_stack

@@ -146,6 +146,11 @@ def pg_proxy() -> Iterator[TcpProxy]:
     proxy.stop()
 
 
+def through(proxy: TcpProxy, pg_url: str) -> str:
+    """``pg_url`` by way of ``proxy``, failing fast while the proxy is stopped."""
+    return pg_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/") + "?connect_timeout=2"
+
+
 _CLI = (sys.executable, "-m", "vault.cli")
 
 

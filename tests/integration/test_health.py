@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import Bao, Stack, start_stack
-from tests.integration.conftest import TcpProxy
+from tests.integration.conftest import TcpProxy, through
 from vault.server import SERVICE_NAMES
 
 pytestmark = pytest.mark.integration
@@ -56,11 +56,10 @@ def test_health_follows_openbao(own_bao: Bao, tmp_path: Path) -> None:
 def test_health_follows_the_cell_database(
     bao: Bao, pg_url: str, pg_proxy: TcpProxy, tmp_path: Path
 ) -> None:
-    url = pg_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{pg_proxy.port}/")
     stack = start_stack(
         bao,
         tmp_path / "node",
-        database_urls={"de": f"{url}?connect_timeout=2"},
+        database_urls={"de": through(pg_proxy, pg_url)},
         health_probe_seconds=PROBE_SECONDS,
     )
     try:

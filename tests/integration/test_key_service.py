@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from tests.conftest import Bao, Stack, start_stack
-from tests.integration.conftest import TcpProxy
+from tests.integration.conftest import TcpProxy, through
 from vault.client import VaultClient, VaultClientError
 from vault.config import CacheSettings
 
@@ -151,8 +151,7 @@ def test_database_down_is_unavailable_and_recovers(
     """A cell whose PostgreSQL goes away answers UNAVAILABLE through gRPC, naming
     neither the database nor its address; the other cells go on; it serves again
     once the database is back, without a restart."""
-    url = pg_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{pg_proxy.port}/")
-    stack = start_stack(bao, tmp_path, database_urls={"de": f"{url}?connect_timeout=2"})
+    stack = start_stack(bao, tmp_path, database_urls={"de": through(pg_proxy, pg_url)})
     try:
         c = stack.client()
         s = c.create_subject("DE")
