@@ -19,6 +19,7 @@ import hvac.exceptions
 import requests
 
 from vault.errors import DecryptionFailed, KeyServiceUnavailable
+from vault.keys._approle import AppRole, AppRoleLogin, OpenBaoCredential
 from vault.keys._provider import KeyRef
 
 KEY_TYPE = "aes256-gcm96"
@@ -60,18 +61,37 @@ def _call(
         raise KeyServiceUnavailable(f"key service failed during {op}") from e
 
 
-class TransitKeyProvider:
-    """:class:`~vault.keys.KeyProvider` over a Transit secrets engine."""
+def _client(
+    address: str, credential: OpenBaoCredential, timeout: float
+) -> tuple[hvac.Client, AppRoleLogin | None]:
+    """An hvac client for ``credential``: a fixed token, or an AppRole login
+    that the client refreshes before its calls."""
+    if isinstance(credential, AppRole):
+        client = hvac.Client(url=address, timeout=timeout)
+        return client, AppRoleLogin(client, credential)
+    return hvac.Client(url=address, token=credential, timeout=timeout), None
 
-    def __init__(self, client: hvac.Client) -> None:
+
+class TransitKeyProvider:
+    """:class:`~vault.keys.KeyProvider` over a Transit secrets engine.
+
+    ``login``, when given, is called before each request to keep the client's
+    token fresh (:class:`~vault.keys.AppRoleLogin`); its failures are the key
+    service's.
+    """
+
+    def __init__(self, client: hvac.Client, login: AppRoleLogin | None = None) -> None:
         self._client = client
+        self._login = login
         self._lock = threading.Lock()
         # Calls made to the key service, by operation; read by tests and metrics.
         self.calls: Counter[str] = Counter()
 
     @classmethod
-    def connect(cls, address: str, token: str, timeout: float = 5.0) -> TransitKeyProvider:
-        return cls(hvac.Client(url=address, token=token, timeout=timeout))
+    def connect(
+        cls, address: str, credential: OpenBaoCredential, timeout: float = 5.0
+    ) -> TransitKeyProvider:
+        return cls(*_client(address, credential, timeout))
 
     def _count(self, op: str) -> None:
         with self._lock:
@@ -81,6 +101,8 @@ class TransitKeyProvider:
         self, op: str, fn: Any, *args: Any, handled: tuple[type[Exception], ...] = (), **kwargs: Any
     ) -> Any:
         self._count(op)
+        if self._login is not None:
+            _call("login", self._login)
         return _call(op, fn, *args, handled=handled, **kwargs)
 
     def create_key(self, ref: KeyRef) -> None:
@@ -132,16 +154,21 @@ class TransitKeyShredder:
     and is used only by the erase flow and ``pdvault erasure reapply``.
     """
 
-    def __init__(self, client: hvac.Client) -> None:
+    def __init__(self, client: hvac.Client, login: AppRoleLogin | None = None) -> None:
         self._client = client
+        self._login = login
 
     @classmethod
-    def connect(cls, address: str, token: str, timeout: float = 10.0) -> TransitKeyShredder:
-        return cls(hvac.Client(url=address, token=token, timeout=timeout))
+    def connect(
+        cls, address: str, credential: OpenBaoCredential, timeout: float = 10.0
+    ) -> TransitKeyShredder:
+        return cls(*_client(address, credential, timeout))
 
     def _call(
         self, op: str, fn: Any, *args: Any, handled: tuple[type[Exception], ...] = (), **kwargs: Any
     ) -> Any:
+        if self._login is not None:
+            _call("login", self._login)
         return _call(op, fn, *args, handled=handled, **kwargs)
 
     def versions(self, ref: KeyRef) -> tuple[int, ...]:
