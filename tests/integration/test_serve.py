@@ -132,9 +132,29 @@ def test_pdvault_serve_serves_its_region_and_forwards_the_others(bao: Bao, tmp_p
             assert e.value.reason == "REGION_UNAVAILABLE"
         assert (data_dir / "cells" / "de.db").exists()
         assert not (data_dir / "cells" / "us.db").exists()
+
+        # The probe the Kubernetes Deployment runs (an exec probe: kubelet's gRPC
+        # probe has no TLS), with the node's own client certificate.
+        def health(*flags: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*(sys.executable, "-m", "vault.cli", "health", "--target", target), *flags],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        probe = ("--ca", str(pki.ca), "--cert", str(peer_cert), "--key", str(peer_key))
+        ok = health(*probe, "--server-name", "localhost")
+        assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING"), ok.stderr
+        assert health(*probe).returncode == 0
+        wrong_name = health(*probe, "--server-name", "de.pdvault.example.net")
+        assert wrong_name.returncode == 1 and "UNAVAILABLE" in wrong_name.stderr
+        assert health("--ca", str(pki.ca)).returncode == 1  # no client certificate
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         if proc.stdout is not None:
             proc.stdout.close()
     assert proc.returncode == 0
+    gone = health(*probe, "--timeout", "2")
+    assert gone.returncode == 1 and "SERVING" not in gone.stdout

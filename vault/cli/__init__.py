@@ -102,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _connect, _rights, _serve, _tokens
+    from vault.cli import _connect, _health, _rights, _serve, _tokens
 
     add_tls_flags(_serve.add_parser(sub))
+    _health.add_parser(sub)
 
     _connect.add_flags(demo, target=False)
 
@@ -141,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             f"accepts it within {ADMIN_CHECK_SECONDS:g} s and refuses the old one from then."
         )
         return 0
+    if args.command == "health":
+        from vault.cli import _health
+
+        return _health.run(args)
     if args.command == "token":
         from vault.cli import _tokens
 
