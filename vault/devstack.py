@@ -99,6 +99,96 @@ class BaoPorts:
     cluster: int
 
 
+class Provisioner:
+    """Sets an OpenBao (one server or a cluster) up for pdvault with a root
+    token: Transit mounts, bounded caches, the signing key, the role policies
+    of ``deploy/openbao/policies`` and an AppRole role per policy.
+
+    ``issued`` lists the secret ids it generated, as (role, accessor).
+    """
+
+    def __init__(self, client: hvac.Client) -> None:
+        self._client = client
+        self.issued: list[tuple[str, str]] = []
+
+    def _mount(self, regions: RegionsConfig) -> None:
+        """Transit per region mount and the control mount, bounded caches, the signing key."""
+        client = self._client
+        mounted = client.sys.list_mounted_secrets_engines()["data"]
+        mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
+        control = regions.control.transit_mount
+        for mount in [*mounts, control]:
+            if f"{mount}/" not in mounted:
+                self._client.sys.enable_secrets_engine(
+                    "transit", path=mount, description="pdvault subject keys"
+                )
+            # Bound OpenBao's own transit key cache (DESIGN: keys scale to millions).
+            self._client.write_data(f"{mount}/cache-config", data={"size": TRANSIT_CACHE_SIZE})
+        self._client.secrets.transit.create_key(
+            name=SIGNING_KEY_NAME,
+            key_type="aes256-gcm96",
+            exportable=False,
+            allow_plaintext_backup=False,
+            mount_point=control,
+        )
+
+    def _approle(self, name: str, policy: str) -> AppRole:
+        """Writes ``policy`` as policy ``name`` and an AppRole role ``name`` bound to
+        it alone; returns a fresh login for it (a new secret id on every start)."""
+        self._client.sys.create_or_update_policy(name, policy)
+        self._client.auth.approle.create_or_update_approle(
+            name,
+            token_policies=[name],
+            token_no_default_policy=True,
+            token_ttl=APPROLE_TOKEN_TTL,
+            token_max_ttl=APPROLE_TOKEN_MAX_TTL,
+            token_bound_cidrs=LOOPBACK_CIDRS,
+            secret_id_bound_cidrs=LOOPBACK_CIDRS,
+            token_type="service",  # noqa: S106 - renewable tokens
+            mount_point=APPROLE_MOUNT,
+        )
+        role_id = self._client.auth.approle.read_role_id(name, mount_point=APPROLE_MOUNT)
+        secret = self._client.auth.approle.generate_secret_id(name, mount_point=APPROLE_MOUNT)
+        self.issued.append((name, str(secret["data"]["secret_id_accessor"])))
+        return AppRole(
+            str(role_id["data"]["role_id"]), str(secret["data"]["secret_id"]), APPROLE_MOUNT
+        )
+
+    def _roles(self, suffix: str, mounts: list[str], control: str) -> Credentials:
+        def make(role: Role, name: str) -> AppRole:
+            policy = role_policy(role, mounts, control_mount=control, signing_key=SIGNING_KEY_NAME)
+            return self._approle(name + suffix, policy)
+
+        return Credentials(
+            node=make("node", NODE_POLICY),
+            eraser=make("eraser", ERASER_POLICY),
+            rotation=make("rotation", ROTATION_POLICY),
+        )
+
+    def _enable_approle(self) -> None:
+        if f"{APPROLE_MOUNT}/" not in self._client.sys.list_auth_methods()["data"]:
+            self._client.sys.enable_auth_method("approle", path=APPROLE_MOUNT)
+
+    def configure(self, regions: RegionsConfig) -> Credentials:
+        """Mounts Transit per region mount, bounds caches, writes the policies
+        and AppRole roles reaching every region's mounts; returns their logins."""
+        self._mount(regions)
+        self._enable_approle()
+        mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
+        return self._roles("", mounts, regions.control.transit_mount)
+
+    def configure_per_region(self, regions: RegionsConfig) -> dict[str, Credentials]:
+        """Like :meth:`configure`, but one set of roles per region, each limited
+        to that region's mounts."""
+        self._mount(regions)
+        self._enable_approle()
+        control = regions.control.transit_mount
+        return {
+            r.id: self._roles(f"-{r.id}", list(r.transit_mounts), control)
+            for r in regions.regions.values()
+        }
+
+
 class OpenBaoServer:
     """One local OpenBao process with raft storage in ``data_dir/openbao``."""
 
@@ -257,73 +347,14 @@ audit "file" "pdvault-local" {{
     def _root_client(self) -> hvac.Client:
         return hvac.Client(url=self.address, token=self.root_token(), timeout=10)
 
-    def _mount(self, client: hvac.Client, regions: RegionsConfig) -> None:
-        """Transit per region mount and the control mount, bounded caches, the signing key."""
-        mounted = client.sys.list_mounted_secrets_engines()["data"]
-        mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
-        control = regions.control.transit_mount
-        for mount in [*mounts, control]:
-            if f"{mount}/" not in mounted:
-                client.sys.enable_secrets_engine(
-                    "transit", path=mount, description="pdvault subject keys"
-                )
-            # Bound OpenBao's own transit key cache (DESIGN: keys scale to millions).
-            client.write_data(f"{mount}/cache-config", data={"size": TRANSIT_CACHE_SIZE})
-        client.secrets.transit.create_key(
-            name=SIGNING_KEY_NAME,
-            key_type="aes256-gcm96",
-            exportable=False,
-            allow_plaintext_backup=False,
-            mount_point=control,
-        )
-
-    def _approle(self, client: hvac.Client, name: str, policy: str) -> AppRole:
-        """Writes ``policy`` as policy ``name`` and an AppRole role ``name`` bound to
-        it alone; returns a fresh login for it (a new secret id on every start)."""
-        client.sys.create_or_update_policy(name, policy)
-        client.auth.approle.create_or_update_approle(
-            name,
-            token_policies=[name],
-            token_no_default_policy=True,
-            token_ttl=APPROLE_TOKEN_TTL,
-            token_max_ttl=APPROLE_TOKEN_MAX_TTL,
-            token_bound_cidrs=LOOPBACK_CIDRS,
-            secret_id_bound_cidrs=LOOPBACK_CIDRS,
-            token_type="service",  # noqa: S106 - renewable tokens
-            mount_point=APPROLE_MOUNT,
-        )
-        role_id = client.auth.approle.read_role_id(name, mount_point=APPROLE_MOUNT)
-        secret = client.auth.approle.generate_secret_id(name, mount_point=APPROLE_MOUNT)
-        self._issued.append((name, str(secret["data"]["secret_id_accessor"])))
-        return AppRole(
-            str(role_id["data"]["role_id"]), str(secret["data"]["secret_id"]), APPROLE_MOUNT
-        )
-
-    def _roles(
-        self, client: hvac.Client, suffix: str, mounts: list[str], control: str
-    ) -> Credentials:
-        def make(role: Role, name: str) -> AppRole:
-            policy = role_policy(role, mounts, control_mount=control, signing_key=SIGNING_KEY_NAME)
-            return self._approle(client, name + suffix, policy)
-
-        return Credentials(
-            node=make("node", NODE_POLICY),
-            eraser=make("eraser", ERASER_POLICY),
-            rotation=make("rotation", ROTATION_POLICY),
-        )
-
-    def _enable_approle(self, client: hvac.Client) -> None:
-        if f"{APPROLE_MOUNT}/" not in client.sys.list_auth_methods()["data"]:
-            client.sys.enable_auth_method("approle", path=APPROLE_MOUNT)
-
     def configure(self, regions: RegionsConfig) -> Credentials:
         """Mounts Transit per region mount, bounds caches, writes the policies
         and AppRole roles reaching every region's mounts; returns their logins."""
-        client = self._root_client()
-        self._mount(client, regions)
-        self._enable_approle(client)
-        mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
-        return self._roles(client, "", mounts, regions.control.transit_mount)
+        p = Provisioner(self._root_client())
+        try:
+            return p.configure(regions)
+        finally:
+            self._issued += p.issued
 
     def configure_per_region(self, regions: RegionsConfig) -> dict[str, Credentials]:
         """Like :meth:`configure`, but one set of roles per region, each limited
@@ -331,14 +362,11 @@ audit "file" "pdvault-local" {{
         ``pdvault-rotation-R``; the node's also reaches the control mount's
         token-signing key): the key separation of one OpenBao cluster per
         region, by policy."""
-        client = self._root_client()
-        self._mount(client, regions)
-        self._enable_approle(client)
-        control = regions.control.transit_mount
-        return {
-            r.id: self._roles(client, f"-{r.id}", list(r.transit_mounts), control)
-            for r in regions.regions.values()
-        }
+        p = Provisioner(self._root_client())
+        try:
+            return p.configure_per_region(regions)
+        finally:
+            self._issued += p.issued
 
     def login(self, role: AppRole) -> str:
         """A token for ``role`` (what a node's AppRole login obtains); for tests and tools."""
