@@ -20,7 +20,8 @@ keeps its token fresh itself; the eraser likewise (``--eraser-role-id-file``,
 ``--eraser-secret-id-file``, ``$BAO_ERASER_ROLE_ID``, ``$BAO_ERASER_SECRET_ID``).
 A fixed token (``--openbao-token-file``, ``$BAO_TOKEN``) still works, for tools
 and tests. To trust a private CA for OpenBao's TLS listener, set
-``$REQUESTS_CA_BUNDLE``.
+``$REQUESTS_CA_BUNDLE``. A region's ``openbao.address`` may list the nodes of
+its OpenBao cluster separated by commas (see :class:`vault.keys.Failover`).
 
 Calls about the other regions' ids are forwarded to their endpoints over
 mutual TLS (``--peer-*``); see :mod:`vault.service._forward`.
