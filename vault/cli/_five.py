@@ -9,16 +9,19 @@ file decide (and the home cell records) every crossing, as in production.
 What it sets up, in the data dir:
 
 - **one OpenBao** (as ``pdvault up``), a Transit mount per region, and per
-  region a node token limited to that region's mount(s) plus the control
-  mount's ``token-signing`` encrypt/decrypt (``pdvault-node-R``) and an eraser
-  token limited likewise (``pdvault-eraser-R``). Not five ``bao`` servers: on
+  region an AppRole login for the node, limited to that region's mount(s) plus
+  the control mount's ``token-signing`` encrypt/decrypt (``pdvault-node-R``),
+  and one for the eraser limited likewise (``pdvault-eraser-R``), with the
+  policies of ``deploy/openbao/policies``. Not five ``bao`` servers: on
   a developer machine that would add four processes (~100 MB each), ports,
   unseal material and start time, and test nothing the mount-limited
   credentials do not already enforce (a region's node cannot use another
   region's mount; tests/integration/test_serve.py). Production runs an
-  OpenBao cluster per region, in the region (deploy/README.md). The tokens
-  reach the children in their environment (``BAO_TOKEN``,
-  ``BAO_ERASER_TOKEN``), never on disk, and are revoked when the stack stops;
+  OpenBao cluster per region, in the region (deploy/README.md). The role and
+  secret ids reach the children in their environment (``BAO_ROLE_ID``,
+  ``BAO_SECRET_ID``, ``BAO_ERASER_ROLE_ID``, ``BAO_ERASER_SECRET_ID``), never
+  on disk; each node logs in itself, and the secret ids are destroyed when
+  the stack stops;
 - ``pki/``: a local CA, a server certificate per node, a client certificate
   per node carrying its region's ``node_identity``, and a client certificate
   for local callers (:mod:`vault.devpki`);
@@ -48,9 +51,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hvac
 import yaml
 
+from vault.cli._serve import SECRET_ENV
 from vault.config import default_regions_file, load_regions
 from vault.control import ControlStore
 from vault.datadir import DataDir, write_file
@@ -204,16 +207,6 @@ class Five:
                 p.wait()
 
 
-async def _renew_forever(bao: OpenBaoServer, tokens: list[str]) -> None:
-    """Keeps the nodes' periodic OpenBao tokens alive (renewed with the root token)."""
-    while True:
-        await asyncio.sleep(3600)
-        client = hvac.Client(url=bao.address, token=bao.root_token(), timeout=10)
-        for t in tokens:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(client.auth.token.renew, t)
-
-
 async def up_five(args: argparse.Namespace, lock_data_dir: Any) -> int:
     refused = _refuse_flags(args)
     if refused:
@@ -248,11 +241,9 @@ async def up_five(args: argparse.Namespace, lock_data_dir: Any) -> int:
     pki = ensure_local_pki(layout.pki, identities)
     print(f"pdvault: starting OpenBao ({bao.address}, data in {bao.dir})", file=sys.stderr)
     bao.start()
-    tokens: list[str] = []
     code = 0
     try:
         creds = bao.configure_per_region(regions)
-        tokens = [t for c in creds.values() for t in (c.node, c.eraser)]
         ensure_admin_credential(data_dir)
         # Before the nodes start side by side: the control database's schema and
         # the token signing key exist once (else five nodes would race to make them).
@@ -262,22 +253,22 @@ async def up_five(args: argparse.Namespace, lock_data_dir: Any) -> int:
             TransitKeyProvider.connect(regions.control.openbao_address, creds[entry].node),
             regions.control.transit_mount,
         )
-        base_env = {
-            k: v for k, v in os.environ.items() if k not in ("BAO_TOKEN", "BAO_ERASER_TOKEN")
-        }
+        base_env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
         base_env["PYTHONUNBUFFERED"] = "1"
         print(f"pdvault: starting {len(order)} nodes ({', '.join(order)})", file=sys.stderr)
         for region in order:
+            node, eraser = creds[region].node, creds[region].eraser
             env = base_env | {
-                "BAO_TOKEN": creds[region].node,
-                "BAO_ERASER_TOKEN": creds[region].eraser,
+                "BAO_ROLE_ID": node.role_id,
+                "BAO_SECRET_ID": node.secret_id,
+                "BAO_ERASER_ROLE_ID": eraser.role_id,
+                "BAO_ERASER_SECRET_ID": eraser.secret_id,
             }
             five.spawn(region, ports[region], pki, bao.address, env)
         await five.wait_ready(START_TIMEOUT)
         five.endpoints = {r: f"grpcs://127.0.0.1:{ports[r]}" for r in order}
         write_file(layout.endpoints, json.dumps(five.endpoints, indent=2) + "\n", 0o644)
         write_file(layout.endpoint, five.endpoints[entry] + "\n", 0o644)
-        renew = asyncio.create_task(_renew_forever(bao, tokens))
         _banner(args, five, regions, entry, pki, bao, policy)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -297,14 +288,14 @@ async def up_five(args: argparse.Namespace, lock_data_dir: Any) -> int:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
         print("\npdvault: shutting down", file=sys.stderr, flush=True)
-        renew.cancel()
     except (RuntimeError, ConfigError) as e:
         print(f"pdvault: refusing to start: {e}", file=sys.stderr)
         code = 2
     finally:
         five.stop()
-        if tokens and bao.running:
-            bao.revoke(*tokens)
+        if bao.running:
+            with contextlib.suppress(Exception):
+                bao.retire()
         bao.stop()
         lock.close()
     print("pdvault: stopped", file=sys.stderr)

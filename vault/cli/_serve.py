@@ -1,7 +1,8 @@
 """``pdvault serve``: one node serving one region's cell (the production shape).
 
     pdvault serve --region de --config /etc/pdvault --data-dir /var/lib/pdvault \\
-        --openbao-token-file /run/secrets/bao-token \\
+        --openbao-role-id-file /run/secrets/bao/role-id \\
+        --openbao-secret-id-file /run/secrets/bao/secret-id \\
         --tls-cert node.pem --tls-key node-key.pem --tls-client-ca clients-ca.pem \\
         --peer-ca nodes-ca.pem --peer-cert node-de-client.pem --peer-key node-de-client-key.pem
 
@@ -9,16 +10,18 @@
 address and mounts, node identity) and the transfer rules; ``DIR/policy.yaml``
 the purpose policy (default: the shipped one). The node opens only region R's
 database and uses only R's Transit mounts (and the control mount's signing
-key), so its OpenBao credential should allow nothing else: the HCL is
-``vault.devstack.node_policy([R's mounts], control mount)``, e.g. for de::
+key), so its OpenBao credential should allow nothing else: the policies are in
+``deploy/openbao/policies`` (rendered per mount by
+:func:`vault.openbao.role_policy`).
 
-    path "transit-de/keys/+"    { capabilities = ["create", "read", "update"] }
-    path "transit-de/encrypt/+" { capabilities = ["update"] }
-    path "transit-de/decrypt/+" { capabilities = ["update"] }
-    path "transit-de/rewrap/+"  { capabilities = ["update"] }
-    path "transit-control/encrypt/token-signing" { capabilities = ["update"] }
-    path "transit-control/decrypt/token-signing" { capabilities = ["update"] }
-    path "auth/token/renew-self" { capabilities = ["update"] }
+The node authenticates to OpenBao with AppRole (``--openbao-role-id-file`` and
+``--openbao-secret-id-file``, or ``$BAO_ROLE_ID`` and ``$BAO_SECRET_ID``) and
+keeps its token fresh itself; the eraser likewise (``--eraser-role-id-file``,
+``--eraser-secret-id-file``, ``$BAO_ERASER_ROLE_ID``, ``$BAO_ERASER_SECRET_ID``).
+A fixed token (``--openbao-token-file``, ``$BAO_TOKEN``) still works, for tools
+and tests. To trust a private CA for OpenBao's TLS listener, set
+``$REQUESTS_CA_BUNDLE``. A region's ``openbao.address`` may list the nodes of
+its OpenBao cluster separated by commas (see :class:`vault.keys.Failover`).
 
 Calls about the other regions' ids are forwarded to their endpoints over
 mutual TLS (``--peer-*``); see :mod:`vault.service._forward`.
@@ -37,6 +40,7 @@ from vault.cli._flags import pool_settings
 from vault.config import NodeSettings, PeerTlsSettings, load_regions
 from vault.datadir import DataDir
 from vault.errors import ConfigError
+from vault.keys import AppRole, OpenBaoCredential
 from vault.policy import default_policy_path, load_policy
 from vault.server import VaultServer, build_vault
 from vault.transport import server_credentials
@@ -57,19 +61,40 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument(
         "--port", type=int, default=None, help="default: the port of the region's endpoint"
     )
-    p.add_argument(
+    bao = p.add_argument_group(
+        "OpenBao", "how this node logs in (AppRole; a fixed token only for tools and tests)"
+    )
+    bao.add_argument(
+        "--openbao-role-id-file", type=Path, metavar="FILE", help="default: $BAO_ROLE_ID"
+    )
+    bao.add_argument(
+        "--openbao-secret-id-file", type=Path, metavar="FILE", help="default: $BAO_SECRET_ID"
+    )
+    bao.add_argument(
+        "--openbao-approle-mount", default="approle", help="the AppRole auth mount's path"
+    )
+    bao.add_argument(
         "--openbao-token-file",
         type=Path,
         default=None,
-        help="the node's OpenBao token (default: $BAO_TOKEN); limit it to the region's mounts",
+        help="a fixed OpenBao token instead of AppRole (default: $BAO_TOKEN)",
     )
     p.add_argument(
         "--openbao-addr",
         default=os.environ.get("BAO_ADDR", ""),
         help="fills {openbao_addr} in regions.yaml (default: $BAO_ADDR)",
     )
-    p.add_argument(
-        "--eraser-token-file", type=Path, default=None, help="OpenBao token for key destruction"
+    bao.add_argument(
+        "--eraser-role-id-file", type=Path, metavar="FILE", help="default: $BAO_ERASER_ROLE_ID"
+    )
+    bao.add_argument(
+        "--eraser-secret-id-file",
+        type=Path,
+        metavar="FILE",
+        help="default: $BAO_ERASER_SECRET_ID",
+    )
+    bao.add_argument(
+        "--eraser-token-file", type=Path, default=None, help="a fixed token for key destruction"
     )
     peer = p.add_argument_group("peer TLS", "how this node calls the other regions' nodes")
     peer.add_argument("--peer-ca", type=Path, metavar="FILE")
@@ -78,10 +103,39 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     return p
 
 
+#: Environment variables that carry OpenBao secrets to a node.
+SECRET_ENV = (
+    "BAO_TOKEN",
+    "BAO_ROLE_ID",
+    "BAO_SECRET_ID",
+    "BAO_ERASER_TOKEN",
+    "BAO_ERASER_ROLE_ID",
+    "BAO_ERASER_SECRET_ID",
+)
+
+
 def _read_secret(path: Path | None, env: str) -> str | None:
     if path is not None:
         return path.read_text().strip()
     return os.environ.get(env) or None
+
+
+def _credential(
+    args: argparse.Namespace, who: str, env: str, mount: str
+) -> OpenBaoCredential | None:
+    """``who``'s AppRole login (role id and secret id), else a fixed token, else None.
+
+    Exits when only half of an AppRole login is given.
+    """
+    role_id = _read_secret(getattr(args, f"{who}_role_id_file"), f"{env}_ROLE_ID")
+    secret_id = _read_secret(getattr(args, f"{who}_secret_id_file"), f"{env}_SECRET_ID")
+    if role_id and secret_id:
+        return AppRole(role_id, secret_id, mount)
+    if role_id or secret_id:
+        raise SystemExit(
+            f"pdvault: refusing to start: the {who} AppRole login needs a role id and a secret id"
+        )
+    return _read_secret(getattr(args, f"{who}_token_file"), f"{env}_TOKEN")
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -104,9 +158,14 @@ async def serve(args: argparse.Namespace) -> int:
     if any(peer_flags) and not all(peer_flags):
         print("pdvault: --peer-ca, --peer-cert and --peer-key go together", file=sys.stderr)
         return 2
-    token = _read_secret(args.openbao_token_file, "BAO_TOKEN")
-    if token is None:
-        print("pdvault: no OpenBao token (--openbao-token-file or $BAO_TOKEN)", file=sys.stderr)
+    node = _credential(args, "openbao", "BAO", args.openbao_approle_mount)
+    eraser = _credential(args, "eraser", "BAO_ERASER", args.openbao_approle_mount)
+    if node is None:
+        print(
+            "pdvault: no OpenBao login (--openbao-role-id-file and --openbao-secret-id-file, "
+            "$BAO_ROLE_ID and $BAO_SECRET_ID, or a token)",
+            file=sys.stderr,
+        )
         return 2
     port = args.port
     if port is None:
@@ -137,8 +196,8 @@ async def serve(args: argparse.Namespace) -> int:
     vault = build_vault(
         regions,
         settings,
-        openbao_token=token,
-        eraser_token=_read_secret(args.eraser_token_file, "BAO_ERASER_TOKEN"),
+        openbao_token=node,
+        eraser_token=eraser,
         policy=policy,
         admin_credential_file=admin_file if admin_file.exists() else None,
         serve_regions=frozenset({args.region}),

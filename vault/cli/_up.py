@@ -11,12 +11,10 @@ import sys
 from pathlib import Path
 from typing import IO
 
-import hvac
-
 from vault.cli._flags import pool_settings
 from vault.config import CacheSettings, NodeSettings, TlsSettings, load_regions
 from vault.datadir import DataDir, write_file
-from vault.devstack import OpenBaoServer
+from vault.devstack import BaoMissing, OpenBaoServer, bao_binary
 from vault.errors import ConfigError
 from vault.policy import default_policy_path, load_policy
 from vault.server import VaultServer, build_vault
@@ -31,14 +29,6 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     except BlockingIOError:
         raise SystemExit(f"pdvault: another `pdvault up` is already using {data_dir}") from None
     return f
-
-
-async def _renew_forever(address: str, token: str) -> None:
-    """Keeps the node's periodic OpenBao token alive while the node runs."""
-    while True:
-        await asyncio.sleep(3600)
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(hvac.Client(url=address, token=token).auth.token.renew_self)
 
 
 def _tls(args: argparse.Namespace) -> TlsSettings | None:
@@ -75,6 +65,11 @@ def _transport_banner(settings: NodeSettings) -> str:
 
 
 async def up(args: argparse.Namespace) -> int:
+    try:
+        bao_binary()  # before anything is created: say what to install
+    except BaoMissing as e:
+        print(f"pdvault: cannot start the local stack: {e}", file=sys.stderr)
+        return 2
     if getattr(args, "regions_mode", "one") == "five":
         from vault.cli._five import up_five
 
@@ -135,9 +130,6 @@ async def up(args: argparse.Namespace) -> int:
         endpoint = f"{scheme}{local_dial_host(settings.host)}:{port}"
         write_file(layout.endpoint, endpoint + "\n", 0o644)
         layout.endpoints.unlink(missing_ok=True)  # no five-region topology here
-        renew = [
-            asyncio.create_task(_renew_forever(bao.address, t)) for t in (creds.node, creds.eraser)
-        ]
         reflection = "on" if settings.reflection else "off"
         tls_hint = (
             "\n  (over TLS add --ca FILE, and --cert FILE --key FILE for mutual TLS;\n"
@@ -168,11 +160,11 @@ Stop with Ctrl-C.""",
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         print("\npdvault: shutting down", file=sys.stderr, flush=True)
-        for task in renew:
-            task.cancel()
     finally:
         if server is not None:
             await server.stop(grace=5.0)
+        with contextlib.suppress(Exception):
+            bao.retire()
         bao.stop()
         lock.close()
     print("pdvault: stopped", file=sys.stderr)

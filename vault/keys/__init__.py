@@ -1,15 +1,20 @@
 """Subject keys: the KeyProvider port, the OpenBao/Vault Transit adapter, the DEK cache."""
 
+from vault.keys._approle import AppRole, AppRoleLogin, OpenBaoCredential
 from vault.keys._cache import BoundedCache, DataKeyCache
 from vault.keys._provider import KeyProvider, KeyRef, KeyShredder
-from vault.keys._transit import TransitKeyProvider, TransitKeyShredder
+from vault.keys._transit import Failover, TransitKeyProvider, TransitKeyShredder
 
 __all__ = [
+    "AppRole",
+    "AppRoleLogin",
     "BoundedCache",
     "DataKeyCache",
+    "Failover",
     "KeyProvider",
     "KeyRef",
     "KeyShredder",
+    "OpenBaoCredential",
     "TransitKeyProvider",
     "TransitKeyShredder",
 ]

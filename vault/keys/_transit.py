@@ -21,6 +21,7 @@ import requests
 
 from vault import metrics
 from vault.errors import DecryptionFailed, KeyServiceUnavailable
+from vault.keys._approle import AppRole, AppRoleLogin, OpenBaoCredential
 from vault.keys._provider import KeyRef
 
 KEY_TYPE = "aes256-gcm96"
@@ -72,18 +73,108 @@ def _call(
         metrics.observe_openbao(op, outcome, time.perf_counter() - start)
 
 
-class TransitKeyProvider:
-    """:class:`~vault.keys.KeyProvider` over a Transit secrets engine."""
+def addresses(address: str) -> tuple[str, ...]:
+    """The addresses of one OpenBao cluster: ``address`` may list several,
+    separated by commas (its nodes, any of which forwards to the active one)."""
+    out = tuple(a.strip() for a in address.split(",") if a.strip())
+    if not out:
+        raise ValueError("no OpenBao address")
+    return out
 
-    def __init__(self, client: hvac.Client) -> None:
+
+class Failover:
+    """Moves an hvac client to the cluster's next address when the one it uses
+    cannot be reached (refused, reset) or is sealed.
+
+    A call is tried once per address at most. Any other failure — a node that
+    answers but has no active node to forward to during an election, a refusal,
+    a timeout — is the call's failure at once: the vault fails closed, and the
+    next call tries again.
+    """
+
+    def __init__(self, client: hvac.Client, cluster: tuple[str, ...]) -> None:
         self._client = client
+        self._cluster = cluster
+        self._lock = threading.Lock()
+
+    def run(self, fn: Any) -> Any:
+        for attempt in range(len(self._cluster)):
+            used = self._client.url
+            try:
+                return fn()
+            except KeyServiceUnavailable as e:
+                cause = e.__cause__
+                moved = isinstance(
+                    cause, requests.exceptions.ConnectionError | hvac.exceptions.VaultDown
+                )
+                if not moved or attempt == len(self._cluster) - 1:
+                    raise
+                with self._lock:
+                    if self._client.url == used:  # not already moved by another thread
+                        i = self._cluster.index(used) if used in self._cluster else -1
+                        self._client.url = self._cluster[(i + 1) % len(self._cluster)]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _client(
+    address: str, credential: OpenBaoCredential, timeout: float
+) -> tuple[hvac.Client, AppRoleLogin | None, Failover]:
+    """An hvac client for ``credential`` (a fixed token, or an AppRole login that
+    the client refreshes before its calls) on ``address`` (one or several)."""
+    cluster = addresses(address)
+    if isinstance(credential, AppRole):
+        client = hvac.Client(url=cluster[0], timeout=timeout)
+        return client, AppRoleLogin(client, credential), Failover(client, cluster)
+    client = hvac.Client(url=cluster[0], token=credential, timeout=timeout)
+    return client, None, Failover(client, cluster)
+
+
+def _run(
+    login: AppRoleLogin | None,
+    failover: Failover | None,
+    op: str,
+    fn: Any,
+    args: tuple[Any, ...],
+    handled: tuple[type[Exception], ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """One key-service call: log in (or renew) first if due, on the cluster's
+    reachable address."""
+
+    def once() -> Any:
+        if login is not None:
+            _call("login", login)
+        return _call(op, fn, *args, handled=handled, **kwargs)
+
+    return once() if failover is None else failover.run(once)
+
+
+class TransitKeyProvider:
+    """:class:`~vault.keys.KeyProvider` over a Transit secrets engine.
+
+    ``login``, when given, is called before each request to keep the client's
+    token fresh (:class:`~vault.keys.AppRoleLogin`); its failures are the key
+    service's. ``failover`` moves the client between a cluster's addresses.
+    """
+
+    def __init__(
+        self,
+        client: hvac.Client,
+        login: AppRoleLogin | None = None,
+        failover: Failover | None = None,
+    ) -> None:
+        self._client = client
+        self._login = login
+        self._failover = failover
         self._lock = threading.Lock()
         # Calls made to the key service, by operation; read by tests and metrics.
         self.calls: Counter[str] = Counter()
 
     @classmethod
-    def connect(cls, address: str, token: str, timeout: float = 5.0) -> TransitKeyProvider:
-        return cls(hvac.Client(url=address, token=token, timeout=timeout))
+    def connect(
+        cls, address: str, credential: OpenBaoCredential, timeout: float = 5.0
+    ) -> TransitKeyProvider:
+        return cls(*_client(address, credential, timeout))
 
     def _count(self, op: str) -> None:
         with self._lock:
@@ -93,7 +184,7 @@ class TransitKeyProvider:
         self, op: str, fn: Any, *args: Any, handled: tuple[type[Exception], ...] = (), **kwargs: Any
     ) -> Any:
         self._count(op)
-        return _call(op, fn, *args, handled=handled, **kwargs)
+        return _run(self._login, self._failover, op, fn, args, handled, kwargs)
 
     def ready(self) -> bool:
         """Whether OpenBao answers and is unsealed now (``sys/health``, no
@@ -153,17 +244,26 @@ class TransitKeyShredder:
     and is used only by the erase flow and ``pdvault erasure reapply``.
     """
 
-    def __init__(self, client: hvac.Client) -> None:
+    def __init__(
+        self,
+        client: hvac.Client,
+        login: AppRoleLogin | None = None,
+        failover: Failover | None = None,
+    ) -> None:
         self._client = client
+        self._login = login
+        self._failover = failover
 
     @classmethod
-    def connect(cls, address: str, token: str, timeout: float = 10.0) -> TransitKeyShredder:
-        return cls(hvac.Client(url=address, token=token, timeout=timeout))
+    def connect(
+        cls, address: str, credential: OpenBaoCredential, timeout: float = 10.0
+    ) -> TransitKeyShredder:
+        return cls(*_client(address, credential, timeout))
 
     def _call(
         self, op: str, fn: Any, *args: Any, handled: tuple[type[Exception], ...] = (), **kwargs: Any
     ) -> Any:
-        return _call(op, fn, *args, handled=handled, **kwargs)
+        return _run(self._login, self._failover, op, fn, args, handled, kwargs)
 
     def versions(self, ref: KeyRef) -> tuple[int, ...]:
         """The key's versions; empty when the key does not exist."""
