@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import Bao, Stack, start_stack
 from tests.integration.conftest import TcpProxy, through
+from vault.keys import TransitKeyProvider
 from vault.server import SERVICE_NAMES
 
 pytestmark = pytest.mark.integration
@@ -71,3 +72,11 @@ def test_health_follows_the_cell_database(
         wait_for(stack, SERVING)
     finally:
         stack.stop()
+
+
+def test_openbao_readiness_tries_the_other_addresses_of_a_cluster(bao: Bao) -> None:
+    """A cluster address that is down moves the probe on, as it moves a call."""
+    dead = "http://127.0.0.1:1"
+    provider = TransitKeyProvider.connect(f"{dead},{bao.address}", bao.node_token, timeout=2)
+    assert provider.ready()
+    assert not TransitKeyProvider.connect(f"{dead},{dead}", bao.node_token, timeout=2).ready()

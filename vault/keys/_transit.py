@@ -188,12 +188,24 @@ class TransitKeyProvider:
 
     def ready(self) -> bool:
         """Whether OpenBao answers and is unsealed now (``sys/health``, no
-        credential needed): active, or a standby that forwards to the leader."""
+        credential needed): active, or a standby that forwards to the leader.
+        On a cluster, a node that is down or sealed moves the client to the
+        next address, as a call would."""
+
+        def probe() -> bool:
+            try:
+                resp = self._client.sys.read_health_status(method="HEAD")
+            except (requests.exceptions.RequestException, hvac.exceptions.VaultError) as e:
+                raise KeyServiceUnavailable("key service unreachable") from e
+            if getattr(resp, "status_code", 0) not in _READY_STATUSES:
+                down = hvac.exceptions.VaultDown("sealed or not initialised")
+                raise KeyServiceUnavailable("key service not ready") from down
+            return True
+
         try:
-            resp = self._client.sys.read_health_status(method="HEAD")
-        except (requests.exceptions.RequestException, hvac.exceptions.VaultError):
+            return probe() if self._failover is None else bool(self._failover.run(probe))
+        except KeyServiceUnavailable:
             return False
-        return getattr(resp, "status_code", 0) in _READY_STATUSES
 
     def create_key(self, ref: KeyRef) -> None:
         self._call(
