@@ -228,18 +228,24 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
     d = tmp_path_factory.mktemp("openbao")
     server = OpenBaoServer(d, log=False)
     server.start()
-    regions = load_regions(data_dir=str(d), openbao_addr=server.address)
     try:
-        creds = server.configure(regions)
-        yield Bao(
-            server,
-            Path(regions.source),
-            server.login(creds.node),
-            server.login(creds.eraser),
-            server.audit_log,
-        )
+        yield configured_bao(server, d)
     finally:
         server.stop()
+
+
+def configured_bao(server: OpenBaoServer, data_dir: Path) -> Bao:
+    """``server`` set up for the regions file (mounts, policies, AppRole roles),
+    with tokens from the node's and the eraser's AppRole logins."""
+    regions = load_regions(data_dir=str(data_dir), openbao_addr=server.address)
+    creds = server.configure(regions)
+    return Bao(
+        server,
+        Path(regions.source),
+        server.login(creds.node),
+        server.login(creds.eraser),
+        server.audit_log,
+    )
 
 
 @contextmanager

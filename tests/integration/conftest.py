@@ -19,9 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import POSTGRES_ADMIN_DSN, Bao, Stack, postgres_database, start_stack
+from tests.conftest import (
+    POSTGRES_ADMIN_DSN,
+    Bao,
+    Stack,
+    configured_bao,
+    postgres_database,
+    start_stack,
+)
 from tests.integration._access import Env
-from vault.config import load_regions
 from vault.devstack import OpenBaoServer
 
 
@@ -40,15 +46,7 @@ def own_bao(tmp_path: Path) -> Iterator[Bao]:
     server = OpenBaoServer(tmp_path, log=False)
     server.start()
     try:
-        regions = load_regions(data_dir=str(tmp_path), openbao_addr=server.address)
-        creds = server.configure(regions)
-        yield Bao(
-            server,
-            Path(regions.source),
-            server.login(creds.node),
-            server.login(creds.eraser),
-            server.audit_log,
-        )
+        yield configured_bao(server, tmp_path)
     finally:
         server.stop()
 

@@ -13,7 +13,7 @@ import base64
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Self
 
 import hvac
 import hvac.exceptions
@@ -149,13 +149,15 @@ def _run(
     return once() if failover is None else failover.run(once)
 
 
-class TransitKeyProvider:
-    """:class:`~vault.keys.KeyProvider` over a Transit secrets engine.
+class _TransitClient:
+    """One credential's hvac client on one OpenBao cluster; every call through :func:`_run`.
 
     ``login``, when given, is called before each request to keep the client's
     token fresh (:class:`~vault.keys.AppRoleLogin`); its failures are the key
     service's. ``failover`` moves the client between a cluster's addresses.
     """
+
+    DEFAULT_TIMEOUT = 5.0
 
     def __init__(
         self,
@@ -166,24 +168,17 @@ class TransitKeyProvider:
         self._client = client
         self._login = login
         self._failover = failover
-        self._lock = threading.Lock()
-        # Calls made to the key service, by operation; read by tests and metrics.
-        self.calls: Counter[str] = Counter()
 
     @classmethod
     def connect(
-        cls, address: str, credential: OpenBaoCredential, timeout: float = 5.0
-    ) -> TransitKeyProvider:
-        return cls(*_client(address, credential, timeout))
-
-    def _count(self, op: str) -> None:
-        with self._lock:
-            self.calls[op] += 1
+        cls, address: str, credential: OpenBaoCredential, timeout: float | None = None
+    ) -> Self:
+        """A client on ``address`` (one, or a cluster's separated by commas)."""
+        return cls(*_client(address, credential, timeout or cls.DEFAULT_TIMEOUT))
 
     def _call(
         self, op: str, fn: Any, *args: Any, handled: tuple[type[Exception], ...] = (), **kwargs: Any
     ) -> Any:
-        self._count(op)
         return _run(self._login, self._failover, op, fn, args, handled, kwargs)
 
     def ready(self) -> bool:
@@ -206,6 +201,28 @@ class TransitKeyProvider:
             return probe() if self._failover is None else bool(self._failover.run(probe))
         except KeyServiceUnavailable:
             return False
+
+
+class TransitKeyProvider(_TransitClient):
+    """:class:`~vault.keys.KeyProvider` over a Transit secrets engine."""
+
+    def __init__(
+        self,
+        client: hvac.Client,
+        login: AppRoleLogin | None = None,
+        failover: Failover | None = None,
+    ) -> None:
+        super().__init__(client, login, failover)
+        self._lock = threading.Lock()
+        # Calls made to the key service, by operation; read by tests and metrics.
+        self.calls: Counter[str] = Counter()
+
+    def _call(
+        self, op: str, fn: Any, *args: Any, handled: tuple[type[Exception], ...] = (), **kwargs: Any
+    ) -> Any:
+        with self._lock:
+            self.calls[op] += 1
+        return super()._call(op, fn, *args, handled=handled, **kwargs)
 
     def create_key(self, ref: KeyRef) -> None:
         self._call(
@@ -249,33 +266,14 @@ class TransitKeyProvider:
             raise DecryptionFailed() from e
 
 
-class TransitKeyShredder:
+class TransitKeyShredder(_TransitClient):
     """Destroys subject keys: the erasure workflow's own, separate credential.
 
     The node's everyday token cannot reconfigure or delete keys; this one can,
     and is used only by the erase flow and ``pdvault erasure reapply``.
     """
 
-    def __init__(
-        self,
-        client: hvac.Client,
-        login: AppRoleLogin | None = None,
-        failover: Failover | None = None,
-    ) -> None:
-        self._client = client
-        self._login = login
-        self._failover = failover
-
-    @classmethod
-    def connect(
-        cls, address: str, credential: OpenBaoCredential, timeout: float = 10.0
-    ) -> TransitKeyShredder:
-        return cls(*_client(address, credential, timeout))
-
-    def _call(
-        self, op: str, fn: Any, *args: Any, handled: tuple[type[Exception], ...] = (), **kwargs: Any
-    ) -> Any:
-        return _run(self._login, self._failover, op, fn, args, handled, kwargs)
+    DEFAULT_TIMEOUT = 10.0
 
     def versions(self, ref: KeyRef) -> tuple[int, ...]:
         """The key's versions; empty when the key does not exist."""
