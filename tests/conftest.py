@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from tests._background import BackgroundServer
+from tests.fault_tally import TALLY
 from vault.client import VaultClient
 from vault.config import CacheSettings, NodeSettings, RegionsConfig, TlsSettings, load_regions
 from vault.datadir import DataDir
@@ -358,3 +359,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("attack cases")
         for name, (held, broke) in counts.items():
             terminalreporter.write_line(f"{name}: {held + broke} run, {held} held, {broke} failed")
+    _reliability_summary(terminalreporter)
+
+
+def _reliability_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures the fault, fuzz, crash and model tests gathered (tests/fault_tally.py)."""
+    t = TALLY
+    if t.empty():
+        return
+    w = terminalreporter.write_line
+    terminalreporter.section("reliability figures")
+    w(f"faults injected and survived: {sum(t.faults.values())}")
+    for kind, n in sorted(t.faults.items()):
+        w(f"  {kind}: {n}")
+    w(f"bad inputs tried: {sum(t.bad_inputs.values())} over {len(t.bad_inputs)} RPCs")
+    w(
+        f"crashes (kill -9): {t.crashes}; acknowledged writes checked: "
+        f"{t.acknowledged_writes}, lost: {t.acknowledged_lost}"
+    )
+    w(f"model steps run: {t.model_steps}")
+    w(f"unauthorised reads: {t.unauthorised_reads}")
+    w(f"canaries found at rest or in errors: {t.canaries_found}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 
 from vault import ids
@@ -31,12 +32,22 @@ from vault.cell._views import (
     SubjectView,
 )
 from vault.crypto import dek_associated_data, new_data_key, same_digest
-from vault.errors import AccessDenied, Conflict, Erased, NotFound, Restricted, TooLarge
+from vault.errors import (
+    AccessDenied,
+    Conflict,
+    Erased,
+    NotFound,
+    Restricted,
+    TooLarge,
+    VaultError,
+)
 from vault.inline import ensure_may_block
 from vault.keys import KeyRef, KeyShredder
 from vault.policy import Caller, SubjectFacts
 from vault.store import DuplicateKey, SubjectRow, SubjectState
 from vault.tokens import FieldGrant
+
+log = logging.getLogger("vault.cell")
 
 
 def key_name_for(subject_id: str) -> str:
@@ -95,23 +106,46 @@ class Cell(RecordOps):
         ensure_may_block()
         ref = KeyRef(self._mount_for(sid), key_name_for(sid))
         # Key first, then the row: if the key service is down nothing is written.
-        # A key whose row insert then fails guards no data and is harmless.
+        # A key whose row is not written guards nothing: it is destroyed again
+        # (only a crash in between leaves one behind, still guarding no data).
         self._keys.create_key(ref)
-        dek = new_data_key()
-        wrapped = self._keys.wrap(ref, dek, dek_associated_data(sid, self.region.id))
-        now = self._clock()
-        row = SubjectRow(
-            sid, self.region.id, SubjectState.ACTIVE, minor, ref.mount, ref.name, wrapped, now, now
-        )
         try:
+            dek = new_data_key()
+            wrapped = self._keys.wrap(ref, dek, dek_associated_data(sid, self.region.id))
+            now = self._clock()
+            row = SubjectRow(
+                sid,
+                self.region.id,
+                SubjectState.ACTIVE,
+                minor,
+                ref.mount,
+                ref.name,
+                wrapped,
+                now,
+                now,
+            )
             self._store.insert_subject(row, key, digest, digests)
         except DuplicateKey:
+            self._discard_key(ref)
             existing = self._store.subject_by_idempotency_key(key) if key else None
             if existing is None or digest is None:
                 raise
             return self._replayed_subject(*existing, digest)
+        except BaseException:
+            self._discard_key(ref)
+            raise
         self._data_keys.put(sid, dek)
         return SubjectView.of(row)
+
+    def _discard_key(self, ref: KeyRef) -> None:
+        """Destroys a subject key whose row was never written, through the
+        eraser's credential (best effort: a key that survives guards no data)."""
+        if self._shredder is None:
+            return
+        try:
+            self._shredder.destroy(ref)
+        except VaultError:
+            log.warning("a subject key without a subject could not be destroyed yet")
 
     def _lookup_transfer(
         self,

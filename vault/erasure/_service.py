@@ -19,6 +19,7 @@ lists — for after an OpenBao snapshot restore brought some back.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -144,8 +145,16 @@ class Eraser:
     def _finish(self, entry: ErasureEntry, *, wait: bool = True) -> ErasureEntry:
         """Destroys the key of a due erasure unless another caller or node already
         is; with ``wait``, waits for that one to finish. Returns the ledger entry."""
-        if self._control.claim_erasure(entry.subject_id, self._clock(), CLAIM_STALE_US):
-            self._destroy(entry)
+        claimed_at = self._clock()
+        if self._control.claim_erasure(entry.subject_id, claimed_at, CLAIM_STALE_US):
+            try:
+                self._destroy(entry)
+            except BaseException:
+                # A failed step (database, key service) must not hold the claim
+                # until it goes stale: the retry or the worker carries on now.
+                with contextlib.suppress(VaultError):
+                    self._control.release_claim(entry.subject_id, claimed_at)
+                raise
         deadline = time.monotonic() + (CLAIM_WAIT_SECONDS if wait else 0)
         while True:
             current = self._control.erasure(entry.subject_id) or entry
