@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -336,6 +337,20 @@ def client(stack: Stack) -> VaultClient:
 def canary() -> str:
     """A value that must never appear anywhere at rest."""
     return f"CANARY-{uuid.uuid4().hex}"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="long fuzz, model and crash runs (also PDVAULT_LONG=1); CI runs the short form",
+    )
+
+
+def long_runs(config: pytest.Config) -> bool:
+    """Whether the long forms of the fuzz, model and crash tests were asked for."""
+    return bool(config.getoption("--long")) or os.environ.get("PDVAULT_LONG", "") == "1"
 
 
 _ATTACK_SUITES = {

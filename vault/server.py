@@ -34,7 +34,7 @@ from vault.keys import (
 )
 from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferGate
-from vault.service import Peers, PersonalDataVaultServicer, TokenServicer
+from vault.service import MalformedRequests, Peers, PersonalDataVaultServicer, TokenServicer
 from vault.store import CellStore, CellTransferLog, make_engine, migrate
 from vault.tokens.authority import AdminCredential, TokenAuthority, load_or_create_signing_key
 from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
@@ -232,11 +232,12 @@ class VaultServer:
         if self.peers is not None:
             self.peers.check()
         server = grpc.aio.server(
+            interceptors=[MalformedRequests()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(  # type: ignore[no-untyped-call]
             PersonalDataVaultServicer(self.node, self.vault.authority, self._executor, self.peers),
