@@ -262,6 +262,7 @@ def start_stack(
     host: str = "127.0.0.1",
     tls: TlsSettings | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    openbao_timeout: float = 5.0,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -270,7 +271,7 @@ def start_stack(
     ``database_urls`` (region → URL) and ``control_url`` replace the configured
     databases; ``control_clock`` (microseconds) is the wall clock the node's
     control store stamps its writes with (a skewed node); ``cache_clock`` (seconds)
-    ages the data-key caches.
+    ages the data-key caches; ``openbao_timeout`` (seconds) bounds each key-service call.
     """
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
@@ -287,8 +288,9 @@ def start_stack(
         reflection=reflection,
         host=host,
         tls=tls,
+        openbao_timeout_seconds=openbao_timeout,
     )
-    provider = TransitKeyProvider.connect(bao.address, bao.node_token)
+    provider = TransitKeyProvider.connect(bao.address, bao.node_token, timeout=openbao_timeout)
     admin = ensure_admin_credential(data_dir)
     vault = build_vault(
         regions,

@@ -222,6 +222,15 @@ audit "file" "pdvault-local" {{
             raise
 
     @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (to signal it)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def unseal(self) -> None:
+        """Unseals a running server that was sealed, with the local unseal key."""
+        self._init_and_unseal(60.0)
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -111,7 +111,7 @@ class KeyServices:
             return None
         s = self._shredders.get(address)
         if s is None:
-            s = TransitKeyShredder.connect(address, self._eraser_token)
+            s = TransitKeyShredder.connect(address, self._eraser_token, timeout=self._timeout)
             self._shredders[address] = s
         return s
 
