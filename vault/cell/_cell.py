@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from vault import ids
 from vault.cell._base import scoped_idempotency_key
@@ -314,14 +314,19 @@ class Cell(RecordOps):
             raise NotFound("subject not found")
         return SubjectView.of(row)
 
-    def shred(self, subject_id: str, key: KeyRef) -> ShredResult:
-        """Destroys the subject's key, proves it, deletes its rows (idempotent)."""
+    def shred(
+        self, subject_id: str, key: KeyRef, *, after_destroy: Callable[[], None] | None = None
+    ) -> ShredResult:
+        """Destroys the subject's key, proves it, deletes its rows (idempotent).
+        ``after_destroy`` runs once the key is gone (a crash point for tests)."""
         shredder = self._require_shredder()
         row = self._store.get_subject(subject_id)
         if row is None:
             raise NotFound("subject not found")
         self.hide(row.id)
         versions = shredder.destroy(key)
+        if after_destroy is not None:
+            after_destroy()
         evidence = ""
         if row.wrapped_dek:
             evidence = shredder.prove_destroyed(
