@@ -395,5 +395,5 @@ def _reliability_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"{t.acknowledged_writes}, lost: {t.acknowledged_lost}"
     )
     w(f"model steps run: {t.model_steps}")
-    w(f"unauthorised reads: {t.unauthorised_reads}")
-    w(f"canaries found at rest or in errors: {t.canaries_found}")
+    w(f"unauthorised reads: {t.unauthorised_reads} (of {t.reads_checked} reads checked)")
+    w(f"canaries found at rest or in errors: {t.canaries_found} (in {t.canary_scans} scans)")

@@ -19,7 +19,9 @@ class Tally:
     acknowledged_writes: int = 0
     acknowledged_lost: int = 0
     model_steps: int = 0
+    reads_checked: int = 0
     unauthorised_reads: int = 0
+    canary_scans: int = 0
     canaries_found: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -31,6 +33,12 @@ class Tally:
     def bad_input(self, rpc: str, n: int = 1) -> None:
         with self._lock:
             self.bad_inputs[rpc] += n
+
+    def canaries(self, found: int) -> None:
+        """One scan for a canary (files at rest, an error's details); ``found``: hits."""
+        with self._lock:
+            self.canary_scans += 1
+            self.canaries_found += found
 
     def empty(self) -> bool:
         return not (self.faults or self.bad_inputs or self.crashes or self.model_steps)

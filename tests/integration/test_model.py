@@ -337,6 +337,7 @@ class VaultModel(RuleBasedStateMachine):
     @rule(rid=records_b, t=tokens_b)
     def get(self, rid: str, t: Tok) -> None:
         refusals = self._record_answers(rid, t, "read")
+        TALLY.reads_checked += 1
         try:
             got = self._client(t).get_record(rid)
         except VaultClientError as e:
@@ -370,6 +371,7 @@ class VaultModel(RuleBasedStateMachine):
         else:
             refusals = ({PRECONDITION} if s.gone else set()) | _visible(s, t)
         page = self._call(refusals or {OK}, self._client(t).list_records, sid, page_size=100)
+        TALLY.reads_checked += 1
         if page is None:
             return
         if refusals:
@@ -438,8 +440,8 @@ def test_the_vault_follows_the_model(node: Node, request: pytest.FixtureRequest)
     run_state_machine_as_test(
         VaultModel,
         settings=settings(
-            max_examples=300 if long else 30,
-            stateful_step_count=50 if long else 40,
+            max_examples=300 if long else 20,
+            stateful_step_count=50 if long else 35,
             deadline=None,
             database=None,
             derandomize=not long,
