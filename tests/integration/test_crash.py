@@ -63,6 +63,7 @@ class Op:
     fields: dict[str, str] = field(default_factory=dict)
     version: int = 0  # update: the version the write would create
     acked: bool = False
+    resolved: bool = False  # an update in doubt, checked after its restart
 
 
 @dataclass
@@ -149,7 +150,8 @@ def _check_round(workers: list[Worker], client: VaultClient) -> tuple[int, int]:
                 ).record_id
                 assert dict(client.get_record(op.record).fields) == op.fields
                 op.acked = True
-            else:  # an update in doubt happened entirely or not at all
+            elif not op.resolved:  # an update in doubt happened entirely or not at all
+                op.resolved = True
                 rec = client.get_record(w.record)
                 assert rec.version in (op.version - 1, op.version), (rec.version, op.version)
                 assert dict(rec.fields) == w.contents[rec.version]
