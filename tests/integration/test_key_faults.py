@@ -18,10 +18,8 @@ restart, and every write it acknowledged reads back as written.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +32,7 @@ from sqlalchemy import text
 
 from tests.conftest import Bao, Stack, files_containing, start_stack
 from tests.fault_tally import TALLY
+from tests.integration.conftest import TcpProxy
 from vault.client import VaultClient, VaultClientError
 from vault.config import load_regions
 from vault.devstack import OpenBaoServer
@@ -44,87 +43,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OPENBAO_TIMEOUT = 0.75
 FAILED_CLOSED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 MOUNT = "transit-de"
-
-
-class FaultProxy:
-    """A TCP proxy in front of OpenBao: ``pass`` (forward), ``slow`` (hold
-    every chunk ``delay`` seconds) or ``503`` (answer every request 503 itself).
-    Changing the mode cuts every open connection."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.mode, self.delay = "pass", 0.0
-        self._conns: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def set(self, mode: str, delay: float = 0.0) -> None:
-        self.mode, self.delay = mode, delay
-        with self._lock:
-            conns, self._conns = self._conns, set()
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-            c.close()
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._listener.close()
-        self.set("pass")
-
-    def _accept(self) -> None:
-        while not self._stopped:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self._conns.add(client)
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        if self.mode == "503":
-            with contextlib.suppress(OSError):
-                data = b""
-                while b"\r\n\r\n" not in data and (chunk := client.recv(65536)):
-                    data += chunk
-                body = b'{"errors":["unavailable"]}'
-                client.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                    + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                    + body
-                )
-            client.close()
-            return
-        try:
-            upstream = socket.create_connection(self.target, timeout=5)
-        except OSError:
-            client.close()
-            return
-        upstream.settimeout(None)
-        with self._lock:
-            self._conns.add(upstream)
-        for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                if self.delay:
-                    time.sleep(self.delay)
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
 
 
 @dataclass
@@ -141,7 +59,7 @@ class ProxiedBao(Bao):
 @dataclass
 class Rig:
     bao: Bao
-    proxy: FaultProxy
+    proxy: TcpProxy
     stack: Stack
     client: VaultClient
 
@@ -163,14 +81,15 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 def _rig(own_bao: Bao, tmp_path: Path) -> Iterator[Rig]:
     host, port = own_bao.server.address.removeprefix("http://").split(":")
-    proxy = FaultProxy((host, int(port)))
+    proxy = TcpProxy((host, int(port)))
+    proxy.start()
     proxied = ProxiedBao(
         own_bao.server,
         own_bao.regions_template,
         own_bao.node_token,
         own_bao.eraser_token,
         own_bao.audit_log,
-        via=proxy.address,
+        via=f"http://127.0.0.1:{proxy.port}",
     )
     stack = start_stack(proxied, tmp_path / "node", openbao_timeout=OPENBAO_TIMEOUT)
     try:
@@ -190,12 +109,17 @@ def _frozen(r: Rig) -> tuple[Callable[[], None], Callable[[], None]]:
     return (lambda: os.kill(pid, signal.SIGSTOP), lambda: os.kill(pid, signal.SIGCONT))
 
 
+def _proxy(r: Rig, delay: float = 0.0, answer_503: bool = False) -> None:
+    r.proxy.delay, r.proxy.answer_503 = delay, answer_503
+    r.proxy.cut()  # the node's open connections see the change at once
+
+
 def _slow(r: Rig) -> tuple[Callable[[], None], Callable[[], None]]:
-    return (lambda: r.proxy.set("pass", OPENBAO_TIMEOUT * 2), lambda: r.proxy.set("pass"))
+    return (lambda: _proxy(r, delay=OPENBAO_TIMEOUT * 2), lambda: _proxy(r))
 
 
 def _503(r: Rig) -> tuple[Callable[[], None], Callable[[], None]]:
-    return (lambda: r.proxy.set("503"), lambda: r.proxy.set("pass"))
+    return (lambda: _proxy(r, answer_503=True), lambda: _proxy(r))
 
 
 FAULTS = {"sealed": _sealed, "frozen": _frozen, "slow": _slow, "answering 503": _503}
