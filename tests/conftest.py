@@ -392,7 +392,8 @@ def _reliability_summary(terminalreporter: pytest.TerminalReporter) -> None:
     w(f"bad inputs tried: {sum(t.bad_inputs.values())} over {len(t.bad_inputs)} RPCs")
     w(
         f"crashes (kill -9): {t.crashes}; acknowledged writes checked: "
-        f"{t.acknowledged_writes}, lost: {t.acknowledged_lost}"
+        f"{t.acknowledged_writes}, lost: {t.acknowledged_lost}; "
+        f"Transit keys left without a subject by a kill: {t.orphan_keys}"
     )
     w(f"model steps run: {t.model_steps}")
     w(f"unauthorised reads: {t.unauthorised_reads} (of {t.reads_checked} reads checked)")

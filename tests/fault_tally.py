@@ -18,6 +18,8 @@ class Tally:
     crashes: int = 0
     acknowledged_writes: int = 0
     acknowledged_lost: int = 0
+    #: Transit keys a kill left without their subject (they guard no data).
+    orphan_keys: int = 0
     model_steps: int = 0
     reads_checked: int = 0
     unauthorised_reads: int = 0

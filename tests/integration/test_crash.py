@@ -25,6 +25,7 @@ only once it is stale (60 s).
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import hvac
 import pytest
 
 from tests.conftest import live_sql, long_runs
@@ -40,6 +42,7 @@ from tests.fault_tally import TALLY
 from tests.integration.conftest import PdvaultUp
 from vault.client import VaultClient, VaultClientError
 from vault.datadir import DataDir
+from vault.devstack import UNSEAL_FILE, OpenBaoServer
 from vault.failpoints import ENV as FAILPOINTS
 from vault.v1 import vault_pb2 as pb
 
@@ -262,6 +265,17 @@ def test_kill_9_under_load_and_mid_erasure_loses_nothing(
         # One row per request, however often it was retried.
         assert live_sql(db, "SELECT count(*) FROM subjects") == [[creates]]
         assert live_sql(db, "SELECT count(*) FROM records") == [[puts]]
+        # A kill between a subject key's creation and its row's insert leaves a
+        # key that guards no data (reported, not yet reaped).
+        unseal = json.loads((data_dir / "openbao" / UNSEAL_FILE).read_text())
+        root = hvac.Client(
+            url=OpenBaoServer(data_dir, log=False).address, token=unseal["root_token"]
+        )
+        listed = root.secrets.transit.list_keys(mount_point="transit-de")["data"]["keys"]
+        keys = {k for k in listed if k.startswith("subject-")}
+        rows = {str(r[0]) for r in live_sql(db, "SELECT key_name FROM subjects")}
+        assert rows <= keys, "a subject without its Transit key"
+        TALLY.orphan_keys += len(keys - rows)
 
         # Erasure killed at each step; the restarted node completes it by itself.
         for step in steps:
