@@ -391,7 +391,7 @@ def _reliability_summary(terminalreporter: pytest.TerminalReporter) -> None:
         w(f"  {kind}: {n}")
     w(f"bad inputs tried: {sum(t.bad_inputs.values())} over {len(t.bad_inputs)} RPCs")
     w(
-        f"crashes (kill -9): {t.crashes}; acknowledged writes checked: "
+        f"crashes (kill -9): {t.crashes}; acknowledged writes re-read after restarts: "
         f"{t.acknowledged_writes}, lost: {t.acknowledged_lost}; "
         f"Transit keys left without a subject by a kill: {t.orphan_keys}"
     )

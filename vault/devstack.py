@@ -101,9 +101,13 @@ path "{control_mount}/decrypt/{SIGNING_KEY_NAME}" {{
 
 def eraser_policy(mounts: list[str]) -> str:
     """What the erasure workflow needs: read, reconfigure and delete subject keys,
-    and try an unwrap to prove a key is gone."""
+    try an unwrap to prove a key is gone, and list the keys (to find those a
+    crash left without their subject)."""
     return "\n".join(
-        f"""path "{m}/keys/+" {{
+        f"""path "{m}/keys" {{
+  capabilities = ["list"]
+}}
+path "{m}/keys/+" {{
   capabilities = ["read", "delete"]
 }}
 path "{m}/keys/+/config" {{

@@ -43,6 +43,9 @@ from vault.v1 import vault_pb2, vault_pb2_grpc
 log = logging.getLogger("vault.server")
 
 MAX_MESSAGE_BYTES = 1024 * 1024
+#: A subject key without its subject is reaped only past this age: a younger one
+#: may belong to a CreateSubject still in flight.
+ORPHAN_KEY_MIN_AGE_SECONDS = 15 * 60
 SERVICE_NAMES = (vault_pb2.DESCRIPTOR.services_by_name["PersonalDataVault"].full_name,)
 
 
@@ -332,8 +335,21 @@ class VaultServer:
                         total += n
                     if total:
                         log.info("retention: %d expired record(s) deleted in %s", total, region)
+                    reaped = await loop.run_in_executor(self._executor, self._reap, cell)
+                    if reaped:
+                        log.info(
+                            "%d subject key(s) without a subject destroyed in %s", reaped, region
+                        )
                 except Exception as e:  # the next round retries
                     log.warning("retention worker: %s", type(e).__name__)
+
+    @staticmethod
+    def _reap(cell: Cell) -> int:
+        """Keys a crash left without their subject (a node without the eraser
+        credential leaves them to one that has it)."""
+        if not cell.can_erase:
+            return 0
+        return cell.reap_orphan_keys(ORPHAN_KEY_MIN_AGE_SECONDS)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._server is None:

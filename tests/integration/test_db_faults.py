@@ -30,7 +30,9 @@ from sqlalchemy import Connection, Engine, event, text
 
 from tests.conftest import Bao, Stack, start_stack
 from tests.fault_tally import TALLY
+from vault import ids
 from vault.client import VaultClient, VaultClientError
+from vault.keys import KeyRef
 from vault.v1 import vault_pb2 as pb
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -434,3 +436,24 @@ def test_a_full_disk_is_unavailable_writes_nothing_and_recovers(bao: Bao, tmp_pa
         assert c.create_subject("DE").region == "de"
     finally:
         stack.stop()
+
+
+def test_the_reaper_destroys_subject_keys_a_crash_left_without_their_subject(cell: Cell) -> None:
+    """A kill between a key's creation and its row's insert leaves a key that no
+    row names; the node's periodic reaper destroys it once it is old enough that
+    no create can still be in flight, and never touches a live subject's key."""
+    region = cell.stack.vault.parts.cells["de"]
+    live = _subject(cell)
+    orphan = KeyRef(MOUNT, f"subject-{ids.new_subject_id('de')}")
+    cell.stack.provider.create_key(orphan)  # as a create killed before its insert would
+    assert orphan.name in cell.transit_keys()
+
+    region.reap_orphan_keys(min_age_seconds=3600)  # too young: maybe a create in flight
+    assert orphan.name in cell.transit_keys()
+
+    assert region.reap_orphan_keys(min_age_seconds=0) >= 1
+    keys = cell.transit_keys()
+    assert orphan.name not in keys  # OpenBao no longer holds it
+    assert f"subject-{live}" in keys
+    assert dict(cell.svc.get_record(_subject_with_record(cell)[1]).fields) == {"first": "Ada"}
+    TALLY.fault(f"orphan subject key reaped ({cell.engine.dialect.name})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 
 from vault import ids
@@ -107,7 +108,7 @@ class Cell(RecordOps):
         ref = KeyRef(self._mount_for(sid), key_name_for(sid))
         # Key first, then the row: if the key service is down nothing is written.
         # A key whose row is not written guards nothing: it is destroyed again
-        # (only a crash in between leaves one behind, still guarding no data).
+        # (a crash in between leaves one behind: reap_orphan_keys finds it).
         self._keys.create_key(ref)
         try:
             dek = new_data_key()
@@ -139,7 +140,8 @@ class Cell(RecordOps):
 
     def _discard_key(self, ref: KeyRef) -> None:
         """Destroys a subject key whose row was never written, through the
-        eraser's credential (best effort: a key that survives guards no data)."""
+        eraser's credential (best effort: a key that survives guards no data,
+        and :meth:`reap_orphan_keys` destroys it later)."""
         if self._shredder is None:
             return
         try:
@@ -336,9 +338,41 @@ class Cell(RecordOps):
         self.forget(row.id)
         return ShredResult(versions, evidence, records)
 
+    def reap_orphan_keys(self, min_age_seconds: float, now: float | None = None) -> int:
+        """Destroys the subject keys of this region that have no subject row and
+        are older than ``min_age_seconds`` (younger ones may belong to a create in
+        flight): keys a crash left between their creation and their row's insert.
+        They guard no data; reaping keeps the key service's contents honest.
+        Returns how many were destroyed."""
+        shredder = self._require_shredder()
+        now = time.time() if now is None else now
+        prefix = key_name_for("")
+        reaped = 0
+        for mount in self.region.transit_mounts:
+            for name in shredder.key_names(mount):
+                sid = name.removeprefix(prefix)
+                if not name.startswith(prefix) or not sid.startswith(f"{self.region.id}_sub_"):
+                    continue
+                if self._store.get_subject(sid) is not None:
+                    continue
+                ref = KeyRef(mount, name)
+                made = shredder.created_at(ref)
+                if made is None or now - made < min_age_seconds:
+                    continue
+                # The row could have been inserted since the check above only by a
+                # create older than min_age_seconds: none is still in flight.
+                if self._store.get_subject(sid) is None and shredder.destroy(ref):
+                    reaped += 1
+        return reaped
+
     def destroy_key_again(self, key: KeyRef) -> bool:
         """Destroys a key the ledger says is gone, if a restore brought it back."""
         return bool(self._require_shredder().destroy(key))
+
+    @property
+    def can_erase(self) -> bool:
+        """Whether this cell holds the key-destruction credential."""
+        return self._shredder is not None
 
     def _require_shredder(self) -> KeyShredder:
         if self._shredder is None:
