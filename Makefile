@@ -6,7 +6,7 @@ PORT   ?= 50051
 DATA   ?= .pdvault
 MODE   ?= one
 
-.PHONY: run test install install-local install-test proto lint typecheck clean mutation
+.PHONY: run test install install-local install-test proto lint typecheck clean mutation reliability-long soak
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,17 @@ mutation: $(VENV)/.installed-mutation
 	rm -rf mutants
 	nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN) $(MUTANTS)
 	$(PY) loadtests/mutation_report.py
+
+# The long forms of the bad-input fuzz, the stateful model and the kill -9 crash
+# runs (README, Development); `make test` runs their short forms.
+reliability-long: install-test
+	PDVAULT_LONG=1 nice $(PY) -m pytest -q tests/integration/test_bad_input.py \
+		tests/integration/test_model.py tests/integration/test_crash.py
+
+# A steady locust load on `pdvault up` with the node's and OpenBao's memory sampled.
+SOAK_MINUTES ?= 10
+soak: install-test
+	nice $(PY) loadtests/soak.py --minutes $(SOAK_MINUTES)
 
 lint: install-test
 	$(VENV)/bin/ruff check vault tests loadtests

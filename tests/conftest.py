@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 
 from tests._background import BackgroundServer
+from tests.fault_tally import TALLY
 from vault.client import VaultClient
 from vault.config import CacheSettings, NodeSettings, RegionsConfig, TlsSettings, load_regions
 from vault.datadir import DataDir
@@ -294,6 +296,7 @@ def start_stack(
     metrics_port: int | None = None,
     log_format: str = "text",
     health_probe_seconds: float = 2.0,
+    openbao_timeout: float = 5.0,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -302,7 +305,7 @@ def start_stack(
     ``database_urls`` (region → URL) and ``control_url`` replace the configured
     databases; ``control_clock`` (microseconds) is the wall clock the node's
     control store stamps its writes with (a skewed node); ``cache_clock`` (seconds)
-    ages the data-key caches.
+    ages the data-key caches; ``openbao_timeout`` (seconds) bounds each key-service call.
     """
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
@@ -322,8 +325,9 @@ def start_stack(
         metrics_port=metrics_port,
         log_format=log_format,
         health_probe_seconds=health_probe_seconds,
+        openbao_timeout_seconds=openbao_timeout,
     )
-    provider = TransitKeyProvider.connect(bao.address, bao.node_token)
+    provider = TransitKeyProvider.connect(bao.address, bao.node_token, timeout=openbao_timeout)
     admin = ensure_admin_credential(data_dir)
     vault = build_vault(
         regions,
@@ -409,6 +413,20 @@ def canary() -> str:
     return f"CANARY-{uuid.uuid4().hex}"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="long fuzz, model and crash runs (also PDVAULT_LONG=1); CI runs the short form",
+    )
+
+
+def long_runs(config: pytest.Config) -> bool:
+    """Whether the long forms of the fuzz, model and crash tests were asked for."""
+    return bool(config.getoption("--long")) or os.environ.get("PDVAULT_LONG", "") == "1"
+
+
 _ATTACK_SUITES = {
     "authentication faults (attack by RPC)": "test_authentication_failure_is_unauthenticated[",
     "policy faults (dimension by RPC)": "test_policy_denial[",
@@ -430,3 +448,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("attack cases")
         for name, (held, broke) in counts.items():
             terminalreporter.write_line(f"{name}: {held + broke} run, {held} held, {broke} failed")
+    _reliability_summary(terminalreporter)
+
+
+def _reliability_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures the fault, fuzz, crash and model tests gathered (tests/fault_tally.py)."""
+    t = TALLY
+    if t.empty():
+        return
+    w = terminalreporter.write_line
+    terminalreporter.section("reliability figures")
+    w(f"faults injected and survived: {sum(t.faults.values())}")
+    for kind, n in sorted(t.faults.items()):
+        w(f"  {kind}: {n}")
+    w(f"bad inputs tried: {sum(t.bad_inputs.values())} over {len(t.bad_inputs)} RPCs")
+    w(
+        f"crashes (kill -9): {t.crashes}; acknowledged writes re-read after restarts: "
+        f"{t.acknowledged_writes}, lost: {t.acknowledged_lost}; "
+        f"Transit keys left without a subject by a kill: {t.orphan_keys}"
+    )
+    w(f"model steps run: {t.model_steps}")
+    w(f"unauthorised reads: {t.unauthorised_reads} (of {t.reads_checked} reads checked)")
+    w(f"canaries found at rest or in errors: {t.canaries_found} (in {t.canary_scans} scans)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -37,6 +38,8 @@ from vault.openbao import Role, role_policy
 from vault.tokens.authority import SIGNING_KEY_NAME
 
 UNSEAL_FILE = "LOCAL-ONLY-unseal.json"
+#: The running server's process id (to find it again after a crash of its parent).
+PID_FILE = "bao.pid"
 NODE_POLICY = "pdvault-node"
 ERASER_POLICY = "pdvault-eraser"
 ROTATION_POLICY = "pdvault-rotation"
@@ -82,6 +85,14 @@ def _free_port(preferred: int) -> int:
                 continue
             return int(s.getsockname()[1])
     raise RuntimeError("no free TCP port")
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has exited but not been reaped (its parent was killed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 @dataclass(frozen=True)
@@ -255,9 +266,14 @@ audit "file" "pdvault-local" {{
 
     # -- process ----------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, *, reclaim: bool = False) -> None:
+        """Starts the server. ``reclaim``: the caller holds the data dir's lock, so
+        a server of this data dir still running is an orphan of a ``pdvault up``
+        that was killed (SIGKILL leaves its child running): it is stopped first."""
         if self.running:
             return
+        if reclaim:
+            self._stop_orphan()
         for port in (self.ports.api, self.ports.cluster):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -276,12 +292,42 @@ audit "file" "pdvault-local" {{
             start_new_session=True,
         )
         log.close()
+        write_file(self.dir / PID_FILE, f"{self._proc.pid}\n", 0o600)
         try:
             self._wait_listening(timeout)
             self._init_and_unseal(timeout)
         except BaseException:
             self.stop()
             raise
+
+    def _stop_orphan(self, timeout: float = 15.0) -> None:
+        """Stops the server a killed ``pdvault up`` left running on this data dir:
+        the process its pid file names, if that is ``bao`` with this dir's config."""
+        try:
+            pid = int((self.dir / PID_FILE).read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if f"-config={self.dir / 'config.hcl'}".encode() not in cmdline:
+            return  # the pid was reused by another process
+        self._say(f"stopping the OpenBao a previous run left behind (pid {pid})")
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not Path(f"/proc/{pid}").exists() or _zombie(pid):
+                    return
+                time.sleep(0.1)
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (to signal it)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def unseal(self) -> None:
+        """Unseals a running server that was sealed, with the local unseal key."""
+        self._init_and_unseal(60.0)
 
     @property
     def running(self) -> bool:

@@ -38,7 +38,7 @@ from vault.logs import RequestIdInterceptor
 from vault.metrics import MetricsInterceptor, serve_metrics
 from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferGate
-from vault.service import Peers, PersonalDataVaultServicer, TokenServicer
+from vault.service import MalformedRequests, Peers, PersonalDataVaultServicer, TokenServicer
 from vault.store import CellStore, CellTransferLog, make_engine, migrate
 from vault.tokens.authority import AdminCredential, TokenAuthority, load_or_create_signing_key
 from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
@@ -47,6 +47,9 @@ from vault.v1 import vault_pb2, vault_pb2_grpc
 log = logging.getLogger("vault.server")
 
 MAX_MESSAGE_BYTES = 1024 * 1024
+#: A subject key without its subject is reaped only past this age: a younger one
+#: may belong to a CreateSubject still in flight.
+ORPHAN_KEY_MIN_AGE_SECONDS = 15 * 60
 SERVICE_NAMES = (vault_pb2.DESCRIPTOR.services_by_name["PersonalDataVault"].full_name,)
 
 
@@ -121,7 +124,7 @@ class KeyServices:
             return None
         s = self._shredders.get(address)
         if s is None:
-            s = TransitKeyShredder.connect(address, self._eraser_token)
+            s = TransitKeyShredder.connect(address, self._eraser_token, timeout=self._timeout)
             self._shredders[address] = s
         return s
 
@@ -284,6 +287,7 @@ class VaultServer:
             interceptors.append(RequestIdInterceptor())
         if self._metrics_interceptor is not None:
             interceptors.append(self._metrics_interceptor)
+        interceptors.append(MalformedRequests())  # innermost: the others see its status
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -429,8 +433,21 @@ class VaultServer:
                         total += n
                     if total:
                         log.info("retention: %d expired record(s) deleted in %s", total, region)
+                    reaped = await loop.run_in_executor(self._executor, self._reap, cell)
+                    if reaped:
+                        log.info(
+                            "%d subject key(s) without a subject destroyed in %s", reaped, region
+                        )
                 except Exception as e:  # the next round retries
                     log.warning("retention worker: %s", type(e).__name__)
+
+    @staticmethod
+    def _reap(cell: Cell) -> int:
+        """Keys a crash left without their subject (a node without the eraser
+        credential leaves them to one that has it)."""
+        if not cell.can_erase:
+            return 0
+        return cell.reap_orphan_keys(ORPHAN_KEY_MIN_AGE_SECONDS)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._server is None:

@@ -82,11 +82,17 @@ def pg_url() -> Iterator[str]:
 
 class TcpProxy:
     """Forwards a local port to ``target``, so a test can take a server away from a
-    node (``stop``: no listener, every open connection cut) and bring it back."""
+    node (``stop``: no listener, every open connection cut) and bring it back.
+
+    ``delay`` (seconds) holds every chunk before forwarding it (a slow server);
+    ``answer_503`` answers each new HTTP connection 503 itself instead of
+    forwarding (a failing server); ``cut`` drops the open connections."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = 0
+        self.delay = 0.0
+        self.answer_503 = False
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -102,6 +108,9 @@ class TcpProxy:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        self.cut()
+
+    def cut(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, set()
         for c in conns:
@@ -118,6 +127,9 @@ class TcpProxy:
             except OSError:
                 return
             client.settimeout(None)
+            if self.answer_503:
+                threading.Thread(target=self._answer_503, args=(client,), daemon=True).start()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -130,9 +142,24 @@ class TcpProxy:
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
     @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _answer_503(client: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            data = b""
+            while b"\r\n\r\n" not in data and (chunk := client.recv(65536)):
+                data += chunk
+            body = b'{"errors":["unavailable"]}'
+            client.sendall(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+        client.close()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                if self.delay:
+                    time.sleep(self.delay)
                 dst.sendall(data)
         except OSError:
             pass

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 
 from vault import ids
 from vault.cell._base import scoped_idempotency_key
@@ -31,12 +33,22 @@ from vault.cell._views import (
     SubjectView,
 )
 from vault.crypto import dek_associated_data, new_data_key, same_digest
-from vault.errors import AccessDenied, Conflict, Erased, NotFound, Restricted, TooLarge
+from vault.errors import (
+    AccessDenied,
+    Conflict,
+    Erased,
+    NotFound,
+    Restricted,
+    TooLarge,
+    VaultError,
+)
 from vault.inline import ensure_may_block
 from vault.keys import KeyRef, KeyShredder
 from vault.policy import Caller, SubjectFacts
 from vault.store import DuplicateKey, SubjectRow, SubjectState
 from vault.tokens import FieldGrant
+
+log = logging.getLogger("vault.cell")
 
 
 def key_name_for(subject_id: str) -> str:
@@ -95,23 +107,47 @@ class Cell(RecordOps):
         ensure_may_block()
         ref = KeyRef(self._mount_for(sid), key_name_for(sid))
         # Key first, then the row: if the key service is down nothing is written.
-        # A key whose row insert then fails guards no data and is harmless.
+        # A key whose row is not written guards nothing: it is destroyed again
+        # (a crash in between leaves one behind: reap_orphan_keys finds it).
         self._keys.create_key(ref)
-        dek = new_data_key()
-        wrapped = self._keys.wrap(ref, dek, dek_associated_data(sid, self.region.id))
-        now = self._clock()
-        row = SubjectRow(
-            sid, self.region.id, SubjectState.ACTIVE, minor, ref.mount, ref.name, wrapped, now, now
-        )
         try:
+            dek = new_data_key()
+            wrapped = self._keys.wrap(ref, dek, dek_associated_data(sid, self.region.id))
+            now = self._clock()
+            row = SubjectRow(
+                sid,
+                self.region.id,
+                SubjectState.ACTIVE,
+                minor,
+                ref.mount,
+                ref.name,
+                wrapped,
+                now,
+                now,
+            )
             self._store.insert_subject(row, key, digest, digests)
         except DuplicateKey:
+            self._discard_key(ref)
             existing = self._store.subject_by_idempotency_key(key) if key else None
             if existing is None or digest is None:
                 raise
             return self._replayed_subject(*existing, digest)
+        except BaseException:
+            self._discard_key(ref)
+            raise
         self._data_keys.put(sid, dek)
         return SubjectView.of(row)
+
+    def _discard_key(self, ref: KeyRef) -> None:
+        """Destroys a subject key whose row was never written, through the
+        eraser's credential (best effort: a key that survives guards no data,
+        and :meth:`reap_orphan_keys` destroys it later)."""
+        if self._shredder is None:
+            return
+        try:
+            self._shredder.destroy(ref)
+        except VaultError:
+            log.warning("a subject key without a subject could not be destroyed yet")
 
     def _lookup_transfer(
         self,
@@ -283,14 +319,19 @@ class Cell(RecordOps):
             raise NotFound("subject not found")
         return SubjectView.of(row)
 
-    def shred(self, subject_id: str, key: KeyRef) -> ShredResult:
-        """Destroys the subject's key, proves it, deletes its rows (idempotent)."""
+    def shred(
+        self, subject_id: str, key: KeyRef, *, after_destroy: Callable[[], None] | None = None
+    ) -> ShredResult:
+        """Destroys the subject's key, proves it, deletes its rows (idempotent).
+        ``after_destroy`` runs once the key is gone (a crash point for tests)."""
         shredder = self._require_shredder()
         row = self._store.get_subject(subject_id)
         if row is None:
             raise NotFound("subject not found")
         self.hide(row.id)
         versions = shredder.destroy(key)
+        if after_destroy is not None:
+            after_destroy()
         evidence = ""
         if row.wrapped_dek:
             evidence = shredder.prove_destroyed(
@@ -300,9 +341,41 @@ class Cell(RecordOps):
         self.forget(row.id)
         return ShredResult(versions, evidence, records)
 
+    def reap_orphan_keys(self, min_age_seconds: float, now: float | None = None) -> int:
+        """Destroys the subject keys of this region that have no subject row and
+        are older than ``min_age_seconds`` (younger ones may belong to a create in
+        flight): keys a crash left between their creation and their row's insert.
+        They guard no data; reaping keeps the key service's contents honest.
+        Returns how many were destroyed."""
+        shredder = self._require_shredder()
+        now = time.time() if now is None else now
+        prefix = key_name_for("")
+        reaped = 0
+        for mount in self.region.transit_mounts:
+            for name in shredder.key_names(mount):
+                sid = name.removeprefix(prefix)
+                if not name.startswith(prefix) or not sid.startswith(f"{self.region.id}_sub_"):
+                    continue
+                if self._store.get_subject(sid) is not None:
+                    continue
+                ref = KeyRef(mount, name)
+                made = shredder.created_at(ref)
+                if made is None or now - made < min_age_seconds:
+                    continue
+                # The row could have been inserted since the check above only by a
+                # create older than min_age_seconds: none is still in flight.
+                if self._store.get_subject(sid) is None and shredder.destroy(ref):
+                    reaped += 1
+        return reaped
+
     def destroy_key_again(self, key: KeyRef) -> bool:
         """Destroys a key the ledger says is gone, if a restore brought it back."""
         return bool(self._require_shredder().destroy(key))
+
+    @property
+    def can_erase(self) -> bool:
+        """Whether this cell holds the key-destruction credential."""
+        return self._shredder is not None
 
     def _require_shredder(self) -> KeyShredder:
         if self._shredder is None:

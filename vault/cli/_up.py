@@ -111,7 +111,7 @@ async def up(args: argparse.Namespace) -> int:
         print(f"pdvault: refusing to start: {e}", file=sys.stderr)
         return 2
     print(f"pdvault: starting OpenBao ({bao.address}, data in {bao.dir})", file=sys.stderr)
-    bao.start()
+    bao.start(reclaim=True)  # under the data dir's lock: a leftover server is an orphan
     server: VaultServer | None = None
     try:
         creds = bao.configure(regions)

@@ -251,6 +251,23 @@ class ControlStore:
             )
         return res.rowcount == 1
 
+    def release_claim(self, subject_id: str, claimed_at_us: int) -> None:
+        """Gives up a claim whose holder failed part-way: the claim is left stale
+        (claimed at 0), so the next caller or worker takes over at once, and a
+        cancel stays refused (the key may already be destroyed)."""
+        with self._tx() as conn:
+            conn.execute(
+                update(erasures)
+                .where(
+                    and_(
+                        erasures.c.subject_id == subject_id,
+                        erasures.c.destroyed_at.is_(None),
+                        erasures.c.claimed_at == claimed_at_us,
+                    )
+                )
+                .values(claimed_at=0)
+            )
+
     def mark_destroyed(self, subject_id: str, at: int, receipt: str) -> None:
         with self._tx() as conn:
             conn.execute(

@@ -2,9 +2,11 @@
 
 ``erase`` runs, in this order, each step safe to repeat:
 
-1. the subject is marked erased (or erasure-pending) in its cell: from this
-   moment every node refuses to decrypt, whatever its key cache holds;
-2. the erasure is written to the ledger in the control plane;
+1. the erasure is written to the ledger in the control plane (the durable
+   intent: a crash after it is finished by the worker, not left half-done);
+2. the subject is marked erasure-pending in its cell: from this moment every
+   node refuses to decrypt, whatever its key cache holds (repeated on every
+   call until the erasure is complete);
 3. when the grace period is over (at once by default): the subject's Transit
    key is destroyed (``deletion_allowed`` then delete), OpenBao is asked to
    unwrap the subject's data key and its refusal kept as evidence, the
@@ -19,6 +21,7 @@ lists — for after an OpenBao snapshot restore brought some back.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ from vault.cell import Cell, SubjectView
 from vault.control import ControlStore, ErasureEntry
 from vault.erasure._receipt import sign_receipt, verify_receipt
 from vault.errors import Erased, NotFound, VaultError
+from vault.failpoints import failpoint
 from vault.keys import KeyRef
 from vault.policy import Caller
 from vault.tokens import KeySet, SigningKey
@@ -40,6 +44,10 @@ CLAIM_WAIT_SECONDS = 15.0
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _after_destroy() -> None:
+    failpoint("erasure.after_destroy")
 
 
 def _rfc3339(us: int) -> str:
@@ -95,9 +103,8 @@ class Eraser:
         entry = self._control.erasure(subject_id)
         if entry is None:
             now = self._clock()
-            # 1. Nobody decrypts from here on.
-            cell.hide(subject_id)
-            # 2. The ledger.
+            # 1. The ledger first: from here a crash is finished by the worker
+            # (or the next call), never left as a hidden subject nobody erases.
             entry = ErasureEntry(
                 subject_id=subject_id,
                 region=target.region,
@@ -111,8 +118,13 @@ class Eraser:
                 metrics.ERASURES.labels("requested").inc()
             else:
                 entry = self._control.erasure(subject_id) or entry
-        if entry.destroyed_at is None and entry.destroy_after <= self._clock():
-            entry = self._finish(entry)
+            failpoint("erasure.after_ledger")
+        if entry.destroyed_at is None:
+            # 2. Nobody decrypts from here on (again, if a crash came between).
+            cell.hide(subject_id)
+            failpoint("erasure.after_hide")
+            if entry.destroy_after <= self._clock():
+                entry = self._finish(entry)
         return self._view(entry)
 
     def cancel(self, caller: Caller, cell: Cell, subject_id: str) -> SubjectView:
@@ -149,8 +161,16 @@ class Eraser:
     def _finish(self, entry: ErasureEntry, *, wait: bool = True) -> ErasureEntry:
         """Destroys the key of a due erasure unless another caller or node already
         is; with ``wait``, waits for that one to finish. Returns the ledger entry."""
-        if self._control.claim_erasure(entry.subject_id, self._clock(), CLAIM_STALE_US):
-            self._destroy(entry)
+        claimed_at = self._clock()
+        if self._control.claim_erasure(entry.subject_id, claimed_at, CLAIM_STALE_US):
+            try:
+                self._destroy(entry)
+            except BaseException:
+                # A failed step (database, key service) must not hold the claim
+                # until it goes stale: the retry or the worker carries on now.
+                with contextlib.suppress(VaultError):
+                    self._control.release_claim(entry.subject_id, claimed_at)
+                raise
         deadline = time.monotonic() + (CLAIM_WAIT_SECONDS if wait else 0)
         while True:
             current = self._control.erasure(entry.subject_id) or entry
@@ -169,7 +189,7 @@ class Eraser:
     def _destroy(self, entry: ErasureEntry) -> None:
         cell = self._cells[entry.region]
         key = KeyRef(entry.key_mount, entry.key_name)
-        shredded = cell.shred(entry.subject_id, key)
+        shredded = cell.shred(entry.subject_id, key, after_destroy=_after_destroy)
         erased_at = self._clock()
         signed = sign_receipt(
             {

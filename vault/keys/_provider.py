@@ -50,3 +50,12 @@ class KeyShredder(Protocol):
         """Asks the key service to unwrap a data key the destroyed key wrapped,
         and returns its refusal as evidence; raises if it still unwraps."""
         ...
+
+    def key_names(self, mount: str) -> list[str]:
+        """The names of the keys of ``mount`` (empty when it holds none)."""
+        ...
+
+    def created_at(self, ref: KeyRef) -> float | None:
+        """When the key's first version was made (seconds since the epoch);
+        ``None`` when the key does not exist."""
+        ...

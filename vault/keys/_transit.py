@@ -289,6 +289,33 @@ class TransitKeyShredder(_TransitClient):
             return ()
         return tuple(sorted(int(v) for v in resp["data"]["keys"]))
 
+    def key_names(self, mount: str) -> list[str]:
+        try:
+            resp = self._call(
+                "list_keys",
+                self._client.secrets.transit.list_keys,
+                mount_point=mount,
+                handled=(hvac.exceptions.InvalidPath,),
+            )
+        except hvac.exceptions.InvalidPath:
+            return []  # no key at all
+        return [str(k) for k in resp["data"]["keys"]]
+
+    def created_at(self, ref: KeyRef) -> float | None:
+        try:
+            resp = self._call(
+                "read_key",
+                self._client.secrets.transit.read_key,
+                name=ref.name,
+                mount_point=ref.mount,
+                handled=(hvac.exceptions.InvalidPath,),
+            )
+        except hvac.exceptions.InvalidPath:
+            return None
+        # Symmetric keys list each version with its creation time (Unix seconds).
+        times = [float(t) for t in resp["data"]["keys"].values() if isinstance(t, int | float)]
+        return min(times) if times else None
+
     def destroy(self, ref: KeyRef) -> tuple[int, ...]:
         """Deletes the key and every version of it; returns the versions destroyed.
 

@@ -3,5 +3,6 @@
 from vault.service._forward import Peers
 from vault.service._servicer import PersonalDataVaultServicer, TokenServicer
 from vault.service._status import to_status
+from vault.service._wire import MalformedRequests
 
-__all__ = ["Peers", "PersonalDataVaultServicer", "TokenServicer", "to_status"]
+__all__ = ["MalformedRequests", "Peers", "PersonalDataVaultServicer", "TokenServicer", "to_status"]

@@ -2,8 +2,14 @@
 #
 # Rendered once per Transit mount of the region. The only credential that can
 # delete a key: it reads the key's versions, allows its deletion, deletes it,
-# and then asks for an unwrap to record the key service's refusal as evidence.
+# and then asks for an unwrap to record the key service's refusal as evidence;
+# it lists the mount's keys to find those a crash left without a subject.
 # It cannot create keys, wrap data keys, rotate, export or back up keys.
+
+path "${mount}/keys" {
+  # Listing finds keys a crash left without their subject (the orphan reaper).
+  capabilities = ["list"]
+}
 
 path "${mount}/keys/+" {
   capabilities = ["read", "delete"]
