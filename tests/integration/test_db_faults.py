@@ -172,7 +172,14 @@ def cell(
     urls: dict[str, str] = {}
     if request.param == "postgresql":
         urls["de"] = request.getfixturevalue("pg_url")
-    stack = start_stack(bao, tmp_path_factory.mktemp(f"faults-{request.param}"), database_urls=urls)
+    # The readiness probe's SELECT 1 would interleave with the statements
+    # counted here: it runs once an hour in this stack.
+    stack = start_stack(
+        bao,
+        tmp_path_factory.mktemp(f"faults-{request.param}"),
+        database_urls=urls,
+        health_probe_seconds=3600,
+    )
     faults = StatementFaults(stack.vault.parts.stores["de"].engine)
     try:
         yield Cell(
@@ -352,7 +359,7 @@ def test_a_lock_timeout_is_unavailable_and_writes_nothing(
     """Another session holds the tables' locks; the node's statements give up after
     the lock_timeout its database URL sets, answer UNAVAILABLE, and write nothing."""
     url = f"{pg_url}?options=-c%20lock_timeout%3D300"
-    stack = start_stack(bao, tmp_path, database_urls={"de": url})
+    stack = start_stack(bao, tmp_path, database_urls={"de": url}, health_probe_seconds=3600)
     try:
         c = stack.client(stack.issue(SERVICE))
         sid = c.create_subject("DE").subject_id
@@ -390,7 +397,7 @@ def test_a_full_disk_is_unavailable_writes_nothing_and_recovers(bao: Bao, tmp_pa
     """The cell's SQLite file may not grow (``PRAGMA max_page_count``, as on a full
     disk): writes answer UNAVAILABLE with nothing half-written, reads go on, and
     writes work again once there is room, without a restart."""
-    stack = start_stack(bao, tmp_path)
+    stack = start_stack(bao, tmp_path, health_probe_seconds=3600)
     try:
         c = stack.client(stack.issue(SERVICE))
         sid = c.create_subject("DE").subject_id
