@@ -36,7 +36,8 @@ from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferGate
 from vault.service import Peers, PersonalDataVaultServicer, TokenServicer
 from vault.store import CellStore, CellTransferLog, make_engine, migrate
-from vault.tokens.authority import AdminCredential, TokenAuthority, load_or_create_signing_key
+from vault.tokens.authority import AdminCredential, TokenAuthority
+from vault.tokens.keyfiles import KeyFollower, SigningState, load_or_create_signing_key
 from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
 from vault.v1 import vault_pb2, vault_pb2_grpc
 
@@ -70,8 +71,11 @@ class Vault:
     control: ControlStore
     eraser: Eraser
     parts: Cells
+    #: Follows the signing key files: a rotation needs no restart.
+    key_follower: KeyFollower
 
     def close(self) -> None:
+        self.key_follower.stop()
         self.revocations.stop()
         self.node.close()
         self.control.close()
@@ -184,20 +188,24 @@ def build_vault(
     cells = parts.cells
     control = ControlStore(make_engine(regions.control.database_url), clock=control_clock)
     revocations = Revocations(control)
-    signing, keyset = load_or_create_signing_key(
-        DataDir(settings.data_dir).tokens,
-        keys.provider(regions.control.openbao_address),
-        regions.control.transit_mount,
-    )
+    tokens_dir = DataDir(settings.data_dir).tokens
+    control_keys = keys.provider(regions.control.openbao_address)
+    keyed = load_or_create_signing_key(tokens_dir, control_keys, regions.control.transit_mount)
     admin = (
         AdminCredential.following(admin_credential_file)
         if admin_credential_file is not None
         else AdminCredential.fixed(admin_credential)
     )
-    authority = TokenAuthority(signing, keyset, control, revocations, authz, admin)
-    eraser = Eraser(cells, control, signing, keyset)
+    authority = TokenAuthority(keyed.signing, keyed.tokens, control, revocations, authz, admin)
+    eraser = Eraser(cells, control, keyed.signing, keyed.receipts)
+
+    def use_keys(state: SigningState) -> None:
+        authority.use_keys(state)
+        eraser.use_keys(state.signing, state.receipts)
+
+    follower = KeyFollower(tokens_dir, control_keys, regions.control.transit_mount, keyed, use_keys)
     node = Node(regions, cells, settings.limits, eraser)
-    return Vault(node, authority, revocations, control, eraser, parts)
+    return Vault(node, authority, revocations, control, eraser, parts, follower)
 
 
 class VaultServer:
@@ -273,6 +281,7 @@ class VaultServer:
             raise RuntimeError(f"cannot listen on {address}{hint}")
         self._announce_transport()
         self.vault.revocations.start()
+        self.vault.key_follower.start()
         await server.start()
         self._server = server
         self._workers = [

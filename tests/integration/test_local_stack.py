@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.integration.conftest import PdvaultUp
 from vault.client import VaultClient
+from vault.tokens import signed_kid
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,8 +82,32 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "CONSENT_REQUIRED" in demo.stdout and "verified offline" in demo.stdout
         assert "the key no longer exists" in demo.stdout
+
+        # Signing key rotation against the running node: no restart.
+        rotated = _cli("token", "rotate-key", "--data-dir", str(data_dir))
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        new_kid = rotated.stdout.split("new signing key: ")[1].split()[0]
+        history = _cli("receipt", "keys", "--data-dir", str(data_dir))
+        assert history.returncode == 0, history.stderr
+        assert new_kid in history.stdout and "chain verified" in history.stdout
+        deadline = time.monotonic() + 10
+        while signed_kid(fresh := up.token(*ISSUE)) != new_kid:
+            assert time.monotonic() < deadline, "the node still signs with the old key"
+            time.sleep(0.2)
+        for t in (token, fresh):  # the old token stays valid until it expires
+            with VaultClient(up.target, token=t) as c:
+                assert c.get_record(next(iter(written))).subject_id
     finally:
         assert up.stop() == 0
+
+
+ISSUE = ("--purpose", "essential.service", "--categories", "user.contact.email", "--ops", "read")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vault.cli", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_second_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:

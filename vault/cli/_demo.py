@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     )
     table.add_row("records affected", str(receipt.records_affected))
     table.add_row("evidence", receipt.evidence)
-    verify_receipt(receipt.signed_receipt, layout.read_keyset())
+    verify_receipt(receipt.signed_receipt, layout.read_receipt_keys())
     table.add_row("signature", "[green]verified offline with the public verification keys")
     con.print(table)
 
