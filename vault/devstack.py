@@ -35,6 +35,7 @@ from vault.tokens.authority import SIGNING_KEY_NAME
 UNSEAL_FILE = "LOCAL-ONLY-unseal.json"
 NODE_POLICY = "pdvault-node"
 ERASER_POLICY = "pdvault-eraser"
+ROTATOR_POLICY = "pdvault-rotator"
 TRANSIT_CACHE_SIZE = 20_000
 
 
@@ -92,6 +93,37 @@ path "{control_mount}/decrypt/{SIGNING_KEY_NAME}" {{
 }}
 """
     )
+    blocks.append('path "auth/token/renew-self" {\n  capabilities = ["update"]\n}\n')
+    return "\n".join(blocks)
+
+
+def rotator_policy(mounts: list[str]) -> str:
+    """What subject key rotation needs: rotate, read, re-wrap (decrypt and
+    encrypt: OpenBao's ``rewrap`` ignores associated data), reconfigure and
+    trim subject keys (HCL). Never delete or export. The node policy never
+    gets rotate, config or trim."""
+    blocks = [
+        f"""path "{m}/keys/+" {{
+  capabilities = ["read"]
+}}
+path "{m}/keys/+/rotate" {{
+  capabilities = ["update"]
+}}
+path "{m}/keys/+/config" {{
+  capabilities = ["update"]
+}}
+path "{m}/keys/+/trim" {{
+  capabilities = ["update"]
+}}
+path "{m}/decrypt/+" {{
+  capabilities = ["update"]
+}}
+path "{m}/encrypt/+" {{
+  capabilities = ["update"]
+}}
+"""
+        for m in mounts
+    ]
     blocks.append('path "auth/token/renew-self" {\n  capabilities = ["update"]\n}\n')
     return "\n".join(blocks)
 
@@ -346,6 +378,21 @@ audit "file" "pdvault-local" {{
                 node=self._token(client, node), eraser=self._token(client, eraser)
             )
         return out
+
+    def rotator_token(self, regions: RegionsConfig, ttl: str = "1h") -> str:
+        """A short-lived token for a key rotation job (policy ``pdvault-rotator``:
+        rotate, re-wrap, reconfigure and trim the regions' subject keys)."""
+        client = self._root_client()
+        mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
+        client.sys.create_or_update_policy(ROTATOR_POLICY, rotator_policy(mounts))
+        t = client.auth.token.create(
+            policies=[ROTATOR_POLICY],
+            no_default_policy=True,
+            ttl=ttl,
+            display_name=ROTATOR_POLICY,
+            no_parent=True,
+        )
+        return str(t["auth"]["client_token"])
 
     def revoke(self, *tokens: str) -> None:
         """Revokes tokens this server issued (best effort: a stopped stack's

@@ -2,14 +2,16 @@
 
 from vault.keys._cache import BoundedCache, DataKeyCache
 from vault.keys._provider import KeyProvider, KeyRef, KeyShredder
-from vault.keys._transit import TransitKeyProvider, TransitKeyShredder
+from vault.keys._transit import KeyGone, TransitKeyProvider, TransitKeyRotator, TransitKeyShredder
 
 __all__ = [
     "BoundedCache",
     "DataKeyCache",
+    "KeyGone",
     "KeyProvider",
     "KeyRef",
     "KeyShredder",
     "TransitKeyProvider",
+    "TransitKeyRotator",
     "TransitKeyShredder",
 ]
