@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -97,6 +98,22 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
         for t in (token, fresh):  # the old token stays valid until it expires
             with VaultClient(up.target, token=t) as c:
                 assert c.get_record(next(iter(written))).subject_id
+
+        # Subject key rotation of one region, then the status of every region.
+        rotate = _cli(
+            "keys", "rotate", "--region", "de", "--rate", "50/s", "--data-dir", str(data_dir)
+        )
+        assert rotate.returncode == 0, rotate.stdout + rotate.stderr
+        assert re.search(r"^de: [1-9]\d* rotated, .* 0 failed", rotate.stdout), rotate.stdout
+        assert "finished" in rotate.stdout
+        status = _cli("keys", "status", "--data-dir", str(data_dir))
+        assert status.returncode == 0, status.stderr
+        de = next(line for line in status.stdout.splitlines() if line.startswith("de "))
+        assert "100.0%" in de and "v2..v2" in de, status.stdout
+        assert "receipt key history: 2 key(s)" in status.stdout
+        with VaultClient(up.target, token=fresh) as c:  # every record still opens
+            for rid, (_, address) in written.items():
+                assert c.get_record(rid).fields["address"] == address
     finally:
         assert up.stop() == 0
 

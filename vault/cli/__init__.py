@@ -102,13 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _connect, _rights, _serve, _tokens
+    from vault.cli import _connect, _keys, _rights, _serve, _tokens
 
     add_tls_flags(_serve.add_parser(sub))
 
     _connect.add_flags(demo, target=False)
 
     _tokens.add_parser(sub)
+    _keys.add_parser(sub)
     _rights.add_parsers(sub)
     return p
 
@@ -141,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             f"accepts it within {ADMIN_CHECK_SECONDS:g} s and refuses the old one from then."
         )
         return 0
+    if args.command == "keys":
+        from vault.cli import _keys
+
+        return _keys.run(args)
     if args.command == "token":
         from vault.cli import _tokens
 
