@@ -33,7 +33,7 @@ def test_schema_is_migrated_by_alembic(pg_stack: Stack, pg_url: str) -> None:
                 "SELECT column_name FROM information_schema.columns WHERE table_name = 'records'"
             )
         }
-    assert rev == "0005"
+    assert rev == "0006_rotation"
     assert cols == {
         "id",
         "subject_id",
@@ -124,3 +124,24 @@ def test_pg_dump_taken_before_erasure_no_longer_decrypts(
     finally:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{restored_db}" WITH (FORCE)')
+
+
+def test_subject_key_rotation_on_postgresql(pg_stack: Stack, bao: Bao) -> None:
+    """The rotation job's SQL (claims, cursor, greatest()) on PostgreSQL, twice
+    over: the second run finds nothing due and resumes nothing."""
+    from vault.keys import TransitKeyRotator
+    from vault.rotation import SubjectKeyRotation
+    from vault.store import RotationStore
+
+    c = pg_stack.client()
+    sid = c.create_subject("DE").subject_id
+    rid = c.put_record(sid, "user.contact.email", {"address": "pg@example.org"}).record_id
+    store = RotationStore(pg_stack.vault.parts.stores["de"].engine)
+    rotator = TransitKeyRotator.connect(bao.address, bao.server.rotator_token(pg_stack.regions))
+    first = SubjectKeyRotation(store, rotator, "de").run(0)
+    assert first.finished and first.rotated >= 1 and first.failed == 0
+    assert store.current(sid) is not None and store.current(sid).key_version == 2  # type: ignore[union-attr]
+    again = SubjectKeyRotation(store, rotator, "de").run(3600)
+    assert again.finished and again.rotated == 0 and not again.resumed
+    pg_stack.vault.parts.data_keys["de"].clear()
+    assert c.get_record(rid).fields["address"] == "pg@example.org"

@@ -143,9 +143,9 @@ class SubjectKeyRotation:
                 self._store.advance(
                     job.id,
                     cand.id,
-                    rotated=outcome == "rotated",
-                    skipped=outcome in ("gone", "held"),
-                    failed=outcome == "failed",
+                    rotated=int(outcome == "rotated"),
+                    skipped=int(outcome in ("gone", "held")),
+                    failed=int(outcome == "failed"),
                 )
                 if progress is not None:
                     progress(cand.id, outcome)

@@ -118,9 +118,9 @@ class RotationStore:
                     cursor=func.max(key_jobs.c.cursor, cursor)
                     if self.engine.url.get_backend_name() == "sqlite"
                     else func.greatest(key_jobs.c.cursor, cursor),
-                    rotated=key_jobs.c.rotated + rotated,
-                    skipped=key_jobs.c.skipped + skipped,
-                    failed=key_jobs.c.failed + failed,
+                    rotated=key_jobs.c.rotated + int(rotated),
+                    skipped=key_jobs.c.skipped + int(skipped),
+                    failed=key_jobs.c.failed + int(failed),
                 )
             )
 
