@@ -20,7 +20,14 @@ import pytest
 
 from tests._background import BackgroundServer
 from vault.client import VaultClient
-from vault.config import CacheSettings, NodeSettings, RegionsConfig, TlsSettings, load_regions
+from vault.config import (
+    CacheSettings,
+    KeyRotationPolicy,
+    NodeSettings,
+    RegionsConfig,
+    TlsSettings,
+    load_regions,
+)
 from vault.datadir import DataDir
 from vault.devstack import OpenBaoServer
 from vault.keys import TransitKeyProvider
@@ -260,6 +267,9 @@ def start_stack(
     host: str = "127.0.0.1",
     tls: TlsSettings | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    key_rotation: dict[str, KeyRotationPolicy] | None = None,
+    rotator_token: str | None = None,
+    rotation_check_seconds: float = 3600.0,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -268,11 +278,14 @@ def start_stack(
     ``database_urls`` (region → URL) and ``control_url`` replace the configured
     databases; ``control_clock`` (microseconds) is the wall clock the node's
     control store stamps its writes with (a skewed node); ``cache_clock`` (seconds)
-    ages the data-key caches.
+    ages the data-key caches. ``key_rotation`` (region → policy or None) replaces
+    the regions' rotation schedules, which the node runs with ``rotator_token``.
     """
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], database_url=url)
+    for rid, rotation in (key_rotation or {}).items():
+        regions.regions[rid] = dataclasses.replace(regions.regions[rid], key_rotation=rotation)
     if control_url is not None:
         regions = dataclasses.replace(
             regions, control=dataclasses.replace(regions.control, database_url=control_url)
@@ -285,6 +298,7 @@ def start_stack(
         reflection=reflection,
         host=host,
         tls=tls,
+        rotation_check_seconds=rotation_check_seconds,
     )
     provider = TransitKeyProvider.connect(bao.address, bao.node_token)
     admin = ensure_admin_credential(data_dir)
@@ -296,6 +310,7 @@ def start_stack(
         policy=policy or POLICY,
         admin_credential_file=DataDir(data_dir).admin_credential,
         providers={bao.address: provider},
+        rotator_token=rotator_token,
         **({"control_clock": control_clock} if control_clock is not None else {}),
         **({"cache_clock": cache_clock} if cache_clock is not None else {}),
     )

@@ -379,16 +379,17 @@ audit "file" "pdvault-local" {{
             )
         return out
 
-    def rotator_token(self, regions: RegionsConfig, ttl: str = "1h") -> str:
-        """A short-lived token for a key rotation job (policy ``pdvault-rotator``:
-        rotate, re-wrap, reconfigure and trim the regions' subject keys)."""
+    def rotator_token(self, regions: RegionsConfig, ttl: str = "1h", period: str = "") -> str:
+        """A token for key rotation (policy ``pdvault-rotator``: rotate, re-wrap,
+        reconfigure and trim the regions' subject keys): short-lived (``ttl``)
+        for a one-off job, or periodic (``period``, renewed) for a node."""
         client = self._root_client()
         mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
         client.sys.create_or_update_policy(ROTATOR_POLICY, rotator_policy(mounts))
         t = client.auth.token.create(
             policies=[ROTATOR_POLICY],
             no_default_policy=True,
-            ttl=ttl,
+            **({"period": period} if period else {"ttl": ttl}),
             display_name=ROTATOR_POLICY,
             no_parent=True,
         )

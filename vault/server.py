@@ -6,11 +6,12 @@ Per-region instances are built here and only here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -19,7 +20,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from vault.cell import BlindIndex, Cell
-from vault.config import NodeSettings, RegionsConfig
+from vault.config import KeyRotationPolicy, NodeSettings, RegionsConfig
 from vault.control import ControlStore, Revocations
 from vault.datadir import DataDir
 from vault.db import now_us
@@ -30,12 +31,14 @@ from vault.keys import (
     KeyProvider,
     KeyShredder,
     TransitKeyProvider,
+    TransitKeyRotator,
     TransitKeyShredder,
 )
 from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferGate
+from vault.rotation import RateLimiter, SubjectKeyRotation
 from vault.service import Peers, PersonalDataVaultServicer, TokenServicer
-from vault.store import CellStore, CellTransferLog, make_engine, migrate
+from vault.store import CellStore, CellTransferLog, RotationStore, make_engine, migrate
 from vault.tokens.authority import AdminCredential, TokenAuthority
 from vault.tokens.keyfiles import KeyFollower, SigningState, load_or_create_signing_key
 from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
@@ -73,6 +76,9 @@ class Vault:
     parts: Cells
     #: Follows the signing key files: a rotation needs no restart.
     key_follower: KeyFollower
+    #: Scheduled subject key rotation, per served region with a policy, when
+    #: the node holds a rotation credential.
+    rotations: dict[str, tuple[SubjectKeyRotation, KeyRotationPolicy]] = field(default_factory=dict)
 
     def close(self) -> None:
         self.key_follower.stop()
@@ -167,6 +173,7 @@ def build_vault(
     providers: dict[str, KeyProvider] | None = None,
     control_clock: Callable[[], int] = now_us,
     cache_clock: Callable[[], float] = time.monotonic,
+    rotator_token: str | None = None,
 ) -> Vault:
     """Opens (and migrates) every served cell and the control plane, connects
     the key services, unwraps the token signing key. ``control_clock``
@@ -205,7 +212,15 @@ def build_vault(
 
     follower = KeyFollower(tokens_dir, control_keys, regions.control.transit_mount, keyed, use_keys)
     node = Node(regions, cells, settings.limits, eraser)
-    return Vault(node, authority, revocations, control, eraser, parts, follower)
+    rotations = {}
+    if rotator_token:
+        for rid, store in parts.stores.items():
+            rc = regions.regions[rid]
+            if rc.key_rotation is not None:
+                rotator = TransitKeyRotator.connect(rc.openbao_address, rotator_token)
+                job = SubjectKeyRotation(RotationStore(store.engine), rotator, rid)
+                rotations[rid] = (job, rc.key_rotation)
+    return Vault(node, authority, revocations, control, eraser, parts, follower, rotations)
 
 
 class VaultServer:
@@ -288,6 +303,8 @@ class VaultServer:
             asyncio.create_task(self._erasure_worker()),
             asyncio.create_task(self._retention_worker()),
         ]
+        if self.vault.rotations:
+            self._workers.append(asyncio.create_task(self._rotation_worker()))
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -342,6 +359,30 @@ class VaultServer:
                         log.info("retention: %d expired record(s) deleted in %s", total, region)
                 except Exception as e:  # the next round retries
                     log.warning("retention worker: %s", type(e).__name__)
+
+    async def _rotation_worker(self) -> None:
+        """Rotates the subject keys due under each region's policy, rate-limited
+        (safe on many nodes: subjects are claimed; a stopped run resumes)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            for region, (job, policy) in self.vault.rotations.items():
+                try:
+                    run = functools.partial(
+                        job.run,
+                        policy.period_seconds,
+                        limiter=RateLimiter(policy.rate_per_second),
+                    )
+                    done = await loop.run_in_executor(self._executor, run)
+                    if done.rotated or done.failed:
+                        log.info(
+                            "key rotation %s: %d rotated, %d failed",
+                            region,
+                            done.rotated,
+                            done.failed,
+                        )
+                except Exception as e:  # the next round retries
+                    log.warning("key rotation worker (%s): %s", region, type(e).__name__)
+            await asyncio.sleep(self.settings.rotation_check_seconds)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._server is None:

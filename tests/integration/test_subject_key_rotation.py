@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import hvac
 import pytest
 
 from tests.conftest import Bao, Stack, start_stack
+from vault.config import load_regions
 from vault.crypto import dek_associated_data
 from vault.keys import KeyRef, TransitKeyRotator
 from vault.rotation import SubjectKeyRotation
@@ -253,3 +255,31 @@ def test_rotation_under_read_write_load_fails_no_read_and_loses_no_write(
             assert c.get_record(rid).fields["address"] == acked[rid]
     finally:
         loaded.stop()
+
+
+def test_a_node_rotates_keys_on_its_region_schedule(bao: Bao, tmp_path: Path) -> None:
+    """A one-second period for de, none elsewhere: the node's worker rotates
+    de's subject keys by itself, and no other region's."""
+    from vault.config import KeyRotationPolicy
+
+    none = {r: None for r in ("cn", "us", "ru", "sg")}
+    scheduled = start_stack(
+        bao,
+        tmp_path,
+        key_rotation={"de": KeyRotationPolicy(1, 50.0), **none},  # type: ignore[dict-item]
+        rotator_token=bao.server.rotator_token(load_regions(openbao_addr=bao.address)),
+        rotation_check_seconds=0.2,
+    )
+    try:
+        c = scheduled.client(scheduled.issue(RIGHTS))
+        de = c.create_subject("DE").subject_id
+        us = c.create_subject("US").subject_id
+        deadline = time.monotonic() + 15
+        while _wrap(scheduled, de)[1] < 2:
+            assert time.monotonic() < deadline, "the scheduled rotation did not run"
+            time.sleep(0.1)
+        assert _versions(bao, de)[0] >= 2  # old versions trimmed
+        key = bao.root().secrets.transit.read_key(name=f"subject-{us}", mount_point="transit-us")
+        assert key["data"]["latest_version"] == 1
+    finally:
+        scheduled.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from vault.config import load_regions
+from vault.config import load_regions, parse_duration
 from vault.datadir import DEFAULT_DATA_DIR, DataDir
 from vault.devstack import OpenBaoServer
 from vault.errors import KeyServiceUnavailable
@@ -22,15 +21,12 @@ from vault.rotation import RateLimiter, SubjectKeyRotation
 from vault.store import RotationStore, make_engine, migrate
 from vault.tokens.keyfiles import HISTORY_FILE, read_history, read_published
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def _duration(text: str) -> int:
-    m = _DURATION.match(text.strip())
-    if not m:
+    seconds = parse_duration(text)
+    if seconds is None:
         raise argparse.ArgumentTypeError("a duration like 90d, 12h, 30m or 0s")
-    return int(m.group(1)) * _UNIT[m.group(2)]
+    return seconds
 
 
 def _rate(text: str) -> float:

@@ -129,6 +129,7 @@ async def serve(args: argparse.Namespace) -> int:
         settings,
         openbao_token=token,
         eraser_token=_read_secret(args.eraser_token_file, "BAO_ERASER_TOKEN"),
+        rotator_token=os.environ.get("BAO_ROTATOR_TOKEN") or None,
         policy=policy,
         admin_credential_file=admin_file if admin_file.exists() else None,
         serve_regions=frozenset({args.region}),

@@ -110,6 +110,9 @@ async def up(args: argparse.Namespace) -> int:
     server: VaultServer | None = None
     try:
         creds = bao.configure(regions)
+        # Scheduled subject key rotation (regions.yaml key_rotation) needs its own credential.
+        scheduled = any(r.key_rotation for r in regions.regions.values())
+        rotator = bao.rotator_token(regions, period="24h") if scheduled else None
         ensure_admin_credential(data_dir)
         vault = build_vault(
             regions,
@@ -118,6 +121,7 @@ async def up(args: argparse.Namespace) -> int:
             eraser_token=creds.eraser,
             policy=policy,
             admin_credential_file=layout.admin_credential,
+            rotator_token=rotator,
         )
         server = VaultServer(vault, settings)
         port = await server.start()
@@ -126,7 +130,9 @@ async def up(args: argparse.Namespace) -> int:
         write_file(layout.endpoint, endpoint + "\n", 0o644)
         layout.endpoints.unlink(missing_ok=True)  # no five-region topology here
         renew = [
-            asyncio.create_task(_renew_forever(bao.address, t)) for t in (creds.node, creds.eraser)
+            asyncio.create_task(_renew_forever(bao.address, t))
+            for t in (creds.node, creds.eraser, rotator)
+            if t
         ]
         reflection = "on" if settings.reflection else "off"
         tls_hint = (
