@@ -128,10 +128,16 @@ def _age(seconds: float) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    data_dir: Path = args.data_dir.resolve()
-    regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr="http://unused")
+    for line in status_report(args.data_dir.resolve(), args.regions):
+        print(line)
+    return 0
+
+
+def status_report(data_dir: Path, regions_file: Path | None = None) -> list[str]:
+    """The lines of ``pdvault keys status`` (read from the databases and key files)."""
+    regions = load_regions(regions_file, data_dir=str(data_dir), openbao_addr="http://unused")
     now = time.time()
-    print("region  subjects  on latest version  key versions in use  oldest key (since rotation)")
+    out = ["region  subjects  on latest version  key versions in use  oldest key (since rotation)"]
     for rid, rc in regions.regions.items():
         engine = make_engine(rc.database_url)
         migrate(engine)
@@ -140,13 +146,13 @@ def _status(args: argparse.Namespace) -> int:
         share = f"{100 * cov.on_latest / cov.subjects:.1f}%" if cov.subjects else "-"
         versions = f"v{cov.oldest_version}..v{cov.newest_version}" if cov.subjects else "-"
         oldest = _age(now - cov.oldest_rotation_us / 1e6) if cov.oldest_rotation_us else "-"
-        print(f"{rid:<7} {cov.subjects:>8}  {share:>17}  {versions:>19}  {oldest:>27}")
+        out.append(f"{rid:<7} {cov.subjects:>8}  {share:>17}  {versions:>19}  {oldest:>27}")
     tokens = DataDir(data_dir).tokens
     if (tokens / HISTORY_FILE).exists():
-        print("\nsigning keys (tokens and receipts):")
+        out.append("signing keys (tokens and receipts):")
         for p in read_published(tokens):
             age = _age(now - p.created_at) if p.created_at else "?"
             state = "signing" if p.retired_at is None else f"retired {_age(now - p.retired_at)} ago"
-            print(f"  {p.key.kid}  age {age}  {state}")
-        print(f"  receipt key history: {len(read_history(tokens))} key(s), chain verified")
-    return 0
+            out.append(f"  {p.key.kid}  age {age}  {state}")
+        out.append(f"  receipt key history: {len(read_history(tokens))} key(s), chain verified")
+    return out
