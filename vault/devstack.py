@@ -100,8 +100,10 @@ path "{control_mount}/decrypt/{SIGNING_KEY_NAME}" {{
 def rotator_policy(mounts: list[str]) -> str:
     """What subject key rotation needs: rotate, read, re-wrap (decrypt and
     encrypt: OpenBao's ``rewrap`` ignores associated data), reconfigure and
-    trim subject keys (HCL). Never delete or export. The node policy never
-    gets rotate, config or trim."""
+    trim subject keys (HCL). Never delete or export: of a key's configuration it
+    may set only the minimum versions (``allowed_parameters``), never
+    ``deletion_allowed``, ``exportable`` or ``allow_plaintext_backup``. The
+    node policy never gets rotate, config or trim."""
     blocks = [
         f"""path "{m}/keys/+" {{
   capabilities = ["read"]
@@ -111,6 +113,10 @@ path "{m}/keys/+/rotate" {{
 }}
 path "{m}/keys/+/config" {{
   capabilities = ["update"]
+  allowed_parameters = {{
+    "min_decryption_version" = []
+    "min_encryption_version" = []
+  }}
 }}
 path "{m}/keys/+/trim" {{
   capabilities = ["update"]

@@ -149,6 +149,37 @@ def test_the_node_credential_cannot_rotate_reconfigure_or_trim(bao: Bao, node: S
     assert _versions(bao, sid) == [1]
 
 
+def test_the_rotator_credential_cannot_delete_export_or_back_up_a_key(
+    node: Stack, rotator: TransitKeyRotator
+) -> None:
+    sid = next(iter(_people(node, 1)))
+    transit = rotator._client.secrets.transit
+    for attempt in (
+        lambda: transit.update_key_configuration(
+            name=f"subject-{sid}", deletion_allowed=True, mount_point="transit-de"
+        ),
+        lambda: transit.update_key_configuration(
+            name=f"subject-{sid}", exportable=True, mount_point="transit-de"
+        ),
+        lambda: transit.update_key_configuration(
+            name=f"subject-{sid}", allow_plaintext_backup=True, mount_point="transit-de"
+        ),
+        lambda: transit.delete_key(name=f"subject-{sid}", mount_point="transit-de"),
+        lambda: transit.export_key(
+            name=f"subject-{sid}", key_type="encryption-key", mount_point="transit-de"
+        ),
+        lambda: transit.backup_key(name=f"subject-{sid}", mount_point="transit-de"),
+        lambda: transit.read_key(name="token-signing", mount_point="transit-control"),
+    ):
+        with pytest.raises((hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest)) as e:
+            attempt()
+        assert "permission denied" in str(e.value) or isinstance(e.value, hvac.exceptions.Forbidden)
+    key = node.bao.root().secrets.transit.read_key(name=f"subject-{sid}", mount_point="transit-de")
+    assert _versions(node.bao, sid) == [1]  # the key is whole, and as it was made
+    assert not key["data"]["exportable"] and not key["data"]["allow_plaintext_backup"]
+    assert not key["data"]["deletion_allowed"]
+
+
 def test_a_job_killed_midway_resumes_where_it_stopped(
     bao: Bao, node: Stack, rotator: TransitKeyRotator
 ) -> None:
