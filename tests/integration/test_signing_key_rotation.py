@@ -199,3 +199,35 @@ def test_an_old_receipt_verifies_after_two_rotations_and_a_forged_history_is_det
     with pytest.raises(Unauthenticated) as u:
         verify_receipt(receipt, layout.read_keyset())
     assert u.value.reason == "UNKNOWN_KEY"
+
+
+def test_token_inspect_refuses_a_token_of_a_key_whose_time_is_up(
+    node: Stack, tmp_path: Path
+) -> None:
+    """`pdvault token inspect` judges by the keys a node accepts now, not by
+    every key still listed in the file."""
+    import subprocess
+    import sys
+
+    from tests.integration._access import live_claims, sign
+
+    tokens = DataDir(tmp_path).tokens
+    mount = node.regions.control.transit_mount
+    first = load_or_create_signing_key(tokens, node.provider, mount, now=1_000_000)
+    token = sign(live_claims(), first.signing)
+    rotate_signing_key(tokens, node.provider, mount, now=2_000_000)  # retired long ago
+    assert first.signing.kid in {p.key.kid for p in read_published(tokens)}
+
+    def inspect(t: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "vault.cli", "token", "inspect", "--data-dir", str(tmp_path), t],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    old = inspect(token)
+    assert old.returncode == 1 and "INVALID: UNKNOWN_KEY" in old.stdout
+    current = load_or_create_signing_key(tokens, node.provider, mount)
+    fresh = inspect(sign(live_claims(), current.signing))
+    assert fresh.returncode == 0 and "valid signature" in fresh.stdout

@@ -197,7 +197,11 @@ def _inspect(args: argparse.Namespace) -> int:
     code = 0
     if layout.verification_keys.exists():
         try:
-            decode(args.token, layout.read_keyset(), now=time.time())
+            from vault.tokens.keyfiles import accepted_keys, read_published
+
+            # The keys a node accepts now: a retired key's time may be up.
+            now = time.time()
+            decode(args.token, accepted_keys(read_published(layout.tokens), now), now=now)
             status = "valid signature, within its validity period (revocation not checked)"
         except Unauthenticated as e:
             status = f"INVALID: {e.reason}"
