@@ -218,6 +218,7 @@ class TransitKeyRotator:
 
     def __init__(self, client: hvac.Client) -> None:
         self._client = client
+        self._keys = TransitKeyProvider(client)
 
     @classmethod
     def connect(cls, address: str, token: str, timeout: float = 10.0) -> TransitKeyRotator:
@@ -253,23 +254,11 @@ class TransitKeyRotator:
         subject), so the data key is unwrapped and wrapped again here, held in
         memory for the two calls only, never logged or stored.
         """
-        resp = self._call(
-            "decrypt",
-            self._client.secrets.transit.decrypt_data,
-            name=ref.name,
-            ciphertext=wrapped,
-            associated_data=_b64(associated_data),
-            mount_point=ref.mount,
-        )
-        resp = self._call(
-            "encrypt",
-            self._client.secrets.transit.encrypt_data,
-            name=ref.name,
-            plaintext=resp["data"]["plaintext"],
-            associated_data=_b64(associated_data),
-            mount_point=ref.mount,
-        )
-        return str(resp["data"]["ciphertext"])
+        try:
+            data_key = self._keys.unwrap(ref, wrapped, associated_data)
+        except DecryptionFailed as e:  # the key is gone, or the wrap does not open
+            raise KeyGone() from e
+        return self._keys.wrap(ref, data_key, associated_data)
 
     def retire_below(self, ref: KeyRef, version: int) -> None:
         """No version below ``version`` decrypts any more, and they are deleted

@@ -194,5 +194,7 @@ class SubjectKeyRotation:
             # The subject's only wrapped data key is on the newest version now.
             self._rotator.retire_below(ref, wrapped_by)
         except KeyGone:
-            return "gone"
+            # Erased meanwhile (the eraser destroyed the key), or a wrap that
+            # does not open under a key that is still there.
+            return "gone" if self._store.current(cand.id) is None else "failed"
         return "rotated"

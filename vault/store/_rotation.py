@@ -25,6 +25,15 @@ from vault.store._cellstore import LIVE_STATES, SubjectState
 from vault.store._models import key_jobs, subjects
 
 _LIVE = [str(s) for s in LIVE_STATES]
+_CANDIDATE = (
+    subjects.c.id,
+    subjects.c.key_mount,
+    subjects.c.key_name,
+    subjects.c.wrapped_dek,
+    subjects.c.key_version,
+)
+#: When a subject's key was last rotated, or created if never.
+_LAST_ROTATION = func.coalesce(subjects.c.key_rotated_at, subjects.c.created_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,21 +146,14 @@ class RotationStore:
     def due(self, after: str, cutoff_us: int, limit: int) -> list[Candidate]:
         """Live subjects after ``after`` (id order) whose key was last rotated
         (or, never rotated, created) before ``cutoff_us``."""
-        last = func.coalesce(subjects.c.key_rotated_at, subjects.c.created_at)
         with self._tx() as conn:
             rows = conn.execute(
-                select(
-                    subjects.c.id,
-                    subjects.c.key_mount,
-                    subjects.c.key_name,
-                    subjects.c.wrapped_dek,
-                    subjects.c.key_version,
-                )
+                select(*_CANDIDATE)
                 .where(
                     and_(
                         subjects.c.id > after,
                         subjects.c.state.in_(_LIVE),
-                        last < cutoff_us,
+                        cutoff_us > _LAST_ROTATION,
                     )
                 )
                 .order_by(subjects.c.id)
@@ -161,7 +163,6 @@ class RotationStore:
 
     def claim(self, subject_id: str, owner: str, cutoff_us: int, now: int, until: int) -> bool:
         """Claims a live subject still due, unless another job holds a live claim."""
-        last = func.coalesce(subjects.c.key_rotated_at, subjects.c.created_at)
         with self._tx() as conn:
             res = conn.execute(
                 update(subjects)
@@ -169,7 +170,7 @@ class RotationStore:
                     and_(
                         subjects.c.id == subject_id,
                         subjects.c.state.in_(_LIVE),
-                        last < cutoff_us,
+                        cutoff_us > _LAST_ROTATION,
                         or_(
                             subjects.c.rotation_claim.is_(None),
                             subjects.c.rotation_claimed_until < now,
@@ -182,14 +183,13 @@ class RotationStore:
 
     def is_due(self, subject_id: str, cutoff_us: int) -> bool:
         """Live, and its key last rotated (or created) before ``cutoff_us``."""
-        last = func.coalesce(subjects.c.key_rotated_at, subjects.c.created_at)
         with self._tx() as conn:
             row = conn.execute(
                 select(subjects.c.id).where(
                     and_(
                         subjects.c.id == subject_id,
                         subjects.c.state.in_(_LIVE),
-                        last < cutoff_us,
+                        cutoff_us > _LAST_ROTATION,
                     )
                 )
             ).first()
@@ -199,13 +199,9 @@ class RotationStore:
         """The subject's key and wrap now, if it is live."""
         with self._tx() as conn:
             row = conn.execute(
-                select(
-                    subjects.c.id,
-                    subjects.c.key_mount,
-                    subjects.c.key_name,
-                    subjects.c.wrapped_dek,
-                    subjects.c.key_version,
-                ).where(and_(subjects.c.id == subject_id, subjects.c.state.in_(_LIVE)))
+                select(*_CANDIDATE).where(
+                    and_(subjects.c.id == subject_id, subjects.c.state.in_(_LIVE))
+                )
             ).first()
         return Candidate(*row) if row is not None else None
 
@@ -237,7 +233,7 @@ class RotationStore:
                 .values(rotation_claim=None, rotation_claimed_until=None)
             )
 
-    def coverage(self, latest: dict[str, int] | None = None) -> Coverage:
+    def coverage(self) -> Coverage:
         """Subjects (live), and how many data keys are on their key's newest
         version as far as the cell knows (the version of its last rotation)."""
         with self._tx() as conn:
@@ -246,7 +242,7 @@ class RotationStore:
                     func.count(),
                     func.min(subjects.c.key_version),
                     func.max(subjects.c.key_version),
-                    func.min(func.coalesce(subjects.c.key_rotated_at, subjects.c.created_at)),
+                    func.min(_LAST_ROTATION),
                 ).where(subjects.c.state.in_(_LIVE))
             ).one()
             behind = conn.execute(
