@@ -22,7 +22,14 @@ import pytest
 from tests._background import BackgroundServer
 from tests.fault_tally import TALLY
 from vault.client import VaultClient
-from vault.config import CacheSettings, NodeSettings, RegionsConfig, TlsSettings, load_regions
+from vault.config import (
+    CacheSettings,
+    KeyRotationPolicy,
+    NodeSettings,
+    RegionsConfig,
+    TlsSettings,
+    load_regions,
+)
 from vault.datadir import DataDir
 from vault.devstack import OpenBaoServer
 from vault.keys import TransitKeyProvider
@@ -297,6 +304,9 @@ def start_stack(
     log_format: str = "text",
     health_probe_seconds: float = 2.0,
     openbao_timeout: float = 5.0,
+    key_rotation: dict[str, KeyRotationPolicy] | None = None,
+    rotator_token: str | None = None,
+    rotation_check_seconds: float = 3600.0,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -305,11 +315,15 @@ def start_stack(
     ``database_urls`` (region → URL) and ``control_url`` replace the configured
     databases; ``control_clock`` (microseconds) is the wall clock the node's
     control store stamps its writes with (a skewed node); ``cache_clock`` (seconds)
-    ages the data-key caches; ``openbao_timeout`` (seconds) bounds each key-service call.
+    ages the data-key caches; ``openbao_timeout`` (seconds) bounds each key-service
+    call. ``key_rotation`` (region → policy or None) replaces the regions' rotation
+    schedules, which the node runs with ``rotator_token``.
     """
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], database_url=url)
+    for rid, rotation in (key_rotation or {}).items():
+        regions.regions[rid] = dataclasses.replace(regions.regions[rid], key_rotation=rotation)
     if control_url is not None:
         regions = dataclasses.replace(
             regions, control=dataclasses.replace(regions.control, database_url=control_url)
@@ -326,6 +340,7 @@ def start_stack(
         log_format=log_format,
         health_probe_seconds=health_probe_seconds,
         openbao_timeout_seconds=openbao_timeout,
+        rotation_check_seconds=rotation_check_seconds,
     )
     provider = TransitKeyProvider.connect(bao.address, bao.node_token, timeout=openbao_timeout)
     admin = ensure_admin_credential(data_dir)
@@ -337,6 +352,7 @@ def start_stack(
         policy=policy or POLICY,
         admin_credential_file=DataDir(data_dir).admin_credential,
         providers={bao.address: provider},
+        rotator_token=rotator_token,
         **({"control_clock": control_clock} if control_clock is not None else {}),
         **({"cache_clock": cache_clock} if cache_clock is not None else {}),
     )

@@ -68,10 +68,50 @@ class RegionConfig:
     #: nodes when they forward a request to another region's node: only a peer
     #: presenting it may say a request entered by this region.
     node_identity: str = ""
+    #: Scheduled subject key rotation (``key_rotation`` in regions.yaml), or None.
+    key_rotation: KeyRotationPolicy | None = None
 
     def __post_init__(self) -> None:
         if not self.node_identity:
             object.__setattr__(self, "node_identity", default_node_identity(self.id))
+
+
+@dataclass(frozen=True)
+class KeyRotationPolicy:
+    """A region's rotation schedule: every subject key is rotated once it is
+    ``period_seconds`` old (since creation or its last rotation), by the nodes
+    that hold a rotation credential, at most ``rate_per_second`` subjects/s."""
+
+    period_seconds: int
+    rate_per_second: float
+
+
+_DURATION_RE = re.compile(r"^(\d+)([smhd])$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int | None:
+    """Seconds in ``90d``, ``12h``, ``30m``, ``45s``; None if it is not one."""
+    m = _DURATION_RE.match(text.strip()) if isinstance(text, str) else None
+    return int(m.group(1)) * _DURATION_UNITS[m.group(2)] if m else None
+
+
+def _key_rotation(raw: Any, where: str, bad: Any) -> KeyRotationPolicy | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"period", "rate_per_second"}:
+        bad(where, "must be a mapping with period (like 90d) and rate_per_second")
+        return None
+    period = parse_duration(raw.get("period", ""))
+    rate = raw.get("rate_per_second", 10)
+    ok = True
+    if not period:
+        bad(f"{where}.period", "must be a positive duration like 90d, 12h or 30m")
+        ok = False
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+        bad(f"{where}.rate_per_second", "must be a positive number")
+        ok = False
+    return KeyRotationPolicy(int(period or 0), float(rate)) if ok else None
 
 
 @dataclass(frozen=True)
@@ -228,6 +268,9 @@ class NodeSettings:
     erasure_poll_seconds: float = 5.0
     #: How often a node deletes records whose retention has ended.
     retention_sweep_seconds: float = 3600.0
+    #: How often a node with a rotation credential runs the regions' scheduled
+    #: subject key rotation (regions.yaml ``key_rotation``).
+    rotation_check_seconds: float = 3600.0
     #: gRPC server reflection: off unless asked for (it lists the whole API to
     #: anyone who can connect).
     reflection: bool = False
@@ -421,6 +464,7 @@ def parse_regions(
             )
         else:
             identities[identity] = rid
+        rotation = _key_rotation(r.get("key_rotation"), f"{where}.key_rotation", bad)
         if missing or endpoint_problem or not isinstance(bao, dict) or identity_bad:
             continue
         regions[rid] = RegionConfig(
@@ -432,6 +476,7 @@ def parse_regions(
             openbao_address=_substitute(address, variables),
             transit_mounts=tuple(str(m) for m in mounts),
             node_identity=str(identity),
+            key_rotation=rotation,
         )
 
     default_region = raw.get("default_region")

@@ -15,6 +15,7 @@
       admin.credential.new         the next one while `pdvault admin rotate` writes it
       tokens/signing-key.json      the token signing key, wrapped by OpenBao (0600)
       tokens/verification-keys.json  the public verification keys (0644)
+      tokens/signing-key-history.json  every signing key ever used, chained (0644)
       openbao/                     the local OpenBao (raft storage, unseal material)
       cells/REGION.db              the cells' SQLite files (named in regions/)
       control.db                   the control plane (named in regions/)
@@ -27,7 +28,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vault.tokens import KeySet, keyset_from_json
+from vault.tokens import KeySet, history_keyset, keyset_from_json, verify_history
 
 DEFAULT_DATA_DIR = Path(".pdvault")
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -80,6 +81,10 @@ class DataDir:
     @property
     def verification_keys(self) -> Path:
         return self.tokens / "verification-keys.json"
+
+    @property
+    def signing_key_history(self) -> Path:
+        return self.tokens / "signing-key-history.json"
 
     @property
     def endpoints(self) -> Path:
@@ -139,3 +144,12 @@ class DataDir:
     def read_keyset(self, path: Path | None = None) -> KeySet:
         """The published verification keys (of this data dir, or ``path``)."""
         return keyset_from_json((path or self.verification_keys).read_text())
+
+    def read_receipt_keys(self, path: Path | None = None) -> KeySet:
+        """The keys receipts verify under: every key of the signing-key history
+        (of this data dir, or ``path``) once its chain verifies (HistoryError
+        otherwise). ``path`` may also name a published key set."""
+        text = (path or self.signing_key_history).read_text()
+        if '"history"' not in text:
+            return keyset_from_json(text)
+        return history_keyset(verify_history(text))

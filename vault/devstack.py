@@ -180,6 +180,14 @@ class Provisioner:
         if f"{APPROLE_MOUNT}/" not in self._client.sys.list_auth_methods()["data"]:
             self._client.sys.enable_auth_method("approle", path=APPROLE_MOUNT)
 
+    def rotation_role(self, regions: RegionsConfig) -> AppRole:
+        """A fresh login of the rotation role reaching every region's mounts (for
+        a one-off key job); the mounts and roles must exist (:meth:`configure`)."""
+        self._enable_approle()
+        mounts = [m for r in regions.regions.values() for m in r.transit_mounts]
+        policy = role_policy("rotation", mounts)
+        return self._approle(ROTATION_POLICY, policy)
+
     def configure(self, regions: RegionsConfig) -> Credentials:
         """Mounts Transit per region mount, bounds caches, writes the policies
         and AppRole roles reaching every region's mounts; returns their logins."""
@@ -413,6 +421,20 @@ audit "file" "pdvault-local" {{
             return p.configure_per_region(regions)
         finally:
             self._issued += p.issued
+
+    def rotation_login(self, regions: RegionsConfig) -> AppRole:
+        """A login of the rotation role (``pdvault-rotation``: rotate, re-wrap,
+        reconfigure and trim the regions' subject keys) for a one-off job such as
+        ``pdvault keys rotate``; :meth:`retire` destroys its secret id."""
+        p = Provisioner(self._root_client())
+        try:
+            return p.rotation_role(regions)
+        finally:
+            self._issued += p.issued
+
+    def rotator_token(self, regions: RegionsConfig) -> str:
+        """A token of the rotation role (an AppRole login; it lives an hour)."""
+        return self.login(self.rotation_login(regions))
 
     def login(self, role: AppRole) -> str:
         """A token for ``role`` (what a node's AppRole login obtains); for tests and tools."""

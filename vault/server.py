@@ -6,11 +6,12 @@ Per-region instances are built here and only here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from vault.cell import BlindIndex, Cell
-from vault.config import NodeSettings, RegionsConfig
+from vault.config import KeyRotationPolicy, NodeSettings, RegionsConfig
 from vault.control import ControlStore, Revocations
 from vault.datadir import DataDir
 from vault.db import now_us
@@ -32,15 +33,18 @@ from vault.keys import (
     KeyShredder,
     OpenBaoCredential,
     TransitKeyProvider,
+    TransitKeyRotator,
     TransitKeyShredder,
 )
 from vault.logs import RequestIdInterceptor
 from vault.metrics import MetricsInterceptor, serve_metrics
 from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferGate
+from vault.rotation import RateLimiter, SubjectKeyRotation
 from vault.service import MalformedRequests, Peers, PersonalDataVaultServicer, TokenServicer
-from vault.store import CellStore, CellTransferLog, make_engine, migrate
-from vault.tokens.authority import AdminCredential, TokenAuthority, load_or_create_signing_key
+from vault.store import CellStore, CellTransferLog, RotationStore, make_engine, migrate
+from vault.tokens.authority import AdminCredential, TokenAuthority
+from vault.tokens.keyfiles import KeyFollower, SigningState, load_or_create_signing_key
 from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
 from vault.v1 import vault_pb2, vault_pb2_grpc
 
@@ -77,14 +81,20 @@ class Vault:
     control: ControlStore
     eraser: Eraser
     parts: Cells
+    #: Follows the signing key files: a rotation needs no restart.
+    key_follower: KeyFollower
     #: What the node needs to serve, probed for gRPC health: (name, check).
     readiness: tuple[tuple[str, Callable[[], bool]], ...] = ()
+    #: Scheduled subject key rotation, per served region with a policy, when
+    #: the node holds a rotation credential.
+    rotations: dict[str, tuple[SubjectKeyRotation, KeyRotationPolicy]] = field(default_factory=dict)
 
     def not_ready(self) -> list[str]:
         """The names of the dependencies that fail their check now."""
         return [name for name, check in self.readiness if not check()]
 
     def close(self) -> None:
+        self.key_follower.stop()
         self.revocations.stop()
         self.node.close()
         self.control.close()
@@ -176,6 +186,7 @@ def build_vault(
     providers: dict[str, KeyProvider] | None = None,
     control_clock: Callable[[], int] = now_us,
     cache_clock: Callable[[], float] = time.monotonic,
+    rotator_token: OpenBaoCredential | None = None,
 ) -> Vault:
     """Opens (and migrates) every served cell and the control plane, connects
     the key services, unwraps the token signing key. ``control_clock``
@@ -199,19 +210,31 @@ def build_vault(
         make_engine(regions.control.database_url, settings.db_pool), clock=control_clock
     )
     revocations = Revocations(control)
-    signing, keyset = load_or_create_signing_key(
-        DataDir(settings.data_dir).tokens,
-        keys.provider(regions.control.openbao_address),
-        regions.control.transit_mount,
-    )
+    tokens_dir = DataDir(settings.data_dir).tokens
+    control_keys = keys.provider(regions.control.openbao_address)
+    keyed = load_or_create_signing_key(tokens_dir, control_keys, regions.control.transit_mount)
     admin = (
         AdminCredential.following(admin_credential_file)
         if admin_credential_file is not None
         else AdminCredential.fixed(admin_credential)
     )
-    authority = TokenAuthority(signing, keyset, control, revocations, authz, admin)
-    eraser = Eraser(cells, control, signing, keyset)
+    authority = TokenAuthority(keyed.signing, keyed.tokens, control, revocations, authz, admin)
+    eraser = Eraser(cells, control, keyed.signing, keyed.receipts)
+
+    def use_keys(state: SigningState) -> None:
+        authority.use_keys(state)
+        eraser.use_keys(state.signing, state.receipts)
+
+    follower = KeyFollower(tokens_dir, control_keys, regions.control.transit_mount, keyed, use_keys)
     node = Node(regions, cells, settings.limits, eraser)
+    rotations = {}
+    if rotator_token:
+        for rid, store in parts.stores.items():
+            rc = regions.regions[rid]
+            if rc.key_rotation is not None:
+                rotator = TransitKeyRotator.connect(rc.openbao_address, rotator_token)
+                job = SubjectKeyRotation(RotationStore(store.engine), rotator, rid)
+                rotations[rid] = (job, rc.key_rotation)
     return Vault(
         node,
         authority,
@@ -219,7 +242,9 @@ def build_vault(
         control,
         eraser,
         parts,
+        follower,
         _readiness(regions, parts, control, keys),
+        rotations,
     )
 
 
@@ -338,6 +363,7 @@ class VaultServer:
                 "metrics on http://%s:%d/metrics", self.settings.metrics_host, self.metrics_port
             )
         self.vault.revocations.start()
+        self.vault.key_follower.start()
         await server.start()
         self._server = server
         for name in ("", *SERVICE_NAMES):
@@ -347,6 +373,8 @@ class VaultServer:
             asyncio.create_task(self._retention_worker()),
             asyncio.create_task(self._health_probe()),
         ]
+        if self.vault.rotations:
+            self._workers.append(asyncio.create_task(self._rotation_worker()))
         return self.port
 
     async def _health_probe(self) -> None:
@@ -448,6 +476,30 @@ class VaultServer:
         if not cell.can_erase:
             return 0
         return cell.reap_orphan_keys(ORPHAN_KEY_MIN_AGE_SECONDS)
+
+    async def _rotation_worker(self) -> None:
+        """Rotates the subject keys due under each region's policy, rate-limited
+        (safe on many nodes: subjects are claimed; a stopped run resumes)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            for region, (job, policy) in self.vault.rotations.items():
+                try:
+                    run = functools.partial(
+                        job.run,
+                        policy.period_seconds,
+                        limiter=RateLimiter(policy.rate_per_second),
+                    )
+                    done = await loop.run_in_executor(self._executor, run)
+                    if done.rotated or done.failed:
+                        log.info(
+                            "key rotation %s: %d rotated, %d failed",
+                            region,
+                            done.rotated,
+                            done.failed,
+                        )
+                except Exception as e:  # the next round retries
+                    log.warning("key rotation worker (%s): %s", region, type(e).__name__)
+            await asyncio.sleep(self.settings.rotation_check_seconds)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._server is None:

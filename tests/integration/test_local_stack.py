@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -13,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.integration.conftest import PdvaultUp
 from vault.client import VaultClient
+from vault.tokens import signed_kid
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,8 +83,49 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "CONSENT_REQUIRED" in demo.stdout and "verified offline" in demo.stdout
         assert "the key no longer exists" in demo.stdout
+        assert "7. Key rotation" in demo.stdout and "still verified" in demo.stdout
+
+        # Signing key rotation against the running node: no restart.
+        rotated = _cli("token", "rotate-key", "--data-dir", str(data_dir))
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        new_kid = rotated.stdout.split("new signing key: ")[1].split()[0]
+        history = _cli("receipt", "keys", "--data-dir", str(data_dir))
+        assert history.returncode == 0, history.stderr
+        assert new_kid in history.stdout and "chain verified" in history.stdout
+        deadline = time.monotonic() + 10
+        while signed_kid(fresh := up.token(*ISSUE)) != new_kid:
+            assert time.monotonic() < deadline, "the node still signs with the old key"
+            time.sleep(0.2)
+        for t in (token, fresh):  # the old token stays valid until it expires
+            with VaultClient(up.target, token=t) as c:
+                assert c.get_record(next(iter(written))).subject_id
+
+        # Subject key rotation of one region, then the status of every region.
+        rotate = _cli(
+            "keys", "rotate", "--region", "de", "--rate", "50/s", "--data-dir", str(data_dir)
+        )
+        assert rotate.returncode == 0, rotate.stdout + rotate.stderr
+        assert re.search(r"^de: [1-9]\d* rotated, .* 0 failed", rotate.stdout), rotate.stdout
+        assert "finished" in rotate.stdout
+        status = _cli("keys", "status", "--data-dir", str(data_dir))
+        assert status.returncode == 0, status.stderr
+        de = next(line for line in status.stdout.splitlines() if line.startswith("de "))
+        assert "100.0%" in de and "v2..v2" in de, status.stdout
+        assert "receipt key history: 3 key(s)" in status.stdout  # demo, then here
+        with VaultClient(up.target, token=fresh) as c:  # every record still opens
+            for rid, (_, address) in written.items():
+                assert c.get_record(rid).fields["address"] == address
     finally:
         assert up.stop() == 0
+
+
+ISSUE = ("--purpose", "essential.service", "--categories", "user.contact.email", "--ops", "read")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vault.cli", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_second_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:

@@ -192,22 +192,29 @@ def test_only_the_eraser_deletes_keys_and_only_on_its_own_mount(roles: Roles) ->
     assert root.secrets.transit.read_key(name=theirs, mount_point="transit-us")["data"]["keys"]
 
 
-def test_the_rotation_role_rotates_and_rewraps_but_cannot_unwrap_or_delete(
+def test_the_rotation_role_rotates_and_rewraps_but_cannot_delete_or_export(
     roles: Roles,
 ) -> None:
     root = roles.bao.root()
     rot = roles.client("de", "rotation")
     name = _key(root)
+    ad = _b64(b"subject|de")
     wrapped = root.secrets.transit.encrypt_data(
-        name=name, plaintext=_b64(b"k" * 32), mount_point="transit-de"
+        name=name, plaintext=_b64(b"k" * 32), associated_data=ad, mount_point="transit-de"
     )["data"]["ciphertext"]
     t = rot.secrets.transit
     assert name in t.list_keys(mount_point="transit-de")["data"]["keys"]
     t.rotate_key(name=name, mount_point="transit-de")
-    rewrapped = t.rewrap_data(name=name, ciphertext=wrapped, mount_point="transit-de")["data"][
-        "ciphertext"
-    ]
+    # Re-wrap as the rotation job does it: Transit's rewrap takes no associated
+    # data, so it is a decrypt and an encrypt under the newest version.
+    dek = t.decrypt_data(
+        name=name, ciphertext=wrapped, associated_data=ad, mount_point="transit-de"
+    )["data"]["plaintext"]
+    rewrapped = t.encrypt_data(
+        name=name, plaintext=dek, associated_data=ad, mount_point="transit-de"
+    )["data"]["ciphertext"]
     assert rewrapped.startswith("vault:v2:")
+    _forbidden(lambda: t.rewrap_data(name=name, ciphertext=wrapped, mount_point="transit-de"))
     t.rotate_key(name=name, mount_point="transit-de")
     t.update_key_configuration(
         name=name, min_decryption_version=2, min_encryption_version=3, mount_point="transit-de"
@@ -215,7 +222,6 @@ def test_the_rotation_role_rotates_and_rewraps_but_cannot_unwrap_or_delete(
     t.trim_key(name=name, min_version=2, mount_point="transit-de")
     assert sorted(t.read_key(name=name, mount_point="transit-de")["data"]["keys"]) == ["2", "3"]
 
-    _forbidden(lambda: t.decrypt_data(name=name, ciphertext=rewrapped, mount_point="transit-de"))
     _forbidden(
         lambda: t.update_key_configuration(
             name=name, deletion_allowed=True, mount_point="transit-de"
@@ -224,12 +230,23 @@ def test_the_rotation_role_rotates_and_rewraps_but_cannot_unwrap_or_delete(
     _forbidden(
         lambda: t.update_key_configuration(name=name, exportable=True, mount_point="transit-de")
     )
+    _forbidden(
+        lambda: t.update_key_configuration(
+            name=name, allow_plaintext_backup=True, mount_point="transit-de"
+        )
+    )
     _forbidden(lambda: t.delete_key(name=name, mount_point="transit-de"))
     _forbidden(lambda: t.export_key(name=name, key_type="encryption-key", mount_point="transit-de"))
+    _forbidden(lambda: t.backup_key(name=name, mount_point="transit-de"))
     _forbidden(lambda: t.rotate_key(name=_key(root, "transit-us"), mount_point="transit-us"))
-    # The root token reads the rewrapped value: the rotation did not lose it.
+    _forbidden(
+        lambda: t.decrypt_data(
+            name=_key(root, "transit-us"), ciphertext=wrapped, mount_point="transit-us"
+        )
+    )
+    # The root token reads the re-wrapped value: the rotation did not lose it.
     assert root.secrets.transit.decrypt_data(
-        name=name, ciphertext=rewrapped, mount_point="transit-de"
+        name=name, ciphertext=rewrapped, associated_data=ad, mount_point="transit-de"
     )["data"]["plaintext"] == _b64(b"k" * 32)
 
 

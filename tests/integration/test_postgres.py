@@ -13,8 +13,12 @@ import grpc
 import psycopg
 import pytest
 import yaml
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
+import vault.control
+import vault.store
 from tests.conftest import Bao, Stack, postgres_database, start_stack
 from tests.integration.conftest import PG_ADMIN_DSN
 from vault.client import VaultClientError
@@ -31,6 +35,17 @@ def pg_stack(bao: Bao, pg_url: str, tmp_path_factory: pytest.TempPathFactory) ->
     s.stop()
 
 
+def _head(migrations: Path) -> str:
+    """The newest revision of an alembic script directory."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations))
+    return str(ScriptDirectory.from_config(cfg).get_current_head())
+
+
+CELL_HEAD = _head(Path(vault.store.__file__).parent / "migrations")
+CONTROL_HEAD = _head(Path(vault.control.__file__).parent / "migrations")
+
+
 def test_schema_is_migrated_by_alembic(pg_stack: Stack, pg_url: str) -> None:
     with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://")) as db:
         (rev,) = db.execute("SELECT version_num FROM alembic_version").fetchone()  # type: ignore[misc]
@@ -40,7 +55,7 @@ def test_schema_is_migrated_by_alembic(pg_stack: Stack, pg_url: str) -> None:
                 "SELECT column_name FROM information_schema.columns WHERE table_name = 'records'"
             )
         }
-    assert rev == "0005"
+    assert rev == CELL_HEAD
     assert cols == {
         "id",
         "subject_id",
@@ -159,13 +174,15 @@ def test_db_upgrade_migrates_the_chosen_cell_and_the_control_plane(tmp_path: Pat
         regions = _regions_file(tmp_path, {"de": cell_url, "control": control_url})
         done = _db_upgrade("--regions", str(regions), "--data-dir", str(tmp_path), "--region", "de")
         assert done.returncode == 0, done.stderr
-        assert "cell de: schema at revision 0005" in done.stdout
-        assert "control plane: schema at revision c0004" in done.stdout
+        assert f"cell de: schema at revision {CELL_HEAD}" in done.stdout
+        assert f"control plane: schema at revision {CONTROL_HEAD}" in done.stdout
         with psycopg.connect(cell_url.replace("+psycopg", "")) as db:
-            assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005",)]
+            assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [
+                (CELL_HEAD,)
+            ]
         with psycopg.connect(control_url.replace("+psycopg", "")) as db:
             rows = db.execute("SELECT version_num FROM alembic_version_control").fetchall()
-            assert rows == [("c0004",)]
+            assert rows == [(CONTROL_HEAD,)]
         # Only the chosen region: no other cell's SQLite file was made.
         assert not list(tmp_path.glob("cells/*.db"))
         again = _db_upgrade(
@@ -226,3 +243,24 @@ def test_a_node_refuses_to_start_with_a_pool_out_of_range(
     assert done.returncode == 2
     assert "refusing to start: pool size must be >= 1, overflow >= 0" in done.stderr
     assert not list(tmp_path.iterdir())  # nothing made
+
+
+def test_subject_key_rotation_on_postgresql(pg_stack: Stack, bao: Bao) -> None:
+    """The rotation job's SQL (claims, cursor, greatest()) on PostgreSQL, twice
+    over: the second run finds nothing due and resumes nothing."""
+    from vault.keys import TransitKeyRotator
+    from vault.rotation import SubjectKeyRotation
+    from vault.store import RotationStore
+
+    c = pg_stack.client()
+    sid = c.create_subject("DE").subject_id
+    rid = c.put_record(sid, "user.contact.email", {"address": "pg@example.org"}).record_id
+    store = RotationStore(pg_stack.vault.parts.stores["de"].engine)
+    rotator = TransitKeyRotator.connect(bao.address, bao.server.rotator_token(pg_stack.regions))
+    first = SubjectKeyRotation(store, rotator, "de").run(0)
+    assert first.finished and first.rotated >= 1 and first.failed == 0
+    assert store.current(sid) is not None and store.current(sid).key_version == 2  # type: ignore[union-attr]
+    again = SubjectKeyRotation(store, rotator, "de").run(3600)
+    assert again.finished and again.rotated == 0 and not again.resumed
+    pg_stack.vault.parts.data_keys["de"].clear()
+    assert c.get_record(rid).fields["address"] == "pg@example.org"

@@ -182,3 +182,42 @@ def test_node_identity_is_validated(raw: dict, identity: object, problem: str) -
     with pytest.raises(ConfigError) as e:
         parse_regions(bad)
     assert any("node_identity" in p.where and problem in p.problem for p in e.value.problems)
+
+
+def test_the_shipped_rotation_schedule_and_a_region_without_one(raw: dict) -> None:  # type: ignore[type-arg]
+    de = parse_regions(raw).regions["de"].key_rotation
+    assert de is not None and (de.period_seconds, de.rate_per_second) == (90 * 86400, 10.0)
+    del raw["regions"][2]["key_rotation"]
+    assert parse_regions(raw).regions["de"].key_rotation is None
+
+
+@pytest.mark.parametrize(
+    ("rotation", "where", "problem"),
+    [
+        ({"period": "90"}, "regions[de].key_rotation.period", "must be a positive duration"),
+        ({"period": "0d"}, "regions[de].key_rotation.period", "must be a positive duration"),
+        (
+            {"period": "1d", "rate_per_second": 0},
+            "regions[de].key_rotation.rate_per_second",
+            "positive",
+        ),
+        (
+            {"period": "1d", "rate_per_second": True},
+            "regions[de].key_rotation.rate_per_second",
+            "positive",
+        ),
+        ({"period": "1d", "every": 3}, "regions[de].key_rotation", "must be a mapping"),
+        ("90d", "regions[de].key_rotation", "must be a mapping"),
+    ],
+)
+def test_a_bad_rotation_schedule_is_reported(
+    raw: dict,  # type: ignore[type-arg]
+    rotation: object,
+    where: str,
+    problem: str,
+) -> None:
+    raw["regions"][2]["key_rotation"] = rotation
+    with pytest.raises(ConfigError) as e:
+        parse_regions(raw)
+    assert [p.where for p in e.value.problems] == [where]
+    assert problem in e.value.problems[0].problem

@@ -12,7 +12,7 @@ from vault.cell._lookup import BlindIndex
 from vault.cell._views import RecordView
 from vault.config import Limits, RegionConfig
 from vault.crypto import RecordContext, dek_associated_data, open_fields
-from vault.errors import Erased, NotFound
+from vault.errors import DecryptionFailed, Erased, NotFound
 from vault.inline import ensure_may_block
 from vault.keys import BoundedCache, DataKeyCache, KeyProvider, KeyRef, KeyShredder
 from vault.policy import Authorizer, Caller, SubjectFacts, filter_fields
@@ -127,11 +127,16 @@ class CellBase:
         dek = self._data_keys.get(row.id)
         if dek is None:
             ensure_may_block()
-            dek = self._keys.unwrap(
-                KeyRef(row.key_mount, row.key_name),
-                row.wrapped_dek,
-                dek_associated_data(row.id, row.region),
-            )
+            ref, aad = KeyRef(row.key_mount, row.key_name), dek_associated_data(row.id, row.region)
+            try:
+                dek = self._keys.unwrap(ref, row.wrapped_dek, aad)
+            except DecryptionFailed:
+                # A key rotation may have re-wrapped the data key and retired
+                # the version of the wrap read a moment ago: read it again.
+                fresh = self._store.get_subject(row.id)
+                if fresh is None or fresh.state.gone or fresh.wrapped_dek == row.wrapped_dek:
+                    raise
+                dek = self._keys.unwrap(ref, fresh.wrapped_dek, aad)
             self._data_keys.put(row.id, dek)
         return dek
 

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _connect, _db, _flags, _health, _rights, _serve, _tokens
+    from vault.cli import _connect, _db, _flags, _health, _keys, _rights, _serve, _tokens
 
     serve = _serve.add_parser(sub)
     add_tls_flags(serve)
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _connect.add_flags(demo, target=False)
 
     _tokens.add_parser(sub)
+    _keys.add_parser(sub)
     _rights.add_parsers(sub)
     _db.add_parsers(sub)
     _flags.add_pool_flags(up)
@@ -154,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         from vault.cli import _health
 
         return _health.run(args)
+    if args.command == "keys":
+        from vault.cli import _keys
+
+        return _keys.run(args)
     if args.command == "token":
         from vault.cli import _tokens
 

@@ -7,9 +7,11 @@ import re
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import hvac
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -163,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     )
     table.add_row("records affected", str(receipt.records_affected))
     table.add_row("evidence", receipt.evidence)
-    verify_receipt(receipt.signed_receipt, layout.read_keyset())
+    verify_receipt(receipt.signed_receipt, layout.read_receipt_keys())
     table.add_row("signature", "[green]verified offline with the public verification keys")
     con.print(table)
 
@@ -204,8 +206,73 @@ def run(args: argparse.Namespace) -> int:
     bob = people[1]
     bob_home = connect(shop_token, home(bob[1].region))
     con.print(f"Bob and Li are untouched: {dict(bob_home.get_record(bob[2].record_id).fields)}")
+
+    # 7. Key rotation.
+    _rotation(con, data_dir, bao, bob[1].subject_id, bob[1].region, receipt.signed_receipt)
+    con.print(
+        f"Bob's record after both rotations: {dict(bob_home.get_record(bob[2].record_id).fields)}"
+    )
     con.rule()
     return 0
+
+
+def _rotation(
+    con: Console, data_dir: Path, bao: OpenBaoServer, subject_id: str, region: str, receipt: str
+) -> None:
+    """Rotates the subject keys of Bob's region and the vault signing key."""
+    from vault.cli._keys import status_report
+    from vault.keys import TransitKeyRotator
+    from vault.rotation import SubjectKeyRotation
+    from vault.store import RotationStore, make_engine
+    from vault.tokens.keyfiles import rotate_signing_key
+
+    layout = DataDir(data_dir)
+    regions = load_regions(
+        layout.five / "regions.yaml" if layout.region_endpoints() else None,
+        data_dir=str(data_dir),
+        openbao_addr=bao.address,
+    )
+    rc = regions.regions[region]
+    root = hvac.Client(url=bao.address, token=bao.root_token())
+    name = f"subject-{subject_id}"
+
+    def versions() -> str:
+        key = root.secrets.transit.read_key(name=name, mount_point=rc.transit_mounts[0])["data"]
+        return f"latest v{key['latest_version']}, kept {sorted(int(v) for v in key['keys'])}"
+
+    table = Table(title=f"7. Key rotation: every subject key of {region}, and the signing key")
+    table.add_column("what")
+    table.add_column("before")
+    table.add_column("after")
+    before = versions()
+    engine = make_engine(rc.database_url)
+    rotator = TransitKeyRotator.connect(rc.openbao_address, bao.rotation_login(regions))
+    try:
+        done = SubjectKeyRotation(RotationStore(engine), rotator, region).run(0)
+    finally:
+        bao.retire()  # the rotation login made for this step
+        engine.dispose()
+    table.add_row(
+        f"Bob's key ({done.rotated} subject(s) of {region} rotated, data keys re-wrapped, "
+        "old versions trimmed)",
+        before,
+        versions(),
+    )
+    control = TransitKeyProvider.connect(regions.control.openbao_address, bao.root_token())
+    old_kid = verify_receipt(receipt, layout.read_receipt_keys())["signing_key"]
+    new = rotate_signing_key(layout.tokens, control, regions.control.transit_mount, now=time.time())
+    table.add_row("signing key (tokens, receipts)", str(old_kid)[:24] + "…", new.new_kid[:24] + "…")
+    verify_receipt(receipt, layout.read_receipt_keys())
+    table.add_row("Ada's receipt, signed by the old key", "verified", "[green]still verified")
+    con.print(table)
+    con.print(
+        "[dim]"
+        + "\n".join(
+            status_report(
+                data_dir, layout.five / "regions.yaml" if layout.region_endpoints() else None
+            )
+        )
+    )
 
 
 def _transfers_explained(con: Console, regions: RegionsConfig) -> None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from vault.errors import Unauthenticated
 from vault.policy import Authorizer, default_policy_path, load_policy
 from vault.server import KeyServices, build_cells
 from vault.store import make_engine
+from vault.tokens import HistoryError, verify_history
 
 
 def add_parsers(sub: Any) -> None:
@@ -46,9 +48,15 @@ def add_parsers(sub: Any) -> None:
         "--keys",
         type=Path,
         default=None,
-        help="verification keys (default: DATA_DIR/tokens/verification-keys.json)",
+        help="the signing-key history (default: DATA_DIR/tokens/signing-key-history.json) "
+        "or a published key set",
     )
     rv.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    rk = rsub.add_parser(
+        "keys", help="the signing-key history receipts verify under, its chain checked"
+    )
+    rk.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    rk.add_argument("--json", action="store_true", help="print the history file itself")
 
     er = sub.add_parser("erasure", help="the erasure ledger")
     esub = er.add_subparsers(dest="erasure_command", required=True)
@@ -128,15 +136,42 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_receipt(args: argparse.Namespace) -> int:
+    if args.receipt_command == "keys":
+        return _receipt_keys(args)
     text = args.file.read_text().strip()
     if text.startswith("{"):
         text = str(json.loads(text).get("signed_receipt", ""))
     try:
-        doc = verify_receipt(text, DataDir(args.data_dir).read_keyset(args.keys))
+        doc = verify_receipt(text, DataDir(args.data_dir).read_receipt_keys(args.keys))
+    except HistoryError as e:
+        print(f"INVALID key history: {e}", file=sys.stderr)
+        return 1
     except Unauthenticated as e:
         print(f"INVALID receipt: {e.reason}", file=sys.stderr)
         return 1
     print(json.dumps({"verified": True, "receipt": doc}, indent=2))
+    return 0
+
+
+def _receipt_keys(args: argparse.Namespace) -> int:
+    path = DataDir(args.data_dir).signing_key_history
+    try:
+        text = path.read_text()
+        history = verify_history(text)
+    except OSError:
+        print(f"pdvault: no signing-key history at {path}", file=sys.stderr)
+        return 1
+    except HistoryError as e:
+        print(f"INVALID key history: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(text)
+        return 0
+    for entry in history:
+        added = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.added_at))
+        last = "  (signing now)" if entry is history[-1] else ""
+        print(f"{entry.seq:>3}  {added}  {entry.key.kid}{last}")
+    print(f"{len(history)} key(s); chain verified: each added key endorsed by the one before")
     return 0
 
 

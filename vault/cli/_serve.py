@@ -96,6 +96,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     bao.add_argument(
         "--eraser-token-file", type=Path, default=None, help="a fixed token for key destruction"
     )
+    bao.add_argument(
+        "--rotation-role-id-file",
+        type=Path,
+        metavar="FILE",
+        help="scheduled subject-key rotation's login (default: $BAO_ROTATION_ROLE_ID; "
+        "without a rotation login the node does not rotate keys)",
+    )
+    bao.add_argument(
+        "--rotation-secret-id-file",
+        type=Path,
+        metavar="FILE",
+        help="default: $BAO_ROTATION_SECRET_ID",
+    )
+    bao.add_argument(
+        "--rotation-token-file", type=Path, default=None, help="a fixed token for key rotation"
+    )
     peer = p.add_argument_group("peer TLS", "how this node calls the other regions' nodes")
     peer.add_argument("--peer-ca", type=Path, metavar="FILE")
     peer.add_argument("--peer-cert", type=Path, metavar="FILE", help="this node's client cert")
@@ -111,6 +127,9 @@ SECRET_ENV = (
     "BAO_ERASER_TOKEN",
     "BAO_ERASER_ROLE_ID",
     "BAO_ERASER_SECRET_ID",
+    "BAO_ROTATION_TOKEN",
+    "BAO_ROTATION_ROLE_ID",
+    "BAO_ROTATION_SECRET_ID",
 )
 
 
@@ -198,6 +217,7 @@ async def serve(args: argparse.Namespace) -> int:
         settings,
         openbao_token=node,
         eraser_token=eraser,
+        rotator_token=_credential(args, "rotation", "BAO_ROTATION", args.openbao_approle_mount),
         policy=policy,
         admin_credential_file=admin_file if admin_file.exists() else None,
         serve_regions=frozenset({args.region}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,19 @@ def add_parser(sub: Any) -> None:
     rv.add_argument("token_id")
     rv.add_argument("--token", help="revoke as this token's holder instead of as administrator")
 
+    rk = tsub.add_parser(
+        "rotate-key",
+        help="sign tokens and receipts with a new key; running nodes switch within a second",
+    )
+    rk.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    rk.add_argument("--regions", type=Path, default=None)
+    rk.add_argument(
+        "--openbao-token",
+        default=os.environ.get("BAO_TOKEN"),
+        help="a token that may wrap and unwrap with the control mount's token-signing key "
+        "(default: $BAO_TOKEN, else the local stack's root token)",
+    )
+
     ins = tsub.add_parser("inspect", help="show a token's claims and whether it verifies")
     ins.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ins.add_argument("token")
@@ -91,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     cmd = args.token_command
     if cmd == "inspect":
         return _inspect(args)
+    if cmd == "rotate-key":
+        return _rotate_key(args)
     try:
         if cmd == "issue":
             with _client(args, DataDir(args.data_dir).read_admin_credential()) as vc:
@@ -128,6 +144,48 @@ def run(args: argparse.Namespace) -> int:
     return 2
 
 
+def _rotate_key(args: argparse.Namespace) -> int:
+    from vault.config import load_regions
+    from vault.devstack import OpenBaoServer
+    from vault.errors import KeyServiceUnavailable
+    from vault.keys import TransitKeyProvider
+    from vault.tokens.keyfiles import FOLLOW_SECONDS, RETIRE_AFTER, rotate_signing_key
+
+    data_dir: Path = args.data_dir.resolve()
+    bao = OpenBaoServer(data_dir, log=False)
+    regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr=bao.address)
+    try:
+        token = args.openbao_token or bao.root_token()
+    except OSError:
+        print("pdvault: no OpenBao token (--openbao-token or $BAO_TOKEN)", file=sys.stderr)
+        return 1
+    keys = TransitKeyProvider.connect(regions.control.openbao_address, token)
+    try:
+        done = rotate_signing_key(
+            DataDir(data_dir).tokens, keys, regions.control.transit_mount, now=time.time()
+        )
+    except FileNotFoundError:
+        print(f"pdvault: no signing key in {data_dir} to rotate", file=sys.stderr)
+        return 1
+    except KeyServiceUnavailable as e:
+        print(
+            f"pdvault: OpenBao refused or is unreachable ({e}); nothing changed "
+            "that a second run would not finish",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"new signing key: {done.new_kid}")
+    for kid in done.retired:
+        print(f"retired (tokens it signed accepted for {RETIRE_AFTER // 86400} more days): {kid}")
+    for kid in done.removed:
+        print(f"removed (no token it signed is still valid): {kid}")
+    print(
+        f"running nodes sign with the new key within {FOLLOW_SECONDS:g} s; receipts signed by "
+        "any earlier key still verify (`pdvault receipt keys`)"
+    )
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     layout = DataDir(args.data_dir)
     try:
@@ -139,7 +197,11 @@ def _inspect(args: argparse.Namespace) -> int:
     code = 0
     if layout.verification_keys.exists():
         try:
-            decode(args.token, layout.read_keyset(), now=time.time())
+            from vault.tokens.keyfiles import accepted_keys, read_published
+
+            # The keys a node accepts now: a retired key's time may be up.
+            now = time.time()
+            decode(args.token, accepted_keys(read_published(layout.tokens), now), now=now)
             status = "valid signature, within its validity period (revocation not checked)"
         except Unauthenticated as e:
             status = f"INVALID: {e.reason}"

@@ -115,6 +115,9 @@ async def up(args: argparse.Namespace) -> int:
     server: VaultServer | None = None
     try:
         creds = bao.configure(regions)
+        # Scheduled subject key rotation (regions.yaml key_rotation) needs its own credential.
+        scheduled = any(r.key_rotation for r in regions.regions.values())
+        rotator = creds.rotation if scheduled else None
         ensure_admin_credential(data_dir)
         vault = build_vault(
             regions,
@@ -123,6 +126,7 @@ async def up(args: argparse.Namespace) -> int:
             eraser_token=creds.eraser,
             policy=policy,
             admin_credential_file=layout.admin_credential,
+            rotator_token=rotator,
         )
         server = VaultServer(vault, settings)
         port = await server.start()

@@ -87,11 +87,17 @@ class Eraser:
         keys: KeySet,
         clock: Callable[[], int] = _now_us,
     ) -> None:
+        #: The signing-key history: every receipt ever signed verifies under it.
         self._keys = keys
         self._cells = cells
         self._control = control
         self._signing = signing
         self._clock = clock
+
+    def use_keys(self, signing: SigningKey, receipts: KeySet) -> None:
+        """Signs receipts with ``signing`` and checks them against ``receipts``
+        (the signing-key history) from now on: a key rotation."""
+        self._signing, self._keys = signing, receipts
 
     # -- the RPCs ------------------------------------------------------------
 

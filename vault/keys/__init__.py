@@ -3,7 +3,13 @@
 from vault.keys._approle import AppRole, AppRoleLogin, OpenBaoCredential
 from vault.keys._cache import BoundedCache, DataKeyCache
 from vault.keys._provider import KeyProvider, KeyRef, KeyShredder
-from vault.keys._transit import Failover, TransitKeyProvider, TransitKeyShredder
+from vault.keys._transit import (
+    Failover,
+    KeyGone,
+    TransitKeyProvider,
+    TransitKeyRotator,
+    TransitKeyShredder,
+)
 
 __all__ = [
     "AppRole",
@@ -11,10 +17,12 @@ __all__ = [
     "BoundedCache",
     "DataKeyCache",
     "Failover",
+    "KeyGone",
     "KeyProvider",
     "KeyRef",
     "KeyShredder",
     "OpenBaoCredential",
     "TransitKeyProvider",
+    "TransitKeyRotator",
     "TransitKeyShredder",
 ]

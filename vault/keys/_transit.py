@@ -360,3 +360,81 @@ class TransitKeyShredder(_TransitClient):
             answer = "; ".join(str(x) for x in (e.errors or [])) or type(e).__name__
             return f"POST {path} refused: {answer}"
         raise RuntimeError("the subject key still decrypts after its destruction")
+
+
+class KeyGone(Exception):
+    """The subject key no longer exists (erased while it was being rotated)."""
+
+
+class TransitKeyRotator(_TransitClient):
+    """Rotates subject keys: the rotation role's own, separate credential.
+
+    Its policy (``deploy/openbao/policies/rotation.hcl``) may rotate, use,
+    reconfigure and trim subject keys, never delete or export them. Every
+    failure is KeyServiceUnavailable, except a key that is gone (:class:`KeyGone`).
+    """
+
+    DEFAULT_TIMEOUT = 10.0
+
+    def __init__(
+        self,
+        client: hvac.Client,
+        login: AppRoleLogin | None = None,
+        failover: Failover | None = None,
+    ) -> None:
+        super().__init__(client, login, failover)
+        self._keys = TransitKeyProvider(client, login, failover)
+
+    def _call(
+        self, op: str, fn: Any, *args: Any, handled: tuple[type[Exception], ...] = (), **kwargs: Any
+    ) -> Any:
+        try:
+            return super()._call(op, fn, *args, handled=_CALLER_HANDLED, **kwargs)
+        except _CALLER_HANDLED as e:
+            raise KeyGone() from e
+
+    def rotate(self, ref: KeyRef) -> int:
+        """Adds a key version; returns the newest version."""
+        self._call(
+            "rotate_key",
+            self._client.secrets.transit.rotate_key,
+            name=ref.name,
+            mount_point=ref.mount,
+        )
+        return self.latest_version(ref)
+
+    def latest_version(self, ref: KeyRef) -> int:
+        resp = self._call(
+            "read_key", self._client.secrets.transit.read_key, name=ref.name, mount_point=ref.mount
+        )
+        return int(resp["data"]["latest_version"])
+
+    def rewrap(self, ref: KeyRef, wrapped: str, associated_data: bytes) -> str:
+        """The same data key wrapped by the key's newest version.
+
+        Not Transit ``rewrap``: OpenBao's rewrap does not take the wrap's
+        associated data (it fails authentication on every wrap bound to its
+        subject), so the data key is unwrapped and wrapped again here, held in
+        memory for the two calls only, never logged or stored.
+        """
+        try:
+            data_key = self._keys.unwrap(ref, wrapped, associated_data)
+        except DecryptionFailed as e:  # the key is gone, or the wrap does not open
+            raise KeyGone() from e
+        return self._keys.wrap(ref, data_key, associated_data)
+
+    def retire_below(self, ref: KeyRef, version: int) -> None:
+        """No version below ``version`` decrypts any more, and they are deleted
+        (``min_decryption_version``, then ``trim``)."""
+        self._call(
+            "update_key_configuration",
+            self._client.write_data,
+            path=f"{ref.mount}/keys/{ref.name}/config",
+            data={"min_decryption_version": version, "min_encryption_version": version},
+        )
+        self._call(
+            "trim_key",
+            self._client.write_data,
+            path=f"{ref.mount}/keys/{ref.name}/trim",
+            data={"min_available_version": version},
+        )

@@ -11,6 +11,7 @@ from vault.store._cellstore import (
 )
 from vault.store._migrate import migrate
 from vault.store._models import consents, metadata, records, subjects
+from vault.store._rotation import Coverage, RotationStore
 from vault.store._transfers import CellTransferLog, TransferEntry
 
 __all__ = [
@@ -18,8 +19,10 @@ __all__ = [
     "LIVE_STATES",
     "CellStore",
     "CellTransferLog",
+    "Coverage",
     "DuplicateKey",
     "RecordRow",
+    "RotationStore",
     "SubjectRow",
     "SubjectState",
     "TransferEntry",

@@ -34,6 +34,16 @@ from vault.store._models import cell_keys, consents, records, subjects
 from vault.store._models import lookups as lookups_t
 
 
+def wrap_key_version(wrapped: str) -> int:
+    """The key version in a Transit wrap (``vault:v3:…`` → 3); 1 for anything
+    else (a wrap without a version prefix was made by the first version)."""
+    prefix, _, rest = wrapped.partition(":")
+    version = rest.partition(":")[0]
+    if prefix == "vault" and version[:1] == "v" and version[1:].isdigit():
+        return int(version[1:])
+    return 1
+
+
 class SubjectState(StrEnum):
     """A subject's state: the one vocabulary of the vault (stored as its value)."""
 
@@ -291,6 +301,7 @@ class CellStore:
                     key_mount=row.key_mount,
                     key_name=row.key_name,
                     wrapped_dek=row.wrapped_dek,
+                    key_version=wrap_key_version(row.wrapped_dek),
                     idempotency_key=idempotency_key,
                     request_digest=request_digest,
                     created_at=row.created_at,

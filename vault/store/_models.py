@@ -51,6 +51,12 @@ subjects = Table(
     Column("request_digest", String(64), nullable=True),
     # The state before an erasure request, restored if the erasure is cancelled.
     Column("prior_state", String(16), nullable=True),
+    # The Transit key version that wrapped wrapped_dek (key rotation coverage).
+    Column("key_version", Integer, nullable=False, server_default="1"),
+    # When the subject's key was last rotated (µs); a rotation job's claim.
+    Column("key_rotated_at", BigInteger, nullable=True),
+    Column("rotation_claim", String(64), nullable=True),
+    Column("rotation_claimed_until", BigInteger, nullable=True),
 )
 
 records = Table(
@@ -131,4 +137,19 @@ transfers = Table(
     Column("rule", String(128), nullable=False),
     Column("reason", String(64), nullable=False),
     Index("ix_transfers_subject_id_id", "subject_id", "id"),
+)
+
+# Key rotation jobs of the cell: cursor (last subject id done) and counts.
+key_jobs = Table(
+    "key_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("cutoff_us", BigInteger, nullable=False),
+    Column("cursor", String(64), nullable=False, server_default=""),
+    Column("rotated", Integer, nullable=False, server_default="0"),
+    Column("skipped", Integer, nullable=False, server_default="0"),
+    Column("failed", Integer, nullable=False, server_default="0"),
+    Column("started_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger, nullable=True),
 )

@@ -21,7 +21,14 @@ from vault.tokens._codec import (
     decode,
     issue,
     sign_document,
+    signed_kid,
     verify_document,
+)
+from vault.tokens._history import (
+    HistoryEntry,
+    HistoryError,
+    history_keyset,
+    verify_history,
 )
 from vault.tokens._keys import (
     KeySet,
@@ -45,11 +52,14 @@ __all__ = [
     "WILDCARD",
     "Claims",
     "FieldGrant",
+    "HistoryEntry",
+    "HistoryError",
     "KeySet",
     "SigningKey",
     "TokenVerifier",
     "VerificationKey",
     "decode",
+    "history_keyset",
     "is_narrowing",
     "issue",
     "keyset_from_json",
@@ -57,5 +67,7 @@ __all__ = [
     "narrow",
     "new_jti",
     "sign_document",
+    "signed_kid",
     "verify_document",
+    "verify_history",
 ]

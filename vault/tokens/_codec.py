@@ -204,6 +204,12 @@ def sign_document(document: dict[str, Any], signing_key: SigningKey, purpose: by
     return _sign(document, signing_key, purpose)
 
 
+def signed_kid(signed: str) -> str:
+    """The kid in the footer of a signed document or token (not verified:
+    call this only on what :func:`verify_document` accepted)."""
+    return _split(signed)[1]
+
+
 def verify_document(signed: str, keys: KeySet, purpose: bytes) -> dict[str, Any]:
     """The document inside ``signed`` if its signature verifies for ``purpose``.
 

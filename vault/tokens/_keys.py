@@ -11,7 +11,10 @@ Rotation
 --------
 A :class:`KeySet` holds every verification key currently accepted. To rotate,
 publish the new key in the set, start signing with it, and drop the old key
-once the longest-lived token signed by it has expired.
+once the longest-lived token signed by it has expired. The published file
+records when each key was added (``created_at``) and when signing with it
+stopped (``retired_at``), both Unix seconds and both optional
+(:class:`PublishedKey`); ``vault.tokens.keyfiles`` does the rotation.
 
 Private keys
 ------------
@@ -187,12 +190,69 @@ class KeySet:
         return f"KeySet(kids={sorted(self._by_kid)!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class PublishedKey:
+    """A verification key as published, with its lifetime (Unix seconds).
+
+    ``created_at``: when it was added (None for keys published before this was
+    recorded). ``retired_at``: when a newer key replaced it for signing; None
+    while it is the signing key.
+    """
+
+    key: VerificationKey
+    created_at: int | None = None
+    retired_at: int | None = None
+
+    def accepted_at(self, now: float, retire_after: int) -> bool:
+        """Whether tokens signed by it are accepted at ``now``: always while it
+        signs, and for ``retire_after`` seconds after it stopped (the longest a
+        token it signed can live, plus a margin)."""
+        return self.retired_at is None or now < self.retired_at + retire_after
+
+
+def published_from_json(text: str) -> list[PublishedKey]:
+    """Every key of a published key set, in order, with its lifetime.
+
+    Raises ValueError (or KeyError/TypeError for a malformed document) like
+    :func:`keyset_from_json`.
+    """
+    out = []
+    for k in json.loads(text)["keys"]:
+        times = {name: k.get(name) for name in ("created_at", "retired_at")}
+        for name, value in times.items():
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{name} must be a whole number of seconds")
+        out.append(
+            PublishedKey(
+                VerificationKey.from_paserk(k["kid"], k["paserk"]),
+                times["created_at"],
+                times["retired_at"],
+            )
+        )
+    KeySet(p.key for p in out)  # no duplicates, not empty
+    return out
+
+
+def published_to_json(keys: Iterable[PublishedKey]) -> str:
+    """The published form, lifetimes included where known (public keys only)."""
+    entries = []
+    for p in keys:
+        entry: dict[str, str | int] = {"kid": p.key.kid, "paserk": p.key.to_paserk()}
+        if p.created_at is not None:
+            entry["created_at"] = p.created_at
+        if p.retired_at is not None:
+            entry["retired_at"] = p.retired_at
+        entries.append(entry)
+    return json.dumps({"keys": entries}, indent=2)
+
+
 def keyset_from_json(text: str) -> KeySet:
-    """A published key set (``{"keys": [{"kid": …, "paserk": …}, …]}``)."""
+    """A published key set (``{"keys": [{"kid": …, "paserk": …}, …]}``): every
+    key in it, whatever its lifetime (see :func:`published_from_json`)."""
     published = json.loads(text)["keys"]
     return KeySet(VerificationKey.from_paserk(k["kid"], k["paserk"]) for k in published)
 
 
 def keyset_to_json(keys: Iterable[VerificationKey]) -> str:
     """The published form of verification keys (public keys only)."""
-    return json.dumps({"keys": [{"kid": k.kid, "paserk": k.to_paserk()} for k in keys]}, indent=2)
+    return published_to_json(PublishedKey(k) for k in keys)

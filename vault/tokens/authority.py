@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -25,62 +24,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vault.control import ControlStore, Revocations, TokenEvent
-from vault.datadir import DataDir, replace_file, write_file
+from vault.datadir import DataDir, write_file
 from vault.errors import AccessDenied, FieldViolation, InvalidArgument, Unauthenticated
 from vault.inline import ensure_may_block
-from vault.keys import KeyProvider, KeyRef
 from vault.policy import Authorizer, Caller
 from vault.tokens._claims import Claims, is_narrowing, narrow
 from vault.tokens._codec import issue
-from vault.tokens._keys import KeySet, SigningKey, keyset_from_json, keyset_to_json
+from vault.tokens._keys import KeySet, SigningKey
 from vault.tokens._verifier import TokenVerifier
+from vault.tokens.keyfiles import (
+    MAX_TTL,
+    SIGNING_KEY_NAME,
+    SigningState,
+    load_or_create_signing_key,
+)
 
-SIGNING_KEY_NAME = "token-signing"
+__all__ = [
+    "MAX_TTL",
+    "SIGNING_KEY_NAME",
+    "AdminCredential",
+    "IssueRequest",
+    "SigningState",
+    "TokenAuthority",
+    "ensure_admin_credential",
+    "load_or_create_signing_key",
+    "rotate_admin_credential",
+]
+
 DEFAULT_TTL = 3600
-MAX_TTL = 30 * 24 * 3600
 _ADMIN_PREFIX = "pdva_"
 #: How often a node looks at the administrator credential file, at most.
 ADMIN_CHECK_SECONDS = 1.0
 
 log = logging.getLogger("vault.tokens")
-
-
-def _signing_aad(kid: str) -> bytes:
-    return b"pdvault/token-signing-key/v1|" + kid.encode()
-
-
-def load_or_create_signing_key(
-    directory: Path, keys: KeyProvider, mount: str
-) -> tuple[SigningKey, KeySet]:
-    """The node's signing key (unwrapped through OpenBao) and the verification keys.
-
-    On first use a key is generated, wrapped by Transit and written as
-    ``signing-key.json`` (ciphertext only) next to ``verification-keys.json``.
-    """
-    ref = KeyRef(mount, SIGNING_KEY_NAME)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key_file = directory / "signing-key.json"
-    pub_file = directory / "verification-keys.json"
-    if key_file.exists():
-        stored = json.loads(key_file.read_text())
-        kid = str(stored["kid"])
-        pem = keys.unwrap(ref, str(stored["wrapped"]), _signing_aad(kid))
-        signing = SigningKey.from_pem(pem)
-        if signing.kid != kid:
-            raise RuntimeError("the unwrapped token signing key does not match its key id")
-    else:
-        signing = SigningKey.generate()
-        wrapped = keys.wrap(ref, signing.private_pem(), _signing_aad(signing.kid))
-        write_file(key_file, json.dumps({"kid": signing.kid, "wrapped": wrapped}), 0o600)
-    published = list(keyset_from_json(pub_file.read_text())) if pub_file.exists() else []
-    pub = signing.public()
-    if all(k.kid != pub.kid for k in published):
-        published.append(pub)
-        # The trust anchor of every node: public, but written 0644 deliberately,
-        # never left to the umask; replaced whole, as nodes starting side by
-        # side read it (`pdvault up --regions-mode five`), and only when it changes.
-        replace_file(pub_file, keyset_to_json(published), 0o644)
-    return signing, KeySet(published)
 
 
 def _new_admin_credential() -> str:
@@ -233,6 +209,19 @@ class TokenAuthority:
         self._admin = admin if isinstance(admin, AdminCredential) else AdminCredential(admin)
         self._clock = clock
         self.verifier = TokenVerifier(keys, revocations.is_revoked, clock)
+        self._kids = keys.kids
+
+    def use_keys(self, state: SigningState) -> None:
+        """Signs with ``state.signing`` and verifies with ``state.tokens`` from
+        now on (a rotation, followed by :class:`~vault.tokens.keyfiles.KeyFollower`)."""
+        self._signing = state.signing
+        if state.tokens.kids != self._kids:
+            self._kids = state.tokens.kids
+            self.verifier.replace_keys(state.tokens)
+
+    @property
+    def signing_kid(self) -> str:
+        return self._signing.kid
 
     # -- authentication ---------------------------------------------------
 

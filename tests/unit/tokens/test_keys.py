@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 
 from vault.tokens import KeySet, SigningKey, VerificationKey, keyset_from_json, keyset_to_json
+from vault.tokens._keys import PublishedKey, published_from_json, published_to_json
 
 
 def test_generated_keys_differ_and_kid_is_the_public_paserk_id() -> None:
@@ -195,3 +196,28 @@ def test_a_published_key_whose_kid_is_not_its_own_is_refused() -> None:
         keyset_from_json(forged)
     with pytest.raises(ValueError):
         keyset_from_json('{"keys": []}')
+
+
+def test_published_lifetimes_round_trip_and_limit_acceptance() -> None:
+    a, b = SigningKey.generate().public(), SigningKey.generate().public()
+    text = published_to_json([PublishedKey(a, 10, 20), PublishedKey(b, 20)])
+    assert json.loads(text)["keys"][0] == {
+        "kid": a.kid,
+        "paserk": a.to_paserk(),
+        "created_at": 10,
+        "retired_at": 20,
+    }
+    old, new = published_from_json(text)
+    assert (old.key, old.created_at, old.retired_at) == (a, 10, 20)
+    assert (new.key, new.retired_at) == (b, None)
+    assert old.accepted_at(29.9, 10) and not old.accepted_at(30, 10)
+    assert new.accepted_at(10**12, 10)  # the signing key never lapses
+    assert [k.kid for k in keyset_from_json(text)] == [a.kid, b.kid]
+
+
+@pytest.mark.parametrize("value", ["20", 2.5, True])
+def test_a_published_lifetime_must_be_whole_seconds(value: object) -> None:
+    a = SigningKey.generate().public()
+    text = json.dumps({"keys": [{"kid": a.kid, "paserk": a.paserk, "retired_at": value}]})
+    with pytest.raises(ValueError):
+        published_from_json(text)

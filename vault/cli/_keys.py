@@ -1,0 +1,167 @@
+"""``pdvault keys rotate|status``: subject key rotation jobs and key coverage."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from vault.config import RegionConfig, load_regions, parse_duration
+from vault.datadir import DEFAULT_DATA_DIR, DataDir
+from vault.devstack import OpenBaoServer
+from vault.errors import KeyServiceUnavailable
+from vault.keys import OpenBaoCredential, TransitKeyRotator
+from vault.rotation import RateLimiter, SubjectKeyRotation
+from vault.store import RotationStore, make_engine, migrate
+from vault.tokens.keyfiles import HISTORY_FILE, read_history, read_published
+
+
+def _duration(text: str) -> int:
+    seconds = parse_duration(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError("a duration like 90d, 12h, 30m or 0s")
+    return seconds
+
+
+def _rate(text: str) -> float:
+    value = text.removesuffix("/s")
+    try:
+        rate = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a rate like 50/s") from None
+    if rate <= 0:
+        raise argparse.ArgumentTypeError("the rate must be positive")
+    return rate
+
+
+def add_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="key rotation jobs and key status")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    rot = ksub.add_parser(
+        "rotate",
+        help="rotate subject keys of a region (resumable, safe on several nodes at once)",
+    )
+    rot.add_argument("--region", required=True)
+    rot.add_argument(
+        "--older-than",
+        type=_duration,
+        default=0,
+        help="only subjects whose key was last rotated (or created) this long ago: 90d, 12h "
+        "(default: every subject)",
+    )
+    rot.add_argument("--rate", type=_rate, default=None, help="at most N subjects per second: 50/s")
+    st = ksub.add_parser("status", help="per region: key versions in use, signing keys")
+    for p in (rot, st):
+        p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+        p.add_argument("--regions", type=Path, default=None)
+    rot.add_argument(
+        "--openbao-token",
+        default=os.environ.get("BAO_ROTATION_TOKEN"),
+        help="a token of the pdvault-rotation role (default: $BAO_ROTATION_TOKEN, else an "
+        "AppRole login made for this run from the local stack's root token)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    return _rotate(args) if args.keys_command == "rotate" else _status(args)
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir.resolve()
+    bao = OpenBaoServer(data_dir, log=False)
+    regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr=bao.address)
+    region = regions.regions.get(args.region)
+    if region is None:
+        print(f"pdvault: no region {args.region!r} in {regions.source}", file=sys.stderr)
+        return 2
+    credential: OpenBaoCredential = args.openbao_token or bao.rotation_login(regions)
+    try:
+        return _run_rotation(args, region, credential)
+    finally:
+        bao.retire()  # the login made for this run (if any) ends with it
+
+
+def _run_rotation(
+    args: argparse.Namespace, region: RegionConfig, credential: OpenBaoCredential
+) -> int:
+    engine = make_engine(region.database_url)
+    migrate(engine)
+    store = RotationStore(engine)
+    job = SubjectKeyRotation(
+        store, TransitKeyRotator.connect(region.openbao_address, credential), region.id
+    )
+    limiter = RateLimiter(args.rate)
+    total = store.coverage().subjects
+    with Progress(
+        TextColumn(f"rotating {region.id} subject keys"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task("rotate", total=total, rate="")
+        started = time.monotonic()
+        count = [0]
+
+        def tick(_: str, __: str) -> None:
+            count[0] += 1
+            elapsed = max(time.monotonic() - started, 1e-9)
+            bar.update(task, advance=1, rate=f"{count[0] / elapsed:.1f} subjects/s")
+
+        try:
+            s = job.run(args.older_than, limiter=limiter, progress=tick)
+        except KeyServiceUnavailable as e:
+            print(f"pdvault: {e}; run again to resume", file=sys.stderr)
+            return 1
+    rate = s.rotated / s.seconds if s.seconds else 0.0
+    print(
+        f"{region.id}: {s.rotated} rotated, {s.gone} no longer due (erased or rotated "
+        f"elsewhere), {s.held} held by another job, {s.failed} failed, in {s.seconds:.1f} s "
+        f"({rate:.1f} subjects/s); job {s.job_id} "
+        + ("finished" if s.finished else "unfinished: run again to resume")
+        + (" (resumed)" if s.resumed else "")
+    )
+    engine.dispose()
+    return 0 if s.finished else 1
+
+
+def _age(seconds: float) -> str:
+    days = seconds / 86400
+    return f"{days:.1f} d" if days >= 1 else f"{seconds / 3600:.1f} h"
+
+
+def _status(args: argparse.Namespace) -> int:
+    for line in status_report(args.data_dir.resolve(), args.regions):
+        print(line)
+    return 0
+
+
+def status_report(data_dir: Path, regions_file: Path | None = None) -> list[str]:
+    """The lines of ``pdvault keys status`` (read from the databases and key files)."""
+    regions = load_regions(regions_file, data_dir=str(data_dir), openbao_addr="http://unused")
+    now = time.time()
+    out = ["region  subjects  on latest version  key versions in use  oldest key (since rotation)"]
+    for rid, rc in regions.regions.items():
+        engine = make_engine(rc.database_url)
+        migrate(engine)
+        cov = RotationStore(engine).coverage()
+        engine.dispose()
+        share = f"{100 * cov.on_latest / cov.subjects:.1f}%" if cov.subjects else "-"
+        versions = f"v{cov.oldest_version}..v{cov.newest_version}" if cov.subjects else "-"
+        oldest = _age(now - cov.oldest_rotation_us / 1e6) if cov.oldest_rotation_us else "-"
+        out.append(f"{rid:<7} {cov.subjects:>8}  {share:>17}  {versions:>19}  {oldest:>27}")
+    tokens = DataDir(data_dir).tokens
+    if (tokens / HISTORY_FILE).exists():
+        out.append("signing keys (tokens and receipts):")
+        for p in read_published(tokens):
+            age = _age(now - p.created_at) if p.created_at else "?"
+            state = "signing" if p.retired_at is None else f"retired {_age(now - p.retired_at)} ago"
+            out.append(f"  {p.key.kid}  age {age}  {state}")
+        out.append(f"  receipt key history: {len(read_history(tokens))} key(s), chain verified")
+    return out
