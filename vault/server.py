@@ -356,9 +356,13 @@ class VaultServer:
             raise RuntimeError(f"cannot listen on {address}{hint}")
         self._announce_transport()
         if self.settings.metrics_port is not None:
-            self._metrics_http, self.metrics_port = serve_metrics(
-                self.settings.metrics_port, self.settings.metrics_host
-            )
+            where = f"{self.settings.metrics_host}:{self.settings.metrics_port}"
+            try:
+                self._metrics_http, self.metrics_port = serve_metrics(
+                    self.settings.metrics_port, self.settings.metrics_host
+                )
+            except OSError as e:
+                raise RuntimeError(f"cannot serve metrics on {where} ({e.strerror})") from e
             log.info(
                 "metrics on http://%s:%d/metrics", self.settings.metrics_host, self.metrics_port
             )

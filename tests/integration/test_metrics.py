@@ -4,6 +4,7 @@ holds no id, token or value."""
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 from collections.abc import Iterator
 
@@ -121,3 +122,14 @@ def test_forwarded_calls_are_counted_by_region_pair(mesh: Mesh) -> None:
     forwarded = "pdvault_forwarded_requests_total"
     assert delta(before, after, forwarded, from_region="de", to_region="us") == 2
     assert delta(before, after, forwarded, from_region="de", to_region="de") == 0
+
+
+def test_a_node_whose_metrics_port_is_taken_refuses_to_start(
+    bao: Bao, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            start_stack(bao, tmp_path_factory.mktemp("taken"), metrics_port=port)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import vault.control
 import vault.store
 from tests.conftest import Bao, Stack, postgres_database, start_stack
 from tests.integration.conftest import PG_ADMIN_DSN
+from vault.cli import main as cli_main
 from vault.client import VaultClientError
 from vault.config import PoolSettings, default_regions_file
 from vault.db import make_engine
@@ -149,13 +152,15 @@ def test_pg_dump_taken_before_erasure_no_longer_decrypts(
 
 
 def _db_upgrade(*flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vault.cli", "db", "upgrade", *flags],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """``pdvault db upgrade FLAGS`` in this process (the CLI's own entry point)."""
+    argv = ["db", "upgrade", *flags]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli_main(argv)
+        except SystemExit as e:
+            code = int(e.code or 0)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def _regions_file(tmp_path: Path, urls: dict[str, str]) -> Path:

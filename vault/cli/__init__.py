@@ -176,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "db":
         from vault.cli import _db
 
-        logging.basicConfig(level=logging.WARNING)
         return _db.run(args)
     if args.command == "serve":
         from vault.cli import _serve
