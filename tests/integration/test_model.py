@@ -148,6 +148,9 @@ class VaultModel(RuleBasedStateMachine):
         self.subjects: dict[str, Subj] = {}
         self.record_subject: dict[str, str] = {}
         self.clients: dict[str, VaultClient] = {}
+        self.tokens: list[Tok] = []
+        self.touched: set[str] = set()
+        self.checks = 0
         self.steps = 0
 
     # -- helpers -----------------------------------------------------------
@@ -190,6 +193,7 @@ class VaultModel(RuleBasedStateMachine):
             RIGHTS, dict.fromkeys(CATEGORIES), ["read", "consent", "erase", "export"]
         )
         self.svc, self.rights = svc, rights
+        self.tokens += [svc, mkt, rights]
         return multiple(svc, mkt, rights)
 
     # -- subjects -----------------------------------------------------------------
@@ -276,6 +280,7 @@ class VaultModel(RuleBasedStateMachine):
             return multiple()
         s.records[r.record_id] = (category, fields, 1)
         self.record_subject[r.record_id] = sid
+        self.touched.add(r.record_id)
         return str(r.record_id)
 
     def _record_answers(self, rid: str, t: Tok, op: str) -> set[grpc.StatusCode]:
@@ -336,6 +341,18 @@ class VaultModel(RuleBasedStateMachine):
 
     @rule(rid=records_b, t=tokens_b)
     def get(self, rid: str, t: Tok) -> None:
+        self._check_get(rid, t)
+
+    @invariant()
+    def a_recent_record_reads_as_the_rules_say(self) -> None:
+        """After every step, one of the known records read with one of the known
+        tokens (in turn), so every state the sequence reaches is read."""
+        rids = [r for r in self.record_subject if r in self.touched][-3:]
+        if rids and self.tokens:
+            n = self.checks = self.checks + 1
+            self._check_get(rids[n % len(rids)], self.tokens[n % len(self.tokens)])
+
+    def _check_get(self, rid: str, t: Tok) -> None:
         refusals = self._record_answers(rid, t, "read")
         TALLY.reads_checked += 1
         try:
@@ -412,7 +429,9 @@ class VaultModel(RuleBasedStateMachine):
         )
         if r is None:
             return multiple()
-        return Tok(r.token, r.token_id, parent.purpose, grant, frozenset({"read"}), parent)
+        child = Tok(r.token, r.token_id, parent.purpose, grant, frozenset({"read"}), parent)
+        self.tokens.append(child)
+        return child
 
     @rule(t=tokens_b)
     def revoke(self, t: Tok) -> None:

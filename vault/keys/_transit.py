@@ -275,8 +275,9 @@ class TransitKeyShredder(_TransitClient):
 
     DEFAULT_TIMEOUT = 10.0
 
-    def versions(self, ref: KeyRef) -> tuple[int, ...]:
-        """The key's versions; empty when the key does not exist."""
+    def _key_versions(self, ref: KeyRef) -> dict[str, Any]:
+        """The key's versions, each with its creation time (Unix seconds, for
+        symmetric keys); empty when the key does not exist."""
         try:
             resp = self._call(
                 "read_key",
@@ -286,8 +287,16 @@ class TransitKeyShredder(_TransitClient):
                 handled=(hvac.exceptions.InvalidPath,),
             )
         except hvac.exceptions.InvalidPath:
-            return ()
-        return tuple(sorted(int(v) for v in resp["data"]["keys"]))
+            return {}
+        return dict(resp["data"]["keys"])
+
+    def versions(self, ref: KeyRef) -> tuple[int, ...]:
+        """The key's versions; empty when the key does not exist."""
+        return tuple(sorted(int(v) for v in self._key_versions(ref)))
+
+    def created_at(self, ref: KeyRef) -> float | None:
+        times = [float(t) for t in self._key_versions(ref).values() if isinstance(t, int | float)]
+        return min(times) if times else None
 
     def key_names(self, mount: str) -> list[str]:
         try:
@@ -300,21 +309,6 @@ class TransitKeyShredder(_TransitClient):
         except hvac.exceptions.InvalidPath:
             return []  # no key at all
         return [str(k) for k in resp["data"]["keys"]]
-
-    def created_at(self, ref: KeyRef) -> float | None:
-        try:
-            resp = self._call(
-                "read_key",
-                self._client.secrets.transit.read_key,
-                name=ref.name,
-                mount_point=ref.mount,
-                handled=(hvac.exceptions.InvalidPath,),
-            )
-        except hvac.exceptions.InvalidPath:
-            return None
-        # Symmetric keys list each version with its creation time (Unix seconds).
-        times = [float(t) for t in resp["data"]["keys"].values() if isinstance(t, int | float)]
-        return min(times) if times else None
 
     def destroy(self, ref: KeyRef) -> tuple[int, ...]:
         """Deletes the key and every version of it; returns the versions destroyed.
