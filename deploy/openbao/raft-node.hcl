@@ -53,7 +53,5 @@ listener "tcp" {
 api_addr     = "https://${BAO_NODE_HOST}:${BAO_API_PORT}"
 cluster_addr = "https://${BAO_NODE_HOST}:${BAO_CLUSTER_PORT}"
 
-# Raft keeps its data on disk already; mlock would pin the whole database in RAM.
-disable_mlock = true
-ui            = false
-log_level     = "info"
+ui        = false
+log_level = "info"

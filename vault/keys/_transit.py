@@ -206,13 +206,8 @@ class _TransitClient:
 class TransitKeyProvider(_TransitClient):
     """:class:`~vault.keys.KeyProvider` over a Transit secrets engine."""
 
-    def __init__(
-        self,
-        client: hvac.Client,
-        login: AppRoleLogin | None = None,
-        failover: Failover | None = None,
-    ) -> None:
-        super().__init__(client, login, failover)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
         # Calls made to the key service, by operation; read by tests and metrics.
         self.calls: Counter[str] = Counter()
