@@ -221,6 +221,16 @@ class NodeSettings:
     peer_tls: PeerTlsSettings | None = None
     #: How long a forwarded call may take when the caller set no deadline.
     forward_timeout_seconds: float = 30.0
+    #: The audit log (vault.audit). Off only to measure what it costs
+    #: (``loadtests/bench.py``); a node serving personal data keeps it on.
+    audit: bool = True
+    #: A signed checkpoint every this many entries, or this many seconds after
+    #: the last one when entries came since.
+    audit_checkpoint_entries: int = 1000
+    audit_checkpoint_seconds: float = 60.0
+    #: How long a request waits for its audit entry to be durable before it
+    #: fails UNAVAILABLE (AUDIT_UNAVAILABLE).
+    audit_timeout_seconds: float = 5.0
 
 
 def _endpoint_problem(endpoint: object) -> str | None:

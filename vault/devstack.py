@@ -28,6 +28,7 @@ from pathlib import Path
 import hvac
 import requests
 
+from vault.audit import SIGNING_KEY_NAME as AUDIT_KEY_NAME
 from vault.config import RegionsConfig
 from vault.datadir import DataDir, write_file
 from vault.tokens.authority import SIGNING_KEY_NAME
@@ -64,7 +65,9 @@ def node_policy(mounts: list[str], control_mount: str) -> str:
     A node may create subject keys and use them, never reconfigure, export,
     back up or delete them: ``+`` matches exactly one path segment, so
     ``keys/+`` does not reach ``keys/NAME/config``. Destroying a key is the
-    erasure workflow's job, with its own credential.
+    erasure workflow's job, with its own credential. It may sign with the
+    audit checkpoint key (``pdvault-audit``) of its mounts and of the control
+    mount, and read the control one's public key.
     """
     blocks = []
     for m in mounts:
@@ -81,6 +84,9 @@ path "{m}/decrypt/+" {{
 path "{m}/rewrap/+" {{
   capabilities = ["update"]
 }}
+path "{m}/sign/{AUDIT_KEY_NAME}" {{
+  capabilities = ["update"]
+}}
 """
         )
     blocks.append(
@@ -89,6 +95,12 @@ path "{m}/rewrap/+" {{
 }}
 path "{control_mount}/decrypt/{SIGNING_KEY_NAME}" {{
   capabilities = ["update"]
+}}
+path "{control_mount}/sign/{AUDIT_KEY_NAME}" {{
+  capabilities = ["update"]
+}}
+path "{control_mount}/keys/{AUDIT_KEY_NAME}" {{
+  capabilities = ["read"]
 }}
 """
     )
@@ -304,6 +316,15 @@ audit "file" "pdvault-local" {{
             allow_plaintext_backup=False,
             mount_point=control,
         )
+        # The audit checkpoint keys: Ed25519, never exportable (vault.audit).
+        for mount in [*(r.transit_mounts[0] for r in regions.regions.values()), control]:
+            client.secrets.transit.create_key(
+                name=AUDIT_KEY_NAME,
+                key_type="ed25519",
+                exportable=False,
+                allow_plaintext_backup=False,
+                mount_point=mount,
+            )
 
     @staticmethod
     def _token(client: hvac.Client, policy: str) -> str:

@@ -18,19 +18,31 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from vault.audit import (
+    CONTROL_LOG,
+    SIGNING_KEY_NAME,
+    Auditor,
+    AuditStore,
+    AuditWriter,
+    CheckpointPolicy,
+    audit_url,
+)
 from vault.cell import BlindIndex, Cell
 from vault.config import NodeSettings, RegionsConfig
 from vault.control import ControlStore, Revocations
 from vault.datadir import DataDir
 from vault.db import now_us
 from vault.erasure import Eraser
+from vault.errors import KeyServiceUnavailable
 from vault.keys import (
     BoundedCache,
     DataKeyCache,
     KeyProvider,
+    KeyRef,
     KeyShredder,
     TransitKeyProvider,
     TransitKeyShredder,
+    TransitSigner,
 )
 from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferGate
@@ -70,9 +82,13 @@ class Vault:
     control: ControlStore
     eraser: Eraser
     parts: Cells
+    #: The audit logs (None only with the audit off, for benchmarks).
+    audit: Auditor | None = None
 
     def close(self) -> None:
         self.revocations.stop()
+        if self.audit is not None:
+            self.audit.close()
         self.node.close()
         self.control.close()
 
@@ -104,6 +120,17 @@ class KeyServices:
             p = TransitKeyProvider.connect(address, self._token, timeout=self._timeout)
             self._providers[address] = p
         return p
+
+    def signer(self, address: str, mount: str) -> TransitSigner:
+        """The audit checkpoint signer of a mount (its key made if missing and allowed)."""
+        signer = TransitSigner.connect(
+            address, self._token, KeyRef(mount, SIGNING_KEY_NAME), timeout=self._timeout
+        )
+        try:
+            signer.ensure_key()
+        except KeyServiceUnavailable as e:  # checkpoints retry; requests go on
+            log.warning("audit key %s/%s not ready: %s", mount, SIGNING_KEY_NAME, e)
+        return signer
 
     def shredder(self, address: str) -> KeyShredder | None:
         """The key-destruction client, if this node holds the eraser credential."""
@@ -148,6 +175,41 @@ def build_cells(
             transfers=TransferGate(regions.transfers, rid, CellTransferLog(engine), now_us),
         )
     return built
+
+
+def build_auditor(
+    regions: RegionsConfig,
+    settings: NodeSettings,
+    keys: KeyServices,
+    served: list[str],
+) -> Auditor:
+    """One writer per served region's log and one for ``control``, each in its
+    audit database (see :func:`vault.audit.audit_url`), signing checkpoints
+    with the ``pdvault-audit`` key of the region's (the control) mount."""
+    policy = CheckpointPolicy(settings.audit_checkpoint_entries, settings.audit_checkpoint_seconds)
+    places = {
+        rid: (
+            regions.regions[rid].database_url,
+            regions.regions[rid].openbao_address,
+            regions.regions[rid].transit_mounts[0],
+        )
+        for rid in served
+    }
+    places[CONTROL_LOG] = (
+        regions.control.database_url,
+        regions.control.openbao_address,
+        regions.control.transit_mount,
+    )
+    writers = {}
+    for log_name, (url, address, mount) in places.items():
+        store = AuditStore.open(audit_url(url, log_name), log_name)
+        writers[log_name] = AuditWriter(
+            store,
+            signer=keys.signer(address, mount),
+            key_name=f"{mount}/{SIGNING_KEY_NAME}",
+            checkpoints=policy,
+        )
+    return Auditor(writers)
 
 
 def build_vault(
@@ -197,7 +259,8 @@ def build_vault(
     authority = TokenAuthority(signing, keyset, control, revocations, authz, admin)
     eraser = Eraser(cells, control, signing, keyset)
     node = Node(regions, cells, settings.limits, eraser)
-    return Vault(node, authority, revocations, control, eraser, parts)
+    auditor = build_auditor(regions, settings, keys, list(cells)) if settings.audit else None
+    return Vault(node, authority, revocations, control, eraser, parts, auditor)
 
 
 class VaultServer:
@@ -239,11 +302,25 @@ class VaultServer:
             ]
         )
         vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(  # type: ignore[no-untyped-call]
-            PersonalDataVaultServicer(self.node, self.vault.authority, self._executor, self.peers),
+            PersonalDataVaultServicer(
+                self.node,
+                self.vault.authority,
+                self._executor,
+                self.peers,
+                self.vault.audit,
+                self.settings.audit_timeout_seconds,
+            ),
             server,
         )
         vault_pb2_grpc.add_TokenServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            TokenServicer(self.node, self.vault.authority, self._executor), server
+            TokenServicer(
+                self.node,
+                self.vault.authority,
+                self._executor,
+                audit=self.vault.audit,
+                audit_timeout=self.settings.audit_timeout_seconds,
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.settings.reflection:

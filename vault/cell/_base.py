@@ -8,11 +8,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from vault import audit
 from vault.cell._lookup import BlindIndex
 from vault.cell._views import RecordView
 from vault.config import Limits, RegionConfig
 from vault.crypto import RecordContext, dek_associated_data, open_fields
-from vault.errors import Erased, NotFound
+from vault.errors import DecryptionFailed, Erased, KeyServiceUnavailable, NotFound
 from vault.inline import ensure_may_block
 from vault.keys import BoundedCache, DataKeyCache, KeyProvider, KeyRef, KeyShredder
 from vault.policy import Authorizer, Caller, SubjectFacts, filter_fields
@@ -135,6 +136,30 @@ class CellBase:
             self._data_keys.put(row.id, dek)
         return dek
 
+    def _audit(self, row: SubjectRow, record_id: str | None = None) -> None:
+        """Notes for the request's audit entry that it concerns this subject
+        (and record), with the source of the subject's pseudonym key."""
+
+        def data_key() -> bytes | None:
+            # The cached key, else an unwrap (not cached: the subject may be on
+            # its way out); None once the subject is gone or its key destroyed.
+            if row.state.gone:
+                return None
+            dek = self._data_keys.get(row.id)
+            if dek is not None:
+                return dek
+            ensure_may_block()
+            try:
+                return self._keys.unwrap(
+                    KeyRef(row.key_mount, row.key_name),
+                    row.wrapped_dek,
+                    dek_associated_data(row.id, row.region),
+                )
+            except (DecryptionFailed, KeyServiceUnavailable):
+                return None
+
+        audit.about(self.region.id, row.id, record_id, data_key)
+
     def _open(self, dek: bytes, rec: RecordRow) -> RecordView:
         ctx = RecordContext(rec.id, rec.subject_id, self.region.id, rec.category, rec.version)
         fields = open_fields(dek, ctx, rec.envelope)
@@ -151,7 +176,9 @@ class CellBase:
     def _open_for(self, dek: bytes, rec: RecordRow, allowed: FieldGrant) -> RecordView:
         v = self._open(dek, rec)
         if allowed is None:
+            audit.touched(v.category, v.fields)
             return v
+        audit.touched(v.category, (f for f in v.fields if f in allowed))
         return RecordView(
             v.record_id,
             v.subject_id,
@@ -183,6 +210,7 @@ class CellBase:
         row = self._store.get_subject(subject_id)
         if row is None:
             raise NotFound("subject not found")
+        self._audit(row)
         if row.state.gone:
             raise Erased("subject has been erased")
         return row

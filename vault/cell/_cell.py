@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 
-from vault import ids
+from vault import audit, ids
 from vault.cell._base import scoped_idempotency_key
 from vault.cell._export import export_pieces
 from vault.cell._lookup import (
@@ -66,6 +66,7 @@ class Cell(RecordOps):
             for i, (kind, value) in enumerate(entries)
         ]
         for kind in sorted({kind for kind, _ in normalised}):
+            audit.touched(CATEGORY_OF_KIND[kind])
             self._authz.fields(caller, CATEGORY_OF_KIND[kind], "write", facts)
         ensure_may_block()  # the index key may need the key service
         return [(kind, self._index.digest(kind, v)) for kind, v in normalised]
@@ -111,6 +112,7 @@ class Cell(RecordOps):
                 raise
             return self._replayed_subject(*existing, digest)
         self._data_keys.put(sid, dek)
+        audit.about(self.region.id, sid, None, lambda: dek)
         return SubjectView.of(row)
 
     def _lookup_transfer(
@@ -141,6 +143,7 @@ class Cell(RecordOps):
         row = self._store.get_subject(subject_id)
         if row is None:
             raise NotFound("subject not found")
+        self._audit(row)
         if not row.state.gone:
             self._authz.subject_visible(caller, self._facts(caller, row))
         return SubjectView.of(row)
@@ -199,6 +202,8 @@ class Cell(RecordOps):
             except AccessDenied as e:
                 if e.reason != "FIELD_NOT_GRANTED":
                     raise
+        for c in grants:
+            audit.touched(c)
         # The whole document is about no single category (see TransferRules).
         self._transfer(caller, "ExportSubject", subject_id, None, [None])
         consents = self._store.list_consents(subject_id)
@@ -239,6 +244,7 @@ class Cell(RecordOps):
         not are left out, never reported."""
         self._authz.scope_search(caller, self.region.id)
         category = CATEGORY_OF_KIND[kind]
+        audit.touched(category)
         self._authz.fields(caller, category, "read", None)
         ensure_may_block()  # the index key may need the key service
         found = self._store.find_lookup(kind, self._index.digest(kind, normalise(kind, value)))
@@ -253,6 +259,7 @@ class Cell(RecordOps):
                 self._authz.fields(caller, category, "read", self._facts(caller, row))
             except (AccessDenied, Restricted):
                 continue
+            self._audit(row)
             visible.append(sid)
         return visible
 
@@ -264,6 +271,7 @@ class Cell(RecordOps):
         row = self._store.get_subject(subject_id)
         if row is None:
             raise NotFound("subject not found")
+        self._audit(row)
         return ErasureTarget(row.id, row.region, KeyRef(row.key_mount, row.key_name), row.state)
 
     def hide(self, subject_id: str) -> None:

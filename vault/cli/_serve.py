@@ -16,8 +16,11 @@ key), so its OpenBao credential should allow nothing else: the HCL is
     path "transit-de/encrypt/+" { capabilities = ["update"] }
     path "transit-de/decrypt/+" { capabilities = ["update"] }
     path "transit-de/rewrap/+"  { capabilities = ["update"] }
+    path "transit-de/sign/pdvault-audit" { capabilities = ["update"] }
     path "transit-control/encrypt/token-signing" { capabilities = ["update"] }
     path "transit-control/decrypt/token-signing" { capabilities = ["update"] }
+    path "transit-control/sign/pdvault-audit" { capabilities = ["update"] }
+    path "transit-control/keys/pdvault-audit"  { capabilities = ["read"] }
     path "auth/token/renew-self" { capabilities = ["update"] }
 
 Calls about the other regions' ids are forwarded to their endpoints over

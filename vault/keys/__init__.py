@@ -2,7 +2,7 @@
 
 from vault.keys._cache import BoundedCache, DataKeyCache
 from vault.keys._provider import KeyProvider, KeyRef, KeyShredder
-from vault.keys._transit import TransitKeyProvider, TransitKeyShredder
+from vault.keys._transit import TransitKeyProvider, TransitKeyShredder, TransitSigner
 
 __all__ = [
     "BoundedCache",
@@ -12,4 +12,5 @@ __all__ = [
     "KeyShredder",
     "TransitKeyProvider",
     "TransitKeyShredder",
+    "TransitSigner",
 ]

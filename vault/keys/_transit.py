@@ -202,3 +202,64 @@ class TransitKeyShredder:
             answer = "; ".join(str(x) for x in (e.errors or [])) or type(e).__name__
             return f"POST {path} refused: {answer}"
         raise RuntimeError("the subject key still decrypts after its destruction")
+
+
+class TransitSigner:
+    """Signs with a non-exportable Ed25519 Transit key (audit checkpoints)."""
+
+    def __init__(self, client: hvac.Client, ref: KeyRef) -> None:
+        self._client = client
+        self.ref = ref
+
+    @classmethod
+    def connect(cls, address: str, token: str, ref: KeyRef, timeout: float = 5.0) -> TransitSigner:
+        return cls(hvac.Client(url=address, token=token, timeout=timeout), ref)
+
+    def ensure_key(self) -> None:
+        """Creates the signing key if it does not exist (never exportable)."""
+        if self.public_keys():
+            return
+        _call(
+            "create_key",
+            self._client.secrets.transit.create_key,
+            name=self.ref.name,
+            key_type="ed25519",
+            exportable=False,
+            allow_plaintext_backup=False,
+            mount_point=self.ref.mount,
+        )
+
+    def public_keys(self) -> dict[int, bytes]:
+        """Every version's raw Ed25519 public key; empty if the key does not exist."""
+        try:
+            resp = _call(
+                "read_key",
+                self._client.secrets.transit.read_key,
+                name=self.ref.name,
+                mount_point=self.ref.mount,
+                handled=(hvac.exceptions.InvalidPath,),
+            )
+        except hvac.exceptions.InvalidPath:
+            return {}
+        try:
+            return {
+                int(v): base64.b64decode(k["public_key"], validate=True)
+                for v, k in resp["data"]["keys"].items()
+            }
+        except (KeyError, TypeError, ValueError) as e:
+            raise KeyServiceUnavailable("key service returned no public key") from e
+
+    def sign(self, message: bytes) -> tuple[int, bytes]:
+        """(key version, Ed25519 signature) of ``message``."""
+        resp = _call(
+            "sign",
+            self._client.secrets.transit.sign_data,
+            name=self.ref.name,
+            hash_input=_b64(message),
+            mount_point=self.ref.mount,
+        )
+        try:
+            _, version, sig = str(resp["data"]["signature"]).split(":", 2)
+            return int(version.removeprefix("v")), base64.b64decode(sig, validate=True)
+        except (KeyError, TypeError, ValueError) as e:
+            raise KeyServiceUnavailable("key service returned no signature") from e

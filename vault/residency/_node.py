@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
-from vault import ids, validation
+from vault import audit, ids, validation
 from vault.cell import Cell, ConsentView, RecordPage, RecordView, SubjectView, normalise
 from vault.config import Limits, RegionsConfig
 from vault.erasure import Eraser, ErasureView
@@ -40,6 +40,7 @@ class Node:
 
     def _cell(self, region: str) -> Cell:
         cell = self.cells.get(region)
+        audit.served_by(region)
         if cell is None:
             raise RegionNotServed("the home region of this id is not served by this node")
         return cell

@@ -28,7 +28,7 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from vault.db import DuplicateKey, transaction
 from vault.errors import StoreUnavailable, TooLarge
-from vault.store._models import cell_keys, consents, records, subjects
+from vault.store._models import cell_keys, consents, records, subjects, transfers
 from vault.store._models import lookups as lookups_t
 
 
@@ -514,8 +514,10 @@ class CellStore:
         return [(str(p), bool(g), str(s), int(u)) for p, g, s, u in rows]
 
     def erase_subject_data(self, subject_id: str, now: int) -> int:
-        """Deletes every record and consent of a subject, drops its wrapped data key
-        and marks it erased, in one transaction; returns the records deleted."""
+        """Deletes every record, consent, lookup entry and transfer row (ids in
+        clear) of a subject, drops its wrapped data key and marks it erased, in
+        one transaction; returns the records deleted. The transfer decisions
+        stay in the audit log, under pseudonyms that die with the data key."""
         with self._tx() as conn:
             n = conn.execute(
                 select(func.count()).select_from(records).where(records.c.subject_id == subject_id)
@@ -523,6 +525,7 @@ class CellStore:
             conn.execute(delete(records).where(records.c.subject_id == subject_id))
             conn.execute(delete(consents).where(consents.c.subject_id == subject_id))
             conn.execute(delete(lookups_t).where(lookups_t.c.subject_id == subject_id))
+            conn.execute(delete(transfers).where(transfers.c.subject_id == subject_id))
             conn.execute(
                 update(subjects)
                 .where(subjects.c.id == subject_id)

@@ -1,0 +1,221 @@
+"""The audit log in a database: append a batch to the chain, read it back.
+
+Several nodes of one region may append to one log: the chain head is taken
+inside the appending transaction (``BEGIN IMMEDIATE`` on SQLite, the head row
+``FOR UPDATE`` on PostgreSQL), so entries are numbered and chained in one
+order whoever writes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, insert, select, update
+from sqlalchemy.engine import make_url
+
+from vault import db
+from vault.audit._entry import FIELDS, GENESIS, canonical, chain_hash
+from vault.audit._models import checkpoints, entries, heads
+from vault.db import DuplicateKey, transaction
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def audit_url(database_url: str, name: str) -> str:
+    """The audit database beside a SQLite database (``audit-NAME.sqlite`` in its
+    folder: audit writes never take the data store's write lock); the same
+    database otherwise (PostgreSQL locks rows, not the database)."""
+    u = make_url(database_url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        return str(u.set(database=str(Path(u.database).parent / f"audit-{name}.sqlite")))
+    return database_url
+
+
+def open_engines(url: str) -> tuple[Engine, Engine]:
+    """(write engine, read engine) of an audit database, migrated.
+
+    On SQLite the write engine starts every transaction with ``BEGIN
+    IMMEDIATE`` (the chain head is read under the write lock) and syncs every
+    commit (``synchronous=FULL``: an entry acknowledged is on disk).
+    """
+    writer = db.make_engine(url)
+    if writer.dialect.name == "sqlite":
+
+        @event.listens_for(writer, "connect")
+        def _immediate(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute("PRAGMA synchronous=FULL")
+
+        @event.listens_for(writer, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    db.migrate(writer, _MIGRATIONS)
+    reader = db.make_engine(url) if writer.dialect.name == "sqlite" else writer
+    return writer, reader
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One row of a log, as stored."""
+
+    seq: int
+    at_us: int
+    subject: str | None
+    entry: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    size: int
+    hash: str
+    at_us: int
+    note: str
+
+
+class AuditStore:
+    """One named log (a region id, or ``control``) in an audit database."""
+
+    def __init__(self, writer: Engine, reader: Engine, log: str) -> None:
+        self._writer = writer
+        self._reader = reader
+        self.log = log
+        self._lock_head = writer.dialect.name != "sqlite"
+        try:
+            with transaction(writer, "audit") as conn:
+                if conn.execute(select(heads.c.seq).where(heads.c.log == log)).first() is None:
+                    conn.execute(insert(heads).values(log=log, seq=0, hash=GENESIS.hex()))
+        except DuplicateKey:
+            pass  # another node made it first
+
+    @classmethod
+    def open(cls, url: str, log: str) -> AuditStore:
+        writer, reader = open_engines(url)
+        return cls(writer, reader, log)
+
+    @property
+    def url(self) -> str:
+        return self._writer.url.render_as_string(hide_password=False)
+
+    def close(self) -> None:
+        self._writer.dispose()
+        if self._reader is not self._writer:
+            self._reader.dispose()
+
+    def append(self, batch: Sequence[Mapping[str, Any]]) -> tuple[int, bytes]:
+        """Appends the entries (without ``seq``/``log``) in one transaction;
+        returns the new head (size, hash). :class:`StoreUnavailable` if not durable."""
+        with transaction(self._writer, "audit") as conn:
+            q = select(heads.c.seq, heads.c.hash).where(heads.c.log == self.log)
+            seq, head_hex = conn.execute(q.with_for_update() if self._lock_head else q).one()
+            head = bytes.fromhex(head_hex)
+            rows = []
+            for e in batch:
+                seq += 1
+                full = {**e, "seq": seq, "log": self.log}
+                unknown = set(full) - FIELDS
+                if unknown:
+                    raise ValueError(f"unknown audit fields {sorted(unknown)}")
+                text = canonical(full)
+                head = chain_hash(head, text)
+                rows.append(
+                    {
+                        "log": self.log,
+                        "seq": seq,
+                        "at_us": int(full["time_us"]),
+                        "subject": full.get("subject"),
+                        "entry": text.decode(),
+                        "hash": head.hex(),
+                    }
+                )
+            if rows:
+                conn.execute(insert(entries), rows)
+                conn.execute(
+                    update(heads).where(heads.c.log == self.log).values(seq=seq, hash=head.hex())
+                )
+        return seq, head
+
+    def head(self) -> tuple[int, bytes]:
+        with transaction(self._reader, "audit") as conn:
+            row = conn.execute(
+                select(heads.c.seq, heads.c.hash).where(heads.c.log == self.log)
+            ).first()
+        return (0, GENESIS) if row is None else (int(row[0]), bytes.fromhex(row[1]))
+
+    def add_checkpoint(self, size: int, hash_: bytes, at_us: int, note: str) -> None:
+        with transaction(self._writer, "audit") as conn:
+            conn.execute(
+                insert(checkpoints).values(
+                    log=self.log, size=size, hash=hash_.hex(), at_us=at_us, note=note
+                )
+            )
+
+    def for_subject(self, subject: str, since_us: int = 0) -> list[StoredEntry]:
+        """The entries naming a subject pseudonym, oldest first."""
+        with transaction(self._reader, "audit") as conn:
+            rows = conn.execute(
+                select(entries)
+                .where(
+                    entries.c.log == self.log,
+                    entries.c.subject == subject,
+                    entries.c.at_us >= since_us,
+                )
+                .order_by(entries.c.seq)
+            ).all()
+        return [StoredEntry(r.seq, r.at_us, r.subject, r.entry, r.hash) for r in rows]
+
+
+def read_log(engine: Engine, log: str, batch: int = 5000) -> Iterator[StoredEntry]:
+    """Every stored entry of ``log`` in ``seq`` order (for verification)."""
+    after = -1
+    while True:
+        with transaction(engine, "audit") as conn:
+            rows = conn.execute(
+                select(entries)
+                .where(entries.c.log == log, entries.c.seq > after)
+                .order_by(entries.c.seq)
+                .limit(batch)
+            ).all()
+        if not rows:
+            return
+        for r in rows:
+            yield StoredEntry(int(r.seq), int(r.at_us), r.subject, r.entry, r.hash)
+        after = int(rows[-1].seq)
+
+
+def read_checkpoints(engine: Engine, log: str) -> list[StoredCheckpoint]:
+    with transaction(engine, "audit") as conn:
+        rows = conn.execute(
+            select(checkpoints)
+            .where(checkpoints.c.log == log)
+            .order_by(checkpoints.c.size, checkpoints.c.id)
+        ).all()
+    return [StoredCheckpoint(int(r.size), r.hash, int(r.at_us), r.note) for r in rows]
+
+
+def read_head(engine: Engine, log: str) -> tuple[int, str] | None:
+    with transaction(engine, "audit") as conn:
+        row = conn.execute(select(heads.c.seq, heads.c.hash).where(heads.c.log == log)).first()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def logs_in(engine: Engine) -> list[str]:
+    with transaction(engine, "audit") as conn:
+        return sorted(str(r[0]) for r in conn.execute(select(heads.c.log)).all())
+
+
+def read_only_engine(url: str) -> Engine:
+    """An engine for verification: SQLite opened read-only (never creates the file)."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        path = Path(u.database)
+        if not path.exists():
+            raise FileNotFoundError(str(path))
+        return create_engine(
+            f"sqlite:///file:{path}?mode=ro&uri=true", connect_args={"timeout": 10}
+        )
+    return create_engine(url)

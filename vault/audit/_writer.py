@@ -1,0 +1,159 @@
+"""Group commit: one writer thread per log batches concurrent entries into one
+transaction, and signs a checkpoint every N entries or T seconds.
+
+A request hands its entries to :meth:`AuditWriter.submit` and waits on the
+returned future before it returns anything; the future fails when the batch
+could not be made durable (the request then fails, see
+:mod:`vault.service._servicer`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from vault.audit._checkpoint import Checkpoint, Signer, sign_checkpoint
+from vault.audit._store import AuditStore
+
+log = logging.getLogger("vault.audit")
+
+MAX_BATCH = 512
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When a writer signs a checkpoint: after ``every_entries`` new entries, or
+    ``every_seconds`` after the last one if any entry came since."""
+
+    every_entries: int = 1000
+    every_seconds: float = 60.0
+
+
+_Item = tuple[Sequence[Mapping[str, Any]], "Future[int]"]
+
+
+class AuditWriter:
+    """The one writer of a log in this process."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        signer: Signer | None = None,
+        key_name: str = "",
+        checkpoints: CheckpointPolicy | None = None,
+        clock: Callable[[], int] = lambda: time.time_ns() // 1000,
+    ) -> None:
+        self.store = store
+        self._signer = signer
+        self._key_name = key_name
+        self._policy = checkpoints or CheckpointPolicy()
+        self._clock = clock
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._signed_size, _ = store.head()
+        self._last_checkpoint = time.monotonic()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"audit-{store.log}", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: Sequence[Mapping[str, Any]]) -> Future[int]:
+        """Queues entries; the future gives the log size once they are durable."""
+        fut: Future[int] = Future()
+        if self._closed:
+            fut.set_exception(RuntimeError("audit writer closed"))
+        else:
+            self._queue.put((batch, fut))
+        return fut
+
+    def close(self) -> None:
+        """Writes what is queued, signs a last checkpoint, stops the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            try:
+                first = self._queue.get(timeout=max(0.05, self._policy.every_seconds))
+            except queue.Empty:
+                self._maybe_checkpoint(idle=True)
+                continue
+            items: list[_Item] = []
+            if first is None:
+                stop = True
+            else:
+                items.append(first)
+            while len(items) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    continue
+                items.append(nxt)
+            if items:
+                self._commit(items)
+            self._maybe_checkpoint(idle=stop)
+
+    def _commit(self, items: list[_Item]) -> None:
+        entries = [e for batch, _ in items for e in batch]
+        try:
+            size, _ = self.store.append(entries)
+        except Exception as e:
+            log.error(
+                "audit %s: batch of %d not written: %s",
+                self.store.log,
+                len(entries),
+                type(e).__name__,
+            )
+            for _, fut in items:
+                fut.set_exception(e)
+            return
+        for _, fut in items:
+            fut.set_result(size)
+
+    def _maybe_checkpoint(self, *, idle: bool) -> None:
+        if self._signer is None:
+            return
+        try:
+            size, head = self.store.head()
+        except Exception as e:
+            log.warning("audit %s: head unreadable: %s", self.store.log, type(e).__name__)
+            return
+        if size <= self._signed_size:
+            return
+        due = size - self._signed_size >= self._policy.every_entries or (
+            time.monotonic() - self._last_checkpoint >= self._policy.every_seconds
+        )
+        if not (due or idle):
+            return
+        self.checkpoint(size, head)
+
+    def checkpoint(self, size: int | None = None, head: bytes | None = None) -> str | None:
+        """Signs and stores a checkpoint of the head (or of ``size``/``head``);
+        the signed note, or None if the key service or the database failed."""
+        if self._signer is None:
+            return None
+        try:
+            if size is None or head is None:
+                size, head = self.store.head()
+            note = sign_checkpoint(
+                Checkpoint(self.store.log, size, head), self._signer, self._key_name
+            )
+            self.store.add_checkpoint(size, head, self._clock(), note)
+        except Exception as e:  # the next round retries; requests are not held up
+            log.warning("audit %s: checkpoint not signed: %s", self.store.log, type(e).__name__)
+            return None
+        self._signed_size = size
+        self._last_checkpoint = time.monotonic()
+        return note
