@@ -260,6 +260,7 @@ def start_stack(
     host: str = "127.0.0.1",
     tls: TlsSettings | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    audit_timeout_seconds: float = 5.0,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -285,6 +286,7 @@ def start_stack(
         reflection=reflection,
         host=host,
         tls=tls,
+        audit_timeout_seconds=audit_timeout_seconds,
     )
     provider = TransitKeyProvider.connect(bao.address, bao.node_token)
     admin = ensure_admin_credential(data_dir)

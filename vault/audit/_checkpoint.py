@@ -61,6 +61,12 @@ def sign_checkpoint(cp: Checkpoint, signer: Signer, key_name: str) -> str:
     return f"{body.decode()}\n\u2014 {key_name} {blob}\n"
 
 
+def note_log(note: str) -> str | None:
+    """The log a note says it is about (unverified: to pick the key to check it with)."""
+    first = note.split("\n", 1)[0]
+    return first[len(ORIGIN_PREFIX) :] if first.startswith(ORIGIN_PREFIX) else None
+
+
 def open_checkpoint(note: str, public_keys: Mapping[int, bytes]) -> Checkpoint:
     """The checkpoint of a signed note whose signature verifies under one of
     ``public_keys`` (key version → raw Ed25519 key); :class:`BadCheckpoint` else."""
@@ -115,12 +121,23 @@ def load_checkpoints(path: Path) -> list[str]:
     return notes
 
 
-def save_public_keys(path: Path, keys: Mapping[int, bytes]) -> None:
+def save_public_keys(path: Path, keys: Mapping[str, Mapping[int, bytes]]) -> None:
+    """The audit keys' public halves, per log (``{log: {version: base64}}``)."""
     path.write_text(
-        json.dumps({str(v): base64.b64encode(k).decode() for v, k in sorted(keys.items())}) + "\n"
+        json.dumps(
+            {
+                log: {str(v): base64.b64encode(k).decode() for v, k in sorted(vs.items())}
+                for log, vs in sorted(keys.items())
+            },
+            indent=1,
+        )
+        + "\n"
     )
 
 
-def load_public_keys(path: Path) -> dict[int, bytes]:
+def load_public_keys(path: Path) -> dict[str, dict[int, bytes]]:
     raw = json.loads(path.read_text())
-    return {int(v): base64.b64decode(k, validate=True) for v, k in raw.items()}
+    return {
+        str(log): {int(v): base64.b64decode(k, validate=True) for v, k in vs.items()}
+        for log, vs in raw.items()
+    }

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,10 +117,10 @@ class AuditWriter:
                 type(e).__name__,
             )
             for _, fut in items:
-                fut.set_exception(e)
+                _settle(fut, error=e)
             return
         for _, fut in items:
-            fut.set_result(size)
+            _settle(fut, size)
 
     def _maybe_checkpoint(self, *, idle: bool) -> None:
         if self._signer is None:
@@ -157,3 +157,16 @@ class AuditWriter:
         self._signed_size = size
         self._last_checkpoint = time.monotonic()
         return note
+
+
+def _settle(fut: Future[int], size: int = 0, error: Exception | None = None) -> None:
+    """Resolves a request's future, unless the request stopped waiting."""
+    if fut.cancelled():
+        return
+    try:
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(size)
+    except InvalidStateError:  # cancelled meanwhile (the request timed out)
+        pass

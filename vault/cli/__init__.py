@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _connect, _rights, _serve, _tokens
+    from vault.cli import _audit, _connect, _rights, _serve, _tokens
+
+    _audit.add_parser(sub)
 
     add_tls_flags(_serve.add_parser(sub))
 
@@ -141,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             f"accepts it within {ADMIN_CHECK_SECONDS:g} s and refuses the old one from then."
         )
         return 0
+    if args.command == "audit":
+        from vault.cli import _audit
+
+        return _audit.run(args)
     if args.command == "token":
         from vault.cli import _tokens
 
