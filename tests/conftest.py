@@ -343,6 +343,7 @@ _ATTACK_SUITES = {
     "authentication faults (attack by RPC)": "test_authentication_failure_is_unauthenticated[",
     "policy faults (dimension by RPC)": "test_policy_denial[",
     "security review and transport tests": "tests/security/",
+    "audit tamper mutations (all must be detected)": "test_audit_tamper_mutation_is_detected[",
 }
 
 

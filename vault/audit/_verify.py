@@ -38,7 +38,7 @@ class LogReport:
 def _checkpoints(
     log: str, notes: Sequence[str], public_keys: Mapping[int, bytes] | None, what: str
 ) -> tuple[list[Checkpoint], str | None]:
-    out = []
+    out: list[Checkpoint] = []
     for i, note in enumerate(notes):
         if public_keys is None:
             return out, f"no public key to check {what} signatures"
