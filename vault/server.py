@@ -70,6 +70,8 @@ class Cells:
     cells: dict[str, Cell]
     stores: dict[str, CellStore]
     data_keys: dict[str, DataKeyCache]
+    #: The regions' audit logs (none with the audit off).
+    audit_stores: dict[str, AuditStore]
 
 
 @dataclass
@@ -153,7 +155,7 @@ def build_cells(
 ) -> Cells:
     """Opens (and migrates) the database of every served region and builds its
     cell; ``cache_clock`` (seconds) ages the data-key caches."""
-    built = Cells({}, {}, {})
+    built = Cells({}, {}, {}, {})
     for rid, rc in regions.regions.items():
         if serve_regions is not None and rid not in serve_regions:
             continue
@@ -162,6 +164,8 @@ def build_cells(
         store = built.stores[rid] = CellStore(engine)
         data_keys = built.data_keys[rid] = DataKeyCache(settings.cache, cache_clock)
         provider = keys.provider(rc.openbao_address)
+        if settings.audit:
+            built.audit_stores[rid] = AuditStore.open(audit_url(rc.database_url, rid), rid)
         built.cells[rid] = Cell(
             rc,
             store,
@@ -173,43 +177,46 @@ def build_cells(
             authz,
             shredder=keys.shredder(rc.openbao_address),
             transfers=TransferGate(regions.transfers, rid, CellTransferLog(engine), now_us),
+            access=built.audit_stores.get(rid),
         )
     return built
 
 
 def build_auditor(
-    regions: RegionsConfig,
-    settings: NodeSettings,
-    keys: KeyServices,
-    served: list[str],
+    regions: RegionsConfig, settings: NodeSettings, keys: KeyServices, parts: Cells
 ) -> Auditor:
-    """One writer per served region's log and one for ``control``, each in its
-    audit database (see :func:`vault.audit.audit_url`), signing checkpoints
-    with the ``pdvault-audit`` key of the region's (the control) mount."""
+    """One writer per served region's log and one for ``control`` (its audit
+    database beside the control database, see :func:`vault.audit.audit_url`),
+    each signing checkpoints with the ``pdvault-audit`` key of the region's
+    first mount (of the control mount)."""
     policy = CheckpointPolicy(settings.audit_checkpoint_entries, settings.audit_checkpoint_seconds)
-    places = {
-        rid: (
-            regions.regions[rid].database_url,
-            regions.regions[rid].openbao_address,
-            regions.regions[rid].transit_mounts[0],
-        )
-        for rid in served
+    c = regions.control
+    logs = {
+        **{
+            rid: (
+                store,
+                regions.regions[rid].openbao_address,
+                regions.regions[rid].transit_mounts[0],
+            )
+            for rid, store in parts.audit_stores.items()
+        },
+        CONTROL_LOG: (
+            AuditStore.open(audit_url(c.database_url, CONTROL_LOG), CONTROL_LOG),
+            c.openbao_address,
+            c.transit_mount,
+        ),
     }
-    places[CONTROL_LOG] = (
-        regions.control.database_url,
-        regions.control.openbao_address,
-        regions.control.transit_mount,
+    return Auditor(
+        {
+            name: AuditWriter(
+                store,
+                signer=keys.signer(address, mount),
+                key_name=f"{mount}/{SIGNING_KEY_NAME}",
+                checkpoints=policy,
+            )
+            for name, (store, address, mount) in logs.items()
+        }
     )
-    writers = {}
-    for log_name, (url, address, mount) in places.items():
-        store = AuditStore.open(audit_url(url, log_name), log_name)
-        writers[log_name] = AuditWriter(
-            store,
-            signer=keys.signer(address, mount),
-            key_name=f"{mount}/{SIGNING_KEY_NAME}",
-            checkpoints=policy,
-        )
-    return Auditor(writers)
 
 
 def build_vault(
@@ -259,7 +266,7 @@ def build_vault(
     authority = TokenAuthority(signing, keyset, control, revocations, authz, admin)
     eraser = Eraser(cells, control, signing, keyset)
     node = Node(regions, cells, settings.limits, eraser)
-    auditor = build_auditor(regions, settings, keys, list(cells)) if settings.audit else None
+    auditor = build_auditor(regions, settings, keys, parts) if settings.audit else None
     return Vault(node, authority, revocations, control, eraser, parts, auditor)
 
 

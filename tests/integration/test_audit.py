@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 
 RIGHTS = "essential.subject_rights"
 MARKETING = "marketing.communications.email"
+POLICY_BASIS = "contract"  # essential.service's legal basis
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +287,69 @@ def test_after_erasure_nothing_links_the_log_to_the_person(
         live_sql(p, "PRAGMA wal_checkpoint(TRUNCATE)")
     every_db += [p.with_name(p.name + "-wal") for p in every_db]
     assert files_containing(every_db, *rids, str(digest), email) == []
+
+
+def _row(e: Any) -> tuple[object, ...]:
+    return (
+        e.operation,
+        e.decision,
+        e.service,
+        e.purpose,
+        e.legal_basis,
+        tuple(e.categories),
+        tuple(e.fields),
+        e.region,
+        e.entry_region,
+    )
+
+
+def test_the_access_report_lists_exactly_the_accesses_made(node: Stack) -> None:
+    svc = node.client(node.issue(service="shop"))
+    marketing = node.client(node.issue(MARKETING, service="mailer"))
+    rights = node.client(node.issue(RIGHTS, service="dpo"))
+    sid = svc.create_subject("FR").subject_id
+    rid = svc.put_record(sid, "user.contact.email", {"address": "a@x.example"}).record_id
+    svc.get_record(rid)
+    denied = _code(marketing.get_record, rid)
+    svc.list_records(sid)
+    other = svc.create_subject("FR").subject_id  # someone else: not in the report
+    svc.put_record(other, "user.contact.email", {"address": "b@x.example"})
+
+    report = rights.access_report(sid)
+    email = ("user.contact.email",)
+    legal = POLICY_BASIS
+    assert [_row(e) for e in report] == [
+        ("CreateSubject", "ok", "shop", "essential.service", legal, (), (), "de", ""),
+        ("PutRecord", "ok", "shop", "essential.service", legal, email, ("address",), "de", ""),
+        ("GetRecord", "ok", "shop", "essential.service", legal, email, ("address",), "de", ""),
+        ("GetRecord", denied.reason, "mailer", MARKETING, "consent", email, (), "de", ""),
+        ("ListRecords", "ok", "shop", "essential.service", legal, email, ("address",), "de", ""),
+    ]
+    assert [e.sequence for e in report] == sorted(e.sequence for e in report)
+    # The report is itself an access: the next one lists it, and `since` cuts.
+    again = rights.access_report(sid)
+    assert [_row(e)[:3] for e in again[len(report) :]] == [("GetAccessReport", "ok", "dpo")]
+    cut = report[3].time.ToMicroseconds()
+    since = [e.sequence for e in rights.access_report(sid, since_us=cut)]
+    assert since[:2] == [report[3].sequence, report[4].sequence]
+    # The export document carries the same report.
+    doc = rights.export_subject(sid)
+    assert [(a["operation"], a["decision"]) for a in doc["access_report"]][:5] == [
+        (e.operation, e.decision) for e in report
+    ]
+    # Only with the export operation, and only within the token's subjects.
+    assert _code(svc.access_report, sid).code == grpc.StatusCode.PERMISSION_DENIED
+    narrow = node.client(node.issue(RIGHTS, subjects=[other]))
+    assert _code(narrow.access_report, sid).code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_access_report_command_prints_a_table(node: Stack) -> None:
+    svc = node.client(node.issue(service="shop"))
+    sid = svc.create_subject("FR").subject_id
+    svc.put_record(sid, "user.contact.email", {"address": "a@x.example"})
+    out = cli(
+        "access-report", sid, "--target", node.target, "--token", node.issue(RIGHTS),
+        "--data-dir", str(node.data_dir),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "PutRecord" in out.stdout and "shop" in out.stdout and "2 access(es)" in out.stdout

@@ -25,7 +25,7 @@ from vault.audit._note import (
     touched,
     transfer,
 )
-from vault.audit._store import AuditStore, audit_url
+from vault.audit._store import AuditStore, StoredEntry, audit_url
 from vault.audit._writer import AuditWriter, CheckpointPolicy
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointPolicy",
     "RequestNote",
+    "StoredEntry",
     "about",
     "audit_url",
     "canonical",

@@ -4,11 +4,13 @@ the policy needs about a subject."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from vault import audit
+from vault.audit import StoredEntry
 from vault.cell._lookup import BlindIndex
 from vault.cell._views import RecordView
 from vault.config import Limits, RegionConfig
@@ -49,6 +51,29 @@ class TransferCheck(Protocol):
     def history(self, subject_id: str) -> list[dict[str, Any]]: ...
 
 
+class AccessHistory(Protocol):
+    """The region's audit log, read by subject pseudonym (:class:`vault.audit.AuditStore`)."""
+
+    def for_subject(self, subject: str, since_us: int = 0) -> list[StoredEntry]: ...
+
+
+#: What a person is told about each access (no token ids, no node names).
+ACCESS_FIELDS = (
+    "time_us",
+    "operation",
+    "decision",
+    "service",
+    "client",
+    "purpose",
+    "legal_basis",
+    "transfer_basis",
+    "categories",
+    "fields",
+    "region",
+    "entry_region",
+)
+
+
 class CellBase:
     """The collaborators of one region's cell, built by the composition root.
 
@@ -71,6 +96,7 @@ class CellBase:
         shredder: KeyShredder | None = None,
         clock: Callable[[], int] = now_us,
         transfers: TransferCheck | None = None,
+        access: AccessHistory | None = None,
     ) -> None:
         self.region = region
         self.limits = limits
@@ -83,6 +109,7 @@ class CellBase:
         self._shredder = shredder
         self._clock = clock
         self._transfers = transfers
+        self._access = access
         # A local SQLite file answers in microseconds: calls may run inline.
         self.local_store = store.local
 
@@ -111,6 +138,20 @@ class CellBase:
     def transfer_history(self, subject_id: str) -> list[dict[str, Any]]:
         """The subject's recorded cross-border transfers (oldest first)."""
         return [] if self._transfers is None else self._transfers.history(subject_id)
+
+    def _access_report(self, subject: SubjectRow, since_us: int = 0) -> list[dict[str, Any]]:
+        """The audited calls about a subject (oldest first), found by its
+        pseudonym; empty on a node running without the audit (benchmarks)."""
+        if self._access is None:
+            return []
+        who = audit.pseudonym(audit.pseudonym_key(self._data_key(subject)), subject.id)
+        out = []
+        for stored in self._access.for_subject(who, since_us):
+            entry = json.loads(stored.entry)
+            view = {k: entry.get(k) for k in ACCESS_FIELDS}
+            view["sequence"] = stored.seq
+            out.append(view)
+        return out
 
     def forget(self, subject_id: str) -> None:
         """Drops what this node caches about a subject (its data key, its row)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from typing import Any
 
 from vault import audit, ids
 from vault.cell._base import scoped_idempotency_key
@@ -208,6 +209,7 @@ class Cell(RecordOps):
         self._transfer(caller, "ExportSubject", subject_id, None, [None])
         consents = self._store.list_consents(subject_id)
         transfers = self.transfer_history(subject_id)
+        accesses = self._access_report(subject)
         dek = self._data_key(subject)
 
         def pages() -> Iterator[list[RecordView | None]]:
@@ -219,7 +221,20 @@ class Cell(RecordOps):
                     for r in rows
                 ]
 
-        return export_pieces(subject, consents, pages(), self._clock, transfers)
+        return export_pieces(subject, consents, pages(), self._clock, transfers, accesses)
+
+    def access_report(
+        self, caller: Caller, subject_id: str, since_us: int = 0
+    ) -> list[dict[str, Any]]:
+        """Who accessed the subject's data (GDPR Art. 15(1)(c)), from the audit
+        log: checked like an export (the ``export`` operation, the subject's
+        facts — consent, minors, restriction — against the purpose, the
+        transfer rules for a document about no single category)."""
+        self._authz.scope(caller, "export", self.region.id, subject_id)
+        subject = self._live_subject(subject_id)
+        self._authz.subject_processable(caller, self._facts(caller, subject))
+        self._transfer(caller, "GetAccessReport", subject_id, None, [None])
+        return self._access_report(subject, since_us)
 
     # -- lookups -------------------------------------------------------------
 

@@ -151,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         from vault.cli import _tokens
 
         return _tokens.run(args)
-    if args.command in ("export", "receipt", "erasure", "retention"):
+    if args.command in ("export", "access-report", "receipt", "erasure", "retention"):
         from vault.cli import _rights
 
         runner = {
             "export": _rights.run_export,
+            "access-report": _rights.run_access_report,
             "receipt": _rights.run_receipt,
             "erasure": _rights.run_reapply,
             "retention": _rights.run_retention,

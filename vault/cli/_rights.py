@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
 
 from vault.cell import Cell
 from vault.cli import _connect
@@ -33,6 +35,17 @@ def add_parsers(sub: Any) -> None:
     ex.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     _connect.add_flags(ex)
     ex.add_argument(
+        "--token",
+        default=os.environ.get("PDVAULT_TOKEN"),
+        help="a token with the export operation (default: $PDVAULT_TOKEN)",
+    )
+
+    ar = sub.add_parser("access-report", help="who accessed a subject's data (audit log)")
+    ar.add_argument("subject_id")
+    ar.add_argument("--since", default=None, help="only from this ISO time on (UTC)")
+    ar.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    _connect.add_flags(ar)
+    ar.add_argument(
         "--token",
         default=os.environ.get("PDVAULT_TOKEN"),
         help="a token with the export operation (default: $PDVAULT_TOKEN)",
@@ -124,6 +137,66 @@ def run_export(args: argparse.Namespace) -> int:
         f"exported {len(doc['records'])} record(s), {len(doc['consents'])} consent(s), "
         f"{size} bytes → {args.output}"
     )
+    return 0
+
+
+def access_table(entries: list[Any], title: str) -> Table:
+    """An access report as a table (time, who, purpose, basis, what, where, decision)."""
+    table = Table(title=title)
+    for col in (
+        "time (UTC)",
+        "operation",
+        "service",
+        "purpose",
+        "legal basis",
+        "categories",
+        "fields",
+        "region",
+        "decision",
+    ):
+        table.add_column(col)
+    for e in entries:
+        region = e.region + (f" (from {e.entry_region})" if e.entry_region else "")
+        table.add_row(
+            e.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+            e.operation,
+            e.service + (f" [{e.client_identity}]" if e.client_identity else ""),
+            e.purpose,
+            e.legal_basis + (f" + {e.transfer_basis}" if e.transfer_basis else ""),
+            ", ".join(e.categories),
+            ", ".join(e.fields),
+            region,
+            e.decision,
+        )
+    return table
+
+
+def run_access_report(args: argparse.Namespace) -> int:
+    if not args.token:
+        print(
+            "pdvault: access-report needs a token with the export operation "
+            "(--token or $PDVAULT_TOKEN)",
+            file=sys.stderr,
+        )
+        return 2
+    since_us = 0
+    if args.since:
+        try:
+            since = dt.datetime.fromisoformat(args.since)
+        except ValueError:
+            print("pdvault: --since must be an ISO time, e.g. 2026-11-29T10:00", file=sys.stderr)
+            return 2
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=dt.UTC)
+        since_us = int(since.timestamp() * 1_000_000)
+    with _connect.connect(args, args.token) as vc:
+        try:
+            entries = vc.access_report(args.subject_id, since_us=since_us)
+        except VaultClientError as e:
+            print(f"pdvault: {_connect.describe(e)}", file=sys.stderr)
+            return 1
+    Console(width=200).print(access_table(entries, f"accesses to {args.subject_id}"))
+    print(f"{len(entries)} access(es)")
     return 0
 
 

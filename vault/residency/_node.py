@@ -203,6 +203,12 @@ class Node:
         cell, sid = self.subject_cell(subject_id)
         return cell.export_subject(caller, sid)
 
+    def access_report(
+        self, caller: Caller, subject_id: str, since_us: int = 0
+    ) -> list[dict[str, object]]:
+        cell, sid = self.subject_cell(subject_id)
+        return cell.access_report(caller, sid, since_us)
+
     def restrict_processing(self, caller: Caller, subject_id: str, restricted: bool) -> SubjectView:
         cell, sid = self.subject_cell(subject_id)
         return cell.restrict_processing(caller, sid, restricted)

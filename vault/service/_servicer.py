@@ -34,7 +34,7 @@ from vault.errors import (
 from vault.inline import WouldBlock, nonblocking
 from vault.policy import Caller
 from vault.residency import Node, TransferRefused, transfer_decision
-from vault.service._convert import consent_pb, erasure_pb, record_pb, subject_pb
+from vault.service._convert import access_pb, consent_pb, erasure_pb, record_pb, subject_pb
 from vault.service._forward import (
     REQUEST_ID_HEADER,
     Peers,
@@ -355,15 +355,16 @@ class _Base:
         log.debug("%s OK %.1fms %s", method, _ms(start), who)
         return reply
 
-    async def _forward_export(
-        self, request: pb.ExportSubjectRequest, context: Ctx, home: str
-    ) -> AsyncIterator[pb.ExportChunk]:
-        """ExportSubject through the home node, relayed chunk by chunk."""
+    async def _forward_stream(
+        self, method: str, request: Any, context: Ctx, home: str
+    ) -> AsyncIterator[Any]:
+        """A streaming call (ExportSubject, GetAccessReport) through the home
+        node, relayed message by message."""
         assert self._peers is not None
         who, md = self._forward_who(context, home)
-        caller = await self._entry_caller("ExportSubject", context, who)
+        caller = await self._entry_caller(method, context, who)
         start = time.perf_counter()
-        call = self._peers.stub(home).ExportSubject(
+        call = getattr(self._peers.stub(home), method)(
             request, metadata=md, timeout=self._timeout(context)
         )
         checked = False
@@ -371,14 +372,14 @@ class _Base:
             async for chunk in call:
                 if not checked:
                     # The document is about no single category (see TransferRules).
-                    await self._check_reply("ExportSubject", context, caller, home, [None], who)
+                    await self._check_reply(method, context, caller, home, [None], who)
                     checked = True
                 yield chunk
         except grpc.aio.AioRpcError as e:
-            await self._relay("ExportSubject", context, e, start, who)
+            await self._relay(method, context, e, start, who)
         finally:
             call.cancel()
-        log.debug("ExportSubject OK %.1fms %s", _ms(start), who)
+        log.debug("%s OK %.1fms %s", method, _ms(start), who)
 
     async def _find_everywhere(
         self, request: pb.FindSubjectsRequest, context: Ctx
@@ -462,7 +463,7 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
     ) -> AsyncIterator[pb.ExportChunk]:
         home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
         if home is not None:
-            async for chunk in self._forward_export(request, context, home):
+            async for chunk in self._forward_stream("ExportSubject", request, context, home):
                 yield chunk
             return
         # Every piece is produced under the same error mapping as a unary call:
@@ -488,6 +489,21 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
                 seq += 1
             if piece is None:
                 return
+
+    async def GetAccessReport(
+        self, request: pb.GetAccessReportRequest, context: Ctx
+    ) -> AsyncIterator[pb.AccessEntry]:
+        home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
+        if home is not None:
+            async for entry in self._forward_stream("GetAccessReport", request, context, home):
+                yield entry
+            return
+        since = request.since.ToMicroseconds() if request.HasField("since") else 0
+        entries = await self._run(
+            "GetAccessReport", context, self._node.access_report, request.subject_id, since
+        )
+        for e in entries:
+            yield access_pb(e)
 
     async def CreateSubject(self, request: pb.CreateSubjectRequest, context: Ctx) -> pb.Subject:
         home = self._forward_to(
