@@ -15,6 +15,8 @@ its own process (all started first; a server is idle while other rows run):
      purpose token from the CLI, reads spread over a population of subjects
   d  the same with ``--key-cache-entries 0``: one Transit call per operation
   e  a raw hvac Transit decrypt loop against the stack's own OpenBao (threads)
+  f  pdvault GetRecord / PutRecord with ``--no-audit``: the same build without
+     the audit log, the baseline of the audit's cost (c / f)
 
 Prints a table (requests/s, p50/p99/p99.9, ratios to a and b, CPU used by
 the server, the client and everything else), checks the targets of the issue
@@ -225,12 +227,16 @@ class Server:
 class Stack:
     """``pdvault up`` in a temporary data dir."""
 
-    def __init__(self, data_dir: Path, *, key_cache_entries: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, key_cache_entries: int | None = None, audit: bool = True
+    ) -> None:
         self.data_dir = data_dir
         argv = [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir)]
         argv += ["--port", "0"]
         if key_cache_entries is not None:
             argv += ["--key-cache-entries", str(key_cache_entries)]
+        if not audit:
+            argv += ["--no-audit"]
         self.server = Server("pdvault up", argv, r"endpoint\s+(\S+:\d+)")
         self.target = self.server.match.group(1)
 
@@ -717,6 +723,21 @@ def run_ladder(opts: argparse.Namespace, rows_wanted: set[str], work: Path) -> l
             steps.append(Step("d", "get", label.format("GetRecord"), get, pid))
             steps.append(Step("d", "put", label.format("PutRecord"), put, pid))
 
+        if "f" in rows_wanted:
+            say("setup: pdvault up --no-audit ...")
+            f_stack = Stack(work / "stack-noaudit", audit=False)
+            running.append(f_stack)
+            f_md = (("authorization", f"Bearer {f_stack.issue_token()}"),)
+            pop_f = asyncio.run(
+                populate_pdvault(f_stack.target, f_md, opts.subjects, countries, value)
+            )
+            get = GrpcLoad(f_stack.target, GET_RECORD, "get", pop_f.record_ids, value, f_md)
+            put = GrpcLoad(f_stack.target, PUT_RECORD, "put", pop_f.subject_ids, value, f_md)
+            pid = f_stack.server.pid
+            label = "pdvault {}, audit off"
+            steps.append(Step("f", "get", label.format("GetRecord"), get, pid))
+            steps.append(Step("f", "put", label.format("PutRecord"), put, pid))
+
         if "e" in rows_wanted:
             stack = d_stack or c_stack
             assert stack is not None
@@ -879,6 +900,7 @@ class Report:
     def targets(self) -> None:
         cg, cp = self.find("c", "get"), self.find("c", "put")
         bg, dg = self.find("b", "get"), self.find("d", "get")
+        fg, fp = self.find("f", "get"), self.find("f", "put")
         a = next((r for r in self.rows if r.key == "a"), None)
 
         def check(name: str, ok: bool | None, detail: str) -> None:
@@ -902,6 +924,8 @@ class Report:
         rel(cg, a, 0.45, "GetRecord ≥ 45% of (a) echo")
         rel(cg, dg, 5.0, "GetRecord ≥ 5x (d) no key cache")
         rel(cp, a, 0.30, "PutRecord ≥ 30% of (a) echo")
+        rel(cg, fg, 0.85, "GetRecord ≥ 85% of (f) audit off")
+        rel(cp, fp, 0.80, "PutRecord ≥ 80% of (f) audit off")
         if cg is None:
             check("GetRecord p99 < 25 ms", None, "(row not run)")
         else:
@@ -996,7 +1020,14 @@ class Report:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        colors = {"a": "#9e9e9e", "b": "#607d8b", "c": "#1e88e5", "d": "#e53935", "e": "#fb8c00"}
+        colors = {
+            "a": "#9e9e9e",
+            "b": "#607d8b",
+            "c": "#1e88e5",
+            "d": "#e53935",
+            "e": "#fb8c00",
+            "f": "#43a047",
+        }
         labels = [f"{r.key}  {r.label}" for r in self.rows][::-1]
         rps = [r.result.rps for r in self.rows][::-1]
         p50 = [r.result.percentile(50) for r in self.rows][::-1]
@@ -1090,7 +1121,7 @@ def main() -> int:
         default=1,
         help="run the generator in N processes, callers split between them, latencies merged",
     )
-    ap.add_argument("--only", default="a,b,c,d,e", help="rows to run, e.g. a,b,c")
+    ap.add_argument("--only", default="a,b,c,d,e,f", help="rows to run, e.g. a,b,c")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=HERE / "out", help="CSV, PNG and text report")
     ap.add_argument("--gate", action="store_true", help="exit 1 when a target is missed")
@@ -1117,8 +1148,8 @@ def main() -> int:
     )
     opts = ap.parse_args()
     wanted = {x.strip().lower() for x in opts.only.split(",") if x.strip()}
-    if not wanted <= set("abcde"):
-        ap.error("--only takes letters among a,b,c,d,e")
+    if not wanted <= set("abcdef"):
+        ap.error("--only takes letters among a,b,c,d,e,f")
     if opts.payload < 1 or opts.payload > 65536:
         ap.error("--payload must be 1..65536 bytes (pdvault's limit per value)")
     info = machine()

@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="enable gRPC server reflection (off by default: it lists the API to any caller)",
     )
+    up.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="benchmarks only: serve without the audit log, to measure what it costs "
+        "(never with real personal data)",
+    )
     up.add_argument("-v", "--verbose", action="store_true", help="log every request (no content)")
 
     regions = sub.add_parser("regions", help="region configuration")

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from vault.audit import CONTROL_LOG, SIGNING_KEY_NAME, audit_url, load_checkpoints
 from vault.audit._checkpoint import load_public_keys, save_checkpoints, save_public_keys
 from vault.audit._store import read_checkpoints, read_only_engine
@@ -60,7 +62,7 @@ def add_parser(sub: Any) -> None:
             c.add_argument("--out", type=Path, required=True)
 
 
-def _places(regions: RegionsConfig) -> dict[str, tuple[str, str, str]]:
+def places_of(regions: RegionsConfig) -> dict[str, tuple[str, str, str]]:
     """log → (audit database URL, OpenBao address, mount of its key)."""
     out = {
         rid: (audit_url(r.database_url, rid), r.openbao_address, r.transit_mounts[0])
@@ -77,7 +79,7 @@ def _setup(args: argparse.Namespace) -> tuple[dict[str, tuple[str, str, str]], l
 
     bao = OpenBaoServer(data_dir, log=False)
     regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr=bao.address)
-    places = _places(regions)
+    places = places_of(regions)
     logs = args.region or sorted(places)
     unknown = [x for x in logs if x not in places]
     if unknown:
@@ -90,7 +92,7 @@ def _setup(args: argparse.Namespace) -> tuple[dict[str, tuple[str, str, str]], l
     return places, logs
 
 
-def _public_keys(
+def public_keys(
     places: dict[str, tuple[str, str, str]], logs: list[str], token: str | None
 ) -> dict[str, dict[int, bytes]]:
     out = {}
@@ -98,6 +100,27 @@ def _public_keys(
         _, address, mount = places[log]
         signer = TransitSigner.connect(address, token or "", KeyRef(mount, SIGNING_KEY_NAME))
         out[log] = signer.public_keys()
+    return out
+
+
+def verify_all(
+    places: dict[str, tuple[str, str, str]],
+    logs: list[str],
+    keys: dict[str, dict[int, bytes]],
+    saved: list[str],
+) -> list[LogReport]:
+    """Every log's report; a log without a database yet is reported as such."""
+    out = []
+    for log in logs:
+        try:
+            engine = read_only_engine(places[log][0])
+        except FileNotFoundError:
+            out.append(LogReport(log, problem="no audit database"))
+            continue
+        try:
+            out.append(verify_log(engine, log, keys.get(log) or None, saved))
+        finally:
+            engine.dispose()
     return out
 
 
@@ -110,7 +133,7 @@ def _time(us: int | None) -> str:
 def run(args: argparse.Namespace) -> int:
     places, logs = _setup(args)
     if args.audit_command == "public-key":
-        save_public_keys(args.out, _public_keys(places, logs, args.openbao_token))
+        save_public_keys(args.out, public_keys(places, logs, args.openbao_token))
         print(f"saved the public keys of {len(logs)} audit log(s) to {args.out}")
         return 0
     if args.audit_command == "checkpoint":
@@ -129,21 +152,13 @@ def run(args: argparse.Namespace) -> int:
     if args.public_key is not None:
         keys = load_public_keys(args.public_key)
     else:
-        keys = _public_keys(places, logs, args.openbao_token)
+        keys = public_keys(places, logs, args.openbao_token)
     saved = load_checkpoints(args.checkpoint) if args.checkpoint else []
     failed = False
     print(f"{'log':<8} {'entries':>8} {'checkpoints':>11}  {'first':<19}  {'last':<19}  result")
-    for log in logs:
-        try:
-            engine = read_only_engine(places[log][0])
-        except FileNotFoundError:
-            report = LogReport(log, problem="no audit database")
-        else:
-            try:
-                report = verify_log(engine, log, keys.get(log) or None, saved)
-            finally:
-                engine.dispose()
-        if report.entries == 0 and report.problem == "no audit database" and not saved:
+    for report in verify_all(places, logs, keys, saved):
+        log = report.log
+        if report.problem == "no audit database" and not saved:
             print(f"{log:<8} {'-':>8} {'-':>11}  {'-':<19}  {'-':<19}  no log yet")
             continue
         failed |= not report.ok
@@ -154,3 +169,34 @@ def run(args: argparse.Namespace) -> int:
         if report.problem:
             print(f"pdvault: audit log {log}: {report.problem}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def access_table(entries: list[Any], title: str) -> Table:
+    """An access report as a table (time, who, purpose, basis, what, where, decision)."""
+    table = Table(title=title)
+    for col in (
+        "time (UTC)",
+        "operation",
+        "service",
+        "purpose",
+        "legal basis",
+        "categories",
+        "fields",
+        "region",
+        "decision",
+    ):
+        table.add_column(col)
+    for e in entries:
+        region = e.region + (f" (from {e.entry_region})" if e.entry_region else "")
+        table.add_row(
+            e.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+            e.operation,
+            e.service + (f" [{e.client_identity}]" if e.client_identity else ""),
+            e.purpose,
+            e.legal_basis + (f" + {e.transfer_basis}" if e.transfer_basis else ""),
+            ", ".join(e.categories),
+            ", ".join(e.fields),
+            region,
+            e.decision,
+        )
+    return table

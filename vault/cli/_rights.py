@@ -12,10 +12,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
 from vault.cell import Cell
 from vault.cli import _connect
+from vault.cli._audit import access_table
 from vault.client import VaultClientError
 from vault.config import NodeSettings, RegionsConfig, load_regions
 from vault.control import ControlStore, ErasureEntry
@@ -88,7 +88,7 @@ def _cells(regions: RegionsConfig, data_dir: Path, openbao_token: str | None) ->
     a credential that may destroy keys; ``None`` when no key is needed)."""
     return build_cells(
         regions,
-        NodeSettings(data_dir=data_dir),
+        NodeSettings(data_dir=data_dir, audit=False),  # serves no request
         KeyServices(openbao_token or "", openbao_token),
         Authorizer(load_policy(default_policy_path())),
     ).cells
@@ -138,37 +138,6 @@ def run_export(args: argparse.Namespace) -> int:
         f"{size} bytes → {args.output}"
     )
     return 0
-
-
-def access_table(entries: list[Any], title: str) -> Table:
-    """An access report as a table (time, who, purpose, basis, what, where, decision)."""
-    table = Table(title=title)
-    for col in (
-        "time (UTC)",
-        "operation",
-        "service",
-        "purpose",
-        "legal basis",
-        "categories",
-        "fields",
-        "region",
-        "decision",
-    ):
-        table.add_column(col)
-    for e in entries:
-        region = e.region + (f" (from {e.entry_region})" if e.entry_region else "")
-        table.add_row(
-            e.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
-            e.operation,
-            e.service + (f" [{e.client_identity}]" if e.client_identity else ""),
-            e.purpose,
-            e.legal_basis + (f" + {e.transfer_basis}" if e.transfer_basis else ""),
-            ", ".join(e.categories),
-            ", ".join(e.fields),
-            region,
-            e.decision,
-        )
-    return table
 
 
 def run_access_report(args: argparse.Namespace) -> int:

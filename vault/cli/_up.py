@@ -88,6 +88,7 @@ async def up(args: argparse.Namespace) -> int:
         ),
         reflection=args.reflection,
         tls=_tls(args),
+        audit=not args.no_audit,
     )
     try:
         # Before anything starts: plaintext off loopback, unreadable TLS files.
