@@ -406,7 +406,20 @@ class _Base:
                 except (StoreUnavailable, KeyServiceUnavailable) as e:
                     errors.append(pb.RegionError(region=r, code=code_for(e).name, reason=e.reason))
 
-        await self._guarded("FindSubjects", context, local_find, who=who)
+        note = self._note("FindSubjects", context)
+        if note is None:
+            await self._guarded("FindSubjects", context, local_find, who=who)
+        else:
+            note.caller = caller
+
+            def noted_find() -> None:
+                note.restart()
+                found.clear()
+                errors.clear()
+                with noting(note):
+                    local_find()
+
+            await self._guarded("FindSubjects", context, noted_find, who=who, note=note)
         timeout = self._timeout(context)
 
         async def one(r: str) -> None:
