@@ -231,6 +231,9 @@ class NodeSettings:
     #: How long a request waits for its audit entry to be durable before it
     #: fails UNAVAILABLE (AUDIT_UNAVAILABLE).
     audit_timeout_seconds: float = 5.0
+    #: SQLite audit files: sync every commit to disk (``synchronous=FULL``)
+    #: rather than to the write-ahead log, like the cells (``NORMAL``).
+    audit_fsync: bool = False
 
 
 def _endpoint_problem(endpoint: object) -> str | None:

@@ -165,7 +165,9 @@ def build_cells(
         data_keys = built.data_keys[rid] = DataKeyCache(settings.cache, cache_clock)
         provider = keys.provider(rc.openbao_address)
         if settings.audit:
-            built.audit_stores[rid] = AuditStore.open(audit_url(rc.database_url, rid), rid)
+            built.audit_stores[rid] = AuditStore.open(
+                audit_url(rc.database_url, rid), rid, fsync=settings.audit_fsync
+            )
         built.cells[rid] = Cell(
             rc,
             store,
@@ -201,7 +203,9 @@ def build_auditor(
             for rid, store in parts.audit_stores.items()
         },
         CONTROL_LOG: (
-            AuditStore.open(audit_url(c.database_url, CONTROL_LOG), CONTROL_LOG),
+            AuditStore.open(
+                audit_url(c.database_url, CONTROL_LOG), CONTROL_LOG, fsync=settings.audit_fsync
+            ),
             c.openbao_address,
             c.transit_mount,
         ),

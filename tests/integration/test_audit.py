@@ -17,8 +17,17 @@ import pytest
 from sqlalchemy import event
 
 from tests.conftest import Bao, Stack, files_containing, live_sql, start_stack
-from vault.audit import CONTROL_LOG, SIGNING_KEY_NAME, pseudonym, pseudonym_key
+from vault.audit import (
+    CONTROL_LOG,
+    SIGNING_KEY_NAME,
+    AuditStore,
+    AuditWriter,
+    pseudonym,
+    pseudonym_key,
+)
 from vault.audit._checkpoint import save_public_keys
+from vault.audit._store import read_log, read_only_engine
+from vault.audit._verify import verify_log
 from vault.client import VaultClient, VaultClientError
 from vault.errors import StoreUnavailable
 from vault.keys import KeyRef, TransitSigner
@@ -353,3 +362,36 @@ def test_access_report_command_prints_a_table(node: Stack) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "PutRecord" in out.stdout and "shop" in out.stdout and "2 access(es)" in out.stdout
+
+
+def _shared_log(url: str) -> None:
+    """Two nodes' writers on one log at once: one chain, every entry once."""
+    stores = [AuditStore.open(url, "de"), AuditStore.open(url, "de")]
+    writers = [AuditWriter(s) for s in stores]
+    futures = [
+        writers[i % 2].submit([{"time_us": i, "node": f"n{i % 2}", "operation": "GetRecord",
+                                "decision": "ok", "request_id": f"r{i}"}])
+        for i in range(200)
+    ]  # fmt: skip
+    for f in futures:
+        f.result(timeout=60)
+    for w in writers:
+        w.close()
+    for s in stores:
+        s.close()
+    engine = read_only_engine(url)
+    try:
+        report = verify_log(engine, "de", None)
+        ids = sorted(json.loads(e.entry)["request_id"] for e in read_log(engine, "de"))
+    finally:
+        engine.dispose()
+    assert report.ok, report.problem
+    assert report.entries == 200 and ids == sorted(f"r{i}" for i in range(200))
+
+
+def test_two_nodes_share_one_log_on_postgres(pg_url: str) -> None:
+    _shared_log(pg_url)
+
+
+def test_two_nodes_share_one_log_on_sqlite(tmp_path: Path) -> None:
+    _shared_log(f"sqlite:///{tmp_path / 'audit-de.sqlite'}")

@@ -130,10 +130,13 @@ class _Base:
         try:
             await self._call(note.seal)
             futures = self._audit.submit(note)
-            await asyncio.wait_for(
-                asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
-                self._audit_timeout,
-            )
+            if len(futures) == 1:  # the usual case: one log
+                await asyncio.wait_for(asyncio.wrap_future(futures[0]), self._audit_timeout)
+            else:
+                await asyncio.wait_for(
+                    asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
+                    self._audit_timeout,
+                )
         except Exception as e:
             raise AuditUnavailable("the audit log is unavailable; nothing was returned") from e
 
