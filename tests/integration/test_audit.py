@@ -203,15 +203,17 @@ def test_a_full_audit_disk_stops_the_call(node: Stack) -> None:
     sid = c.create_subject("DE").subject_id
     rid = c.put_record(sid, "user.contact.email", {"address": "full@x.example"}).record_id
     assert node.vault.audit is not None
-    engine = node.vault.audit.writers["de"].store._writer
+    store = node.vault.audit.writers["de"].store
+    engines = [e for e in (store._writer, store._nowait) if e is not None]
 
     def full(dbapi_conn: Any, _record: Any) -> None:
         # The file may not grow: SQLite answers SQLITE_FULL, as on a full disk.
         pages = dbapi_conn.execute("PRAGMA page_count").fetchone()[0]
         dbapi_conn.execute(f"PRAGMA max_page_count={pages}")
 
-    event.listen(engine, "connect", full)
-    engine.dispose()
+    for engine in engines:
+        event.listen(engine, "connect", full)
+        engine.dispose()
     try:
         for _ in range(30):  # fill the last free pages, then every write fails
             try:
@@ -220,8 +222,9 @@ def test_a_full_audit_disk_stops_the_call(node: Stack) -> None:
                 break
         _fails_closed(c, rid)
     finally:
-        event.remove(engine, "connect", full)
-        engine.dispose()
+        for engine in engines:
+            event.remove(engine, "connect", full)
+            engine.dispose()
     assert c.get_record(rid).record_id == rid
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -47,6 +48,22 @@ class Auditor:
     def submit(self, note: RequestNote) -> list[Future[int]]:
         """Queues the note's entries (sealed) in their logs."""
         return self.submit_entries(note.entries(self.node, self._clock()))
+
+    def submit_on_loop(
+        self, note: RequestNote, loop: asyncio.AbstractEventLoop
+    ) -> list[asyncio.Future[int]]:
+        """Like :meth:`submit`, for a caller on the event loop (see
+        :meth:`AuditWriter.submit_on_loop`)."""
+        out = []
+        for log, batch in note.entries(self.node, self._clock()).items():
+            w = self.writers.get(log) or self.writers.get(CONTROL_LOG)
+            if w is None:
+                f: asyncio.Future[int] = loop.create_future()
+                f.set_exception(AuditUnavailable(f"no audit log {log!r} on this node"))
+                out.append(f)
+            else:
+                out.append(w.submit_on_loop(batch, loop))
+        return out
 
     def submit_entries(self, by_log: Mapping[str, list[dict[str, Any]]]) -> list[Future[int]]:
         out = []

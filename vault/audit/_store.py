@@ -35,32 +35,43 @@ def audit_url(database_url: str, name: str) -> str:
     return database_url
 
 
-def open_engines(url: str, *, fsync: bool = False) -> tuple[Engine, Engine]:
-    """(write engine, read engine) of an audit database, migrated.
+def _sqlite_writer(url: str, synchronous: str, busy_timeout_ms: int | None) -> Engine:
+    engine = db.make_engine(url)
 
-    On SQLite the write engine starts every transaction with ``BEGIN
-    IMMEDIATE`` (the chain head is read under the write lock). A commit is in
-    the write-ahead log before the call it records answers — as durable as the
+    @event.listens_for(engine, "connect")
+    def _immediate(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        dbapi_conn.execute(f"PRAGMA synchronous={synchronous}")
+        if busy_timeout_ms is not None:
+            dbapi_conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def open_engines(url: str, *, fsync: bool = False) -> tuple[Engine, Engine, Engine | None]:
+    """(write engine, read engine, no-wait write engine) of an audit database, migrated.
+
+    On SQLite the write engines start every transaction with ``BEGIN
+    IMMEDIATE`` (the chain head is read under the write lock); the no-wait one
+    gives up at once when another writer holds the lock (for appends on the
+    event loop, see :class:`vault.audit.AuditWriter`). A commit is in the
+    write-ahead log before the call it records answers — as durable as the
     cell's own writes (``synchronous=NORMAL``: it survives the process, not
     necessarily a power cut); ``fsync`` syncs every commit to disk
     (``synchronous=FULL``), at a latency cost that group commit shares.
     """
-    writer = db.make_engine(url)
-    if writer.dialect.name == "sqlite":
-        synchronous = "FULL" if fsync else "NORMAL"
-
-        @event.listens_for(writer, "connect")
-        def _immediate(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
-            dbapi_conn.execute(f"PRAGMA synchronous={synchronous}")
-
-        @event.listens_for(writer, "begin")
-        def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
+    if make_url(url).get_backend_name() != "sqlite":
+        engine = db.make_engine(url)
+        db.migrate(engine, _MIGRATIONS)
+        return engine, engine, None
+    synchronous = "FULL" if fsync else "NORMAL"
+    writer = _sqlite_writer(url, synchronous, None)
     db.migrate(writer, _MIGRATIONS)
-    reader = db.make_engine(url) if writer.dialect.name == "sqlite" else writer
-    return writer, reader
+    return writer, db.make_engine(url), _sqlite_writer(url, synchronous, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +118,14 @@ class StoredCheckpoint:
 class AuditStore:
     """One named log (a region id, or ``control``) in an audit database."""
 
-    def __init__(self, writer: Engine, reader: Engine, log: str) -> None:
+    def __init__(
+        self, writer: Engine, reader: Engine, log: str, nowait: Engine | None = None
+    ) -> None:
         self._writer = writer
         self._reader = reader
+        self._nowait = nowait
+        #: Whether an append may be tried on the event loop (a local SQLite file).
+        self.inline_capable = nowait is not None
         self.log = log
         self._sql = _SQLITE if writer.dialect.name == "sqlite" else _POSTGRES
         try:
@@ -121,8 +137,8 @@ class AuditStore:
 
     @classmethod
     def open(cls, url: str, log: str, *, fsync: bool = False) -> AuditStore:
-        writer, reader = open_engines(url, fsync=fsync)
-        return cls(writer, reader, log)
+        writer, reader, nowait = open_engines(url, fsync=fsync)
+        return cls(writer, reader, log, nowait)
 
     @property
     def url(self) -> str:
@@ -132,15 +148,21 @@ class AuditStore:
         self._writer.dispose()
         if self._reader is not self._writer:
             self._reader.dispose()
+        if self._nowait is not None:
+            self._nowait.dispose()
 
-    def append(self, batch: Sequence[Mapping[str, Any]]) -> tuple[int, bytes]:
+    def append(
+        self, batch: Sequence[Mapping[str, Any]], *, nowait: bool = False
+    ) -> tuple[int, bytes]:
         """Appends the entries (without ``seq``/``log``) in one transaction;
-        returns the new head (size, hash). :class:`StoreUnavailable` if not durable.
+        returns the new head (size, hash). Raises if not durable — at once if
+        ``nowait`` and another writer holds the lock.
 
         The hot path of every audited call: plain DB-API statements (the
         SQL expression layer costs more than the insert itself)."""
         sql = self._sql
-        with transaction(self._writer, "audit") as conn:
+        engine = self._nowait if nowait and self._nowait is not None else self._writer
+        with transaction(engine, "audit") as conn:
             cur = conn.connection.cursor()
             cur.execute(sql.head, (self.log,))
             found = cur.fetchone()

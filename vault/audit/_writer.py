@@ -9,6 +9,7 @@ could not be made durable (the request then fails, see
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -59,8 +60,49 @@ class AuditWriter:
         self._signed_size, _ = store.head()
         self._last_checkpoint = time.monotonic()
         self._closed = False
+        self._pending: list[tuple[Sequence[Mapping[str, Any]], asyncio.Future[int]]] = []
+        self._inline_since_poke = 0
         self._thread = threading.Thread(target=self._run, name=f"audit-{store.log}", daemon=True)
         self._thread.start()
+
+    def submit_on_loop(
+        self, batch: Sequence[Mapping[str, Any]], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[int]:
+        """Like :meth:`submit`, for a caller on the event loop ``loop``.
+
+        With a local SQLite file the entries queued during one turn of the loop
+        are appended on the loop itself, in one transaction, right after it
+        (no thread hand-off: a hand-off per call costs more than the insert);
+        when another writer holds the lock, or with another database, the
+        batch goes to the writer thread.
+        """
+        fut: asyncio.Future[int] = loop.create_future()
+        if not self.store.inline_capable or self._closed:
+            _chain(self.submit(batch), fut, loop)
+            return fut
+        self._pending.append((batch, fut))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush_on_loop, loop)
+        return fut
+
+    def _flush_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        items, self._pending = self._pending, []
+        entries = [e for batch, _ in items for e in batch]
+        try:
+            size, _ = self.store.append(entries, nowait=True)
+        except Exception:
+            # Locked by another writer (or failing): the thread waits and retries.
+            handed = self.submit(entries)
+            for _, fut in items:
+                _chain(handed, fut, loop)
+            return
+        for _, fut in items:
+            if not fut.done():
+                fut.set_result(size)
+        self._inline_since_poke += len(entries)
+        if self._signer is not None and self._inline_since_poke >= self._policy.every_entries:
+            self._inline_since_poke = 0
+            self._queue.put(((), Future()))  # the thread looks whether a checkpoint is due
 
     def submit(self, batch: Sequence[Mapping[str, Any]]) -> Future[int]:
         """Queues entries; the future gives the log size once they are durable."""
@@ -157,6 +199,22 @@ class AuditWriter:
         self._signed_size = size
         self._last_checkpoint = time.monotonic()
         return note
+
+
+def _chain(src: Future[int], dst: asyncio.Future[int], loop: asyncio.AbstractEventLoop) -> None:
+    """Resolves ``dst`` (on ``loop``) with the outcome of ``src`` (a thread's future)."""
+
+    def copy(done: Future[int]) -> None:
+        if dst.done():
+            return
+        if done.cancelled():
+            dst.cancel()
+        elif (error := done.exception()) is not None:
+            dst.set_exception(error)
+        else:
+            dst.set_result(done.result())
+
+    src.add_done_callback(lambda done: loop.call_soon_threadsafe(copy, done))
 
 
 def _settle(fut: Future[int], size: int = 0, error: Exception | None = None) -> None:

@@ -129,14 +129,11 @@ class _Base:
         assert self._audit is not None
         try:
             await self._call(note.seal)
-            futures = self._audit.submit(note)
+            futures = self._audit.submit_on_loop(note, asyncio.get_running_loop())
             if len(futures) == 1:  # the usual case: one log
-                await asyncio.wait_for(asyncio.wrap_future(futures[0]), self._audit_timeout)
+                await asyncio.wait_for(futures[0], self._audit_timeout)
             else:
-                await asyncio.wait_for(
-                    asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
-                    self._audit_timeout,
-                )
+                await asyncio.wait_for(asyncio.gather(*futures), self._audit_timeout)
         except Exception as e:
             raise AuditUnavailable("the audit log is unavailable; nothing was returned") from e
 
