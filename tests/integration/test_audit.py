@@ -192,7 +192,8 @@ def test_an_audit_write_that_fails_stops_the_call(
     def broken(batch: object) -> tuple[int, bytes]:
         raise StoreUnavailable("audit database unavailable")
 
-    monkeypatch.setattr(store, "append", broken)
+    monkeypatch.setattr(store, "append", broken)  # the writer thread's path
+    monkeypatch.setattr(store, "append_nowait", broken)  # the event loop's
     _fails_closed(c, rid)
     monkeypatch.undo()
     assert c.get_record(rid).record_id == rid
@@ -204,7 +205,7 @@ def test_a_full_audit_disk_stops_the_call(node: Stack) -> None:
     rid = c.put_record(sid, "user.contact.email", {"address": "full@x.example"}).record_id
     assert node.vault.audit is not None
     store = node.vault.audit.writers["de"].store
-    engines = [e for e in (store._writer, store._nowait) if e is not None]
+    engines = [store._writer]
 
     def full(dbapi_conn: Any, _record: Any) -> None:
         # The file may not grow: SQLite answers SQLITE_FULL, as on a full disk.
@@ -214,6 +215,9 @@ def test_a_full_audit_disk_stops_the_call(node: Stack) -> None:
     for engine in engines:
         event.listen(engine, "connect", full)
         engine.dispose()
+    loop_conn = store._raw  # the event loop's own connection (made by the calls above)
+    assert loop_conn is not None
+    full(loop_conn, None)
     try:
         for _ in range(30):  # fill the last free pages, then every write fails
             try:
@@ -222,6 +226,7 @@ def test_a_full_audit_disk_stops_the_call(node: Stack) -> None:
                 break
         _fails_closed(c, rid)
     finally:
+        loop_conn.execute("PRAGMA max_page_count=1073741823")
         for engine in engines:
             event.remove(engine, "connect", full)
             engine.dispose()

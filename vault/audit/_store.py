@@ -8,6 +8,7 @@ order whoever writes them.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +36,13 @@ def audit_url(database_url: str, name: str) -> str:
     return database_url
 
 
-def _sqlite_writer(url: str, synchronous: str, busy_timeout_ms: int | None) -> Engine:
+def _sqlite_writer(url: str, synchronous: str) -> Engine:
     engine = db.make_engine(url)
 
     @event.listens_for(engine, "connect")
     def _immediate(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         dbapi_conn.execute(f"PRAGMA synchronous={synchronous}")
-        if busy_timeout_ms is not None:
-            dbapi_conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
@@ -52,13 +51,11 @@ def _sqlite_writer(url: str, synchronous: str, busy_timeout_ms: int | None) -> E
     return engine
 
 
-def open_engines(url: str, *, fsync: bool = False) -> tuple[Engine, Engine, Engine | None]:
-    """(write engine, read engine, no-wait write engine) of an audit database, migrated.
+def open_engines(url: str, *, fsync: bool = False) -> tuple[Engine, Engine]:
+    """(write engine, read engine) of an audit database, migrated.
 
-    On SQLite the write engines start every transaction with ``BEGIN
-    IMMEDIATE`` (the chain head is read under the write lock); the no-wait one
-    gives up at once when another writer holds the lock (for appends on the
-    event loop, see :class:`vault.audit.AuditWriter`). A commit is in the
+    On SQLite the write engine starts every transaction with ``BEGIN
+    IMMEDIATE`` (the chain head is read under the write lock). A commit is in the
     write-ahead log before the call it records answers — as durable as the
     cell's own writes (``synchronous=NORMAL``: it survives the process, not
     necessarily a power cut); ``fsync`` syncs every commit to disk
@@ -67,11 +64,10 @@ def open_engines(url: str, *, fsync: bool = False) -> tuple[Engine, Engine, Engi
     if make_url(url).get_backend_name() != "sqlite":
         engine = db.make_engine(url)
         db.migrate(engine, _MIGRATIONS)
-        return engine, engine, None
-    synchronous = "FULL" if fsync else "NORMAL"
-    writer = _sqlite_writer(url, synchronous, None)
+        return engine, engine
+    writer = _sqlite_writer(url, "FULL" if fsync else "NORMAL")
     db.migrate(writer, _MIGRATIONS)
-    return writer, db.make_engine(url), _sqlite_writer(url, synchronous, 0)
+    return writer, db.make_engine(url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,14 +114,18 @@ class StoredCheckpoint:
 class AuditStore:
     """One named log (a region id, or ``control``) in an audit database."""
 
-    def __init__(
-        self, writer: Engine, reader: Engine, log: str, nowait: Engine | None = None
-    ) -> None:
+    def __init__(self, writer: Engine, reader: Engine, log: str, *, fsync: bool = False) -> None:
         self._writer = writer
         self._reader = reader
-        self._nowait = nowait
-        #: Whether an append may be tried on the event loop (a local SQLite file).
-        self.inline_capable = nowait is not None
+        u = writer.url
+        local = u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:")
+        #: A local SQLite file: appends may be tried on the event loop, through
+        #: one plain connection that never waits for the lock (see
+        #: :class:`vault.audit.AuditWriter`).
+        self.inline_capable = local
+        self._path = u.database if local else None
+        self._synchronous = "FULL" if fsync else "NORMAL"
+        self._raw: sqlite3.Connection | None = None
         self.log = log
         self._sql = _SQLITE if writer.dialect.name == "sqlite" else _POSTGRES
         try:
@@ -137,8 +137,8 @@ class AuditStore:
 
     @classmethod
     def open(cls, url: str, log: str, *, fsync: bool = False) -> AuditStore:
-        writer, reader, nowait = open_engines(url, fsync=fsync)
-        return cls(writer, reader, log, nowait)
+        writer, reader = open_engines(url, fsync=fsync)
+        return cls(writer, reader, log, fsync=fsync)
 
     @property
     def url(self) -> str:
@@ -148,45 +148,74 @@ class AuditStore:
         self._writer.dispose()
         if self._reader is not self._writer:
             self._reader.dispose()
-        if self._nowait is not None:
-            self._nowait.dispose()
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
 
-    def append(
-        self, batch: Sequence[Mapping[str, Any]], *, nowait: bool = False
-    ) -> tuple[int, bytes]:
-        """Appends the entries (without ``seq``/``log``) in one transaction;
-        returns the new head (size, hash). Raises if not durable — at once if
-        ``nowait`` and another writer holds the lock.
+    def _rows(
+        self, batch: Sequence[Mapping[str, Any]], seq: int, head: bytes
+    ) -> tuple[list[tuple[Any, ...]], int, bytes]:
+        rows = []
+        for e in batch:
+            seq += 1
+            full = {**e, "seq": seq, "log": self.log}
+            unknown = set(full) - FIELDS
+            if unknown:
+                raise ValueError(f"unknown audit fields {sorted(unknown)}")
+            text = canonical(full)
+            head = chain_hash(head, text)
+            rows.append(
+                (self.log, seq, int(full["time_us"]), full.get("subject"), text.decode(),
+                 head.hex())
+            )  # fmt: skip
+        return rows, seq, head
 
-        The hot path of every audited call: plain DB-API statements (the
-        SQL expression layer costs more than the insert itself)."""
+    def append(self, batch: Sequence[Mapping[str, Any]]) -> tuple[int, bytes]:
+        """Appends the entries (without ``seq``/``log``) in one transaction,
+        waiting for the lock; returns the new head (size, hash). Raises if not
+        durable. Plain DB-API statements: the expression layer would cost more
+        than the insert."""
         sql = self._sql
-        engine = self._nowait if nowait and self._nowait is not None else self._writer
-        with transaction(engine, "audit") as conn:
+        with transaction(self._writer, "audit") as conn:
             cur = conn.connection.cursor()
             cur.execute(sql.head, (self.log,))
             found = cur.fetchone()
             if found is None:
                 raise StoreUnavailable("audit log head missing")
-            seq, head_hex = found
-            head = bytes.fromhex(head_hex)
-            rows = []
-            for e in batch:
-                seq += 1
-                full = {**e, "seq": seq, "log": self.log}
-                unknown = set(full) - FIELDS
-                if unknown:
-                    raise ValueError(f"unknown audit fields {sorted(unknown)}")
-                text = canonical(full)
-                head = chain_hash(head, text)
-                rows.append(
-                    (self.log, seq, int(full["time_us"]), full.get("subject"), text.decode(),
-                     head.hex())
-                )  # fmt: skip
+            rows, seq, head = self._rows(batch, int(found[0]), bytes.fromhex(found[1]))
             if rows:
                 cur.executemany(sql.insert, rows)
                 cur.execute(sql.update, (seq, head.hex(), self.log))
             cur.close()
+        return seq, head
+
+    def append_nowait(self, batch: Sequence[Mapping[str, Any]]) -> tuple[int, bytes]:
+        """:meth:`append` on a local SQLite file through one plain connection
+        that gives up at once (``sqlite3.OperationalError``) when another
+        writer holds the lock. For one thread only (the event loop's)."""
+        if self._raw is None:
+            if self._path is None:
+                raise RuntimeError("not a local SQLite audit file")
+            raw = sqlite3.connect(
+                self._path, timeout=0, isolation_level=None, check_same_thread=False
+            )
+            raw.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._raw = raw
+        con = self._raw
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            found = con.execute(_SQLITE.head, (self.log,)).fetchone()
+            if found is None:
+                raise StoreUnavailable("audit log head missing")
+            rows, seq, head = self._rows(batch, int(found[0]), bytes.fromhex(found[1]))
+            if rows:
+                con.executemany(_SQLITE.insert, rows)
+                con.execute(_SQLITE.update, (seq, head.hex(), self.log))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
         return seq, head
 
     def head(self) -> tuple[int, bytes]:

@@ -89,7 +89,7 @@ class AuditWriter:
         items, self._pending = self._pending, []
         entries = [e for batch, _ in items for e in batch]
         try:
-            size, _ = self.store.append(entries, nowait=True)
+            size, _ = self.store.append_nowait(entries)
         except Exception:
             # Locked by another writer (or failing): the thread waits and retries.
             handed = self.submit(entries)
