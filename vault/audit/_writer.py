@@ -1,10 +1,11 @@
-"""Group commit: one writer thread per log batches concurrent entries into one
-transaction, and signs a checkpoint every N entries or T seconds.
+"""Group commit: concurrent entries go into one transaction — on the event
+loop after each turn (:meth:`AuditWriter.submit_on_loop`, local SQLite), or
+through the log's writer thread (:meth:`AuditWriter.submit`), which also
+signs a checkpoint every N entries or T seconds.
 
-A request hands its entries to :meth:`AuditWriter.submit` and waits on the
-returned future before it returns anything; the future fails when the batch
-could not be made durable (the request then fails, see
-:mod:`vault.service._servicer`).
+A request waits on the returned future before it returns anything; the
+future fails when the batch could not be made durable (the request then
+fails, see :mod:`vault.service._servicer`).
 """
 
 from __future__ import annotations
