@@ -632,6 +632,21 @@ class Step:
     server_pid: int | None
 
 
+def stack_steps(
+    key: str, label: str, stack: Stack, opts: argparse.Namespace, countries: list[str], value: str
+) -> list[Step]:
+    """GetRecord and PutRecord rows against a stack of their own, populated first."""
+    md = (("authorization", f"Bearer {stack.issue_token()}"),)
+    pop = asyncio.run(populate_pdvault(stack.target, md, opts.subjects, countries, value))
+    get = GrpcLoad(stack.target, GET_RECORD, "get", pop.record_ids, value, md)
+    put = GrpcLoad(stack.target, PUT_RECORD, "put", pop.subject_ids, value, md)
+    pid = stack.server.pid
+    return [
+        Step(key, "get", label.format("GetRecord"), get, pid),
+        Step(key, "put", label.format("PutRecord"), put, pid),
+    ]
+
+
 def run_ladder(opts: argparse.Namespace, rows_wanted: set[str], work: Path) -> list[Row]:
     """Starts every server the wanted rows need (idle while not measured), then runs
     the rows one after another, ``--rounds`` times, interleaved."""
@@ -712,31 +727,13 @@ def run_ladder(opts: argparse.Namespace, rows_wanted: set[str], work: Path) -> l
             say("setup: pdvault up --key-cache-entries 0 ...")
             d_stack = Stack(work / "stack-nocache", key_cache_entries=0)
             running.append(d_stack)
-            d_md = (("authorization", f"Bearer {d_stack.issue_token()}"),)
-            pop_d = asyncio.run(
-                populate_pdvault(d_stack.target, d_md, opts.subjects, countries, value)
-            )
-            get = GrpcLoad(d_stack.target, GET_RECORD, "get", pop_d.record_ids, value, d_md)
-            put = GrpcLoad(d_stack.target, PUT_RECORD, "put", pop_d.subject_ids, value, d_md)
-            pid = d_stack.server.pid
-            label = "pdvault {}, no key cache"
-            steps.append(Step("d", "get", label.format("GetRecord"), get, pid))
-            steps.append(Step("d", "put", label.format("PutRecord"), put, pid))
+            steps += stack_steps("d", "pdvault {}, no key cache", d_stack, opts, countries, value)
 
         if "f" in rows_wanted:
             say("setup: pdvault up --no-audit ...")
             f_stack = Stack(work / "stack-noaudit", audit=False)
             running.append(f_stack)
-            f_md = (("authorization", f"Bearer {f_stack.issue_token()}"),)
-            pop_f = asyncio.run(
-                populate_pdvault(f_stack.target, f_md, opts.subjects, countries, value)
-            )
-            get = GrpcLoad(f_stack.target, GET_RECORD, "get", pop_f.record_ids, value, f_md)
-            put = GrpcLoad(f_stack.target, PUT_RECORD, "put", pop_f.subject_ids, value, f_md)
-            pid = f_stack.server.pid
-            label = "pdvault {}, audit off"
-            steps.append(Step("f", "get", label.format("GetRecord"), get, pid))
-            steps.append(Step("f", "put", label.format("PutRecord"), put, pid))
+            steps += stack_steps("f", "pdvault {}, audit off", f_stack, opts, countries, value)
 
         if "e" in rows_wanted:
             stack = d_stack or c_stack

@@ -28,28 +28,28 @@ from vault.server import KeyServices, build_cells
 from vault.store import make_engine
 
 
+def _export_token_flag(p: Any) -> None:
+    p.add_argument(
+        "--token",
+        default=os.environ.get("PDVAULT_TOKEN"),
+        help="a token with the export operation (default: $PDVAULT_TOKEN)",
+    )
+
+
 def add_parsers(sub: Any) -> None:
     ex = sub.add_parser("export", help="a subject's data as JSON (portability)")
     ex.add_argument("subject_id")
     ex.add_argument("-o", "--output", type=Path, required=True)
     ex.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     _connect.add_flags(ex)
-    ex.add_argument(
-        "--token",
-        default=os.environ.get("PDVAULT_TOKEN"),
-        help="a token with the export operation (default: $PDVAULT_TOKEN)",
-    )
+    _export_token_flag(ex)
 
     ar = sub.add_parser("access-report", help="who accessed a subject's data (audit log)")
     ar.add_argument("subject_id")
     ar.add_argument("--since", default=None, help="only from this ISO time on (UTC)")
     ar.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     _connect.add_flags(ar)
-    ar.add_argument(
-        "--token",
-        default=os.environ.get("PDVAULT_TOKEN"),
-        help="a token with the export operation (default: $PDVAULT_TOKEN)",
-    )
+    _export_token_flag(ar)
 
     rc = sub.add_parser("receipt", help="erasure receipts")
     rsub = rc.add_subparsers(dest="receipt_command", required=True)
