@@ -25,8 +25,15 @@ CONTROL_LOG = "control"
 
 _CURRENT: ContextVar[RequestNote | None] = ContextVar("pdvault_audit_note", default=None)
 
-#: Gives the subject's data key, or None when it is gone (erased) or unreadable.
-DataKeySource = Callable[[], bytes | None]
+#: Gives the subject's data key, or None when it is gone (erased) or unreadable;
+#: its argument says whether it may ask the key service (else: cached only).
+DataKeySource = Callable[[bool], bytes | None]
+
+#: Refusals by the key service or a database: asking the key service again
+#: only for a pseudonym would double the load on what is failing.
+_KEY_FAILURES = frozenset(
+    {"DECRYPTION_FAILED", "KEY_SERVICE_UNAVAILABLE", "STORE_UNAVAILABLE", "INTERNAL"}
+)
 
 
 @dataclass
@@ -55,6 +62,9 @@ class RequestNote:
     transfers: list[dict[str, Any]] = field(default_factory=list)
     #: Ids and names only (the token id issued or revoked…), never data.
     detail: dict[str, Any] = field(default_factory=dict)
+    #: Data keys the call itself used, by subject id: its pseudonyms need no
+    #: second unwrap.
+    keys_used: dict[str, bytes] = field(default_factory=dict, repr=False)
     sealed: bool = False
 
     def restart(self) -> None:
@@ -64,6 +74,7 @@ class RequestNote:
         self.fields.clear()
         self.transfers.clear()
         self.detail.clear()
+        self.keys_used.clear()
         self.region = None
         self.decision = "ok"
 
@@ -71,8 +82,11 @@ class RequestNote:
         """Computes the pseudonyms (idempotent; may raise WouldBlock)."""
         if self.sealed:
             return
+        may_unwrap = self.decision not in _KEY_FAILURES
         for t in self.targets:
-            key = t.data_key() if t.data_key is not None else None
+            key = self.keys_used.get(t.subject_id)
+            if key is None and t.data_key is not None:
+                key = t.data_key(may_unwrap)
             if key is not None:
                 k = pseudonym_key(key)
                 t.subject = pseudonym(k, t.subject_id)
@@ -159,6 +173,13 @@ def about(
             n.targets[i] = _Target(region, subject_id, record_id or t.record_id, data_key)
             return
     n.targets.append(_Target(region, subject_id, record_id, data_key))
+
+
+def key_used(subject_id: str, data_key: bytes) -> None:
+    """The call used this subject's data key (for its pseudonyms)."""
+    n = _CURRENT.get()
+    if n is not None:
+        n.keys_used[subject_id] = data_key
 
 
 def touched(category: str | None, fields: Any = ()) -> None:

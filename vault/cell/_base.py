@@ -175,28 +175,23 @@ class CellBase:
                 dek_associated_data(row.id, row.region),
             )
             self._data_keys.put(row.id, dek)
+        audit.key_used(row.id, dek)
         return dek
 
     def _audit(self, row: SubjectRow, record_id: str | None = None) -> None:
         """Notes for the request's audit entry that it concerns this subject
         (and record), with the source of the subject's pseudonym key."""
 
-        def data_key() -> bytes | None:
-            # The cached key, else an unwrap (not cached: the subject may be on
-            # its way out); None once the subject is gone or its key destroyed.
+        def data_key(may_unwrap: bool) -> bytes | None:
+            # The cached key, else (unless the call failed on keys) the usual
+            # unwrap-and-cache; None once the subject is gone or its key destroyed.
             if row.state.gone:
                 return None
-            dek = self._data_keys.get(row.id)
-            if dek is not None:
-                return dek
-            ensure_may_block()
+            if not may_unwrap:
+                return self._data_keys.get(row.id)
             try:
-                return self._keys.unwrap(
-                    KeyRef(row.key_mount, row.key_name),
-                    row.wrapped_dek,
-                    dek_associated_data(row.id, row.region),
-                )
-            except (DecryptionFailed, KeyServiceUnavailable):
+                return self._data_key(row)
+            except (DecryptionFailed, KeyServiceUnavailable, Erased):
                 return None
 
         audit.about(self.region.id, row.id, record_id, data_key)

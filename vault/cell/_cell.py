@@ -113,7 +113,7 @@ class Cell(RecordOps):
                 raise
             return self._replayed_subject(*existing, digest)
         self._data_keys.put(sid, dek)
-        audit.about(self.region.id, sid, None, lambda: dek)
+        audit.about(self.region.id, sid, None, lambda _: dek)
         return SubjectView.of(row)
 
     def _lookup_transfer(

@@ -207,7 +207,10 @@ class _Base:
                 try:
                     await self._record(note)
                 except AuditUnavailable as a:
-                    e = a
+                    # Unrecorded, the refusal is not given; a call that already
+                    # failed UNAVAILABLE keeps its own (more telling) reason.
+                    if code_for(e) != grpc.StatusCode.UNAVAILABLE:
+                        e = a
             code = code_for(e)
             log.info("%s %s %s %.1fms %s", method, code.name, e.reason, _ms(start), who)
             await _abort(context, to_status(e))
