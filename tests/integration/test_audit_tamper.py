@@ -109,7 +109,8 @@ def _verify(log: Log, path: Path) -> LogReport:
 def test_the_untouched_log_verifies(log: Log) -> None:
     report = _verify(log, log.path)
     assert report.ok, report.problem
-    assert report.entries == SIZE and report.checkpoints >= SIZE // 400
+    # At least the one each writer signs when it closes (more as batches allow).
+    assert report.entries == SIZE and report.checkpoints >= 2
     # The saved checkpoint alone proves the rolled-back copy is behind.
     behind = _verify(log, log.rollback)
     assert not behind.ok and f"entry {ROLLBACK_AT + 1}" in str(behind.problem)

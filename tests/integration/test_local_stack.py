@@ -81,7 +81,7 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
         assert "CONSENT_REQUIRED" in demo.stdout and "verified offline" in demo.stdout
         assert "the key no longer exists" in demo.stdout
         # It ends with the audit verified and Ada's access report.
-        assert "pdvault audit verify" in demo.stdout and "FAILED" not in demo.stdout
+        assert "pdvault audit verify" in demo.stdout and "FAILED:" not in demo.stdout
         assert "Ada's access report" in demo.stdout and "SUBJECT_ERASED" in demo.stdout
     finally:
         assert up.stop() == 0
