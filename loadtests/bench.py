@@ -15,6 +15,8 @@ its own process (all started first; a server is idle while other rows run):
      purpose token from the CLI, reads spread over a population of subjects
   d  the same with ``--key-cache-entries 0``: one Transit call per operation
   e  a raw hvac Transit decrypt loop against the stack's own OpenBao (threads)
+  f  pdvault GetRecord / PutRecord with ``--no-audit``: the same build without
+     the audit log, the baseline of the audit's cost (c / f)
   p  pdvault GetRecord / PutRecord as in c, with every cell and the control
      plane on PostgreSQL (``--pg-admin``: fresh databases, dropped afterwards)
 
@@ -233,6 +235,7 @@ class Stack:
         *,
         key_cache_entries: int | None = None,
         regions_file: Path | None = None,
+        audit: bool = True,
     ) -> None:
         self.data_dir = data_dir
         argv = [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir)]
@@ -241,6 +244,8 @@ class Stack:
             argv += ["--key-cache-entries", str(key_cache_entries)]
         if regions_file is not None:
             argv += ["--regions", str(regions_file)]
+        if not audit:
+            argv += ["--no-audit"]
         self.server = Server("pdvault up", argv, r"endpoint\s+(\S+:\d+)")
         self.target = self.server.match.group(1)
 
@@ -775,6 +780,11 @@ def run_ladder(opts: argparse.Namespace, rows_wanted: set[str], work: Path) -> l
             p_stack = Stack(work / "stack-postgresql", regions_file=databases.regions_file)
             running.append(p_stack)
             steps += pdvault_steps("p", "pdvault {}, PostgreSQL", p_stack, opts, countries, value)
+        if "f" in rows_wanted:
+            say("setup: pdvault up --no-audit ...")
+            f_stack = Stack(work / "stack-noaudit", audit=False)
+            running.append(f_stack)
+            steps += pdvault_steps("f", "pdvault {}, audit off", f_stack, opts, countries, value)
 
         if "e" in rows_wanted:
             stack = d_stack or c_stack
@@ -940,6 +950,7 @@ class Report:
     def targets(self) -> None:
         cg, cp = self.find("c", "get"), self.find("c", "put")
         bg, dg = self.find("b", "get"), self.find("d", "get")
+        fg, fp = self.find("f", "get"), self.find("f", "put")
         a = next((r for r in self.rows if r.key == "a"), None)
 
         def check(name: str, ok: bool | None, detail: str) -> None:
@@ -970,6 +981,8 @@ class Report:
                     f"INFO  {name} PostgreSQL / SQLite: {pr.result.rps:,.0f} / "
                     f"{cr.result.rps:,.0f} = {pr.result.rps / cr.result.rps:.2f}"
                 )
+        rel(cg, fg, 0.85, "GetRecord ≥ 85% of (f) audit off")
+        rel(cp, fp, 0.80, "PutRecord ≥ 80% of (f) audit off")
         if cg is None:
             check("GetRecord p99 < 25 ms", None, "(row not run)")
         else:
@@ -1071,6 +1084,7 @@ class Report:
             "d": "#e53935",
             "e": "#fb8c00",
             "p": "#43a047",
+            "f": "#8e24aa",
         }
         labels = [f"{r.key}  {r.label}" for r in self.rows][::-1]
         rps = [r.result.rps for r in self.rows][::-1]
@@ -1165,7 +1179,7 @@ def main() -> int:
         default=1,
         help="run the generator in N processes, callers split between them, latencies merged",
     )
-    ap.add_argument("--only", default="a,b,c,d,e,p", help="rows to run, e.g. a,b,c")
+    ap.add_argument("--only", default="a,b,c,d,e,f,p", help="rows to run, e.g. a,b,c")
     ap.add_argument(
         "--pg-admin",
         default="host=127.0.0.1 port=5432 user=postgres dbname=postgres",
@@ -1197,8 +1211,8 @@ def main() -> int:
     )
     opts = ap.parse_args()
     wanted = {x.strip().lower() for x in opts.only.split(",") if x.strip()}
-    if not wanted <= set("abcdep"):
-        ap.error("--only takes letters among a,b,c,d,e,p")
+    if not wanted <= set("abcdefp"):
+        ap.error("--only takes letters among a,b,c,d,e,f,p")
     if opts.payload < 1 or opts.payload > 65536:
         ap.error("--payload must be 1..65536 bytes (pdvault's limit per value)")
     info = machine()

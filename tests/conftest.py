@@ -307,6 +307,7 @@ def start_stack(
     key_rotation: dict[str, KeyRotationPolicy] | None = None,
     rotator_token: str | None = None,
     rotation_check_seconds: float = 3600.0,
+    audit_timeout_seconds: float = 5.0,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -341,6 +342,7 @@ def start_stack(
         health_probe_seconds=health_probe_seconds,
         openbao_timeout_seconds=openbao_timeout,
         rotation_check_seconds=rotation_check_seconds,
+        audit_timeout_seconds=audit_timeout_seconds,
     )
     provider = TransitKeyProvider.connect(bao.address, bao.node_token, timeout=openbao_timeout)
     admin = ensure_admin_credential(data_dir)
@@ -447,6 +449,7 @@ _ATTACK_SUITES = {
     "authentication faults (attack by RPC)": "test_authentication_failure_is_unauthenticated[",
     "policy faults (dimension by RPC)": "test_policy_denial[",
     "security review and transport tests": "tests/security/",
+    "audit tamper mutations (all must be detected)": "test_audit_tamper_mutation_is_detected[",
 }
 
 

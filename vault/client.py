@@ -311,6 +311,18 @@ class VaultClient:
         """The whole export document, parsed."""
         return dict(json.loads(b"".join(self.export_subject_bytes(subject_id))))
 
+    def access_report(self, subject_id: str, *, since_us: int = 0) -> list[pb.AccessEntry]:
+        """Who accessed the subject's data (audited calls, oldest first)."""
+        req = pb.GetAccessReportRequest(subject_id=subject_id)
+        if since_us:
+            req.since.FromMicroseconds(since_us)
+        try:
+            return list(
+                self._stub.GetAccessReport(req, timeout=self._timeout, metadata=self._metadata())
+            )
+        except grpc.RpcError as e:
+            raise VaultClientError.from_rpc_error(e) from None
+
     # -- tokens --------------------------------------------------------------
 
     def issue_token(

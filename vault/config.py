@@ -290,6 +290,19 @@ class NodeSettings:
     #: How often gRPC health checks the databases and OpenBao (NOT_SERVING while
     #: one does not answer).
     health_probe_seconds: float = 2.0
+    #: The audit log (vault.audit). Off only to measure what it costs
+    #: (``loadtests/bench.py``); a node serving personal data keeps it on.
+    audit: bool = True
+    #: A signed checkpoint every this many entries, or this many seconds after
+    #: the last one when entries came since.
+    audit_checkpoint_entries: int = 1000
+    audit_checkpoint_seconds: float = 60.0
+    #: How long a request waits for its audit entry to be durable before it
+    #: fails UNAVAILABLE (AUDIT_UNAVAILABLE).
+    audit_timeout_seconds: float = 5.0
+    #: SQLite audit files: sync every commit to disk (``synchronous=FULL``)
+    #: rather than to the write-ahead log, like the cells (``NORMAL``).
+    audit_fsync: bool = False
 
 
 def _endpoint_problem(endpoint: object) -> str | None:

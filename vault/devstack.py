@@ -31,6 +31,7 @@ from pathlib import Path
 import hvac
 import requests
 
+from vault.audit import SIGNING_KEY_NAME as AUDIT_KEY_NAME
 from vault.config import RegionsConfig
 from vault.datadir import DataDir, write_file
 from vault.keys import AppRole
@@ -142,6 +143,15 @@ class Provisioner:
             allow_plaintext_backup=False,
             mount_point=control,
         )
+        # The audit checkpoint keys: Ed25519, never exportable (vault.audit).
+        for mount in [*(r.transit_mounts[0] for r in regions.regions.values()), control]:
+            self._client.secrets.transit.create_key(
+                name=AUDIT_KEY_NAME,
+                key_type="ed25519",
+                exportable=False,
+                allow_plaintext_backup=False,
+                mount_point=mount,
+            )
 
     def _approle(self, name: str, policy: str) -> AppRole:
         """Writes ``policy`` as policy ``name`` and an AppRole role ``name`` bound to

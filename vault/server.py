@@ -20,21 +20,33 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from vault.audit import (
+    CONTROL_LOG,
+    SIGNING_KEY_NAME,
+    Auditor,
+    AuditStore,
+    AuditWriter,
+    CheckpointPolicy,
+    audit_url,
+)
 from vault.cell import BlindIndex, Cell
 from vault.config import KeyRotationPolicy, NodeSettings, RegionsConfig
 from vault.control import ControlStore, Revocations
 from vault.datadir import DataDir
 from vault.db import now_us
 from vault.erasure import Eraser
+from vault.errors import KeyServiceUnavailable
 from vault.keys import (
     BoundedCache,
     DataKeyCache,
     KeyProvider,
+    KeyRef,
     KeyShredder,
     OpenBaoCredential,
     TransitKeyProvider,
     TransitKeyRotator,
     TransitKeyShredder,
+    TransitSigner,
 )
 from vault.logs import RequestIdInterceptor
 from vault.metrics import MetricsInterceptor, serve_metrics
@@ -69,6 +81,8 @@ class Cells:
     cells: dict[str, Cell]
     stores: dict[str, CellStore]
     data_keys: dict[str, DataKeyCache]
+    #: The regions' audit logs (none with the audit off).
+    audit_stores: dict[str, AuditStore]
 
 
 @dataclass
@@ -88,6 +102,8 @@ class Vault:
     #: Scheduled subject key rotation, per served region with a policy, when
     #: the node holds a rotation credential.
     rotations: dict[str, tuple[SubjectKeyRotation, KeyRotationPolicy]] = field(default_factory=dict)
+    #: The audit logs (None only with the audit off, for benchmarks).
+    audit: Auditor | None = None
 
     def not_ready(self) -> list[str]:
         """The names of the dependencies that fail their check now."""
@@ -96,6 +112,8 @@ class Vault:
     def close(self) -> None:
         self.key_follower.stop()
         self.revocations.stop()
+        if self.audit is not None:
+            self.audit.close()
         self.node.close()
         self.control.close()
 
@@ -128,6 +146,17 @@ class KeyServices:
             self._providers[address] = p
         return p
 
+    def signer(self, address: str, mount: str) -> TransitSigner:
+        """The audit checkpoint signer of a mount (its key made if missing and allowed)."""
+        signer = TransitSigner.for_key(
+            address, self._token, KeyRef(mount, SIGNING_KEY_NAME), timeout=self._timeout
+        )
+        try:
+            signer.ensure_key()
+        except KeyServiceUnavailable as e:  # checkpoints retry; requests go on
+            log.warning("audit key %s/%s not ready: %s", mount, SIGNING_KEY_NAME, e)
+        return signer
+
     def shredder(self, address: str) -> KeyShredder | None:
         """The key-destruction client, if this node holds the eraser credential."""
         if self._eraser_token is None:
@@ -149,7 +178,7 @@ def build_cells(
 ) -> Cells:
     """Opens (and migrates) the database of every served region and builds its
     cell; ``cache_clock`` (seconds) ages the data-key caches."""
-    built = Cells({}, {}, {})
+    built = Cells({}, {}, {}, {})
     for rid, rc in regions.regions.items():
         if serve_regions is not None and rid not in serve_regions:
             continue
@@ -158,6 +187,10 @@ def build_cells(
         store = built.stores[rid] = CellStore(engine)
         data_keys = built.data_keys[rid] = DataKeyCache(settings.cache, cache_clock)
         provider = keys.provider(rc.openbao_address)
+        if settings.audit:
+            built.audit_stores[rid] = AuditStore.open(
+                audit_url(rc.database_url, rid), rid, fsync=settings.audit_fsync
+            )
         built.cells[rid] = Cell(
             rc,
             store,
@@ -169,8 +202,48 @@ def build_cells(
             authz,
             shredder=keys.shredder(rc.openbao_address),
             transfers=TransferGate(regions.transfers, rid, CellTransferLog(engine), now_us),
+            access=built.audit_stores.get(rid),
         )
     return built
+
+
+def build_auditor(
+    regions: RegionsConfig, settings: NodeSettings, keys: KeyServices, parts: Cells
+) -> Auditor:
+    """One writer per served region's log and one for ``control`` (its audit
+    database beside the control database, see :func:`vault.audit.audit_url`),
+    each signing checkpoints with the ``pdvault-audit`` key of the region's
+    first mount (of the control mount)."""
+    policy = CheckpointPolicy(settings.audit_checkpoint_entries, settings.audit_checkpoint_seconds)
+    c = regions.control
+    logs = {
+        **{
+            rid: (
+                store,
+                regions.regions[rid].openbao_address,
+                regions.regions[rid].transit_mounts[0],
+            )
+            for rid, store in parts.audit_stores.items()
+        },
+        CONTROL_LOG: (
+            AuditStore.open(
+                audit_url(c.database_url, CONTROL_LOG), CONTROL_LOG, fsync=settings.audit_fsync
+            ),
+            c.openbao_address,
+            c.transit_mount,
+        ),
+    }
+    return Auditor(
+        {
+            name: AuditWriter(
+                store,
+                signer=keys.signer(address, mount),
+                key_name=f"{mount}/{SIGNING_KEY_NAME}",
+                checkpoints=policy,
+            )
+            for name, (store, address, mount) in logs.items()
+        }
+    )
 
 
 def build_vault(
@@ -235,6 +308,7 @@ def build_vault(
                 rotator = TransitKeyRotator.connect(rc.openbao_address, rotator_token)
                 job = SubjectKeyRotation(RotationStore(store.engine), rotator, rid)
                 rotations[rid] = (job, rc.key_rotation)
+    auditor = build_auditor(regions, settings, keys, parts) if settings.audit else None
     return Vault(
         node,
         authority,
@@ -245,6 +319,7 @@ def build_vault(
         follower,
         _readiness(regions, parts, control, keys),
         rotations,
+        auditor,
     )
 
 
@@ -322,11 +397,25 @@ class VaultServer:
             ],
         )
         vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(  # type: ignore[no-untyped-call]
-            PersonalDataVaultServicer(self.node, self.vault.authority, self._executor, self.peers),
+            PersonalDataVaultServicer(
+                self.node,
+                self.vault.authority,
+                self._executor,
+                self.peers,
+                self.vault.audit,
+                self.settings.audit_timeout_seconds,
+            ),
             server,
         )
         vault_pb2_grpc.add_TokenServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            TokenServicer(self.node, self.vault.authority, self._executor), server
+            TokenServicer(
+                self.node,
+                self.vault.authority,
+                self._executor,
+                audit=self.vault.audit,
+                audit_timeout=self.settings.audit_timeout_seconds,
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.settings.reflection:

@@ -59,9 +59,10 @@ VAULT_RPCS = (
     "ExportSubject",
     "SetLookups",
     "FindSubjects",
+    "GetAccessReport",
 )
 #: Server-streaming RPCs: the reply is read chunk by chunk (errors arrive while reading).
-STREAMING_RPCS = frozenset({"ExportSubject"})
+STREAMING_RPCS = frozenset({"ExportSubject", "GetAccessReport"})
 TOKEN_RPCS = frozenset({"IssueToken", "ExchangeToken", "RevokeToken"})
 #: The operation each RPC needs, and the purpose a test acts under for it.
 RPC_OPERATION = {
@@ -78,6 +79,7 @@ RPC_OPERATION = {
     "EraseSubject": "erase",
     "CancelErasure": "erase",
     "ExportSubject": "export",
+    "GetAccessReport": "export",
     "SetLookups": "write",
     "FindSubjects": "read",
 }

@@ -161,6 +161,8 @@ def request_for(rpc: str, t: Target) -> tuple[str, Any]:
             return rpc, pb.CancelErasureRequest(subject_id=t.subject_id)
         case "ExportSubject":
             return rpc, pb.ExportSubjectRequest(subject_id=t.subject_id)
+        case "GetAccessReport":
+            return rpc, pb.GetAccessReportRequest(subject_id=t.subject_id)
         case "SetLookups":
             return rpc, pb.SetLookupsRequest(
                 subject_id=t.subject_id, lookups=[pb.Lookup(kind="email", value=t.new_email)]
@@ -464,6 +466,11 @@ def _assert_done(env: Env, rpc: str, t: Target, reply: Any) -> None:
             assert [(r["record_id"], r["fields"]) for r in doc["records"]] == [
                 (t.record_id, t.stored)
             ]
+        case "GetAccessReport":
+            ops = [(e.operation, e.decision, e.region) for e in reply]
+            assert ("PutRecord", "ok", t.region) in ops
+            assert all(e.region == t.region and e.service for e in reply)
+            assert t.record_id not in str(reply) and t.subject_id not in str(reply)
         case "SetLookups":
             assert reply.added == 1
             found = env.rpc.call(
@@ -654,7 +661,9 @@ def minor_marketing_consented_seeded(env: Env, rpc: str) -> Case:
 def _restricted(env: Env, rpc: str, *, seeded: bool) -> Case:
     t = make_target(env)
     # Export needs a purpose with "export" that is not allowed under restriction.
-    tok = env.token("essential.legal_obligation" if rpc == "ExportSubject" else SERVICE)
+    tok = env.token(
+        "essential.legal_obligation" if rpc in ("ExportSubject", "GetAccessReport") else SERVICE
+    )
     env.rpc.call("GetRecord", pb.GetRecordRequest(record_id=t.record_id), tok)
     if seeded:
         env.seed_restriction(t.subject_id, True)
@@ -703,8 +712,8 @@ POLICY_ATTACKS: dict[str, tuple[Callable[[Env, str], Case], tuple[str, ...]]] = 
         minor_marketing_consented_seeded,
         (*DATA, "SetLookups"),
     ),
-    "restricted": (restricted, (*DATA, "ExportSubject")),
-    "restricted-seeded": (restricted_seeded, (*DATA, "ExportSubject")),
+    "restricted": (restricted, (*DATA, "ExportSubject", "GetAccessReport")),
+    "restricted-seeded": (restricted_seeded, (*DATA, "ExportSubject", "GetAccessReport")),
 }
 
 POLICY_CASES = [

@@ -124,6 +124,7 @@ def test_five_region_topology_serves_forwards_follows_the_rules_and_stops(tmp_pa
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "read through another region's node, for real" in demo.stdout
         assert "TRANSFER_BASIS_MISSING" in demo.stdout and "de->us:scc" in demo.stdout
+        assert "pdvault audit verify" in demo.stdout and "FAILED:" not in demo.stdout
         assert "verified offline" in demo.stdout
     finally:
         code = up.stop()

@@ -115,6 +115,9 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
         with VaultClient(up.target, token=fresh) as c:  # every record still opens
             for rid, (_, address) in written.items():
                 assert c.get_record(rid).fields["address"] == address
+        # It ends with the audit verified and Ada's access report.
+        assert "pdvault audit verify" in demo.stdout and "FAILED:" not in demo.stdout
+        assert "Ada's access report" in demo.stdout and "SUBJECT_ERASED" in demo.stdout
     finally:
         assert up.stop() == 0
 

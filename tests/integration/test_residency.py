@@ -213,6 +213,22 @@ def test_transfer_records_equal_the_crossings(mesh: Mesh, tokens: dict[str | Non
     # No token and no data in the records.
     text = repr(history)
     assert "Grace" not in text and "Hopper" not in text
+    # The same decisions are chained into de's audit log: the access report,
+    # asked through the us node and forwarded home, names each entry region.
+    report = mesh.client("us", rights).access_report(sid)
+    crossed = [
+        (e.operation, e.entry_region, e.transfer_basis, e.decision)
+        for e in report
+        if e.entry_region
+    ]
+    assert crossed == [
+        ("GetRecord", "us", "scc", "ok"),
+        ("ListRecords", "us", "scc", "ok"),
+        ("PutRecord", "us", "scc", "ok"),
+        ("GetRecord", "ru", "consent", "TRANSFER_BASIS_NOT_ACCEPTED"),
+        ("ExportSubject", "us", "scc", "ok"),
+    ]
+    assert all(e.region == "de" for e in report)
     assert not any(t in text for t in tokens.values())
 
 

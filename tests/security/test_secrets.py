@@ -176,6 +176,7 @@ def _admin_as_purpose_token(stack: Stack, credential: str, subject_id: str, reco
             subject_id, "marketing.communications.email", True, source="x"
         ),
         "ExportSubject": lambda c: c.export_subject(subject_id),
+        "GetAccessReport": lambda c: c.access_report(subject_id),
         "EraseSubject": lambda c: c.erase_subject(subject_id, reason="subject_request"),
         "ExchangeToken": lambda c: c.exchange_token(operations=["read"]),
     }

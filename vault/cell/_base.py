@@ -4,15 +4,18 @@ the policy needs about a subject."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from vault import audit
+from vault.audit import StoredEntry
 from vault.cell._lookup import BlindIndex
 from vault.cell._views import RecordView
 from vault.config import Limits, RegionConfig
 from vault.crypto import RecordContext, dek_associated_data, open_fields
-from vault.errors import DecryptionFailed, Erased, NotFound
+from vault.errors import DecryptionFailed, Erased, KeyServiceUnavailable, NotFound
 from vault.inline import ensure_may_block
 from vault.keys import BoundedCache, DataKeyCache, KeyProvider, KeyRef, KeyShredder
 from vault.policy import Authorizer, Caller, SubjectFacts, filter_fields
@@ -48,6 +51,29 @@ class TransferCheck(Protocol):
     def history(self, subject_id: str) -> list[dict[str, Any]]: ...
 
 
+class AccessHistory(Protocol):
+    """The region's audit log, read by subject pseudonym (:class:`vault.audit.AuditStore`)."""
+
+    def for_subject(self, subject: str, since_us: int = 0) -> list[StoredEntry]: ...
+
+
+#: What a person is told about each access (no token ids, no node names).
+ACCESS_FIELDS = (
+    "time_us",
+    "operation",
+    "decision",
+    "service",
+    "client",
+    "purpose",
+    "legal_basis",
+    "transfer_basis",
+    "categories",
+    "fields",
+    "region",
+    "entry_region",
+)
+
+
 class CellBase:
     """The collaborators of one region's cell, built by the composition root.
 
@@ -70,6 +96,7 @@ class CellBase:
         shredder: KeyShredder | None = None,
         clock: Callable[[], int] = now_us,
         transfers: TransferCheck | None = None,
+        access: AccessHistory | None = None,
     ) -> None:
         self.region = region
         self.limits = limits
@@ -82,6 +109,7 @@ class CellBase:
         self._shredder = shredder
         self._clock = clock
         self._transfers = transfers
+        self._access = access
         # A local SQLite file answers in microseconds: calls may run inline.
         self.local_store = store.local
 
@@ -111,6 +139,20 @@ class CellBase:
         """The subject's recorded cross-border transfers (oldest first)."""
         return [] if self._transfers is None else self._transfers.history(subject_id)
 
+    def _access_report(self, subject: SubjectRow, since_us: int = 0) -> list[dict[str, Any]]:
+        """The audited calls about a subject (oldest first), found by its
+        pseudonym; empty on a node running without the audit (benchmarks)."""
+        if self._access is None:
+            return []
+        who = audit.pseudonym(audit.pseudonym_key(self._data_key(subject)), subject.id)
+        out = []
+        for stored in self._access.for_subject(who, since_us):
+            entry = json.loads(stored.entry)
+            view = {k: entry.get(k) for k in ACCESS_FIELDS}
+            view["sequence"] = stored.seq
+            out.append(view)
+        return out
+
     def forget(self, subject_id: str) -> None:
         """Drops what this node caches about a subject (its data key, its row)."""
         self._data_keys.evict(subject_id)
@@ -138,7 +180,26 @@ class CellBase:
                     raise
                 dek = self._keys.unwrap(ref, fresh.wrapped_dek, aad)
             self._data_keys.put(row.id, dek)
+        audit.key_used(row.id, dek)
         return dek
+
+    def _audit(self, row: SubjectRow, record_id: str | None = None) -> None:
+        """Notes for the request's audit entry that it concerns this subject
+        (and record), with the source of the subject's pseudonym key."""
+
+        def data_key(may_unwrap: bool) -> bytes | None:
+            # The cached key, else (unless the call failed on keys) the usual
+            # unwrap-and-cache; None once the subject is gone or its key destroyed.
+            if row.state.gone:
+                return None
+            if not may_unwrap:
+                return self._data_keys.get(row.id)
+            try:
+                return self._data_key(row)
+            except (DecryptionFailed, KeyServiceUnavailable, Erased):
+                return None
+
+        audit.about(self.region.id, row.id, record_id, data_key)
 
     def _open(self, dek: bytes, rec: RecordRow) -> RecordView:
         ctx = RecordContext(rec.id, rec.subject_id, self.region.id, rec.category, rec.version)
@@ -156,7 +217,9 @@ class CellBase:
     def _open_for(self, dek: bytes, rec: RecordRow, allowed: FieldGrant) -> RecordView:
         v = self._open(dek, rec)
         if allowed is None:
+            audit.touched(v.category, v.fields)
             return v
+        audit.touched(v.category, (f for f in v.fields if f in allowed))
         return RecordView(
             v.record_id,
             v.subject_id,
@@ -188,6 +251,7 @@ class CellBase:
         row = self._store.get_subject(subject_id)
         if row is None:
             raise NotFound("subject not found")
+        self._audit(row)
         if row.state.gone:
             raise Erased("subject has been erased")
         return row

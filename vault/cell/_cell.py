@@ -13,8 +13,9 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
-from vault import ids
+from vault import audit, ids
 from vault.cell._base import scoped_idempotency_key
 from vault.cell._export import export_pieces
 from vault.cell._lookup import (
@@ -78,6 +79,7 @@ class Cell(RecordOps):
             for i, (kind, value) in enumerate(entries)
         ]
         for kind in sorted({kind for kind, _ in normalised}):
+            audit.touched(CATEGORY_OF_KIND[kind])
             self._authz.fields(caller, CATEGORY_OF_KIND[kind], "write", facts)
         ensure_may_block()  # the index key may need the key service
         return [(kind, self._index.digest(kind, v)) for kind, v in normalised]
@@ -136,6 +138,7 @@ class Cell(RecordOps):
             self._discard_key(ref)
             raise
         self._data_keys.put(sid, dek)
+        audit.about(self.region.id, sid, None, lambda _: dek)
         return SubjectView.of(row)
 
     def _discard_key(self, ref: KeyRef) -> None:
@@ -177,6 +180,7 @@ class Cell(RecordOps):
         row = self._store.get_subject(subject_id)
         if row is None:
             raise NotFound("subject not found")
+        self._audit(row)
         if not row.state.gone:
             self._authz.subject_visible(caller, self._facts(caller, row))
         return SubjectView.of(row)
@@ -238,10 +242,13 @@ class Cell(RecordOps):
             except AccessDenied as e:
                 if e.reason != "FIELD_NOT_GRANTED":
                     raise
+        for c in grants:
+            audit.touched(c)
         # The whole document is about no single category (see TransferRules).
         self._transfer(caller, "ExportSubject", subject_id, None, [None])
         consents = self._store.list_consents(subject_id)
         transfers = self.transfer_history(subject_id)
+        accesses = self._access_report(subject)
         dek = self._data_key(subject)
 
         def pages() -> Iterator[list[RecordView | None]]:
@@ -253,7 +260,20 @@ class Cell(RecordOps):
                     for r in rows
                 ]
 
-        return export_pieces(subject, consents, pages(), self._clock, transfers)
+        return export_pieces(subject, consents, pages(), self._clock, transfers, accesses)
+
+    def access_report(
+        self, caller: Caller, subject_id: str, since_us: int = 0
+    ) -> list[dict[str, Any]]:
+        """Who accessed the subject's data (GDPR Art. 15(1)(c)), from the audit
+        log: checked like an export (the ``export`` operation, the subject's
+        facts — consent, minors, restriction — against the purpose, the
+        transfer rules for a document about no single category)."""
+        self._authz.scope(caller, "export", self.region.id, subject_id)
+        subject = self._live_subject(subject_id)
+        self._authz.subject_processable(caller, self._facts(caller, subject))
+        self._transfer(caller, "GetAccessReport", subject_id, None, [None])
+        return self._access_report(subject, since_us)
 
     # -- lookups -------------------------------------------------------------
 
@@ -278,6 +298,7 @@ class Cell(RecordOps):
         not are left out, never reported."""
         self._authz.scope_search(caller, self.region.id)
         category = CATEGORY_OF_KIND[kind]
+        audit.touched(category)
         self._authz.fields(caller, category, "read", None)
         ensure_may_block()  # the index key may need the key service
         found = self._store.find_lookup(kind, self._index.digest(kind, normalise(kind, value)))
@@ -292,6 +313,7 @@ class Cell(RecordOps):
                 self._authz.fields(caller, category, "read", self._facts(caller, row))
             except (AccessDenied, Restricted):
                 continue
+            self._audit(row)
             visible.append(sid)
         return visible
 
@@ -303,6 +325,7 @@ class Cell(RecordOps):
         row = self._store.get_subject(subject_id)
         if row is None:
             raise NotFound("subject not found")
+        self._audit(row)
         return ErasureTarget(row.id, row.region, KeyRef(row.key_mount, row.key_name), row.state)
 
     def hide(self, subject_id: str) -> None:

@@ -4,7 +4,9 @@ Format ``pdvault.export`` version 1: one JSON object with ``subject``,
 ``consents``, ``records`` (the fields the caller may export, per record) and
 ``omitted_records`` (records of categories it may not) and ``transfers`` (every
 recorded cross-border transfer decision about the subject's data: regions,
-basis, purpose, service, token id, ids, categories, rule; never data). Pieces are produced
+basis, purpose, service, token id, ids, categories, rule; never data) and
+``access_report`` (who accessed the subject's data, from the audit log: see
+GetAccessReport). Pieces are produced
 page by page so a large subject never sits in memory at once.
 """
 
@@ -24,6 +26,7 @@ def export_pieces(
     pages: Iterable[list[RecordView | None]],
     now_us: Callable[[], int],
     transfers: list[dict[str, Any]] | None = None,
+    accesses: list[dict[str, Any]] | None = None,
 ) -> Iterator[bytes]:
     """The document in pieces; ``pages`` yields the subject's records page by
     page, ``None`` standing for a record the caller may not export."""
@@ -66,4 +69,5 @@ def export_pieces(
         if parts:
             yield "".join(parts).encode()
     tail = json.dumps(transfers or [], ensure_ascii=False, separators=(",", ":"))
-    yield f'],"omitted_records":{omitted},"transfers":{tail}}}'.encode()
+    report = json.dumps(accesses or [], ensure_ascii=False, separators=(",", ":"))
+    yield f'],"omitted_records":{omitted},"transfers":{tail},"access_report":{report}}}'.encode()

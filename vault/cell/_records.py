@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NoReturn
 
-from vault import ids
+from vault import audit, ids
 from vault.cell._base import CellBase, scoped_idempotency_key
 from vault.cell._pagetoken import decode_page_token, encode_page_token
 from vault.cell._views import RecordPage, RecordView
@@ -43,6 +43,9 @@ class RecordOps(CellBase):
         """Operation and region from the token, then the row, then its subject."""
         self._authz.scope_operation(caller, operation, self.region.id)
         found = self._store.get_record(record_id)
+        if found is not None:
+            self._audit(found[1], record_id)
+            audit.touched(found[0].category)
         self._authz.scope_record_subject(caller, found[0].subject_id if found else None)
         assert found is not None
         return found
@@ -68,12 +71,15 @@ class RecordOps(CellBase):
         if subject is None:
             subject = self._live_subject(subject_id)
             self._subjects.put(subject_id, subject)
+        self._audit(subject)
+        audit.touched(category, fields)
         # The state may have changed since the row was read: the facts leave
         # restriction out and the INSERT enforces it (and erasure) itself.
         facts = self._facts(caller, dataclasses.replace(subject, state=SubjectState.ACTIVE))
         allowed = self._authz.fields(caller, category, "write", facts)
         self._authz.check_write_fields(category, fields, allowed)
         rid = ids.new_record_id(self.region.id)
+        self._audit(subject, rid)
         self._transfer(caller, "PutRecord", subject_id, rid, [category], write=True)
         dek = self._data_key(subject)
         key = digest = None
@@ -170,6 +176,7 @@ class RecordOps(CellBase):
                 FieldViolation("category", "cannot change; delete and re-create the record")
             )
         self._authz.check_write_fields(category, fields, allowed)
+        audit.touched(category, fields)
         if expected_version and expected_version != rec.version:
             raise Conflict("record version does not match expected_version")
         self._transfer(caller, "PutRecord", rec.subject_id, rec.id, [category], write=True)
@@ -225,6 +232,7 @@ class RecordOps(CellBase):
         subject = self._live_subject(subject_id)
         facts = self._facts(caller, subject)
         if category:
+            audit.touched(category)
             visible = frozenset({category})
             self._authz.fields(caller, category, "read", facts)
         else:

@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="enable gRPC server reflection (off by default: it lists the API to any caller)",
     )
+    up.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="benchmarks only: serve without the audit log, to measure what it costs "
+        "(never with real personal data)",
+    )
     up.add_argument("-v", "--verbose", action="store_true", help="log every request (no content)")
 
     regions = sub.add_parser("regions", help="region configuration")
@@ -102,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _connect, _db, _flags, _health, _keys, _rights, _serve, _tokens
+    from vault.cli import _audit, _connect, _db, _flags, _health, _keys, _rights, _serve, _tokens
+
+    _audit.add_parser(sub)
 
     serve = _serve.add_parser(sub)
     add_tls_flags(serve)
@@ -159,15 +167,20 @@ def main(argv: list[str] | None = None) -> int:
         from vault.cli import _keys
 
         return _keys.run(args)
+    if args.command == "audit":
+        from vault.cli import _audit
+
+        return _audit.run(args)
     if args.command == "token":
         from vault.cli import _tokens
 
         return _tokens.run(args)
-    if args.command in ("export", "receipt", "erasure", "retention"):
+    if args.command in ("export", "access-report", "receipt", "erasure", "retention"):
         from vault.cli import _rights
 
         runner = {
             "export": _rights.run_export,
+            "access-report": _rights.run_access_report,
             "receipt": _rights.run_receipt,
             "erasure": _rights.run_reapply,
             "retention": _rights.run_retention,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from vault.cell import Cell
 from vault.cli import _connect
+from vault.cli._audit import access_table
 from vault.client import VaultClientError
 from vault.config import NodeSettings, RegionsConfig, load_regions
 from vault.control import ControlStore, ErasureEntry
@@ -28,17 +30,28 @@ from vault.store import make_engine
 from vault.tokens import HistoryError, verify_history
 
 
+def _export_token_flag(p: Any) -> None:
+    p.add_argument(
+        "--token",
+        default=os.environ.get("PDVAULT_TOKEN"),
+        help="a token with the export operation (default: $PDVAULT_TOKEN)",
+    )
+
+
 def add_parsers(sub: Any) -> None:
     ex = sub.add_parser("export", help="a subject's data as JSON (portability)")
     ex.add_argument("subject_id")
     ex.add_argument("-o", "--output", type=Path, required=True)
     ex.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     _connect.add_flags(ex)
-    ex.add_argument(
-        "--token",
-        default=os.environ.get("PDVAULT_TOKEN"),
-        help="a token with the export operation (default: $PDVAULT_TOKEN)",
-    )
+    _export_token_flag(ex)
+
+    ar = sub.add_parser("access-report", help="who accessed a subject's data (audit log)")
+    ar.add_argument("subject_id")
+    ar.add_argument("--since", default=None, help="only from this ISO time on (UTC)")
+    ar.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    _connect.add_flags(ar)
+    _export_token_flag(ar)
 
     rc = sub.add_parser("receipt", help="erasure receipts")
     rsub = rc.add_subparsers(dest="receipt_command", required=True)
@@ -83,7 +96,7 @@ def _cells(regions: RegionsConfig, data_dir: Path, openbao_token: str | None) ->
     a credential that may destroy keys; ``None`` when no key is needed)."""
     return build_cells(
         regions,
-        NodeSettings(data_dir=data_dir),
+        NodeSettings(data_dir=data_dir, audit=False),  # serves no request
         KeyServices(openbao_token or "", openbao_token),
         Authorizer(load_policy(default_policy_path())),
     ).cells
@@ -132,6 +145,35 @@ def run_export(args: argparse.Namespace) -> int:
         f"exported {len(doc['records'])} record(s), {len(doc['consents'])} consent(s), "
         f"{size} bytes → {args.output}"
     )
+    return 0
+
+
+def run_access_report(args: argparse.Namespace) -> int:
+    if not args.token:
+        print(
+            "pdvault: access-report needs a token with the export operation "
+            "(--token or $PDVAULT_TOKEN)",
+            file=sys.stderr,
+        )
+        return 2
+    since_us = 0
+    if args.since:
+        try:
+            since = dt.datetime.fromisoformat(args.since)
+        except ValueError:
+            print("pdvault: --since must be an ISO time, e.g. 2026-11-29T10:00", file=sys.stderr)
+            return 2
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=dt.UTC)
+        since_us = int(since.timestamp() * 1_000_000)
+    with _connect.connect(args, args.token) as vc:
+        try:
+            entries = vc.access_report(args.subject_id, since_us=since_us)
+        except VaultClientError as e:
+            print(f"pdvault: {_connect.describe(e)}", file=sys.stderr)
+            return 1
+    Console(width=200).print(access_table(entries, f"accesses to {args.subject_id}"))
+    print(f"{len(entries)} access(es)")
     return 0
 
 

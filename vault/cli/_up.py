@@ -93,6 +93,7 @@ async def up(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         log_format=args.log_format,
+        audit=not args.no_audit,
     )
     try:
         # Before anything starts: plaintext off loopback, unreadable TLS files.

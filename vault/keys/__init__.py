@@ -9,6 +9,7 @@ from vault.keys._transit import (
     TransitKeyProvider,
     TransitKeyRotator,
     TransitKeyShredder,
+    TransitSigner,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "TransitKeyProvider",
     "TransitKeyRotator",
     "TransitKeyShredder",
+    "TransitSigner",
 ]

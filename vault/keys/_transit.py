@@ -427,3 +427,78 @@ class TransitKeyRotator(_TransitClient):
             path=f"{ref.mount}/keys/{ref.name}/trim",
             data={"min_available_version": version},
         )
+
+
+class TransitSigner(_TransitClient):
+    """Signs with a non-exportable Ed25519 Transit key (audit checkpoints)."""
+
+    def __init__(
+        self,
+        client: hvac.Client,
+        ref: KeyRef,
+        login: AppRoleLogin | None = None,
+        failover: Failover | None = None,
+    ) -> None:
+        super().__init__(client, login, failover)
+        self.ref = ref
+
+    @classmethod
+    def for_key(
+        cls,
+        address: str,
+        credential: OpenBaoCredential,
+        ref: KeyRef,
+        timeout: float | None = None,
+    ) -> TransitSigner:
+        """A signer with ``ref`` on ``address`` (one, or a cluster's separated by commas)."""
+        client, login, failover = _client(address, credential, timeout or cls.DEFAULT_TIMEOUT)
+        return cls(client, ref, login, failover)
+
+    def ensure_key(self) -> None:
+        """Creates the signing key if it does not exist (never exportable)."""
+        if self.public_keys():
+            return
+        self._call(
+            "create_key",
+            self._client.secrets.transit.create_key,
+            name=self.ref.name,
+            key_type="ed25519",
+            exportable=False,
+            allow_plaintext_backup=False,
+            mount_point=self.ref.mount,
+        )
+
+    def public_keys(self) -> dict[int, bytes]:
+        """Every version's raw Ed25519 public key; empty if the key does not exist."""
+        try:
+            resp = self._call(
+                "read_key",
+                self._client.secrets.transit.read_key,
+                name=self.ref.name,
+                mount_point=self.ref.mount,
+                handled=(hvac.exceptions.InvalidPath,),
+            )
+        except hvac.exceptions.InvalidPath:
+            return {}
+        try:
+            return {
+                int(v): base64.b64decode(k["public_key"], validate=True)
+                for v, k in resp["data"]["keys"].items()
+            }
+        except (KeyError, TypeError, ValueError) as e:
+            raise KeyServiceUnavailable("key service returned no public key") from e
+
+    def sign(self, message: bytes) -> tuple[int, bytes]:
+        """(key version, Ed25519 signature) of ``message``."""
+        resp = self._call(
+            "sign",
+            self._client.secrets.transit.sign_data,
+            name=self.ref.name,
+            hash_input=_b64(message),
+            mount_point=self.ref.mount,
+        )
+        try:
+            _, version, sig = str(resp["data"]["signature"]).split(":", 2)
+            return int(version.removeprefix("v")), base64.b64decode(sig, validate=True)
+        except (KeyError, TypeError, ValueError) as e:
+            raise KeyServiceUnavailable("key service returned no signature") from e

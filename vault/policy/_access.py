@@ -145,6 +145,12 @@ class Authorizer:
         (minors, consent); raises AccessDenied."""
         _decide.check_subject_visible(caller.purpose, facts)
 
+    def subject_processable(self, caller: Caller, facts: SubjectFacts) -> None:
+        """Whether the purpose may process the subject at all, whatever the
+        category (minors, consent, restriction): for what is about the subject
+        rather than one category (its access report)."""
+        _decide.check_subject(caller.purpose, facts)
+
     def readable_categories(self, caller: Caller) -> frozenset[str]:
         """Categories both the token and the purpose allow (for listings)."""
         return frozenset(caller.claims.categories) & self.policy.visible_categories(

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from vault import audit
 from vault.errors import AccessDenied
 from vault.policy import Caller
 from vault.residency._transfers import TransferDecision, TransferRules
@@ -96,24 +97,34 @@ class TransferGate:
         decision = transfer_decision(
             self.rules, self.home, entry, claims.transfer_basis, claims.purpose, categories
         )
-        self.log.record(
-            TransferEntry(
-                at_us=self._clock(),
-                from_region=entry if write else self.home,
-                to_region=self.home if write else entry,
-                direction="write" if write else "read",
-                operation=operation,
-                basis=claims.transfer_basis,
-                purpose=claims.purpose,
-                service=claims.sub,
-                token_id=claims.jti,
-                subject_id=subject_id,
-                record_id=record_id,
-                categories=tuple(sorted({c for c in categories if c is not None})),
-                allowed=decision.allowed,
-                rule=decision.rule,
-                reason=decision.reason,
-            )
+        record = TransferEntry(
+            at_us=self._clock(),
+            from_region=entry if write else self.home,
+            to_region=self.home if write else entry,
+            direction="write" if write else "read",
+            operation=operation,
+            basis=claims.transfer_basis,
+            purpose=claims.purpose,
+            service=claims.sub,
+            token_id=claims.jti,
+            subject_id=subject_id,
+            record_id=record_id,
+            categories=tuple(sorted({c for c in categories if c is not None})),
+            allowed=decision.allowed,
+            rule=decision.rule,
+            reason=decision.reason,
+        )
+        self.log.record(record)
+        # Chained into the home region's audit with the request (pseudonymised).
+        audit.transfer(
+            {
+                "from": record.from_region,
+                "to": record.to_region,
+                "direction": record.direction,
+                "rule": record.rule,
+                "allowed": record.allowed,
+                "reason": record.reason,
+            }
         )
         if not decision.allowed:
             raise TransferRefused(decision)

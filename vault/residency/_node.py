@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
-from vault import ids, validation
+from vault import audit, ids, validation
 from vault.cell import Cell, ConsentView, RecordPage, RecordView, SubjectView, normalise
 from vault.config import Limits, RegionsConfig
 from vault.erasure import Eraser, ErasureView
@@ -40,6 +40,7 @@ class Node:
 
     def _cell(self, region: str) -> Cell:
         cell = self.cells.get(region)
+        audit.served_by(region)
         if cell is None:
             raise RegionNotServed("the home region of this id is not served by this node")
         return cell
@@ -201,6 +202,12 @@ class Node:
     def export_subject(self, caller: Caller, subject_id: str) -> Iterator[bytes]:
         cell, sid = self.subject_cell(subject_id)
         return cell.export_subject(caller, sid)
+
+    def access_report(
+        self, caller: Caller, subject_id: str, since_us: int = 0
+    ) -> list[dict[str, object]]:
+        cell, sid = self.subject_cell(subject_id)
+        return cell.access_report(caller, sid, since_us)
 
     def restrict_processing(self, caller: Caller, subject_id: str, restricted: bool) -> SubjectView:
         cell, sid = self.subject_cell(subject_id)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vault.cell import ConsentView, RecordView, SubjectView
@@ -71,3 +74,23 @@ def erasure_pb(v: ErasureView) -> pb.ErasureReceipt:
     if v.erased_at_us:
         r.erased_at.CopyFrom(_ts(v.erased_at_us))
     return r
+
+
+def access_pb(e: Mapping[str, Any]) -> pb.AccessEntry:
+    """One access report entry (see :meth:`vault.cell.Cell.access_report`)."""
+    out = pb.AccessEntry(
+        operation=str(e.get("operation") or ""),
+        decision=str(e.get("decision") or ""),
+        service=str(e.get("service") or ""),
+        client_identity=str(e.get("client") or ""),
+        purpose=str(e.get("purpose") or ""),
+        legal_basis=str(e.get("legal_basis") or ""),
+        transfer_basis=str(e.get("transfer_basis") or ""),
+        categories=[str(c) for c in e.get("categories") or ()],
+        fields=[str(f) for f in e.get("fields") or ()],
+        region=str(e.get("region") or ""),
+        entry_region=str(e.get("entry_region") or ""),
+        sequence=int(e.get("sequence") or 0),
+    )
+    out.time.FromMicroseconds(int(e.get("time_us") or 0))
+    return out

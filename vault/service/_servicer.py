@@ -23,6 +23,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from vault.audit import Auditor, AuditUnavailable, RequestNote, current, noting
 from vault.errors import (
     FieldViolation,
     InvalidArgument,
@@ -33,13 +34,14 @@ from vault.errors import (
 from vault.inline import WouldBlock, nonblocking
 from vault.policy import Caller
 from vault.residency import Node, TransferRefused, transfer_decision
-from vault.service._convert import consent_pb, erasure_pb, record_pb, subject_pb
+from vault.service._convert import access_pb, consent_pb, erasure_pb, record_pb, subject_pb
 from vault.service._forward import (
     REQUEST_ID_HEADER,
     Peers,
     RegionUnavailable,
     entry_region,
     metadata_values,
+    request_id,
 )
 from vault.service._status import code_for, internal_status, to_status
 from vault.tokens import Claims
@@ -106,11 +108,34 @@ class _Base:
         auth: TokenAuthority,
         executor: ThreadPoolExecutor,
         peers: Peers | None = None,
+        audit: Auditor | None = None,
+        audit_timeout: float = 5.0,
     ) -> None:
         self._node = node
         self._auth = auth
         self._executor = executor
         self._peers = peers
+        self._audit = audit
+        self._audit_timeout = audit_timeout
+
+    def _note(self, method: str, context: Ctx) -> RequestNote | None:
+        """The audit note of a call served here (None with the audit off)."""
+        if self._audit is None:
+            return None
+        return RequestNote(method, request_id(context.invocation_metadata()))
+
+    async def _record(self, note: RequestNote) -> None:
+        """Makes the call's audit entries durable; :class:`AuditUnavailable` if not."""
+        assert self._audit is not None
+        try:
+            await self._call(note.seal)
+            futures = self._audit.submit_on_loop(note, asyncio.get_running_loop())
+            if len(futures) == 1:  # the usual case: one log
+                await asyncio.wait_for(futures[0], self._audit_timeout)
+            else:
+                await asyncio.wait_for(asyncio.gather(*futures), self._audit_timeout)
+        except Exception as e:
+            raise AuditUnavailable("the audit log is unavailable; nothing was returned") from e
 
     async def _run(
         self,
@@ -126,6 +151,7 @@ class _Base:
         The caller carries the client certificate's identity (mutual TLS).
         """
         who = who or _Who.of(context)
+        note = self._note(method, context)
 
         def authenticated() -> T:
             caller = who.authenticated(self._auth.authenticate(_authorization(context)))
@@ -137,9 +163,20 @@ class _Base:
                 who.request_id = (
                     metadata_values(context.invocation_metadata(), REQUEST_ID_HEADER) or [""]
                 )[0]
+            if note is None:
+                return fn(caller, *args, **kwargs)
+            note.caller = caller
             return fn(caller, *args, **kwargs)
 
-        return await self._guarded(method, context, authenticated, who=who)
+        if note is None:
+            return await self._guarded(method, context, authenticated, who=who)
+
+        def noted() -> T:
+            note.restart()  # a call re-run on the pool notes afresh
+            with noting(note):
+                return authenticated()
+
+        return await self._guarded(method, context, noted, who=who, note=note)
 
     async def _guarded(
         self,
@@ -149,8 +186,14 @@ class _Base:
         *,
         pool: bool = False,
         who: _Who | None = None,
+        note: RequestNote | None = None,
     ) -> T:
-        """Runs ``fn`` and maps any failure to its status (``pool``: never inline)."""
+        """Runs ``fn`` and maps any failure to its status (``pool``: never inline).
+
+        With a ``note``, the call's audit entries are made durable before
+        anything is answered, refusals included; if they cannot be, the call
+        fails UNAVAILABLE (``AUDIT_UNAVAILABLE``) and returns nothing.
+        """
         start = time.perf_counter()
         who = who or _Who.of(context)
         try:
@@ -159,13 +202,34 @@ class _Base:
             else:
                 result = await self._call(fn)
         except VaultError as e:
+            if note is not None:
+                note.decision = e.reason
+                try:
+                    await self._record(note)
+                except AuditUnavailable as a:
+                    # Unrecorded, the refusal is not given; a call that already
+                    # failed UNAVAILABLE keeps its own (more telling) reason.
+                    if code_for(e) != grpc.StatusCode.UNAVAILABLE:
+                        e = a
             code = code_for(e)
             log.info("%s %s %s %.1fms %s", method, code.name, e.reason, _ms(start), who)
             await _abort(context, to_status(e))
         except Exception as e:
             # The exception text may quote SQL parameters: log its type only.
             log.error("%s INTERNAL %s %.1fms %s", method, type(e).__name__, _ms(start), who)
+            if note is not None:
+                note.decision = "INTERNAL"
+                try:
+                    await self._record(note)
+                except AuditUnavailable as a:
+                    await _abort(context, to_status(a))
             await _abort(context, internal_status())
+        if note is not None:
+            try:
+                await self._record(note)
+            except AuditUnavailable as e:
+                log.error("%s UNAVAILABLE %s %.1fms %s", method, e.reason, _ms(start), who)
+                await _abort(context, to_status(e))
         log.debug("%s OK %.1fms %s", method, _ms(start), who)
         return result
 
@@ -294,15 +358,16 @@ class _Base:
         log.debug("%s OK %.1fms %s", method, _ms(start), who)
         return reply
 
-    async def _forward_export(
-        self, request: pb.ExportSubjectRequest, context: Ctx, home: str
-    ) -> AsyncIterator[pb.ExportChunk]:
-        """ExportSubject through the home node, relayed chunk by chunk."""
+    async def _forward_stream(
+        self, method: str, request: Any, context: Ctx, home: str
+    ) -> AsyncIterator[Any]:
+        """A streaming call (ExportSubject, GetAccessReport) through the home
+        node, relayed message by message."""
         assert self._peers is not None
         who, md = self._forward_who(context, home)
-        caller = await self._entry_caller("ExportSubject", context, who)
+        caller = await self._entry_caller(method, context, who)
         start = time.perf_counter()
-        call = self._peers.stub(home).ExportSubject(
+        call = getattr(self._peers.stub(home), method)(
             request, metadata=md, timeout=self._timeout(context)
         )
         checked = False
@@ -310,14 +375,14 @@ class _Base:
             async for chunk in call:
                 if not checked:
                     # The document is about no single category (see TransferRules).
-                    await self._check_reply("ExportSubject", context, caller, home, [None], who)
+                    await self._check_reply(method, context, caller, home, [None], who)
                     checked = True
                 yield chunk
         except grpc.aio.AioRpcError as e:
-            await self._relay("ExportSubject", context, e, start, who)
+            await self._relay(method, context, e, start, who)
         finally:
             call.cancel()
-        log.debug("ExportSubject OK %.1fms %s", _ms(start), who)
+        log.debug("%s OK %.1fms %s", method, _ms(start), who)
 
     async def _find_everywhere(
         self, request: pb.FindSubjectsRequest, context: Ctx
@@ -344,7 +409,20 @@ class _Base:
                 except (StoreUnavailable, KeyServiceUnavailable) as e:
                     errors.append(pb.RegionError(region=r, code=code_for(e).name, reason=e.reason))
 
-        await self._guarded("FindSubjects", context, local_find, who=who)
+        note = self._note("FindSubjects", context)
+        if note is None:
+            await self._guarded("FindSubjects", context, local_find, who=who)
+        else:
+            note.caller = caller
+
+            def noted_find() -> None:
+                note.restart()
+                found.clear()
+                errors.clear()
+                with noting(note):
+                    local_find()
+
+            await self._guarded("FindSubjects", context, noted_find, who=who, note=note)
         timeout = self._timeout(context)
 
         async def one(r: str) -> None:
@@ -401,7 +479,7 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
     ) -> AsyncIterator[pb.ExportChunk]:
         home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
         if home is not None:
-            async for chunk in self._forward_export(request, context, home):
+            async for chunk in self._forward_stream("ExportSubject", request, context, home):
                 yield chunk
             return
         # Every piece is produced under the same error mapping as a unary call:
@@ -427,6 +505,21 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
                 seq += 1
             if piece is None:
                 return
+
+    async def GetAccessReport(
+        self, request: pb.GetAccessReportRequest, context: Ctx
+    ) -> AsyncIterator[pb.AccessEntry]:
+        home = self._forward_to(context, self._node.home_of(request.subject_id, "sub"))
+        if home is not None:
+            async for entry in self._forward_stream("GetAccessReport", request, context, home):
+                yield entry
+            return
+        since = request.since.ToMicroseconds() if request.HasField("since") else 0
+        entries = await self._run(
+            "GetAccessReport", context, self._node.access_report, request.subject_id, since
+        )
+        for e in entries:
+            yield access_pb(e)
 
     async def CreateSubject(self, request: pb.CreateSubjectRequest, context: Ctx) -> pb.Subject:
         home = self._forward_to(
@@ -659,6 +752,16 @@ def _grants(
     return cats, fields
 
 
+def _token_detail(event: str, claims: Claims) -> dict[str, object]:
+    """What the audit keeps of a token issued (its id and scope, never the token)."""
+    return {
+        event: claims.jti,
+        "for_service": claims.sub,
+        "for_purpose": claims.purpose,
+        "parent": claims.parent_jti,
+    }
+
+
 def _token_pb(token: str, claims: Claims) -> pb.TokenResponse:
     resp = pb.TokenResponse(token=token, token_id=claims.jti)
     resp.expires_at.FromSeconds(claims.exp)
@@ -668,12 +771,13 @@ def _token_pb(token: str, claims: Claims) -> pb.TokenResponse:
 class TokenServicer(_Base, pb_grpc.TokenServiceServicer):
     async def IssueToken(self, request: pb.IssueTokenRequest, context: Ctx) -> pb.TokenResponse:
         who = _Who.of(context)
+        note = self._note("IssueToken", context)
 
         def issue() -> tuple[str, Claims]:
             self._auth.require_admin(_authorization(context))
             who.sub = "admin"
             cats, _ = _grants(request.categories)
-            return self._auth.issue(
+            token, claims = self._auth.issue(
                 IssueRequest(
                     service=request.service,
                     purpose=request.purpose,
@@ -685,15 +789,20 @@ class TokenServicer(_Base, pb_grpc.TokenServiceServicer):
                     ttl=request.ttl_seconds or DEFAULT_TTL,
                 )
             )
+            if note is not None:
+                note.detail |= _token_detail("issued", claims)
+            return token, claims
 
-        return _token_pb(*await self._guarded("IssueToken", context, issue, who=who))
+        if note is not None:
+            note.service = "admin"
+        return _token_pb(*await self._guarded("IssueToken", context, issue, who=who, note=note))
 
     async def ExchangeToken(
         self, request: pb.ExchangeTokenRequest, context: Ctx
     ) -> pb.TokenResponse:
         def exchange(caller: Caller) -> tuple[str, Claims]:
             cats, fields = _grants(request.categories)
-            return self._auth.exchange(
+            issued = self._auth.exchange(
                 caller,
                 categories=list(cats) or None,
                 fields=fields or None,
@@ -702,6 +811,10 @@ class TokenServicer(_Base, pb_grpc.TokenServiceServicer):
                 subjects=list(request.subjects) or None,
                 ttl=request.ttl_seconds or None,
             )
+            note = current()
+            if note is not None:
+                note.detail |= _token_detail("issued", issued[1])
+            return issued
 
         return _token_pb(*await self._run("ExchangeToken", context, exchange))
 
@@ -709,16 +822,23 @@ class TokenServicer(_Base, pb_grpc.TokenServiceServicer):
         self, request: pb.RevokeTokenRequest, context: Ctx
     ) -> pb.RevokeTokenResponse:
         who = _Who.of(context)
+        note = self._note("RevokeToken", context)
 
         def revoke() -> bool:
             authorization = _authorization(context)
             if not request.token_id:
                 raise InvalidArgument(FieldViolation("token_id", "is required"))
+            if note is not None:
+                note.detail["revoked"] = request.token_id[:64]
             if self._auth.is_admin(authorization):
                 who.sub = "admin"
+                if note is not None:
+                    note.service = "admin"
                 return self._auth.revoke(request.token_id, admin=True, caller=None)
             caller = who.authenticated(self._auth.authenticate(authorization))
+            if note is not None:
+                note.caller = caller
             return self._auth.revoke(request.token_id, admin=False, caller=caller)
 
-        revoked = await self._guarded("RevokeToken", context, revoke, who=who)
+        revoked = await self._guarded("RevokeToken", context, revoke, who=who, note=note)
         return pb.RevokeTokenResponse(token_id=request.token_id, revoked=revoked)

@@ -30,7 +30,7 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from vault.db import DuplicateKey, ping, transaction
 from vault.errors import StoreUnavailable, TooLarge
-from vault.store._models import cell_keys, consents, records, subjects
+from vault.store._models import cell_keys, consents, records, subjects, transfers
 from vault.store._models import lookups as lookups_t
 
 
@@ -587,8 +587,10 @@ class CellStore:
         return [(str(p), bool(g), str(s), int(u)) for p, g, s, u in rows]
 
     def erase_subject_data(self, subject_id: str, now: int) -> int:
-        """Deletes every record and consent of a subject, drops its wrapped data key
-        and marks it erased, in one transaction; returns the records deleted.
+        """Deletes every record, consent, lookup entry and transfer row (ids in
+        clear) of a subject, drops its wrapped data key and marks it erased, in
+        one transaction; returns the records deleted. The transfer decisions
+        stay in the audit log, under pseudonyms that die with the data key.
 
         The subject's row is updated first: on PostgreSQL that locks it, so a
         write holding it (FOR SHARE) commits before the deletes look, and a
@@ -607,6 +609,7 @@ class CellStore:
             n = conn.execute(delete(records).where(records.c.subject_id == subject_id)).rowcount
             conn.execute(delete(consents).where(consents.c.subject_id == subject_id))
             conn.execute(delete(lookups_t).where(lookups_t.c.subject_id == subject_id))
+            conn.execute(delete(transfers).where(transfers.c.subject_id == subject_id))
         return int(n)
 
     def all_records(self, subject_id: str) -> list[RecordRow]:

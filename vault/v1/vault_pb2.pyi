@@ -317,6 +317,44 @@ class ExportSubjectRequest(_message.Message):
     subject_id: str
     def __init__(self, subject_id: _Optional[str] = ...) -> None: ...
 
+class GetAccessReportRequest(_message.Message):
+    __slots__ = ("subject_id", "since")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, subject_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AccessEntry(_message.Message):
+    __slots__ = ("time", "operation", "decision", "service", "client_identity", "purpose", "legal_basis", "transfer_basis", "categories", "fields", "region", "entry_region", "sequence")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_BASIS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_BASIS_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_REGION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    operation: str
+    decision: str
+    service: str
+    client_identity: str
+    purpose: str
+    legal_basis: str
+    transfer_basis: str
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    region: str
+    entry_region: str
+    sequence: int
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., operation: _Optional[str] = ..., decision: _Optional[str] = ..., service: _Optional[str] = ..., client_identity: _Optional[str] = ..., purpose: _Optional[str] = ..., legal_basis: _Optional[str] = ..., transfer_basis: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., fields: _Optional[_Iterable[str]] = ..., region: _Optional[str] = ..., entry_region: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+
 class ExportChunk(_message.Message):
     __slots__ = ("data", "sequence")
     DATA_FIELD_NUMBER: _ClassVar[int]

@@ -104,6 +104,11 @@ class PersonalDataVaultStub:
                 request_serializer=vault_dot_v1_dot_vault__pb2.FindSubjectsRequest.SerializeToString,
                 response_deserializer=vault_dot_v1_dot_vault__pb2.FindSubjectsResponse.FromString,
                 _registered_method=True)
+        self.GetAccessReport = channel.unary_stream(
+                '/vault.v1.PersonalDataVault/GetAccessReport',
+                request_serializer=vault_dot_v1_dot_vault__pb2.GetAccessReportRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.AccessEntry.FromString,
+                _registered_method=True)
 
 
 class PersonalDataVaultServicer:
@@ -211,6 +216,18 @@ class PersonalDataVaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAccessReport(self, request, context):
+        """Who accessed the person's data (GDPR Art. 15(1)(c)): every audited call
+        about the subject in its home region's audit log — when, which service
+        (and client certificate), purpose and legal basis, categories and field
+        names, the region the caller entered by, and the decision, refusals
+        included. Oldest first, streamed. Needs "export"; scoped like
+        ExportSubject. Part of ExportSubject's document too ("access_report").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersonalDataVaultServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -283,6 +300,11 @@ def add_PersonalDataVaultServicer_to_server(servicer, server):
                     servicer.FindSubjects,
                     request_deserializer=vault_dot_v1_dot_vault__pb2.FindSubjectsRequest.FromString,
                     response_serializer=vault_dot_v1_dot_vault__pb2.FindSubjectsResponse.SerializeToString,
+            ),
+            'GetAccessReport': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetAccessReport,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.GetAccessReportRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.AccessEntry.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -663,6 +685,33 @@ class PersonalDataVault:
             '/vault.v1.PersonalDataVault/FindSubjects',
             vault_dot_v1_dot_vault__pb2.FindSubjectsRequest.SerializeToString,
             vault_dot_v1_dot_vault__pb2.FindSubjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccessReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vault.v1.PersonalDataVault/GetAccessReport',
+            vault_dot_v1_dot_vault__pb2.GetAccessReportRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.AccessEntry.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,7 +5,9 @@
 # and wrap and unwrap data keys with them; nothing else. `+` matches exactly
 # one path segment, so "keys/+" does not reach keys/NAME/config, /rotate,
 # /trim, and no rule reaches export/, backup/, restore/ or another mount:
-# reading key material, reconfiguring or deleting keys is denied.
+# reading key material, reconfiguring or deleting keys is denied. It also signs
+# the region's audit checkpoints with the Ed25519 key pdvault-audit (created at
+# bootstrap, never exportable) and reads that key's public half.
 
 path "${mount}/keys/+" {
   # create: a new subject key; update: the same create call repeated after a
@@ -25,4 +27,13 @@ path "${mount}/encrypt/+" {
 
 path "${mount}/decrypt/+" {
   capabilities = ["update"]
+}
+
+path "${mount}/sign/pdvault-audit" {
+  capabilities = ["update"]
+}
+
+path "${mount}/keys/pdvault-audit" {
+  # The exact path wins over keys/+: read only (the public keys), no create.
+  capabilities = ["read"]
 }

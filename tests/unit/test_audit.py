@@ -1,0 +1,160 @@
+"""The audit log's pure parts: canonical form, chain, pseudonyms, signed notes,
+request notes, and group commit on a real SQLite file."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from vault.audit import (
+    CONTROL_LOG,
+    AuditStore,
+    AuditWriter,
+    BadCheckpoint,
+    Checkpoint,
+    RequestNote,
+    about,
+    canonical,
+    chain_hash,
+    noting,
+    open_checkpoint,
+    pseudonym,
+    pseudonym_key,
+    sign_checkpoint,
+    touched,
+)
+from vault.audit._store import read_log, read_only_engine
+from vault.audit._verify import verify_log
+
+
+class LocalSigner:
+    """An Ed25519 key in memory (the node signs with OpenBao Transit)."""
+
+    def __init__(self, version: int = 1) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.version = version
+
+    def sign(self, message: bytes) -> tuple[int, bytes]:
+        return self.version, self.key.sign(message)
+
+    def public(self) -> dict[int, bytes]:
+        raw = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return {self.version: raw}
+
+
+def test_canonical_form_is_sorted_compact_utf8() -> None:
+    assert canonical({"b": 1, "a": ["é", None]}) == '{"a":["é",null],"b":1}'.encode()
+
+
+def test_chain_hash_is_domain_separated_and_ordered() -> None:
+    e1, e2 = b'{"seq":1}', b'{"seq":2}'
+    h1 = chain_hash(bytes(32), e1)
+    assert h1 != hashlib.sha256(bytes(32) + e1).digest()
+    assert chain_hash(h1, e2) != chain_hash(chain_hash(bytes(32), e2), e1)
+
+
+def test_pseudonyms_depend_on_the_data_key() -> None:
+    k1, k2 = pseudonym_key(b"\x01" * 32), pseudonym_key(b"\x02" * 32)
+    assert pseudonym(k1, "de_sub_x") == pseudonym(k1, "de_sub_x")
+    assert pseudonym(k1, "de_sub_x") != pseudonym(k2, "de_sub_x")
+    assert pseudonym(k1, "de_sub_x") != pseudonym(k1, "de_sub_y")
+    assert "de_sub_x" not in pseudonym(k1, "de_sub_x")
+
+
+def test_a_signed_checkpoint_opens_only_unaltered_and_with_its_key() -> None:
+    signer = LocalSigner()
+    cp = Checkpoint("de", 42, b"\x07" * 32)
+    note = sign_checkpoint(cp, signer, "transit-de/pdvault-audit")
+    assert note.startswith("pdvault audit de\n42\n")
+    assert open_checkpoint(note, signer.public()) == cp
+    with pytest.raises(BadCheckpoint):
+        open_checkpoint(note.replace("\n42\n", "\n43\n"), signer.public())
+    with pytest.raises(BadCheckpoint):
+        open_checkpoint(note, LocalSigner().public())
+    with pytest.raises(BadCheckpoint):
+        open_checkpoint(note, {2: signer.public()[1]})  # another key version
+    with pytest.raises(BadCheckpoint):
+        open_checkpoint("pdvault audit de\n42\n", signer.public())
+
+
+def test_a_request_note_gives_entries_per_log_with_pseudonyms() -> None:
+    note = RequestNote("GetRecord", "rid-1")
+    with noting(note):
+        about("de", "de_sub_a", "de_rec_1", lambda _: b"\x01" * 32)
+        touched("user.name", ["first", "last"])
+        about("us", "us_sub_b", None, lambda _: None)  # gone: no pseudonym
+    touched("user.contact.email", ["address"])  # outside the request: ignored
+    note.decision = "ok"
+    note.seal()
+    by_log = note.entries("node-1", 5)
+    k = pseudonym_key(b"\x01" * 32)
+    (de,) = by_log["de"]
+    assert de["subject"] == pseudonym(k, "de_sub_a") and de["record"] == pseudonym(k, "de_rec_1")
+    assert de["categories"] == ["user.name"] and de["fields"] == ["first", "last"]
+    (us,) = by_log["us"]
+    assert us["subject"] is None and us["record"] is None
+    assert "de_sub_a" not in repr(by_log) and "us_sub_b" not in repr(by_log)
+    refused = RequestNote("GetSubject", "rid-2", decision="UNAUTHENTICATED")
+    assert list(refused.entries("node-1", 6)) == [CONTROL_LOG]
+
+
+def _entry(i: int) -> dict[str, Any]:
+    return {"time_us": i, "node": "n", "operation": "GetRecord", "decision": "ok"}
+
+
+def test_group_commit_batches_waiting_entries_into_one_transaction(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit-de.sqlite'}"
+    store = AuditStore.open(url, "de")
+    calls: list[int] = []
+    first_in = threading.Event()
+    release = threading.Event()
+    real_append = store.append
+
+    def append(batch: Any) -> tuple[int, bytes]:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            first_in.set()
+            release.wait(10)
+        return real_append(batch)
+
+    store.append = append  # type: ignore[method-assign]
+    signer = LocalSigner()
+    writer = AuditWriter(store, signer=signer, key_name="k")
+    first = writer.submit([_entry(0)])
+    assert first_in.wait(10)
+    waiting = [writer.submit([_entry(i)]) for i in range(1, 51)]
+    release.set()
+    assert first.result(10) == 1
+    assert [f.result(10) for f in waiting] == [51] * 50
+    assert calls == [1, 50]  # the 50 that waited went in one transaction
+    writer.close()  # signs a last checkpoint
+    store.close()
+    engine = read_only_engine(url)
+    try:
+        assert [e.seq for e in read_log(engine, "de")] == list(range(1, 52))
+        report = verify_log(engine, "de", signer.public())
+    finally:
+        engine.dispose()
+    assert report.ok and report.entries == 51 and report.checkpoints == 1
+
+
+def test_a_failed_batch_fails_every_request_in_it(tmp_path: Path) -> None:
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'audit-de.sqlite'}", "de")
+
+    def broken(batch: Any) -> tuple[int, bytes]:
+        raise OSError("disk full")
+
+    store.append = broken  # type: ignore[method-assign]
+    writer = AuditWriter(store)
+    futures = [writer.submit([_entry(i)]) for i in range(3)]
+    for f in futures:
+        with pytest.raises(OSError):
+            f.result(10)
+    writer.close()
+    store.close()

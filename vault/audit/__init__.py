@@ -1,0 +1,63 @@
+"""The tamper-evident audit log: hash-chained entries per region, group commit,
+signed checkpoints, verification, and subjects under pseudonyms that erasure
+makes unlinkable (see :mod:`vault.audit._entry`)."""
+
+from vault.audit._auditor import Auditor, AuditUnavailable, node_name
+from vault.audit._checkpoint import (
+    SIGNING_KEY_NAME,
+    BadCheckpoint,
+    Checkpoint,
+    load_checkpoints,
+    load_public_keys,
+    open_checkpoint,
+    save_checkpoints,
+    save_public_keys,
+    sign_checkpoint,
+)
+from vault.audit._entry import canonical, chain_hash, pseudonym, pseudonym_key
+from vault.audit._note import (
+    CONTROL_LOG,
+    RequestNote,
+    about,
+    current,
+    key_used,
+    noting,
+    served_by,
+    touched,
+    transfer,
+)
+from vault.audit._store import AuditStore, StoredEntry, audit_url
+from vault.audit._writer import AuditWriter, CheckpointPolicy
+
+__all__ = [
+    "CONTROL_LOG",
+    "SIGNING_KEY_NAME",
+    "AuditStore",
+    "AuditUnavailable",
+    "AuditWriter",
+    "Auditor",
+    "BadCheckpoint",
+    "Checkpoint",
+    "CheckpointPolicy",
+    "RequestNote",
+    "StoredEntry",
+    "about",
+    "audit_url",
+    "canonical",
+    "chain_hash",
+    "current",
+    "key_used",
+    "load_checkpoints",
+    "load_public_keys",
+    "node_name",
+    "noting",
+    "open_checkpoint",
+    "pseudonym",
+    "pseudonym_key",
+    "save_checkpoints",
+    "save_public_keys",
+    "served_by",
+    "sign_checkpoint",
+    "touched",
+    "transfer",
+]

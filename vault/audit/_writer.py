@@ -1,0 +1,231 @@
+"""Group commit: concurrent entries go into one transaction — on the event
+loop after each turn (:meth:`AuditWriter.submit_on_loop`, local SQLite), or
+through the log's writer thread (:meth:`AuditWriter.submit`), which also
+signs a checkpoint every N entries or T seconds.
+
+A request waits on the returned future before it returns anything; the
+future fails when the batch could not be made durable (the request then
+fails, see :mod:`vault.service._servicer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from typing import Any
+
+from vault.audit._checkpoint import Checkpoint, Signer, sign_checkpoint
+from vault.audit._store import AuditStore
+
+log = logging.getLogger("vault.audit")
+
+MAX_BATCH = 512
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When a writer signs a checkpoint: after ``every_entries`` new entries, or
+    ``every_seconds`` after the last one if any entry came since."""
+
+    every_entries: int = 1000
+    every_seconds: float = 60.0
+
+
+_Item = tuple[Sequence[Mapping[str, Any]], "Future[int]"]
+
+
+class AuditWriter:
+    """The one writer of a log in this process."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        signer: Signer | None = None,
+        key_name: str = "",
+        checkpoints: CheckpointPolicy | None = None,
+        clock: Callable[[], int] = lambda: time.time_ns() // 1000,
+    ) -> None:
+        self.store = store
+        self._signer = signer
+        self._key_name = key_name
+        self._policy = checkpoints or CheckpointPolicy()
+        self._clock = clock
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._signed_size, _ = store.head()
+        self._last_checkpoint = time.monotonic()
+        self._closed = False
+        self._pending: list[tuple[Sequence[Mapping[str, Any]], asyncio.Future[int]]] = []
+        self._inline_since_poke = 0
+        self._thread = threading.Thread(target=self._run, name=f"audit-{store.log}", daemon=True)
+        self._thread.start()
+
+    def submit_on_loop(
+        self, batch: Sequence[Mapping[str, Any]], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[int]:
+        """Like :meth:`submit`, for a caller on the event loop ``loop``.
+
+        With a local SQLite file the entries queued during one turn of the loop
+        are appended on the loop itself, in one transaction, right after it
+        (no thread hand-off: a hand-off per call costs more than the insert);
+        when another writer holds the lock, or with another database, the
+        batch goes to the writer thread.
+        """
+        fut: asyncio.Future[int] = loop.create_future()
+        if not self.store.inline_capable or self._closed:
+            _chain(self.submit(batch), fut, loop)
+            return fut
+        self._pending.append((batch, fut))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush_on_loop, loop)
+        return fut
+
+    def _flush_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        items, self._pending = self._pending, []
+        entries = [e for batch, _ in items for e in batch]
+        try:
+            size, _ = self.store.append_nowait(entries)
+        except Exception:
+            # Locked by another writer (or failing): the thread waits and retries.
+            handed = self.submit(entries)
+            for _, fut in items:
+                _chain(handed, fut, loop)
+            return
+        for _, fut in items:
+            if not fut.done():
+                fut.set_result(size)
+        self._inline_since_poke += len(entries)
+        if self._signer is not None and self._inline_since_poke >= self._policy.every_entries:
+            self._inline_since_poke = 0
+            self._queue.put(((), Future()))  # the thread looks whether a checkpoint is due
+
+    def submit(self, batch: Sequence[Mapping[str, Any]]) -> Future[int]:
+        """Queues entries; the future gives the log size once they are durable."""
+        fut: Future[int] = Future()
+        if self._closed:
+            fut.set_exception(RuntimeError("audit writer closed"))
+        else:
+            self._queue.put((batch, fut))
+        return fut
+
+    def close(self) -> None:
+        """Writes what is queued, signs a last checkpoint, stops the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            try:
+                first = self._queue.get(timeout=max(0.05, self._policy.every_seconds))
+            except queue.Empty:
+                self._maybe_checkpoint(idle=True)
+                continue
+            items: list[_Item] = []
+            if first is None:
+                stop = True
+            else:
+                items.append(first)
+            while len(items) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    continue
+                items.append(nxt)
+            if items:
+                self._commit(items)
+            self._maybe_checkpoint(idle=stop)
+
+    def _commit(self, items: list[_Item]) -> None:
+        entries = [e for batch, _ in items for e in batch]
+        try:
+            size, _ = self.store.append(entries)
+        except Exception as e:
+            log.error(
+                "audit %s: batch of %d not written: %s",
+                self.store.log,
+                len(entries),
+                type(e).__name__,
+            )
+            for _, fut in items:
+                _settle(fut, error=e)
+            return
+        for _, fut in items:
+            _settle(fut, size)
+
+    def _maybe_checkpoint(self, *, idle: bool) -> None:
+        if self._signer is None:
+            return
+        try:
+            size, head = self.store.head()
+        except Exception as e:
+            log.warning("audit %s: head unreadable: %s", self.store.log, type(e).__name__)
+            return
+        if size <= self._signed_size:
+            return
+        due = size - self._signed_size >= self._policy.every_entries or (
+            time.monotonic() - self._last_checkpoint >= self._policy.every_seconds
+        )
+        if not (due or idle):
+            return
+        self.checkpoint(size, head)
+
+    def checkpoint(self, size: int | None = None, head: bytes | None = None) -> str | None:
+        """Signs and stores a checkpoint of the head (or of ``size``/``head``);
+        the signed note, or None if the key service or the database failed."""
+        if self._signer is None:
+            return None
+        try:
+            if size is None or head is None:
+                size, head = self.store.head()
+            note = sign_checkpoint(
+                Checkpoint(self.store.log, size, head), self._signer, self._key_name
+            )
+            self.store.add_checkpoint(size, head, self._clock(), note)
+        except Exception as e:  # the next round retries; requests are not held up
+            log.warning("audit %s: checkpoint not signed: %s", self.store.log, type(e).__name__)
+            return None
+        self._signed_size = size
+        self._last_checkpoint = time.monotonic()
+        return note
+
+
+def _chain(src: Future[int], dst: asyncio.Future[int], loop: asyncio.AbstractEventLoop) -> None:
+    """Resolves ``dst`` (on ``loop``) with the outcome of ``src`` (a thread's future)."""
+
+    def copy(done: Future[int]) -> None:
+        if dst.done():
+            return
+        if done.cancelled():
+            dst.cancel()
+        elif (error := done.exception()) is not None:
+            dst.set_exception(error)
+        else:
+            dst.set_result(done.result())
+
+    src.add_done_callback(lambda done: loop.call_soon_threadsafe(copy, done))
+
+
+def _settle(fut: Future[int], size: int = 0, error: Exception | None = None) -> None:
+    """Resolves a request's future, unless the request stopped waiting."""
+    if fut.cancelled():
+        return
+    try:
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(size)
+    except InvalidStateError:  # cancelled meanwhile (the request timed out)
+        pass
