@@ -45,7 +45,7 @@ def test_a_policy_reaches_exactly_the_regions_mounts(role: str) -> None:
     assert first == second and first
 
 
-def test_the_node_reaches_only_the_signing_key_of_the_control_mount() -> None:
+def test_the_node_reaches_only_the_signing_and_audit_keys_of_the_control_mount() -> None:
     hcl = role_policy(
         "node", ["transit-de"], control_mount="transit-control", signing_key="token-signing"
     )
@@ -53,6 +53,8 @@ def test_the_node_reaches_only_the_signing_key_of_the_control_mount() -> None:
     assert control == [
         "transit-control/encrypt/token-signing",
         "transit-control/decrypt/token-signing",
+        "transit-control/sign/pdvault-audit",
+        "transit-control/keys/pdvault-audit",
     ]
     with pytest.raises(ValueError, match="control mount"):
         role_policy("node", ["transit-de"])
