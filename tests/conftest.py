@@ -20,7 +20,14 @@ import pytest
 
 from tests._background import BackgroundServer
 from vault.client import VaultClient
-from vault.config import CacheSettings, NodeSettings, RegionsConfig, TlsSettings, load_regions
+from vault.config import (
+    CacheSettings,
+    NodeSettings,
+    PoolSettings,
+    RegionsConfig,
+    TlsSettings,
+    load_regions,
+)
 from vault.datadir import DataDir
 from vault.devstack import OpenBaoServer
 from vault.keys import TransitKeyProvider
@@ -260,6 +267,7 @@ def start_stack(
     host: str = "127.0.0.1",
     tls: TlsSettings | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    pool: PoolSettings | None = None,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -268,7 +276,7 @@ def start_stack(
     ``database_urls`` (region → URL) and ``control_url`` replace the configured
     databases; ``control_clock`` (microseconds) is the wall clock the node's
     control store stamps its writes with (a skewed node); ``cache_clock`` (seconds)
-    ages the data-key caches.
+    ages the data-key caches; ``pool`` sizes the subject-key pool filler (default: none).
     """
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
@@ -281,6 +289,7 @@ def start_stack(
         data_dir=data_dir,
         port=0,
         cache=cache or CacheSettings(),
+        pool=pool or PoolSettings(),
         erasure_poll_seconds=erasure_poll_seconds,
         reflection=reflection,
         host=host,

@@ -154,6 +154,26 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class PoolSettings:
+    """The subject-key pool a node keeps filled in each region it serves.
+
+    ``size`` entries per region (0: this node mints none, but still claims
+    what other nodes minted); the filler adds at most ``batch`` per round,
+    ``concurrency`` key-service calls at a time, and looks again every
+    ``poll_seconds``.
+    """
+
+    size: int = 0
+    batch: int = 50
+    concurrency: int = 4
+    poll_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or self.batch < 1 or self.concurrency < 1 or self.poll_seconds <= 0:
+            raise ValueError("pool size must be >= 0, batch and concurrency >= 1, poll > 0")
+
+
+@dataclass(frozen=True)
 class Limits:
     """Size limits; exceeding one is RESOURCE_EXHAUSTED or INVALID_ARGUMENT."""
 
@@ -207,6 +227,7 @@ class NodeSettings:
     #: loopback host only (``--insecure-local``, local development).
     tls: TlsSettings | None = None
     cache: CacheSettings = field(default_factory=CacheSettings)
+    pool: PoolSettings = field(default_factory=PoolSettings)
     limits: Limits = field(default_factory=Limits)
     openbao_timeout_seconds: float = 5.0
     #: How often a node looks for erasures whose grace period has ended.

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from vault.cell import BlindIndex, Cell
+from vault.cell import BlindIndex, Cell, KeyPool
 from vault.config import NodeSettings, RegionsConfig
 from vault.control import ControlStore, Revocations
 from vault.datadir import DataDir
@@ -35,7 +35,7 @@ from vault.keys import (
 from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferGate
 from vault.service import Peers, PersonalDataVaultServicer, TokenServicer
-from vault.store import CellStore, CellTransferLog, make_engine, migrate
+from vault.store import CellStore, CellTransferLog, PoolStore, make_engine, migrate
 from vault.tokens.authority import AdminCredential, TokenAuthority, load_or_create_signing_key
 from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
 from vault.v1 import vault_pb2, vault_pb2_grpc
@@ -58,6 +58,8 @@ class Cells:
     cells: dict[str, Cell]
     stores: dict[str, CellStore]
     data_keys: dict[str, DataKeyCache]
+    #: The subject-key pool of each cell (filled by :class:`VaultServer`).
+    pools: dict[str, KeyPool]
 
 
 @dataclass
@@ -73,6 +75,8 @@ class Vault:
 
     def close(self) -> None:
         self.revocations.stop()
+        for pool in self.parts.pools.values():
+            pool.close()
         self.node.close()
         self.control.close()
 
@@ -126,7 +130,7 @@ def build_cells(
 ) -> Cells:
     """Opens (and migrates) the database of every served region and builds its
     cell; ``cache_clock`` (seconds) ages the data-key caches."""
-    built = Cells({}, {}, {})
+    built = Cells({}, {}, {}, {})
     for rid, rc in regions.regions.items():
         if serve_regions is not None and rid not in serve_regions:
             continue
@@ -135,6 +139,7 @@ def build_cells(
         store = built.stores[rid] = CellStore(engine)
         data_keys = built.data_keys[rid] = DataKeyCache(settings.cache, cache_clock)
         provider = keys.provider(rc.openbao_address)
+        built.pools[rid] = KeyPool(rc, provider, PoolStore(engine), settings.pool)
         built.cells[rid] = Cell(
             rc,
             store,
@@ -279,6 +284,8 @@ class VaultServer:
             asyncio.create_task(self._erasure_worker()),
             asyncio.create_task(self._retention_worker()),
         ]
+        if self.settings.pool.size > 0:
+            self._workers.append(asyncio.create_task(self._pool_worker()))
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -318,6 +325,22 @@ class VaultServer:
             except Exception as e:  # keep the worker alive; the next round retries
                 log.warning("erasure worker: %s", type(e).__name__)
             await asyncio.sleep(self.settings.erasure_poll_seconds)
+
+    async def _pool_worker(self) -> None:
+        """Keeps each served region's subject-key pool at its size, a batch at a
+        time, at the pace the key service answers (also after a restart: the
+        entries left unclaimed are counted, not minted again)."""
+        loop = asyncio.get_running_loop()
+        pools = list(self.vault.parts.pools.values())
+        while True:
+            added = 0
+            for pool in pools:
+                try:
+                    added += await loop.run_in_executor(self._executor, pool.refill)
+                except Exception as e:  # the next round retries
+                    log.warning("pool filler (%s): %s", pool.region.id, type(e).__name__)
+            if not added:
+                await asyncio.sleep(self.settings.pool.poll_seconds)
 
     async def _retention_worker(self) -> None:
         """Deletes records whose retention ended, a batch at a time (safe on many nodes)."""

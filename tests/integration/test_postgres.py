@@ -33,7 +33,7 @@ def test_schema_is_migrated_by_alembic(pg_stack: Stack, pg_url: str) -> None:
                 "SELECT column_name FROM information_schema.columns WHERE table_name = 'records'"
             )
         }
-    assert rev == "0005"
+    assert rev == "0006_scale_pool"
     assert cols == {
         "id",
         "subject_id",

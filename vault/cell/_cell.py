@@ -22,6 +22,7 @@ from vault.cell._lookup import (
     MAX_LOOKUPS_PER_SUBJECT,
     normalise,
 )
+from vault.cell._pool import mint_subject_key
 from vault.cell._records import RecordOps
 from vault.cell._views import (
     ConsentView,
@@ -30,7 +31,7 @@ from vault.cell._views import (
     ShredResult,
     SubjectView,
 )
-from vault.crypto import dek_associated_data, new_data_key, same_digest
+from vault.crypto import dek_associated_data, same_digest
 from vault.errors import AccessDenied, Conflict, Erased, NotFound, Restricted, TooLarge
 from vault.inline import ensure_may_block
 from vault.keys import KeyRef, KeyShredder
@@ -39,18 +40,8 @@ from vault.store import DuplicateKey, SubjectRow, SubjectState
 from vault.tokens import FieldGrant
 
 
-def key_name_for(subject_id: str) -> str:
-    """The Transit key name of a subject: derived from the id, nothing else."""
-    return f"subject-{subject_id}"
-
-
 class Cell(RecordOps):
     """The operations of one region, each on behalf of an authenticated caller."""
-
-    def _mount_for(self, subject_id: str) -> str:
-        mounts = self.region.transit_mounts
-        digest = hashlib.sha256(subject_id.encode()).digest()
-        return mounts[int.from_bytes(digest[:8], "big") % len(mounts)]
 
     # -- subjects ---------------------------------------------------------
 
@@ -90,28 +81,65 @@ class Cell(RecordOps):
             if existing is not None:
                 self._lookup_transfer(caller, existing[0].id, lookups)
                 return self._replayed_subject(*existing, digest)
-        sid = ids.new_subject_id(self.region.id)
-        self._lookup_transfer(caller, sid, lookups)
-        ensure_may_block()
-        ref = KeyRef(self._mount_for(sid), key_name_for(sid))
-        # Key first, then the row: if the key service is down nothing is written.
-        # A key whose row insert then fails guards no data and is harmless.
-        self._keys.create_key(ref)
-        dek = new_data_key()
-        wrapped = self._keys.wrap(ref, dek, dek_associated_data(sid, self.region.id))
-        now = self._clock()
-        row = SubjectRow(
-            sid, self.region.id, SubjectState.ACTIVE, minor, ref.mount, ref.name, wrapped, now, now
-        )
         try:
-            self._store.insert_subject(row, key, digest, digests)
+            row = self._create_pooled(caller, minor, key, digest, digests, lookups)
+            if row is None:
+                row = self._create_inline(caller, minor, key, digest, digests, lookups)
         except DuplicateKey:
             existing = self._store.subject_by_idempotency_key(key) if key else None
             if existing is None or digest is None:
                 raise
             return self._replayed_subject(*existing, digest)
-        self._data_keys.put(sid, dek)
         return SubjectView.of(row)
+
+    def _create_pooled(
+        self,
+        caller: Caller,
+        minor: bool,
+        key: str | None,
+        digest: str | None,
+        digests: list[tuple[str, str]],
+        lookups: list[tuple[str, str]] | None,
+    ) -> SubjectRow | None:
+        """Claims a subject minted ahead (no key-service call); None when the
+        pool is empty — or when lookup values cross a border, whose transfer
+        decision is recorded under the subject id before anything is written."""
+        if lookups and caller.entry_region is not None:
+            return None
+        return self._store.insert_pooled_subject(
+            self.region.id, minor, self._clock(), key, digest, digests
+        )
+
+    def _create_inline(
+        self,
+        caller: Caller,
+        minor: bool,
+        key: str | None,
+        digest: str | None,
+        digests: list[tuple[str, str]],
+        lookups: list[tuple[str, str]] | None,
+    ) -> SubjectRow:
+        sid = ids.new_subject_id(self.region.id)
+        self._lookup_transfer(caller, sid, lookups)
+        ensure_may_block()
+        # Key first, then the row: if the key service is down nothing is written.
+        # A key whose row insert then fails guards no data and is harmless.
+        minted = mint_subject_key(self._keys, self.region, sid)
+        now = self._clock()
+        row = SubjectRow(
+            sid,
+            self.region.id,
+            SubjectState.ACTIVE,
+            minor,
+            minted.ref.mount,
+            minted.ref.name,
+            minted.wrapped,
+            now,
+            now,
+        )
+        self._store.insert_subject(row, key, digest, digests)
+        self._data_keys.put(sid, minted.dek)
+        return row
 
     def _lookup_transfer(
         self,

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from vault.config import CacheSettings
+from vault.config import CacheSettings, PoolSettings
 from vault.datadir import DEFAULT_DATA_DIR
 
 DEFAULT_PORT = 50051
@@ -34,6 +34,18 @@ def add_tls_flags(up: argparse.ArgumentParser) -> None:
         "--insecure-local",
         action="store_true",
         help="plaintext on loopback, for local development (the default without --tls-cert)",
+    )
+
+
+def add_pool_flag(p: argparse.ArgumentParser) -> None:
+    """``--key-pool``: the subject-key pool of ``pdvault up`` and ``pdvault serve``."""
+    p.add_argument(
+        "--key-pool",
+        type=int,
+        default=PoolSettings.size,
+        metavar="N",
+        help="subjects minted ahead per region, with their keys, so that CreateSubject needs "
+        "no key-service call (0: mint none; entries other nodes minted are still used)",
     )
 
 
@@ -74,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=CacheSettings.max_age_seconds,
         help="how long an unwrapped data key is kept",
     )
+    add_pool_flag(up)
     up.add_argument(
         "--reflection",
         action="store_true",
@@ -102,9 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _connect, _rights, _serve, _tokens
+    from vault.cli import _connect, _pool, _rights, _serve, _tokens
 
-    add_tls_flags(_serve.add_parser(sub))
+    serve = _serve.add_parser(sub)
+    add_tls_flags(serve)
+    add_pool_flag(serve)
+    _pool.add_parser(sub)
 
     _connect.add_flags(demo, target=False)
 
@@ -141,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             f"accepts it within {ADMIN_CHECK_SECONDS:g} s and refuses the old one from then."
         )
         return 0
+    if args.command == "pool":
+        from vault.cli import _pool
+
+        return _pool.run(args)
     if args.command == "token":
         from vault.cli import _tokens
 

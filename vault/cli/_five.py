@@ -123,6 +123,7 @@ class Five:
         self.regions_source: Path = args.regions or default_regions_file()
         self.policy_file: Path | None = args.policy
         self.first_port: int = args.port
+        self.key_pool: int = args.key_pool
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.endpoints: dict[str, str] = {}
 
@@ -158,7 +159,7 @@ class Five:
                 *("--host", "127.0.0.1", "--port", str(port), "--openbao-addr", bao_addr),
                 *("--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(pki.ca)),
                 *("--peer-ca", str(pki.ca), "--peer-cert", str(peer_cert)),
-                *("--peer-key", str(peer_key)),
+                *("--peer-key", str(peer_key), "--key-pool", str(self.key_pool)),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -33,7 +33,7 @@ import signal
 import sys
 from pathlib import Path
 
-from vault.config import NodeSettings, PeerTlsSettings, load_regions
+from vault.config import NodeSettings, PeerTlsSettings, PoolSettings, load_regions
 from vault.datadir import DataDir
 from vault.errors import ConfigError
 from vault.policy import default_policy_path, load_policy
@@ -115,6 +115,7 @@ async def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=port,
         tls=_tls(args),
+        pool=PoolSettings(size=args.key_pool),
         peer_tls=PeerTlsSettings(*(f.resolve() for f in peer_flags)) if all(peer_flags) else None,
     )
     try:

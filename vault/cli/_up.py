@@ -13,7 +13,7 @@ from typing import IO
 
 import hvac
 
-from vault.config import CacheSettings, NodeSettings, TlsSettings, load_regions
+from vault.config import CacheSettings, NodeSettings, PoolSettings, TlsSettings, load_regions
 from vault.datadir import DataDir, write_file
 from vault.devstack import OpenBaoServer
 from vault.errors import ConfigError
@@ -88,6 +88,7 @@ async def up(args: argparse.Namespace) -> int:
         ),
         reflection=args.reflection,
         tls=_tls(args),
+        pool=PoolSettings(size=args.key_pool),
     )
     try:
         # Before anything starts: plaintext off loopback, unreadable TLS files.

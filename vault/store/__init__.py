@@ -11,6 +11,7 @@ from vault.store._cellstore import (
 )
 from vault.store._migrate import migrate
 from vault.store._models import consents, metadata, records, subjects
+from vault.store._pool import PoolEntry, PoolStatus, PoolStore
 from vault.store._transfers import CellTransferLog, TransferEntry
 
 __all__ = [
@@ -19,6 +20,9 @@ __all__ = [
     "CellStore",
     "CellTransferLog",
     "DuplicateKey",
+    "PoolEntry",
+    "PoolStatus",
+    "PoolStore",
     "RecordRow",
     "SubjectRow",
     "SubjectState",

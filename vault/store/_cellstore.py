@@ -30,6 +30,7 @@ from vault.db import DuplicateKey, transaction
 from vault.errors import StoreUnavailable, TooLarge
 from vault.store._models import cell_keys, consents, records, subjects
 from vault.store._models import lookups as lookups_t
+from vault.store._pool import claim as claim_pool_entry
 
 
 class SubjectState(StrEnum):
@@ -243,29 +244,69 @@ class CellStore:
     ) -> None:
         """Inserts a subject and its lookup entries in one transaction."""
         with self._tx() as conn:
-            conn.execute(
-                insert(subjects).values(
-                    id=row.id,
-                    region=row.region,
-                    state=str(row.state),
-                    minor=row.minor,
-                    key_mount=row.key_mount,
-                    key_name=row.key_name,
-                    wrapped_dek=row.wrapped_dek,
-                    idempotency_key=idempotency_key,
-                    request_digest=request_digest,
-                    created_at=row.created_at,
-                    updated_at=row.updated_at,
-                )
+            self._insert_subject(conn, row, idempotency_key, request_digest, lookups)
+
+    def insert_pooled_subject(
+        self,
+        region: str,
+        minor: bool,
+        now: int,
+        idempotency_key: str | None,
+        request_digest: str | None = None,
+        lookups: list[tuple[str, str]] | None = None,
+    ) -> SubjectRow | None:
+        """Claims one pool entry and inserts the subject it was minted for, with
+        its lookup entries, in one transaction; None when the pool is empty.
+
+        If the insert fails (the idempotency key was used meanwhile), the
+        transaction rolls back and the entry stays in the pool, unclaimed.
+        """
+        with self._tx() as conn:
+            entry = claim_pool_entry(conn)
+            if entry is None:
+                return None
+            row = SubjectRow(
+                entry.id,
+                region,
+                SubjectState.ACTIVE,
+                minor,
+                entry.key_mount,
+                entry.key_name,
+                entry.wrapped_dek,
+                now,
+                now,
             )
-            if lookups:
-                conn.execute(
-                    insert(lookups_t),
-                    [
-                        {"kind": k, "digest": d, "subject_id": row.id}
-                        for k, d in sorted(set(lookups))
-                    ],
-                )
+            self._insert_subject(conn, row, idempotency_key, request_digest, lookups)
+        return row
+
+    @staticmethod
+    def _insert_subject(
+        conn: Connection,
+        row: SubjectRow,
+        idempotency_key: str | None,
+        request_digest: str | None,
+        lookups: list[tuple[str, str]] | None,
+    ) -> None:
+        conn.execute(
+            insert(subjects).values(
+                id=row.id,
+                region=row.region,
+                state=str(row.state),
+                minor=row.minor,
+                key_mount=row.key_mount,
+                key_name=row.key_name,
+                wrapped_dek=row.wrapped_dek,
+                idempotency_key=idempotency_key,
+                request_digest=request_digest,
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+            )
+        )
+        if lookups:
+            conn.execute(
+                insert(lookups_t),
+                [{"kind": k, "digest": d, "subject_id": row.id} for k, d in sorted(set(lookups))],
+            )
 
     def get_subject(self, subject_id: str) -> SubjectRow | None:
         with self._read() as conn:
