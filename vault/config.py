@@ -242,6 +242,9 @@ class NodeSettings:
     peer_tls: PeerTlsSettings | None = None
     #: How long a forwarded call may take when the caller set no deadline.
     forward_timeout_seconds: float = 30.0
+    #: Bind the port with SO_REUSEPORT: several worker processes of one node
+    #: share it (``--workers``, :mod:`vault.cli._workers`).
+    reuse_port: bool = False
 
 
 def _endpoint_problem(endpoint: object) -> str | None:

@@ -49,6 +49,18 @@ def add_pool_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_workers_flag(p: argparse.ArgumentParser) -> None:
+    """``--workers``: server processes of ``pdvault up`` and ``pdvault serve``."""
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (SO_REUSEPORT), each with its own caches; "
+        "about one per core",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pdvault", description="pdvault personal data vault")
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long an unwrapped data key is kept",
     )
     add_pool_flag(up)
+    add_workers_flag(up)
     up.add_argument(
         "--reflection",
         action="store_true",
@@ -120,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = _serve.add_parser(sub)
     add_tls_flags(serve)
     add_pool_flag(serve)
+    add_workers_flag(serve)
     _pool.add_parser(sub)
 
     _connect.add_flags(demo, target=False)

@@ -124,6 +124,7 @@ class Five:
         self.policy_file: Path | None = args.policy
         self.first_port: int = args.port
         self.key_pool: int = args.key_pool
+        self.workers: int = args.workers
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.endpoints: dict[str, str] = {}
 
@@ -160,6 +161,7 @@ class Five:
                 *("--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(pki.ca)),
                 *("--peer-ca", str(pki.ca), "--peer-cert", str(peer_cert)),
                 *("--peer-key", str(peer_key), "--key-pool", str(self.key_pool)),
+                *("--workers", str(self.workers)),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import signal
 import sys
@@ -13,6 +14,7 @@ from typing import IO
 
 import hvac
 
+from vault.cli._workers import Workers, WorkerSpec
 from vault.config import CacheSettings, NodeSettings, PoolSettings, TlsSettings, load_regions
 from vault.datadir import DataDir, write_file
 from vault.devstack import OpenBaoServer
@@ -73,11 +75,26 @@ def _transport_banner(settings: NodeSettings) -> str:
     )
 
 
+def _workers_banner(count: int, pids: list[int]) -> str:
+    if count == 1:
+        return "1 process (--workers N: N processes on this port)"
+    return f"{count} processes on this port (SO_REUSEPORT; this one and {pids})"
+
+
+def _pool_banner(size: int) -> str:
+    if size == 0:
+        return "off (--key-pool N: N subjects per region minted ahead; `pdvault pool status`)"
+    return f"{size} subjects per region minted ahead (`pdvault pool status`)"
+
+
 async def up(args: argparse.Namespace) -> int:
     if getattr(args, "regions_mode", "one") == "five":
         from vault.cli._five import up_five
 
         return await up_five(args, _lock_data_dir)
+    if args.workers < 1:
+        print("pdvault: --workers must be at least 1", file=sys.stderr)
+        return 2
     data_dir: Path = args.data_dir.resolve()
     settings = NodeSettings(
         data_dir=data_dir,
@@ -89,6 +106,7 @@ async def up(args: argparse.Namespace) -> int:
         reflection=args.reflection,
         tls=_tls(args),
         pool=PoolSettings(size=args.key_pool),
+        reuse_port=args.workers > 1,
     )
     try:
         # Before anything starts: plaintext off loopback, unreadable TLS files.
@@ -109,6 +127,7 @@ async def up(args: argparse.Namespace) -> int:
     print(f"pdvault: starting OpenBao ({bao.address}, data in {bao.dir})", file=sys.stderr)
     bao.start()
     server: VaultServer | None = None
+    workers = Workers()
     try:
         creds = bao.configure(regions)
         ensure_admin_credential(data_dir)
@@ -122,6 +141,17 @@ async def up(args: argparse.Namespace) -> int:
         )
         server = VaultServer(vault, settings)
         port = await server.start()
+        if args.workers > 1:
+            spec = WorkerSpec(
+                regions,
+                dataclasses.replace(settings, port=port),
+                creds.node,
+                creds.eraser,
+                Path(policy.source),
+                layout.admin_credential,
+                None,
+            )
+            await asyncio.to_thread(workers.start, spec, args.workers - 1)
         scheme = "grpcs://" if settings.tls else ""
         endpoint = f"{scheme}{local_dial_host(settings.host)}:{port}"
         write_file(layout.endpoint, endpoint + "\n", 0o644)
@@ -142,6 +172,8 @@ pdvault is running.
   endpoint     {endpoint}  (gRPC; health: SERVING; reflection {reflection})
 {_transport_banner(settings)}
   regions      {", ".join(f"{r.id} ({r.name})" for r in regions.regions.values())}
+  workers      {_workers_banner(args.workers, workers.pids)}
+  key pool     {_pool_banner(args.key_pool)}
   data dir     {data_dir}
   OpenBao      {bao.address}  (local-only unseal material: {bao.dir / "LOCAL-ONLY-unseal.json"})
   policy       {policy.source} (revision {policy.revision}, {len(policy.purposes)} purposes)
@@ -162,6 +194,7 @@ Stop with Ctrl-C.""",
         for task in renew:
             task.cancel()
     finally:
+        await asyncio.to_thread(workers.stop)
         if server is not None:
             await server.stop(grace=5.0)
         bao.stop()
