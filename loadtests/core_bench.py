@@ -2,10 +2,15 @@
 
     .venv/bin/python loadtests/core_bench.py                  # starts its own local stack
     .venv/bin/python loadtests/core_bench.py --target 127.0.0.1:50051 --token "$TOKEN"
+    .venv/bin/python loadtests/core_bench.py --workers 2 --channels 8 --ops get
 
 Prints requests/s and p50/p99 latency per operation. Without ``--target`` it
-starts ``pdvault up`` in a temporary data dir (a separate process, so the
-server and this client do not share a GIL).
+starts ``pdvault up`` (``--workers N`` server processes on one port) in a
+temporary data dir and also prints the CPU each process group used during each
+operation (the node's server processes, OpenBao, this client), in cores.
+``--channels K`` spreads the callers over K connections: the kernel hands each
+connection to one worker, so with one connection one worker does all the work.
+(The node is a separate process, so the server and this client do not share a GIL.)
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import grpc
@@ -31,9 +37,12 @@ from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
 
-def start_stack(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+def start_stack(data_dir: Path, workers: int = 1) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir), "--port", "0"],
+        [
+            *(sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir)),
+            *("--port", "0", "--workers", str(workers)),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -85,12 +94,51 @@ def issue_token(
     return out.stdout.strip()
 
 
+class CpuGroups:
+    """CPU seconds of the process groups of a local stack: the node's server
+    processes (the ``pdvault up`` process and its workers), OpenBao, this client."""
+
+    def __init__(self, up_pid: int) -> None:
+        import psutil
+
+        up = psutil.Process(up_pid)
+        kids = up.children(recursive=True)
+        self.groups = {
+            "server": [up, *(k for k in kids if "vault.cli._workers" in " ".join(k.cmdline()))],
+            "openbao": [k for k in kids if k.name() == "bao"],
+            "client": [psutil.Process()],
+        }
+
+    def sample(self) -> dict[str, float]:
+        out = {}
+        for name, procs in self.groups.items():
+            total = 0.0
+            for p in procs:
+                t = p.cpu_times()
+                total += t.user + t.system
+            out[name] = total
+        return out
+
+
 async def bench(
-    target: str, token: str | None, seconds: float, concurrency: int, subjects: int, payload: int
+    target: str,
+    token: str | None,
+    seconds: float,
+    concurrency: int,
+    subjects: int,
+    payload: int,
+    *,
+    channels: int = 1,
+    ops: frozenset[str] = frozenset({"get", "put", "find"}),
+    cpu: CpuGroups | None = None,
 ) -> None:
     md = (("authorization", f"Bearer {token}"),) if token else ()
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = pb_grpc.PersonalDataVaultStub(ch)
+    # Each channel its own connection (grpc shares them between channels otherwise).
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    chans = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+    stubs = [pb_grpc.PersonalDataVaultStub(c) for c in chans]  # type: ignore[no-untyped-call]
+    try:
+        stub = stubs[0]
         value = "x" * payload
         print(f"setup: {subjects} subjects with one record each ...", file=sys.stderr)
         sids, rids = [], []
@@ -114,11 +162,13 @@ async def bench(
             rids.append(r.record_id)
         rng = random.Random(7)
 
-        async def get(_: int) -> None:
-            await stub.GetRecord(pb.GetRecordRequest(record_id=rng.choice(rids)), metadata=md)
+        async def get(i: int) -> None:
+            await stubs[i % channels].GetRecord(
+                pb.GetRecordRequest(record_id=rng.choice(rids)), metadata=md
+            )
 
-        async def put(_: int) -> None:
-            await stub.PutRecord(
+        async def put(i: int) -> None:
+            await stubs[i % channels].PutRecord(
                 pb.PutRecordRequest(
                     subject_id=rng.choice(sids),
                     category="user.contact.email",
@@ -127,9 +177,9 @@ async def bench(
                 metadata=md,
             )
 
-        async def find(_: int) -> None:
+        async def find(c: int) -> None:
             i = rng.randrange(subjects)
-            await stub.FindSubjects(
+            await stubs[c % channels].FindSubjects(
                 pb.FindSubjectsRequest(
                     lookup=pb.Lookup(kind="email", value=f"bench-{i}@example.org"),
                     region=sids[i][:2],
@@ -138,13 +188,33 @@ async def bench(
             )
 
         print(
-            f"target {target}, {concurrency} concurrent callers, {seconds:.0f}s per operation, "
+            f"target {target}, {concurrency} concurrent callers over {channels} connection(s), "
+            f"{seconds:.0f}s per operation, "
             f"{payload}-byte field; {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"grpcio {grpc.__version__}"
         )
-        for name, fn in (("GetRecord", get), ("PutRecord", put), ("FindSubjects", find)):
+        for op, name, fn in (
+            ("get", "GetRecord", get),
+            ("put", "PutRecord", put),
+            ("find", "FindSubjects", find),
+        ):
+            if op not in ops:
+                continue
+            before = cpu.sample() if cpu else {}
+            t0 = time.perf_counter()
             res = await run(name, fn, concurrency=concurrency, seconds=seconds)
             print(res.row(), flush=True)
+            if cpu:
+                wall = time.perf_counter() - t0
+                used = {k: (v - before[k]) / wall for k, v in cpu.sample().items()}
+                print(
+                    "  CPU (cores, warm-up included): "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in used.items()),
+                    flush=True,
+                )
+    finally:
+        for c in chans:
+            await c.close()
 
 
 def main() -> None:
@@ -157,17 +227,30 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--subjects", type=int, default=200)
     ap.add_argument("--payload", type=int, default=64, help="bytes per field value")
+    ap.add_argument("--workers", type=int, default=1, help="server processes of the local stack")
+    ap.add_argument("--channels", type=int, default=1, help="connections the callers share")
+    ap.add_argument("--ops", default="get,put,find", help="operations to run, e.g. get")
     args = ap.parse_args()
     proc = None
     target = args.target
     tmp = None
     if target is None:
         tmp = tempfile.TemporaryDirectory(prefix="pdvault-bench-")
-        proc, target = start_stack(Path(tmp.name))
+        proc, target = start_stack(Path(tmp.name), args.workers)
         args.token = args.token or issue_token(Path(tmp.name))
     try:
         asyncio.run(
-            bench(target, args.token, args.seconds, args.concurrency, args.subjects, args.payload)
+            bench(
+                target,
+                args.token,
+                args.seconds,
+                args.concurrency,
+                args.subjects,
+                args.payload,
+                channels=args.channels,
+                ops=frozenset(args.ops.split(",")),
+                cpu=CpuGroups(proc.pid) if proc is not None else None,
+            )
         )
     finally:
         if proc is not None:

@@ -128,13 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _connect, _pool, _rights, _serve, _tokens
+    from vault.cli import _connect, _import, _pool, _rights, _serve, _tokens
 
     serve = _serve.add_parser(sub)
     add_tls_flags(serve)
     add_pool_flag(serve)
     add_workers_flag(serve)
     _pool.add_parser(sub)
+    _import.add_parser(sub)
 
     _connect.add_flags(demo, target=False)
 
@@ -171,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             f"accepts it within {ADMIN_CHECK_SECONDS:g} s and refuses the old one from then."
         )
         return 0
+    if args.command == "import":
+        from vault.cli import _import
+
+        return _import.run(args)
     if args.command == "pool":
         from vault.cli import _pool
 

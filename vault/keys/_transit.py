@@ -17,6 +17,7 @@ from typing import Any
 import hvac
 import hvac.exceptions
 import requests
+import requests.adapters
 
 from vault.errors import DecryptionFailed, KeyServiceUnavailable
 from vault.keys._provider import KeyRef
@@ -71,7 +72,13 @@ class TransitKeyProvider:
 
     @classmethod
     def connect(cls, address: str, token: str, timeout: float = 5.0) -> TransitKeyProvider:
-        return cls(hvac.Client(url=address, token=token, timeout=timeout))
+        # Keep-alive connections for every thread that may call at once (the
+        # node's workers, the pool filler): requests keeps 10 by default.
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return cls(hvac.Client(url=address, token=token, timeout=timeout, session=session))
 
     def _count(self, op: str) -> None:
         with self._lock:

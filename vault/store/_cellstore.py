@@ -345,6 +345,53 @@ class CellStore:
             ).first()
         return (RecordRow(*r[:-1]), r[-1]) if r else None
 
+    def record_digests(self, subject_id: str, keys: list[str]) -> dict[str, str | None]:
+        """Of ``keys``, those that already created a record of the subject, with
+        the digest of the request each was first used for."""
+        if not keys:
+            return {}
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(records.c.idempotency_key, records.c.request_digest).where(
+                    and_(records.c.subject_id == subject_id, records.c.idempotency_key.in_(keys))
+                )
+            ).all()
+        return {str(k): d for k, d in rows}
+
+    def insert_records(
+        self,
+        rows: Sequence[tuple[RecordRow, str | None, int | None, str | None]],
+        states: tuple[SubjectState, ...] = LIVE_STATES,
+    ) -> bool:
+        """Inserts a batch of records — (row, idempotency key, expiry, request
+        digest) each — in one transaction, each only while its subject is in one
+        of ``states`` (checked in its statement): all of them, or (False) none."""
+        try:
+            with self._tx() as conn:
+                for row, key, expires_at, digest in rows:
+                    res = conn.execute(
+                        _INSERT_RECORD,
+                        {
+                            "live_subject": row.subject_id,
+                            "live_states": [str(x) for x in states],
+                            "id": row.id,
+                            "subject_id": row.subject_id,
+                            "category": row.category,
+                            "version": row.version,
+                            "envelope": row.envelope,
+                            "idempotency_key": key,
+                            "created_at": row.created_at,
+                            "updated_at": row.updated_at,
+                            "expires_at": expires_at,
+                            "request_digest": digest,
+                        },
+                    )
+                    if res.rowcount != 1:
+                        raise _NotLive
+        except _NotLive:
+            return False
+        return True
+
     def insert_record(
         self,
         row: RecordRow,
@@ -355,25 +402,7 @@ class CellStore:
     ) -> bool:
         """Inserts the record if its subject is in one of ``states`` (checked in
         the same statement); False, with nothing written, otherwise."""
-        with self._tx() as conn:
-            res = conn.execute(
-                _INSERT_RECORD,
-                {
-                    "live_subject": row.subject_id,
-                    "live_states": [str(x) for x in states],
-                    "id": row.id,
-                    "subject_id": row.subject_id,
-                    "category": row.category,
-                    "version": row.version,
-                    "envelope": row.envelope,
-                    "idempotency_key": idempotency_key,
-                    "created_at": row.created_at,
-                    "updated_at": row.updated_at,
-                    "expires_at": expires_at,
-                    "request_digest": request_digest,
-                },
-            )
-        return res.rowcount == 1
+        return self.insert_records([(row, idempotency_key, expires_at, request_digest)], states)
 
     def update_record(
         self,

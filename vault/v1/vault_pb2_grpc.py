@@ -104,6 +104,11 @@ class PersonalDataVaultStub:
                 request_serializer=vault_dot_v1_dot_vault__pb2.FindSubjectsRequest.SerializeToString,
                 response_deserializer=vault_dot_v1_dot_vault__pb2.FindSubjectsResponse.FromString,
                 _registered_method=True)
+        self.ImportSubjects = channel.stream_unary(
+                '/vault.v1.PersonalDataVault/ImportSubjects',
+                request_serializer=vault_dot_v1_dot_vault__pb2.ImportSubjectRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.ImportSubjectsResponse.FromString,
+                _registered_method=True)
 
 
 class PersonalDataVaultServicer:
@@ -211,6 +216,19 @@ class PersonalDataVaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportSubjects(self, request_iterator, context):
+        """Bulk onboarding: a stream of people, each created with their records as
+        CreateSubject and PutRecord would (same checks, "write" on every record's
+        category), keys drawn from the subject-key pool. Idempotent per person:
+        subject.idempotency_key is required, and a person sent again (a resumed
+        import) gets the same subject and no record twice. At most 1000 people
+        per call, in regions this node serves. On an error the call ends with its
+        status; the people before the failing one are imported.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersonalDataVaultServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -283,6 +301,11 @@ def add_PersonalDataVaultServicer_to_server(servicer, server):
                     servicer.FindSubjects,
                     request_deserializer=vault_dot_v1_dot_vault__pb2.FindSubjectsRequest.FromString,
                     response_serializer=vault_dot_v1_dot_vault__pb2.FindSubjectsResponse.SerializeToString,
+            ),
+            'ImportSubjects': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportSubjects,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.ImportSubjectRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.ImportSubjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -663,6 +686,33 @@ class PersonalDataVault:
             '/vault.v1.PersonalDataVault/FindSubjects',
             vault_dot_v1_dot_vault__pb2.FindSubjectsRequest.SerializeToString,
             vault_dot_v1_dot_vault__pb2.FindSubjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSubjects(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/vault.v1.PersonalDataVault/ImportSubjects',
+            vault_dot_v1_dot_vault__pb2.ImportSubjectRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.ImportSubjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,
