@@ -167,6 +167,11 @@ class PoolSettings:
     batch: int = 50
     concurrency: int = 4
     poll_seconds: float = 1.0
+    #: The regions this node fills pools for (None: every region it serves).
+    regions: frozenset[str] | None = None
+
+    def fills(self, region: str) -> bool:
+        return self.size > 0 and (self.regions is None or region in self.regions)
 
     def __post_init__(self) -> None:
         if self.size < 0 or self.batch < 1 or self.concurrency < 1 or self.poll_seconds <= 0:

@@ -331,7 +331,7 @@ class VaultServer:
         time, at the pace the key service answers (also after a restart: the
         entries left unclaimed are counted, not minted again)."""
         loop = asyncio.get_running_loop()
-        pools = list(self.vault.parts.pools.values())
+        pools = [p for r, p in self.vault.parts.pools.items() if self.settings.pool.fills(r)]
         while True:
             added = 0
             for pool in pools:

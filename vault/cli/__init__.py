@@ -47,6 +47,12 @@ def add_pool_flag(p: argparse.ArgumentParser) -> None:
         help="subjects minted ahead per region, with their keys, so that CreateSubject needs "
         "no key-service call (0: mint none; entries other nodes minted are still used)",
     )
+    p.add_argument(
+        "--key-pool-regions",
+        default=None,
+        metavar="R,R",
+        help="fill pools only for these regions (default: every region served)",
+    )
 
 
 def add_workers_flag(p: argparse.ArgumentParser) -> None:

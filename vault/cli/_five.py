@@ -125,6 +125,7 @@ class Five:
         self.first_port: int = args.port
         self.key_pool: int = args.key_pool
         self.workers: int = args.workers
+        self.pool_regions: str | None = args.key_pool_regions
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.endpoints: dict[str, str] = {}
 
@@ -162,6 +163,7 @@ class Five:
                 *("--peer-ca", str(pki.ca), "--peer-cert", str(peer_cert)),
                 *("--peer-key", str(peer_key), "--key-pool", str(self.key_pool)),
                 *("--workers", str(self.workers)),
+                *(("--key-pool-regions", self.pool_regions) if self.pool_regions else ()),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

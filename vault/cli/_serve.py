@@ -120,7 +120,10 @@ async def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=port,
         tls=_tls(args),
-        pool=PoolSettings(size=args.key_pool),
+        pool=PoolSettings(
+            size=args.key_pool,
+            regions=frozenset(args.key_pool_regions.split(",")) if args.key_pool_regions else None,
+        ),
         reuse_port=args.workers > 1,
         peer_tls=PeerTlsSettings(*(f.resolve() for f in peer_flags)) if all(peer_flags) else None,
     )

@@ -105,7 +105,10 @@ async def up(args: argparse.Namespace) -> int:
         ),
         reflection=args.reflection,
         tls=_tls(args),
-        pool=PoolSettings(size=args.key_pool),
+        pool=PoolSettings(
+            size=args.key_pool,
+            regions=frozenset(args.key_pool_regions.split(",")) if args.key_pool_regions else None,
+        ),
         reuse_port=args.workers > 1,
     )
     try:
