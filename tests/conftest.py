@@ -268,6 +268,7 @@ def start_stack(
     tls: TlsSettings | None = None,
     credentials: grpc.ChannelCredentials | None = None,
     pool: PoolSettings | None = None,
+    transit_mounts: dict[str, tuple[str, ...]] | None = None,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -276,11 +277,14 @@ def start_stack(
     ``database_urls`` (region → URL) and ``control_url`` replace the configured
     databases; ``control_clock`` (microseconds) is the wall clock the node's
     control store stamps its writes with (a skewed node); ``cache_clock`` (seconds)
-    ages the data-key caches; ``pool`` sizes the subject-key pool filler (default: none).
+    ages the data-key caches; ``pool`` sizes the subject-key pool filler (default: none);
+    ``transit_mounts`` (region → mounts) replaces the configured mounts.
     """
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], database_url=url)
+    for rid, mounts in (transit_mounts or {}).items():
+        regions.regions[rid] = dataclasses.replace(regions.regions[rid], transit_mounts=mounts)
     if control_url is not None:
         regions = dataclasses.replace(
             regions, control=dataclasses.replace(regions.control, database_url=control_url)

@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long an unwrapped data key is kept",
     )
     add_pool_flag(up)
+    up.add_argument(
+        "--openbao-audit-max-mb",
+        type=int,
+        default=256,
+        metavar="MB",
+        help="rotate OpenBao's own audit log (to audit.log.1) past this size",
+    )
     add_workers_flag(up)
     up.add_argument(
         "--reflection",

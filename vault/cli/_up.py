@@ -34,6 +34,15 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     return f
 
 
+async def _rotate_audit_forever(bao: OpenBaoServer, max_bytes: int) -> None:
+    """Keeps OpenBao's own audit log (every request it serves) to two files."""
+    while True:
+        await asyncio.sleep(60)
+        with contextlib.suppress(OSError):
+            if bao.rotate_audit_log(max_bytes):
+                print(f"pdvault: OpenBao audit log rotated ({bao.audit_log}.1)", file=sys.stderr)
+
+
 async def _renew_forever(address: str, token: str) -> None:
     """Keeps the node's periodic OpenBao token alive while the node runs."""
     while True:
@@ -162,6 +171,10 @@ async def up(args: argparse.Namespace) -> int:
         renew = [
             asyncio.create_task(_renew_forever(bao.address, t)) for t in (creds.node, creds.eraser)
         ]
+        renew.append(
+            asyncio.create_task(_rotate_audit_forever(bao, args.openbao_audit_max_mb * 1_000_000))
+        )
+        keys = bao.key_counts(regions)
         reflection = "on" if settings.reflection else "off"
         tls_hint = (
             "\n  (over TLS add --ca FILE, and --cert FILE --key FILE for mutual TLS;\n"
@@ -179,6 +192,8 @@ pdvault is running.
   key pool     {_pool_banner(args.key_pool)}
   data dir     {data_dir}
   OpenBao      {bao.address}  (local-only unseal material: {bao.dir / "LOCAL-ONLY-unseal.json"})
+  keys         {", ".join(f"{m} {n}" for m, n in keys.items())}  (per Transit mount)
+  audit log    {bao.audit_log} (OpenBao's own; rotated past {args.openbao_audit_max_mb} MB)
   policy       {policy.source} (revision {policy.revision}, {len(policy.purposes)} purposes)
   admin        {layout.admin_credential} (0600; `pdvault admin rotate` replaces it)
 
