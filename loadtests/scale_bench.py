@@ -22,6 +22,8 @@ pool   restarts with ``--pool`` pooled subjects in the region, waits until the
        (all from the pool): rate and p99; then keeps creating for
        ``--sustain-seconds`` with the pool empty (inline path, the filler
        competing for OpenBao): the sustained rate.
+import ``pdvault import`` of ``--import-people`` people with two records each
+       into a node whose pool (``--pool``) is full: people/s and records/s.
 
 Figures depend on what else the machine runs: the header prints the cores and
 the load average at the start, and each sample the load average then.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import signal
@@ -318,6 +321,44 @@ async def pool(stack: Stack, d: Driver, args: argparse.Namespace) -> None:
     )
 
 
+def bulk_import(stack: Stack, token: str, args: argparse.Namespace, work: Path) -> None:
+    """``pdvault import`` of ``--import-people`` people with two records each."""
+    country = COUNTRY[stack.region]
+    people = work / "people.jsonl"
+    with people.open("w") as f:
+        for i in range(args.import_people):
+            doc = {
+                "key": f"bench-{i:08d}",
+                "country": country,
+                "records": [
+                    {"category": "user.name", "fields": {"first": f"Person {i}"}},
+                    {"category": "user.contact.email", "fields": {"address": f"p{i}@x.org"}},
+                ],
+            }
+            f.write(json.dumps(doc) + "\n")
+    while stack.pool_depth() < min(args.pool, args.import_people):
+        time.sleep(1)
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "vault.cli", "import", str(people)),
+            *("--target", stack.target, "--data-dir", str(stack.data_dir), "--token", token),
+            *("--batch", "200", "--parallel", "4"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    spent = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"pdvault import failed: {out.stderr[-2000:]}")
+    n = args.import_people
+    print(
+        f"pdvault import: {n} people, {2 * n} records in {spent:.1f} s: {n / spent:.0f} people/s, "
+        f"{2 * n / spent:.0f} records/s (pool {args.pool}, batches of 200, 4 calls in flight)",
+        flush=True,
+    )
+
+
 async def main_async(args: argparse.Namespace, work: Path) -> None:
     phases = set(args.phases.split(","))
     print(
@@ -346,6 +387,19 @@ async def main_async(args: argparse.Namespace, work: Path) -> None:
                     await erase(d, sids, args)
             finally:
                 await d.close()
+        finally:
+            stack.stop()
+    if "import" in phases:
+        flags = ["--key-pool", str(args.pool), "--key-pool-regions", args.region]
+        stack = Stack(work / "import" / "data", args.region, args.mounts, flags)
+        try:
+            token = issue_token(
+                stack.data_dir,
+                service="scale-bench",
+                categories="user.name,user.contact.email",
+                ops="read,write",
+            )
+            bulk_import(stack, token, args, work / "import")
         finally:
             stack.stop()
     if "pool" in phases:
@@ -386,6 +440,7 @@ def main() -> None:
     ap.add_argument("--erasures", type=int, default=500)
     ap.add_argument("--pool", type=int, default=5000, help="pool size of the pool phase")
     ap.add_argument("--sustain-seconds", type=float, default=60)
+    ap.add_argument("--import-people", type=int, default=5000, help="people of the import phase")
     ap.add_argument("--phases", default="grow,read,erase,pool")
     ap.add_argument("--keep", type=Path, default=None, help="work in this dir and keep it")
     args = ap.parse_args()
