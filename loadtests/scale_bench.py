@@ -190,6 +190,13 @@ class Driver:
         return lat
 
 
+async def timed(d: Driver, n: int, op: Any) -> tuple[float, list[float]]:
+    """Runs ``op`` ``n`` times (see Driver.many): the rate per second and the latencies."""
+    t0 = time.perf_counter()
+    lat = await d.many(n, op)
+    return n / (time.perf_counter() - t0), lat
+
+
 async def grow(stack: Stack, d: Driver, args: argparse.Namespace) -> tuple[list[str], list[str]]:
     country = COUNTRY[stack.region]
     sids: list[str] = [""] * args.subjects
@@ -221,9 +228,7 @@ async def grow(stack: Stack, d: Driver, args: argparse.Namespace) -> tuple[list[
     done = 0
     while done < args.subjects:
         step = min(args.sample_every, args.subjects - done)
-        t0 = time.perf_counter()
-        lat = await d.many(step, lambda i, stub, off=done: signup(off + i, stub))
-        rate = step / (time.perf_counter() - t0)
+        rate, lat = await timed(d, step, lambda i, stub, off=done: signup(off + i, stub))
         done += step
         fp = stack.footprint()
         print(
@@ -252,9 +257,7 @@ async def read(d: Driver, rids: list[str], args: argparse.Namespace) -> None:
         await stub.GetRecord(pb.GetRecordRequest(record_id=chosen[i]), metadata=d.md)
 
     for label in ("cold (Transit decrypt per person)", "warm (data key cached)"):
-        t0 = time.perf_counter()
-        lat = await d.many(len(chosen), get)
-        rate = len(chosen) / (time.perf_counter() - t0)
+        rate, lat = await timed(d, len(chosen), get)
         print(
             f"GetRecord {label}: {len(chosen)} records of {len(rids)} people, {rate:.0f}/s, "
             f"p50 {_pct(lat, 50):.2f} ms, p99 {_pct(lat, 99):.2f} ms",
@@ -270,9 +273,7 @@ async def erase(d: Driver, sids: list[str], args: argparse.Namespace) -> None:
             pb.EraseSubjectRequest(subject_id=victims[i], reason="load-test"), metadata=d.rights
         )
 
-    t0 = time.perf_counter()
-    lat = await d.many(len(victims), one)
-    rate = len(victims) / (time.perf_counter() - t0)
+    rate, lat = await timed(d, len(victims), one)
     print(
         f"EraseSubject: {len(victims)} of {len(sids)} people, {rate:.1f}/s, "
         f"p50 {_pct(lat, 50):.1f} ms, p99 {_pct(lat, 99):.1f} ms",
@@ -296,9 +297,7 @@ async def pool(stack: Stack, d: Driver, args: argparse.Namespace) -> None:
         await stub.CreateSubject(pb.CreateSubjectRequest(country=country), metadata=d.md)
 
     n = int(args.pool * 0.9)  # the filler starts refilling meanwhile: stay within the pool
-    t0 = time.perf_counter()
-    lat = await d.many(n, create)
-    rate = n / (time.perf_counter() - t0)
+    rate, lat = await timed(d, n, create)
     print(
         f"CreateSubject from a full pool: {n} people, {rate:.0f}/s, p50 {_pct(lat, 50):.2f} ms, "
         f"p99 {_pct(lat, 99):.2f} ms",

@@ -82,9 +82,7 @@ class Cell(RecordOps):
                 self._lookup_transfer(caller, existing[0].id, lookups)
                 return self._replayed_subject(*existing, digest)
         try:
-            row = self._create_pooled(caller, minor, key, digest, digests, lookups)
-            if row is None:
-                row = self._create_inline(caller, minor, key, digest, digests, lookups)
+            row = self._insert_new(caller, minor, key, digest, digests, lookups)
         except DuplicateKey:
             existing = self._store.subject_by_idempotency_key(key) if key else None
             if existing is None or digest is None:
@@ -92,25 +90,7 @@ class Cell(RecordOps):
             return self._replayed_subject(*existing, digest)
         return SubjectView.of(row)
 
-    def _create_pooled(
-        self,
-        caller: Caller,
-        minor: bool,
-        key: str | None,
-        digest: str | None,
-        digests: list[tuple[str, str]],
-        lookups: list[tuple[str, str]] | None,
-    ) -> SubjectRow | None:
-        """Claims a subject minted ahead (no key-service call); None when the
-        pool is empty — or when lookup values cross a border, whose transfer
-        decision is recorded under the subject id before anything is written."""
-        if lookups and caller.entry_region is not None:
-            return None
-        return self._store.insert_pooled_subject(
-            self.region.id, minor, self._clock(), key, digest, digests
-        )
-
-    def _create_inline(
+    def _insert_new(
         self,
         caller: Caller,
         minor: bool,
@@ -119,6 +99,16 @@ class Cell(RecordOps):
         digests: list[tuple[str, str]],
         lookups: list[tuple[str, str]] | None,
     ) -> SubjectRow:
+        """Claims a subject minted ahead (no key-service call); when the pool is
+        empty — or lookup values cross a border, whose transfer decision is
+        recorded under the subject id before anything is written — creates the
+        subject's key inline."""
+        if not (lookups and caller.entry_region is not None):
+            row = self._store.insert_pooled_subject(
+                self.region.id, minor, self._clock(), key, digest, digests
+            )
+            if row is not None:
+                return row
         sid = ids.new_subject_id(self.region.id)
         self._lookup_transfer(caller, sid, lookups)
         ensure_may_block()
