@@ -139,7 +139,7 @@ def build_cells(
         store = built.stores[rid] = CellStore(engine)
         data_keys = built.data_keys[rid] = DataKeyCache(settings.cache, cache_clock)
         provider = keys.provider(rc.openbao_address)
-        built.pools[rid] = KeyPool(rc, provider, PoolStore(engine), settings.pool)
+        pool = built.pools[rid] = KeyPool(rc, provider, PoolStore(engine), settings.pool)
         built.cells[rid] = Cell(
             rc,
             store,
@@ -150,6 +150,7 @@ def build_cells(
             settings.limits,
             authz,
             shredder=keys.shredder(rc.openbao_address),
+            pool=pool,
             transfers=TransferGate(regions.transfers, rid, CellTransferLog(engine), now_us),
         )
     return built

@@ -71,8 +71,11 @@ def test_create_subject_takes_pooled_subjects_then_falls_back_inline(pool_stack:
     assert inline not in minted
     assert stack.provider.calls["create_key"] == calls.get("create_key", 0) + 1
 
-    # A pooled subject's data key opens: its wrap is bound to its id and region.
+    # Minted by this node: its data key is still in memory, the write needs no unwrap.
+    decrypts = stack.provider.calls["decrypt"]
     r = c.put_record(created[0], "user.name", {"first": "Ada"})
+    assert stack.provider.calls["decrypt"] == decrypts
+    # And its wrap opens: bound to its id and region.
     stack.node.cells["de"]._data_keys.clear()
     assert c.get_record(r.record_id).fields == {"first": "Ada"}
     row = stack.node.cells["de"]._store.get_subject(created[0])

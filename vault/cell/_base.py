@@ -48,6 +48,12 @@ class TransferCheck(Protocol):
     def history(self, subject_id: str) -> list[dict[str, Any]]: ...
 
 
+class FreshKeys(Protocol):
+    """Data keys of pool entries this node minted (:class:`vault.cell.KeyPool`)."""
+
+    def take_data_key(self, subject_id: str) -> bytes | None: ...
+
+
 class CellBase:
     """The collaborators of one region's cell, built by the composition root.
 
@@ -68,6 +74,7 @@ class CellBase:
         authz: Authorizer,
         *,
         shredder: KeyShredder | None = None,
+        pool: FreshKeys | None = None,
         clock: Callable[[], int] = now_us,
         transfers: TransferCheck | None = None,
     ) -> None:
@@ -80,6 +87,7 @@ class CellBase:
         self._index = index
         self._authz = authz
         self._shredder = shredder
+        self._pool = pool
         self._clock = clock
         self._transfers = transfers
         # A local SQLite file answers in microseconds: calls may run inline.

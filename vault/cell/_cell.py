@@ -108,6 +108,9 @@ class Cell(RecordOps):
                 self.region.id, minor, self._clock(), key, digest, digests
             )
             if row is not None:
+                dek = self._pool.take_data_key(row.id) if self._pool is not None else None
+                if dek is not None:  # minted here: the first write needs no unwrap
+                    self._data_keys.put(row.id, dek)
                 return row
         sid = ids.new_subject_id(self.region.id)
         self._lookup_transfer(caller, sid, lookups)

@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vault import ids
-from vault.config import PoolSettings, RegionConfig
+from vault.config import CacheSettings, PoolSettings, RegionConfig
 from vault.crypto import dek_associated_data, new_data_key
 from vault.db import now_us
-from vault.keys import KeyProvider, KeyRef
+from vault.keys import BoundedCache, KeyProvider, KeyRef
 from vault.store import PoolEntry, PoolStatus, PoolStore
 
 log = logging.getLogger("vault.pool")
@@ -80,11 +80,26 @@ class KeyPool:
         self._store = store
         self._threads: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        # The data keys this node minted and nobody claimed yet: a claim on this
+        # node then needs no unwrap. They guard no data until claimed; a restart
+        # loses them (the claim then unwraps, as for another node's entry).
+        self._fresh: BoundedCache[bytes] = BoundedCache(
+            CacheSettings(
+                max_entries=max(settings.size + settings.batch, 1024), max_age_seconds=3600.0
+            )
+        )
 
-    def _mint_one(self, _: int) -> PoolEntry:
+    def _mint_one(self, _: int) -> tuple[PoolEntry, bytes]:
         sid = ids.new_subject_id(self.region.id)
         minted = mint_subject_key(self._keys, self.region, sid)
-        return PoolEntry(sid, minted.ref.mount, minted.ref.name, minted.wrapped, now_us())
+        entry = PoolEntry(sid, minted.ref.mount, minted.ref.name, minted.wrapped, now_us())
+        return entry, minted.dek
+
+    def take_data_key(self, subject_id: str) -> bytes | None:
+        """The data key of an entry this node minted (once), else None."""
+        dek = self._fresh.get(subject_id)
+        self._fresh.evict(subject_id)
+        return dek
 
     def mint(self, n: int) -> int:
         """Mints ``n`` entries (``concurrency`` key-service calls at a time) and
@@ -100,10 +115,12 @@ class KeyPool:
                 )
             threads = self._threads
         started = time.monotonic()
-        entries = list(threads.map(self._mint_one, range(n)))
+        minted = list(threads.map(self._mint_one, range(n)))
         spent = time.monotonic() - started
-        self._store.add(entries, now_us(), max(1, int(spent * 1e6)))
-        return len(entries)
+        self._store.add([e for e, _ in minted], now_us(), max(1, int(spent * 1e6)))
+        for entry, dek in minted:
+            self._fresh.put(entry.id, dek)
+        return len(minted)
 
     def refill(self) -> int:
         """One round of the filler: mints up to a batch towards the pool size."""
@@ -114,6 +131,7 @@ class KeyPool:
         return self._store.status(now_us())
 
     def close(self) -> None:
+        self._fresh.clear()
         with self._lock:
             if self._threads is not None:
                 self._threads.shutdown(wait=True, cancel_futures=True)
