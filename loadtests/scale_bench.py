@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -365,19 +367,16 @@ async def main_async(args: argparse.Namespace, work: Path) -> None:
         "(the machine may be shared: figures are lower bounds)",
         flush=True,
     )
+    pooled = ["--key-pool", str(args.pool), "--key-pool-regions", args.region]
     if phases & {"grow", "read", "erase"}:
-        stack = Stack(work / "grow" / "data", args.region, args.mounts, [])
-        try:
+        with running(work, "grow", args) as stack:
             d = Driver(stack.target, *_tokens(stack.data_dir), args.concurrency)
             try:
                 sids, rids = await grow(stack, d, args)
             finally:
                 await d.close()
-        finally:
-            stack.stop()
         # A restarted node: every data-key cache empty, the first reads are cold.
-        stack = Stack(work / "grow" / "data", args.region, args.mounts, [])
-        try:
+        with running(work, "grow", args) as stack:
             d = Driver(stack.target, *_tokens(stack.data_dir), args.concurrency)
             try:
                 if "read" in phases:
@@ -386,12 +385,8 @@ async def main_async(args: argparse.Namespace, work: Path) -> None:
                     await erase(d, sids, args)
             finally:
                 await d.close()
-        finally:
-            stack.stop()
     if "import" in phases:
-        flags = ["--key-pool", str(args.pool), "--key-pool-regions", args.region]
-        stack = Stack(work / "import" / "data", args.region, args.mounts, flags)
-        try:
+        with running(work, "import", args, pooled) as stack:
             token = issue_token(
                 stack.data_dir,
                 service="scale-bench",
@@ -399,19 +394,25 @@ async def main_async(args: argparse.Namespace, work: Path) -> None:
                 ops="read,write",
             )
             bulk_import(stack, token, args, work / "import")
-        finally:
-            stack.stop()
     if "pool" in phases:
-        flags = ["--key-pool", str(args.pool), "--key-pool-regions", args.region]
-        stack = Stack(work / "pool" / "data", args.region, args.mounts, flags)
-        try:
+        with running(work, "pool", args, pooled) as stack:
             d = Driver(stack.target, *_tokens(stack.data_dir), args.concurrency)
             try:
                 await pool(stack, d, args)
             finally:
                 await d.close()
-        finally:
-            stack.stop()
+
+
+@contextlib.contextmanager
+def running(
+    work: Path, name: str, args: argparse.Namespace, flags: list[str] | None = None
+) -> Iterator[Stack]:
+    """``pdvault up`` on ``work/name/data`` for the duration of a phase."""
+    stack = Stack(work / name / "data", args.region, args.mounts, flags or [])
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 def _tokens(data_dir: Path) -> tuple[str, str]:
