@@ -3,10 +3,15 @@
     .venv/bin/python loadtests/core_bench.py                  # starts its own local stack
     .venv/bin/python loadtests/core_bench.py --target 127.0.0.1:50051 --token "$TOKEN"
     .venv/bin/python loadtests/core_bench.py --metrics --ops GetRecord  # metrics on
+    .venv/bin/python loadtests/core_bench.py --workers 2 --channels 8 --ops GetRecord
 
 Prints requests/s and p50/p99 latency per operation. Without ``--target`` it
-starts ``pdvault up`` in a temporary data dir (a separate process, so the
-server and this client do not share a GIL).
+starts ``pdvault up`` (``--workers N`` server processes on one port) in a
+temporary data dir and also prints the CPU each process group used during each
+operation (the node's server processes, OpenBao, this client), in cores.
+``--channels K`` spreads the callers over K connections: the kernel hands each
+connection to one worker, so with one connection one worker does all the work.
+(The node is a separate process, so the server and this client do not share a GIL.)
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +39,11 @@ from vault.v1 import vault_pb2 as pb
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
 
-def start_stack(data_dir: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:
+def start_stack(data_dir: Path, *flags: str, workers: int = 1) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir)),
-            *("--port", "0", *flags),
+            *("--port", "0", "--workers", str(workers), *flags),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -102,6 +108,32 @@ def _cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class CpuGroups:
+    """CPU seconds of the process groups of a local stack: the node's server
+    processes (the ``pdvault up`` process and its workers), OpenBao, this client."""
+
+    def __init__(self, up_pid: int) -> None:
+        import psutil
+
+        up = psutil.Process(up_pid)
+        kids = up.children(recursive=True)
+        self.groups = {
+            "server": [up, *(k for k in kids if "vault.cli._workers" in " ".join(k.cmdline()))],
+            "openbao": [k for k in kids if k.name() == "bao"],
+            "client": [psutil.Process()],
+        }
+
+    def sample(self) -> dict[str, float]:
+        out = {}
+        for name, procs in self.groups.items():
+            total = 0.0
+            for p in procs:
+                t = p.cpu_times()
+                total += t.user + t.system
+            out[name] = total
+        return out
+
+
 async def bench(
     target: str,
     token: str | None,
@@ -111,10 +143,17 @@ async def bench(
     payload: int,
     ops: frozenset[str] = frozenset({"GetRecord", "PutRecord", "FindSubjects"}),
     server_pid: int | None = None,
+    *,
+    channels: int = 1,
+    cpu: CpuGroups | None = None,
 ) -> None:
     md = (("authorization", f"Bearer {token}"),) if token else ()
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = pb_grpc.PersonalDataVaultStub(ch)
+    # Each channel its own connection (grpc shares them between channels otherwise).
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    chans = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+    stubs = [pb_grpc.PersonalDataVaultStub(c) for c in chans]  # type: ignore[no-untyped-call]
+    try:
+        stub = stubs[0]
         value = "x" * payload
         print(f"setup: {subjects} subjects with one record each ...", file=sys.stderr)
         sids, rids = [], []
@@ -138,11 +177,13 @@ async def bench(
             rids.append(r.record_id)
         rng = random.Random(7)
 
-        async def get(_: int) -> None:
-            await stub.GetRecord(pb.GetRecordRequest(record_id=rng.choice(rids)), metadata=md)
+        async def get(i: int) -> None:
+            await stubs[i % channels].GetRecord(
+                pb.GetRecordRequest(record_id=rng.choice(rids)), metadata=md
+            )
 
-        async def put(_: int) -> None:
-            await stub.PutRecord(
+        async def put(i: int) -> None:
+            await stubs[i % channels].PutRecord(
                 pb.PutRecordRequest(
                     subject_id=rng.choice(sids),
                     category="user.contact.email",
@@ -151,9 +192,9 @@ async def bench(
                 metadata=md,
             )
 
-        async def find(_: int) -> None:
+        async def find(c: int) -> None:
             i = rng.randrange(subjects)
-            await stub.FindSubjects(
+            await stubs[c % channels].FindSubjects(
                 pb.FindSubjectsRequest(
                     lookup=pb.Lookup(kind="email", value=f"bench-{i}@example.org"),
                     region=sids[i][:2],
@@ -162,7 +203,8 @@ async def bench(
             )
 
         print(
-            f"target {target}, {concurrency} concurrent callers, {seconds:.0f}s per operation, "
+            f"target {target}, {concurrency} concurrent callers over {channels} connection(s), "
+            f"{seconds:.0f}s per operation, "
             f"{payload}-byte field; {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"grpcio {grpc.__version__}"
         )
@@ -176,6 +218,8 @@ async def bench(
                 calls[0] += 1
 
             cpu_before = _cpu_seconds(server_pid)
+            groups_before = cpu.sample() if cpu else {}
+            t0 = time.perf_counter()
             res = await run(name, counted, concurrency=concurrency, seconds=seconds)
             cpu_after = _cpu_seconds(server_pid)
             line = res.row()
@@ -184,6 +228,25 @@ async def bench(
                 # on a machine that other processes share.
                 line += f"   server cpu {1e6 * (cpu_after - cpu_before) / calls[0]:.0f} us/call"
             print(line, flush=True)
+            if cpu:
+                wall = time.perf_counter() - t0
+                used = {k: (v - groups_before[k]) / wall for k, v in cpu.sample().items()}
+                print(
+                    "  CPU (cores, warm-up included): "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in used.items()),
+                    flush=True,
+                )
+    finally:
+        for c in chans:
+            await c.close()
+
+
+_SHORT = {"get": "GetRecord", "put": "PutRecord", "find": "FindSubjects"}
+
+
+def _op_names(ops: str) -> frozenset[str]:
+    """``--ops``: RPC names, or get/put/find for short."""
+    return frozenset(_SHORT.get(o.strip(), o.strip()) for o in ops.split(","))
 
 
 def main() -> None:
@@ -197,7 +260,9 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=200)
     ap.add_argument("--payload", type=int, default=64, help="bytes per field value")
     ap.add_argument(
-        "--ops", default="GetRecord,PutRecord,FindSubjects", help="operations to measure"
+        "--ops",
+        default="GetRecord,PutRecord,FindSubjects",
+        help="operations to measure (get, put, find for short)",
     )
     ap.add_argument(
         "--server-pid",
@@ -210,15 +275,16 @@ def main() -> None:
         action="store_true",
         help="the local stack serves Prometheus metrics (--metrics-port 0): their cost",
     )
+    ap.add_argument("--workers", type=int, default=1, help="server processes of the local stack")
+    ap.add_argument("--channels", type=int, default=1, help="connections the callers share")
     args = ap.parse_args()
     proc = None
     target = args.target
     tmp = None
     if target is None:
         tmp = tempfile.TemporaryDirectory(prefix="pdvault-bench-")
-        proc, target = start_stack(
-            Path(tmp.name), *(("--metrics-port", "0") if args.metrics else ())
-        )
+        flags = ("--metrics-port", "0") if args.metrics else ()
+        proc, target = start_stack(Path(tmp.name), *flags, workers=args.workers)
         args.token = args.token or issue_token(Path(tmp.name))
     try:
         asyncio.run(
@@ -229,8 +295,10 @@ def main() -> None:
                 args.concurrency,
                 args.subjects,
                 args.payload,
-                frozenset(o.strip() for o in args.ops.split(",")),
+                _op_names(args.ops),
                 proc.pid if proc is not None else args.server_pid,
+                channels=args.channels,
+                cpu=CpuGroups(proc.pid) if proc is not None else None,
             )
         )
     finally:

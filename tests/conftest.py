@@ -24,6 +24,7 @@ from tests.fault_tally import TALLY
 from vault.client import VaultClient
 from vault.config import (
     CacheSettings,
+    KeyPoolSettings,
     KeyRotationPolicy,
     NodeSettings,
     RegionsConfig,
@@ -308,6 +309,8 @@ def start_stack(
     rotator_token: str | None = None,
     rotation_check_seconds: float = 3600.0,
     audit_timeout_seconds: float = 5.0,
+    pool: KeyPoolSettings | None = None,
+    transit_mounts: dict[str, tuple[str, ...]] | None = None,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -319,12 +322,16 @@ def start_stack(
     ages the data-key caches; ``openbao_timeout`` (seconds) bounds each key-service
     call. ``key_rotation`` (region → policy or None) replaces the regions' rotation
     schedules, which the node runs with ``rotator_token``.
+    ``pool`` sizes the subject-key pool filler (default: none); ``transit_mounts``
+    (region → mounts) replaces the configured mounts.
     """
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], database_url=url)
     for rid, rotation in (key_rotation or {}).items():
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], key_rotation=rotation)
+    for rid, mounts in (transit_mounts or {}).items():
+        regions.regions[rid] = dataclasses.replace(regions.regions[rid], transit_mounts=mounts)
     if control_url is not None:
         regions = dataclasses.replace(
             regions, control=dataclasses.replace(regions.control, database_url=control_url)
@@ -333,6 +340,7 @@ def start_stack(
         data_dir=data_dir,
         port=0,
         cache=cache or CacheSettings(),
+        pool=pool or KeyPoolSettings(),
         erasure_poll_seconds=erasure_poll_seconds,
         reflection=reflection,
         host=host,

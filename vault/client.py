@@ -21,7 +21,7 @@ violations.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -295,6 +295,17 @@ class VaultClient:
     def cancel_erasure(self, subject_id: str) -> pb.Subject:
         req = pb.CancelErasureRequest(subject_id=subject_id)
         return self._call(self._stub.CancelErasure, req)  # type: ignore[no-any-return]
+
+    def import_subjects(
+        self, people: Iterable[pb.ImportSubjectRequest]
+    ) -> pb.ImportSubjectsResponse:
+        """Bulk import: one call for up to 1000 people (see ImportSubjects)."""
+        try:
+            return self._stub.ImportSubjects(  # type: ignore[no-any-return]
+                iter(people), timeout=self._timeout * 30, metadata=self._metadata()
+            )
+        except grpc.RpcError as e:
+            raise VaultClientError.from_rpc_error(e) from None
 
     def export_subject_bytes(self, subject_id: str) -> Iterator[bytes]:
         """The export document's pieces as they arrive (for large subjects)."""

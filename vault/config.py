@@ -209,6 +209,31 @@ class PoolSettings:
 
 
 @dataclass(frozen=True)
+class KeyPoolSettings:
+    """The subject-key pool a node keeps filled in each region it serves.
+
+    ``size`` entries per region (0: this node mints none, but still claims
+    what other nodes minted); the filler adds at most ``batch`` per round,
+    ``concurrency`` key-service calls at a time, and looks again every
+    ``poll_seconds``.
+    """
+
+    size: int = 0
+    batch: int = 50
+    concurrency: int = 4
+    poll_seconds: float = 1.0
+    #: The regions this node fills pools for (None: every region it serves).
+    regions: frozenset[str] | None = None
+
+    def fills(self, region: str) -> bool:
+        return self.size > 0 and (self.regions is None or region in self.regions)
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or self.batch < 1 or self.concurrency < 1 or self.poll_seconds <= 0:
+            raise ValueError("pool size must be >= 0, batch and concurrency >= 1, poll > 0")
+
+
+@dataclass(frozen=True)
 class Limits:
     """Size limits; exceeding one is RESOURCE_EXHAUSTED or INVALID_ARGUMENT."""
 
@@ -262,6 +287,8 @@ class NodeSettings:
     #: loopback host only (``--insecure-local``, local development).
     tls: TlsSettings | None = None
     cache: CacheSettings = field(default_factory=CacheSettings)
+    #: The subject-key pool (vault.cell._pool); ``db_pool`` is the database's.
+    pool: KeyPoolSettings = field(default_factory=KeyPoolSettings)
     limits: Limits = field(default_factory=Limits)
     openbao_timeout_seconds: float = 5.0
     #: How often a node looks for erasures whose grace period has ended.
@@ -303,6 +330,9 @@ class NodeSettings:
     #: SQLite audit files: sync every commit to disk (``synchronous=FULL``)
     #: rather than to the write-ahead log, like the cells (``NORMAL``).
     audit_fsync: bool = False
+    #: Bind the port with SO_REUSEPORT: several worker processes of one node
+    #: share it (``--workers``, :mod:`vault.cli._workers`).
+    reuse_port: bool = False
 
 
 def _endpoint_problem(endpoint: object) -> str | None:

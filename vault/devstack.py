@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hvac
+import hvac.exceptions
 import requests
 
 from vault.audit import SIGNING_KEY_NAME as AUDIT_KEY_NAME
@@ -261,6 +262,11 @@ storage "raft" {{
   node_id = "pdvault-local"
   # Single node: elect itself quickly instead of waiting out production timeouts.
   performance_multiplier = 1
+  # Compact the raft log into a snapshot every 8192 entries (a subject key is
+  # two) and keep fewer entries than that after it: the log stays bounded
+  # (raft's default trailing_logs, 10240, is above the threshold).
+  snapshot_threshold = 8192
+  trailing_logs      = 4096
 }}
 listener "tcp" {{
   address         = "127.0.0.1:{self.ports.api}"
@@ -281,6 +287,32 @@ audit "file" "pdvault-local" {{
   }}
 }}
 """
+
+    def rotate_audit_log(self, max_bytes: int) -> bool:
+        """Moves the audit log to ``audit.log.1`` (replacing the previous one)
+        once it is larger than ``max_bytes``, and has OpenBao reopen its file
+        (SIGHUP): the local stack keeps at most two files of OpenBao's own log."""
+        try:
+            if self.audit_log.stat().st_size <= max_bytes:
+                return False
+        except FileNotFoundError:
+            return False
+        os.replace(self.audit_log, self.audit_log.with_name("audit.log.1"))
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGHUP)
+        return True
+
+    def key_counts(self, regions: RegionsConfig) -> dict[str, int]:
+        """Keys per Transit mount of the regions (a LIST of each mount)."""
+        client = self._root_client()
+        counts = {}
+        for mount in [m for r in regions.regions.values() for m in r.transit_mounts]:
+            try:
+                keys = client.secrets.transit.list_keys(mount_point=mount)["data"]["keys"]
+            except hvac.exceptions.InvalidPath:  # no key yet
+                keys = []
+            counts[mount] = len(keys)
+        return counts
 
     # -- process ----------------------------------------------------------
 

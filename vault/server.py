@@ -29,7 +29,7 @@ from vault.audit import (
     CheckpointPolicy,
     audit_url,
 )
-from vault.cell import BlindIndex, Cell
+from vault.cell import BlindIndex, Cell, KeyPool
 from vault.config import KeyRotationPolicy, NodeSettings, RegionsConfig
 from vault.control import ControlStore, Revocations
 from vault.datadir import DataDir
@@ -54,7 +54,7 @@ from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferGate
 from vault.rotation import RateLimiter, SubjectKeyRotation
 from vault.service import MalformedRequests, Peers, PersonalDataVaultServicer, TokenServicer
-from vault.store import CellStore, CellTransferLog, RotationStore, make_engine, migrate
+from vault.store import CellStore, CellTransferLog, PoolStore, RotationStore, make_engine, migrate
 from vault.tokens.authority import AdminCredential, TokenAuthority
 from vault.tokens.keyfiles import KeyFollower, SigningState, load_or_create_signing_key
 from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
@@ -83,6 +83,8 @@ class Cells:
     data_keys: dict[str, DataKeyCache]
     #: The regions' audit logs (none with the audit off).
     audit_stores: dict[str, AuditStore]
+    #: The subject-key pool of each cell (filled by :class:`VaultServer`).
+    pools: dict[str, KeyPool]
 
 
 @dataclass
@@ -114,6 +116,8 @@ class Vault:
         self.revocations.stop()
         if self.audit is not None:
             self.audit.close()
+        for pool in self.parts.pools.values():
+            pool.close()
         self.node.close()
         self.control.close()
 
@@ -178,7 +182,7 @@ def build_cells(
 ) -> Cells:
     """Opens (and migrates) the database of every served region and builds its
     cell; ``cache_clock`` (seconds) ages the data-key caches."""
-    built = Cells({}, {}, {}, {})
+    built = Cells({}, {}, {}, {}, {})
     for rid, rc in regions.regions.items():
         if serve_regions is not None and rid not in serve_regions:
             continue
@@ -191,6 +195,7 @@ def build_cells(
             built.audit_stores[rid] = AuditStore.open(
                 audit_url(rc.database_url, rid), rid, fsync=settings.audit_fsync
             )
+        pool = built.pools[rid] = KeyPool(rc, provider, PoolStore(engine), settings.pool)
         built.cells[rid] = Cell(
             rc,
             store,
@@ -201,6 +206,7 @@ def build_cells(
             settings.limits,
             authz,
             shredder=keys.shredder(rc.openbao_address),
+            pool=pool,
             transfers=TransferGate(regions.transfers, rid, CellTransferLog(engine), now_us),
             access=built.audit_stores.get(rid),
         )
@@ -393,7 +399,7 @@ class VaultServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if self.settings.reuse_port else 0),
             ],
         )
         vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(  # type: ignore[no-untyped-call]
@@ -468,6 +474,8 @@ class VaultServer:
         ]
         if self.vault.rotations:
             self._workers.append(asyncio.create_task(self._rotation_worker()))
+        if self.settings.pool.size > 0:
+            self._workers.append(asyncio.create_task(self._pool_worker()))
         return self.port
 
     async def _health_probe(self) -> None:
@@ -541,6 +549,22 @@ class VaultServer:
             except Exception as e:  # keep the worker alive; the next round retries
                 log.warning("erasure worker: %s", type(e).__name__)
             await asyncio.sleep(self.settings.erasure_poll_seconds)
+
+    async def _pool_worker(self) -> None:
+        """Keeps each served region's subject-key pool at its size, a batch at a
+        time, at the pace the key service answers (also after a restart: the
+        entries left unclaimed are counted, not minted again)."""
+        loop = asyncio.get_running_loop()
+        pools = [p for r, p in self.vault.parts.pools.items() if self.settings.pool.fills(r)]
+        while True:
+            added = 0
+            for pool in pools:
+                try:
+                    added += await loop.run_in_executor(self._executor, pool.refill)
+                except Exception as e:  # the next round retries
+                    log.warning("pool filler (%s): %s", pool.region.id, type(e).__name__)
+            if not added:
+                await asyncio.sleep(self.settings.pool.poll_seconds)
 
     async def _retention_worker(self) -> None:
         """Deletes records whose retention ended, a batch at a time (safe on many nodes)."""

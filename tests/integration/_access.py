@@ -60,9 +60,12 @@ VAULT_RPCS = (
     "SetLookups",
     "FindSubjects",
     "GetAccessReport",
+    "ImportSubjects",
 )
 #: Server-streaming RPCs: the reply is read chunk by chunk (errors arrive while reading).
 STREAMING_RPCS = frozenset({"ExportSubject", "GetAccessReport"})
+#: Client-streaming RPCs: the request is a list of messages, sent as a stream.
+CLIENT_STREAMING_RPCS = frozenset({"ImportSubjects"})
 TOKEN_RPCS = frozenset({"IssueToken", "ExchangeToken", "RevokeToken"})
 #: The operation each RPC needs, and the purpose a test acts under for it.
 RPC_OPERATION = {
@@ -82,6 +85,7 @@ RPC_OPERATION = {
     "GetAccessReport": "export",
     "SetLookups": "write",
     "FindSubjects": "read",
+    "ImportSubjects": "write",
 }
 #: essential.service reads, writes and deletes; only the subject's own request
 #: (essential.subject_rights) has consent, erase and export.
@@ -165,6 +169,8 @@ class Rpc:
         if authorization is None and token is not None:
             authorization = f"Bearer {token}"
         md = (("authorization", authorization),) if authorization is not None else ()
+        if method in CLIENT_STREAMING_RPCS:
+            request = iter(request)
         return getattr(stub, method)(request, metadata=md, timeout=10)
 
     def call(

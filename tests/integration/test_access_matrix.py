@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,6 +172,19 @@ def request_for(rpc: str, t: Target) -> tuple[str, Any]:
             return rpc, pb.FindSubjectsRequest(
                 lookup=pb.Lookup(kind="email", value=t.email), region=t.region
             )
+        case "ImportSubjects":
+            # A new person of the target's country with the record the target's
+            # tests write, and the target's new lookup e-mail.
+            return rpc, [
+                pb.ImportSubjectRequest(
+                    subject=pb.CreateSubjectRequest(
+                        country=t.country,
+                        idempotency_key=f"import-{uuid.uuid4().hex}",
+                        lookups=[pb.Lookup(kind="email", value=t.new_email)],
+                    ),
+                    records=[pb.ImportRecord(category=t.category, fields=t.put_fields)],
+                )
+            ]
     raise AssertionError(rpc)
 
 
@@ -483,6 +497,16 @@ def _assert_done(env: Env, rpc: str, t: Target, reply: Any) -> None:
             assert list(found.subject_ids) == [t.subject_id]
         case "FindSubjects":
             assert list(reply.subject_ids) == [t.subject_id]
+        case "ImportSubjects":
+            (result,) = reply.results
+            assert result.subject_id.startswith(f"{t.region}_sub_")
+            assert result.subject_id != t.subject_id and result.records_written == 1
+            listed = env.rpc.call(
+                "ListRecords", pb.ListRecordsRequest(subject_id=result.subject_id), rights
+            )
+            assert [(r.category, dict(r.fields)) for r in listed.records] == [
+                (t.category, t.put_fields)
+            ]
         case _:
             raise AssertionError(rpc)
 
@@ -685,19 +709,25 @@ ALL = (*VAULT_RPCS, UPDATE)
 
 #: attack -> (builder, the RPCs it applies to)
 POLICY_ATTACKS: dict[str, tuple[Callable[[Env, str], Case], tuple[str, ...]]] = {
-    "wrong-purpose": (wrong_purpose, ("PutRecord", "GetRecord", "ListRecords", "DeleteRecord")),
+    "wrong-purpose": (
+        wrong_purpose,
+        ("PutRecord", "GetRecord", "ListRecords", "DeleteRecord", "ImportSubjects"),
+    ),
     "purpose-lacks-category": (
         purpose_lacks_category,
-        ("PutRecord", "GetRecord", "ListRecords", "DeleteRecord"),
+        ("PutRecord", "GetRecord", "ListRecords", "DeleteRecord", "ImportSubjects"),
     ),
     # Every RPC but the reads: each purpose the attack uses has read.
     "purpose-lacks-operation": (
         purpose_lacks_operation,
         tuple(r for r in VAULT_RPCS if RPC_OPERATION[r] != "read"),
     ),
-    "category-not-granted": (category_not_granted, DATA),
-    "field-not-granted": (field_not_granted, ("PutRecord", UPDATE)),
-    "no-field-granted": (no_field_granted, ("PutRecord", UPDATE, "GetRecord", "ListRecords")),
+    "category-not-granted": (category_not_granted, (*DATA, "ImportSubjects")),
+    "field-not-granted": (field_not_granted, ("PutRecord", UPDATE, "ImportSubjects")),
+    "no-field-granted": (
+        no_field_granted,
+        ("PutRecord", UPDATE, "GetRecord", "ListRecords", "ImportSubjects"),
+    ),
     "operation-not-granted": (operation_not_granted, ALL),
     "region-not-granted": (region_not_granted, ALL),
     # FindSubjects filters its answer instead (test_find_subjects_shows_only_granted_subjects).

@@ -20,6 +20,7 @@ from vault.datadir import DataDir
 from vault.errors import Unauthenticated
 from vault.tokens import REGIONS, Claims, KeySet, SigningKey, decode, issue
 from vault.tokens.authority import AdminCredential, ensure_admin_credential, rotate_admin_credential
+from vault.v1 import vault_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
@@ -179,6 +180,9 @@ def _admin_as_purpose_token(stack: Stack, credential: str, subject_id: str, reco
         "GetAccessReport": lambda c: c.access_report(subject_id),
         "EraseSubject": lambda c: c.erase_subject(subject_id, reason="subject_request"),
         "ExchangeToken": lambda c: c.exchange_token(operations=["read"]),
+        "ImportSubjects": lambda c: c.import_subjects(
+            [pb.ImportSubjectRequest(subject=pb.CreateSubjectRequest(country="DE"))]
+        ),
     }
     with VaultClient(stack.target, token=credential) as c:
         for rpc, call in calls.items():

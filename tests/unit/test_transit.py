@@ -347,11 +347,11 @@ def test_connect_builds_a_client_for_the_address_and_token(
 ) -> None:
     monkeypatch.setattr(hvac, "Client", RecordingClient)
     node = TransitKeyProvider.connect("http://bao:8200", "node-token")
-    assert node._client.kwargs == {  # type: ignore[attr-defined]
-        "url": "http://bao:8200",
-        "token": "node-token",
-        "timeout": 5.0,
-    }
+    kwargs = dict(node._client.kwargs)  # type: ignore[attr-defined]
+    session = kwargs.pop("session")
+    assert kwargs == {"url": "http://bao:8200", "token": "node-token", "timeout": 5.0}
+    # Room for every thread that may call at once (requests keeps 10 by default).
+    assert session.get_adapter("http://bao:8200")._pool_maxsize >= 32
     eraser = TransitKeyShredder.connect("http://bao:8200", "eraser-token", timeout=2.5)
     assert eraser._client.kwargs == {  # type: ignore[attr-defined]
         "url": "http://bao:8200",

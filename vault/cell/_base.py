@@ -74,6 +74,12 @@ ACCESS_FIELDS = (
 )
 
 
+class FreshKeys(Protocol):
+    """Data keys of pool entries this node minted (:class:`vault.cell.KeyPool`)."""
+
+    def take_data_key(self, subject_id: str) -> bytes | None: ...
+
+
 class CellBase:
     """The collaborators of one region's cell, built by the composition root.
 
@@ -94,6 +100,7 @@ class CellBase:
         authz: Authorizer,
         *,
         shredder: KeyShredder | None = None,
+        pool: FreshKeys | None = None,
         clock: Callable[[], int] = now_us,
         transfers: TransferCheck | None = None,
         access: AccessHistory | None = None,
@@ -107,6 +114,7 @@ class CellBase:
         self._index = index
         self._authz = authz
         self._shredder = shredder
+        self._pool = pool
         self._clock = clock
         self._transfers = transfers
         self._access = access

@@ -25,6 +25,7 @@ from vault.cell._lookup import (
     MAX_LOOKUPS_PER_SUBJECT,
     normalise,
 )
+from vault.cell._pool import key_name_for, mint_subject_key
 from vault.cell._records import RecordOps
 from vault.cell._views import (
     ConsentView,
@@ -33,7 +34,7 @@ from vault.cell._views import (
     ShredResult,
     SubjectView,
 )
-from vault.crypto import dek_associated_data, new_data_key, same_digest
+from vault.crypto import dek_associated_data, same_digest
 from vault.errors import (
     AccessDenied,
     Conflict,
@@ -52,18 +53,8 @@ from vault.tokens import FieldGrant
 log = logging.getLogger("vault.cell")
 
 
-def key_name_for(subject_id: str) -> str:
-    """The Transit key name of a subject: derived from the id, nothing else."""
-    return f"subject-{subject_id}"
-
-
 class Cell(RecordOps):
     """The operations of one region, each on behalf of an authenticated caller."""
-
-    def _mount_for(self, subject_id: str) -> str:
-        mounts = self.region.transit_mounts
-        digest = hashlib.sha256(subject_id.encode()).digest()
-        return mounts[int.from_bytes(digest[:8], "big") % len(mounts)]
 
     # -- subjects ---------------------------------------------------------
 
@@ -104,42 +95,65 @@ class Cell(RecordOps):
             if existing is not None:
                 self._lookup_transfer(caller, existing[0].id, lookups)
                 return self._replayed_subject(*existing, digest)
+        try:
+            row = self._insert_new(caller, minor, key, digest, digests, lookups)
+        except DuplicateKey:  # the same key, used meanwhile (its new key is destroyed)
+            existing = self._store.subject_by_idempotency_key(key) if key else None
+            if existing is None or digest is None:
+                raise
+            return self._replayed_subject(*existing, digest)
+        self._audit(row)
+        return SubjectView.of(row)
+
+    def _insert_new(
+        self,
+        caller: Caller,
+        minor: bool,
+        key: str | None,
+        digest: str | None,
+        digests: list[tuple[str, str]],
+        lookups: list[tuple[str, str]] | None,
+    ) -> SubjectRow:
+        """Claims a subject minted ahead (no key-service call); when the pool is
+        empty — or lookup values cross a border, whose transfer decision is
+        recorded under the subject id before anything is written — creates the
+        subject's key inline."""
+        if not (lookups and caller.entry_region is not None):
+            row = self._store.insert_pooled_subject(
+                self.region.id, minor, self._clock(), key, digest, digests
+            )
+            if row is not None:
+                dek = self._pool.take_data_key(row.id) if self._pool is not None else None
+                if dek is not None:  # minted here: the first write needs no unwrap
+                    self._data_keys.put(row.id, dek)
+                return row
         sid = ids.new_subject_id(self.region.id)
         self._lookup_transfer(caller, sid, lookups)
         ensure_may_block()
-        ref = KeyRef(self._mount_for(sid), key_name_for(sid))
         # Key first, then the row: if the key service is down nothing is written.
         # A key whose row is not written guards nothing: it is destroyed again
-        # (a crash in between leaves one behind: reap_orphan_keys finds it).
-        self._keys.create_key(ref)
+        # (a crash in between, or a wrap failing after the key was made, leaves
+        # one behind: reap_orphan_keys finds it).
+        minted = mint_subject_key(self._keys, self.region, sid)
         try:
-            dek = new_data_key()
-            wrapped = self._keys.wrap(ref, dek, dek_associated_data(sid, self.region.id))
             now = self._clock()
             row = SubjectRow(
                 sid,
                 self.region.id,
                 SubjectState.ACTIVE,
                 minor,
-                ref.mount,
-                ref.name,
-                wrapped,
+                minted.ref.mount,
+                minted.ref.name,
+                minted.wrapped,
                 now,
                 now,
             )
             self._store.insert_subject(row, key, digest, digests)
-        except DuplicateKey:
-            self._discard_key(ref)
-            existing = self._store.subject_by_idempotency_key(key) if key else None
-            if existing is None or digest is None:
-                raise
-            return self._replayed_subject(*existing, digest)
         except BaseException:
-            self._discard_key(ref)
+            self._discard_key(minted.ref)
             raise
-        self._data_keys.put(sid, dek)
-        audit.about(self.region.id, sid, None, lambda _: dek)
-        return SubjectView.of(row)
+        self._data_keys.put(sid, minted.dek)
+        return row
 
     def _discard_key(self, ref: KeyRef) -> None:
         """Destroys a subject key whose row was never written, through the

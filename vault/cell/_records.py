@@ -24,7 +24,7 @@ from vault.errors import (
     InvalidArgument,
     Restricted,
 )
-from vault.policy import Caller, filter_fields
+from vault.policy import Caller, SubjectFacts, filter_fields
 from vault.store import DuplicateKey, RecordRow, SubjectRow, SubjectState
 from vault.tokens import FieldGrant
 
@@ -108,6 +108,68 @@ class RecordOps(CellBase):
                 raise
             return self._replayed_record(caller, subject_id, *existing, fields, digest)
         return RecordView(rid, subject_id, category, dict(fields), 1, now, now)
+
+    def import_records(
+        self,
+        caller: Caller,
+        subject_id: str,
+        records: list[tuple[str, dict[str, str]]],
+        idempotency_key: str,
+    ) -> int:
+        """Writes a person's imported records in one batch; how many were new.
+
+        Each record is authorised exactly as PutRecord's create, and keyed by
+        the person's idempotency key and its position: sent again (a resumed
+        import), a record already written is skipped — or, if its content
+        differs, the call is refused as a reused key. All or none are written.
+        """
+        self._authz.scope(caller, "write", self.region.id, subject_id)
+        subject = self._live_subject(subject_id)
+        facts = self._facts(caller, dataclasses.replace(subject, state=SubjectState.ACTIVE))
+        self._check_record_writes(caller, facts, records)
+        if not records:
+            return 0
+        categories = sorted({c for c, _ in records})
+        self._transfer(caller, "ImportSubjects", subject_id, None, categories, write=True)
+        dek = self._data_key(subject)
+        keys = [
+            scoped_idempotency_key(caller, f"{idempotency_key}/{i}") for i in range(len(records))
+        ]
+        done = self._store.record_digests(subject_id, keys)
+        now = self._clock()
+        batch = []
+        for key, (category, fields) in zip(keys, records, strict=True):
+            digest = request_digest(dek, "put-record", [category, fields])
+            if key in done:
+                if not same_digest(done[key], digest):
+                    raise Conflict(
+                        "the idempotency key was already used for a different request",
+                        reason="IDEMPOTENCY_KEY_REUSED",
+                    )
+                continue
+            rid = ids.new_record_id(self.region.id)
+            ctx = RecordContext(rid, subject_id, self.region.id, category, 1)
+            row = RecordRow(rid, subject_id, category, 1, seal_fields(dek, ctx, fields), now, now)
+            batch.append((row, key, self._authz.expiry(caller, category, now), digest))
+        if batch and not self._store.insert_records(batch, self._writable(caller)):
+            self._subjects.evict(subject_id)
+            self._refused_write(caller, subject_id)
+        return len(batch)
+
+    def check_import(
+        self, caller: Caller, minor: bool, records: list[tuple[str, dict[str, str]]]
+    ) -> None:
+        """Whether the caller may write these records of a new person: checked
+        before the person is created, so a refused import creates nothing."""
+        self._check_record_writes(caller, SubjectFacts(minor=minor, restricted=False), records)
+
+    def _check_record_writes(
+        self, caller: Caller, facts: SubjectFacts, records: list[tuple[str, dict[str, str]]]
+    ) -> None:
+        for category, fields in records:
+            self._authz.known_category(category)
+            allowed = self._authz.fields(caller, category, "write", facts)
+            self._authz.check_write_fields(category, fields, allowed)
 
     def _refused_write(self, caller: Caller, subject_id: str) -> NoReturn:
         """Why a guarded write wrote nothing, from the subject's current row."""

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from vault.config import CacheSettings
+from vault.config import CacheSettings, KeyPoolSettings
 from vault.datadir import DEFAULT_DATA_DIR
 
 DEFAULT_PORT = 50051
@@ -34,6 +34,36 @@ def add_tls_flags(up: argparse.ArgumentParser) -> None:
         "--insecure-local",
         action="store_true",
         help="plaintext on loopback, for local development (the default without --tls-cert)",
+    )
+
+
+def add_pool_flag(p: argparse.ArgumentParser) -> None:
+    """``--key-pool``: the subject-key pool of ``pdvault up`` and ``pdvault serve``."""
+    p.add_argument(
+        "--key-pool",
+        type=int,
+        default=KeyPoolSettings.size,
+        metavar="N",
+        help="subjects minted ahead per region, with their keys, so that CreateSubject needs "
+        "no key-service call (0: mint none; entries other nodes minted are still used)",
+    )
+    p.add_argument(
+        "--key-pool-regions",
+        default=None,
+        metavar="R,R",
+        help="fill pools only for these regions (default: every region served)",
+    )
+
+
+def add_workers_flag(p: argparse.ArgumentParser) -> None:
+    """``--workers``: server processes of ``pdvault up`` and ``pdvault serve``."""
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (SO_REUSEPORT), each with its own caches; "
+        "about one per core",
     )
 
 
@@ -74,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=CacheSettings.max_age_seconds,
         help="how long an unwrapped data key is kept",
     )
+    add_pool_flag(up)
+    up.add_argument(
+        "--openbao-audit-max-mb",
+        type=int,
+        default=256,
+        metavar="MB",
+        help="rotate OpenBao's own audit log (to audit.log.1) past this size",
+    )
+    add_workers_flag(up)
     up.add_argument(
         "--reflection",
         action="store_true",
@@ -108,7 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
-    from vault.cli import _audit, _connect, _db, _flags, _health, _keys, _rights, _serve, _tokens
+    from vault.cli import (
+        _audit,
+        _connect,
+        _db,
+        _flags,
+        _health,
+        _import,
+        _keys,
+        _pool,
+        _rights,
+        _serve,
+        _tokens,
+    )
 
     _audit.add_parser(sub)
 
@@ -117,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     _flags.add_pool_flags(serve)
     _flags.add_metrics_flags(serve)
     _flags.add_log_flags(serve)
+    add_pool_flag(serve)
+    add_workers_flag(serve)
     _health.add_parser(sub)
+    _pool.add_parser(sub)
+    _import.add_parser(sub)
 
     _connect.add_flags(demo, target=False)
 
@@ -171,6 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         from vault.cli import _audit
 
         return _audit.run(args)
+    if args.command == "import":
+        from vault.cli import _import
+
+        return _import.run(args)
+    if args.command == "pool":
+        from vault.cli import _pool
+
+        return _pool.run(args)
     if args.command == "token":
         from vault.cli import _tokens
 

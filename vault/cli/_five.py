@@ -126,6 +126,9 @@ class Five:
         self.regions_source: Path = args.regions or default_regions_file()
         self.policy_file: Path | None = args.policy
         self.first_port: int = args.port
+        self.key_pool: int = args.key_pool
+        self.workers: int = args.workers
+        self.pool_regions: str | None = args.key_pool_regions
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.endpoints: dict[str, str] = {}
 
@@ -161,7 +164,9 @@ class Five:
                 *("--host", "127.0.0.1", "--port", str(port), "--openbao-addr", bao_addr),
                 *("--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(pki.ca)),
                 *("--peer-ca", str(pki.ca), "--peer-cert", str(peer_cert)),
-                *("--peer-key", str(peer_key)),
+                *("--peer-key", str(peer_key), "--key-pool", str(self.key_pool)),
+                *("--workers", str(self.workers)),
+                *(("--key-pool-regions", self.pool_regions) if self.pool_regions else ()),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
 from pathlib import Path
 
 from vault.cli._flags import pool_settings
-from vault.config import NodeSettings, PeerTlsSettings, load_regions
+from vault.cli._workers import Workers, WorkerSpec
+from vault.config import KeyPoolSettings, NodeSettings, PeerTlsSettings, load_regions
 from vault.datadir import DataDir
 from vault.errors import ConfigError
 from vault.keys import AppRole, OpenBaoCredential
@@ -186,6 +188,9 @@ async def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.workers < 1:
+        print("pdvault: --workers must be at least 1", file=sys.stderr)
+        return 2
     port = args.port
     if port is None:
         port = int(regions.regions[args.region].endpoint.rpartition(":")[2])
@@ -199,6 +204,11 @@ async def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=port,
         tls=_tls(args),
+        pool=KeyPoolSettings(
+            size=args.key_pool,
+            regions=frozenset(args.key_pool_regions.split(",")) if args.key_pool_regions else None,
+        ),
+        reuse_port=args.workers > 1,
         peer_tls=PeerTlsSettings(*(f.resolve() for f in peer_flags)) if all(peer_flags) else None,
         db_pool=pool,
         metrics_port=args.metrics_port,
@@ -229,10 +239,28 @@ async def serve(args: argparse.Namespace) -> int:
         vault.close()
         print(f"pdvault: refusing to start: {e}", file=sys.stderr)
         return 2
+    workers = Workers()
+    if args.workers > 1:
+        spec = WorkerSpec(
+            regions,
+            dataclasses.replace(settings, port=bound),
+            node,
+            eraser,
+            policy_file if policy_file.exists() else default_policy_path(),
+            admin_file if admin_file.exists() else None,
+            frozenset({args.region}),
+        )
+        try:
+            await asyncio.to_thread(workers.start, spec, args.workers - 1)
+        except RuntimeError as e:
+            await server.stop(grace=1.0)
+            print(f"pdvault: refusing to start: {e}", file=sys.stderr)
+            return 2
     print(
         f"pdvault: serving region {args.region} on {settings.host}:{bound} "
         f"({'TLS' if settings.tls else 'plaintext, loopback only'}; forwarding to "
-        f"{', '.join(r for r in regions.regions if r != args.region) or 'nobody'})",
+        f"{', '.join(r for r in regions.regions if r != args.region) or 'nobody'}; "
+        f"{args.workers} worker process(es))",
         flush=True,
     )
     stop = asyncio.Event()
@@ -240,6 +268,7 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    await asyncio.to_thread(workers.stop)
     await server.stop(grace=5.0)
     print("pdvault: stopped", file=sys.stderr)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import signal
 import sys
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import IO
 
 from vault.cli._flags import pool_settings
-from vault.config import CacheSettings, NodeSettings, TlsSettings, load_regions
+from vault.cli._workers import Workers, WorkerSpec
+from vault.config import CacheSettings, KeyPoolSettings, NodeSettings, TlsSettings, load_regions
 from vault.datadir import DataDir, write_file
 from vault.devstack import BaoMissing, OpenBaoServer, bao_binary
 from vault.errors import ConfigError
@@ -29,6 +31,15 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     except BlockingIOError:
         raise SystemExit(f"pdvault: another `pdvault up` is already using {data_dir}") from None
     return f
+
+
+async def _rotate_audit_forever(bao: OpenBaoServer, max_bytes: int) -> None:
+    """Keeps OpenBao's own audit log (every request it serves) to two files."""
+    while True:
+        await asyncio.sleep(60)
+        with contextlib.suppress(OSError):
+            if bao.rotate_audit_log(max_bytes):
+                print(f"pdvault: OpenBao audit log rotated ({bao.audit_log}.1)", file=sys.stderr)
 
 
 def _tls(args: argparse.Namespace) -> TlsSettings | None:
@@ -64,6 +75,18 @@ def _transport_banner(settings: NodeSettings) -> str:
     )
 
 
+def _workers_banner(count: int, pids: list[int]) -> str:
+    if count == 1:
+        return "1 process (--workers N: N processes on this port)"
+    return f"{count} processes on this port (SO_REUSEPORT; this one and {pids})"
+
+
+def _pool_banner(size: int) -> str:
+    if size == 0:
+        return "off (--key-pool N: N subjects per region minted ahead; `pdvault pool status`)"
+    return f"{size} subjects per region minted ahead (`pdvault pool status`)"
+
+
 async def up(args: argparse.Namespace) -> int:
     try:
         bao_binary()  # before anything is created: say what to install
@@ -74,6 +97,9 @@ async def up(args: argparse.Namespace) -> int:
         from vault.cli._five import up_five
 
         return await up_five(args, _lock_data_dir)
+    if args.workers < 1:
+        print("pdvault: --workers must be at least 1", file=sys.stderr)
+        return 2
     data_dir: Path = args.data_dir.resolve()
     try:
         pool = pool_settings(args)
@@ -94,6 +120,11 @@ async def up(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         log_format=args.log_format,
         audit=not args.no_audit,
+        pool=KeyPoolSettings(
+            size=args.key_pool,
+            regions=frozenset(args.key_pool_regions.split(",")) if args.key_pool_regions else None,
+        ),
+        reuse_port=args.workers > 1,
     )
     try:
         # Before anything starts: plaintext off loopback, unreadable TLS files.
@@ -114,6 +145,8 @@ async def up(args: argparse.Namespace) -> int:
     print(f"pdvault: starting OpenBao ({bao.address}, data in {bao.dir})", file=sys.stderr)
     bao.start(reclaim=True)  # under the data dir's lock: a leftover server is an orphan
     server: VaultServer | None = None
+    background: list[asyncio.Task[None]] = []
+    workers = Workers()
     try:
         creds = bao.configure(regions)
         # Scheduled subject key rotation (regions.yaml key_rotation) needs its own credential.
@@ -131,10 +164,25 @@ async def up(args: argparse.Namespace) -> int:
         )
         server = VaultServer(vault, settings)
         port = await server.start()
+        if args.workers > 1:
+            spec = WorkerSpec(
+                regions,
+                dataclasses.replace(settings, port=port),
+                creds.node,
+                creds.eraser,
+                Path(policy.source),
+                layout.admin_credential,
+                None,
+            )
+            await asyncio.to_thread(workers.start, spec, args.workers - 1)
         scheme = "grpcs://" if settings.tls else ""
         endpoint = f"{scheme}{local_dial_host(settings.host)}:{port}"
         write_file(layout.endpoint, endpoint + "\n", 0o644)
         layout.endpoints.unlink(missing_ok=True)  # no five-region topology here
+        background.append(
+            asyncio.create_task(_rotate_audit_forever(bao, args.openbao_audit_max_mb * 1_000_000))
+        )
+        keys = bao.key_counts(regions)
         reflection = "on" if settings.reflection else "off"
         tls_hint = (
             "\n  (over TLS add --ca FILE, and --cert FILE --key FILE for mutual TLS;\n"
@@ -148,8 +196,12 @@ pdvault is running.
   endpoint     {endpoint}  (gRPC; health: SERVING; reflection {reflection})
 {_transport_banner(settings)}
   regions      {", ".join(f"{r.id} ({r.name})" for r in regions.regions.values())}
+  workers      {_workers_banner(args.workers, workers.pids)}
+  key pool     {_pool_banner(args.key_pool)}
   data dir     {data_dir}
   OpenBao      {bao.address}  (local-only unseal material: {bao.dir / "LOCAL-ONLY-unseal.json"})
+  keys         {", ".join(f"{m} {n}" for m, n in keys.items())}  (per Transit mount)
+  audit log    {bao.audit_log} (OpenBao's own; rotated past {args.openbao_audit_max_mb} MB)
   policy       {policy.source} (revision {policy.revision}, {len(policy.purposes)} purposes)
   admin        {layout.admin_credential} (0600; `pdvault admin rotate` replaces it)
 
@@ -166,6 +218,9 @@ Stop with Ctrl-C.""",
         await stop.wait()
         print("\npdvault: shutting down", file=sys.stderr, flush=True)
     finally:
+        for task in background:
+            task.cancel()
+        await asyncio.to_thread(workers.stop)
         if server is not None:
             await server.stop(grace=5.0)
         with contextlib.suppress(Exception):

@@ -18,6 +18,7 @@ from typing import Any, Self
 import hvac
 import hvac.exceptions
 import requests
+import requests.adapters
 
 from vault import metrics
 from vault.errors import DecryptionFailed, KeyServiceUnavailable

@@ -13,9 +13,12 @@ from vault import audit, ids, validation
 from vault.cell import Cell, ConsentView, RecordPage, RecordView, SubjectView, normalise
 from vault.config import Limits, RegionsConfig
 from vault.erasure import Eraser, ErasureView
-from vault.errors import FieldViolation, InvalidArgument, KeyServiceUnavailable
+from vault.errors import FieldViolation, InvalidArgument, KeyServiceUnavailable, TooLarge
 from vault.inline import ensure_may_block
 from vault.policy import Caller
+
+#: Records per person in one ImportSubjects message.
+MAX_IMPORT_RECORDS = 100
 
 
 class RegionNotServed(KeyServiceUnavailable):
@@ -101,6 +104,44 @@ class Node:
         return self._cell(home).create_subject(
             caller, minor=minor, idempotency_key=key, lookups=lookups
         )
+
+    def import_subject(
+        self,
+        caller: Caller,
+        *,
+        country: str,
+        region: str = "",
+        minor: bool = False,
+        idempotency_key: str,
+        lookups: list[tuple[str, str]] | None = None,
+        records: list[tuple[str, dict[str, str]]],
+    ) -> tuple[SubjectView, int]:
+        """One person of a bulk import: the subject (as CreateSubject, keyed by
+        the required idempotency key) and their records in one batch. Every
+        check runs before the subject is created; sent again, it completes what
+        an interrupted import left undone and writes nothing twice. Returns the
+        subject and how many records were new."""
+        if not idempotency_key:
+            raise InvalidArgument(
+                FieldViolation("subject.idempotency_key", "is required for an import")
+            )
+        if len(records) > MAX_IMPORT_RECORDS:
+            raise TooLarge(f"a person of an import holds at most {MAX_IMPORT_RECORDS} records")
+        checked = [(validation.category(c), validation.fields(f, self.limits)) for c, f in records]
+        home = self.regions.region_for(country, region)
+        self._cell(home).check_import(caller, minor, checked)
+        subject = self.create_subject(
+            caller,
+            country=country,
+            region=region,
+            minor=minor,
+            idempotency_key=idempotency_key,
+            lookups=lookups,
+        )
+        written = self._cell(home).import_records(
+            caller, subject.subject_id, checked, idempotency_key
+        )
+        return subject, written
 
     def set_lookups(self, caller: Caller, subject_id: str, lookups: list[tuple[str, str]]) -> int:
         cell, sid = self.subject_cell(subject_id)

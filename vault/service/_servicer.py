@@ -29,6 +29,7 @@ from vault.errors import (
     InvalidArgument,
     KeyServiceUnavailable,
     StoreUnavailable,
+    TooLarge,
     VaultError,
 )
 from vault.inline import WouldBlock, nonblocking
@@ -56,6 +57,13 @@ EXPORT_CHUNK_BYTES = 64 * 1024
 T = TypeVar("T")
 R = TypeVar("R")
 _STATUS_DETAILS = "grpc-status-details-bin"
+#: People per ImportSubjects call, and how many of them are written at a time.
+MAX_IMPORT_SUBJECTS = 1000
+IMPORT_CONCURRENCY = 16
+
+
+def _too_many_people() -> NoReturn:
+    raise TooLarge(f"an import call holds at most {MAX_IMPORT_SUBJECTS} people; send several")
 
 
 def _authorization(context: Ctx) -> str | None:
@@ -538,6 +546,45 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
             lookups=[(x.kind, x.value) for x in request.lookups],
         )
         return subject_pb(v)
+
+    async def ImportSubjects(
+        self, request_iterator: AsyncIterator[pb.ImportSubjectRequest], context: Ctx
+    ) -> pb.ImportSubjectsResponse:
+        """Each person as CreateSubject and PutRecord would be written (see
+        Node.import_subject), up to IMPORT_CONCURRENCY at a time; the results
+        in the order sent. The caller is authenticated before anything is read."""
+        who = _Who.of(context)
+        await self._run("ImportSubjects", context, lambda caller: None, who=who)
+        results: list[pb.ImportResult] = []
+
+        async def one(m: pb.ImportSubjectRequest) -> pb.ImportResult:
+            s = m.subject
+            subject, written = await self._run(
+                "ImportSubjects",
+                context,
+                self._node.import_subject,
+                country=s.country,
+                region=s.region,
+                minor=s.minor,
+                idempotency_key=s.idempotency_key,
+                lookups=[(x.kind, x.value) for x in s.lookups],
+                records=[(r.category, dict(r.fields)) for r in m.records],
+                who=who,
+            )
+            return pb.ImportResult(subject_id=subject.subject_id, records_written=written)
+
+        chunk: list[pb.ImportSubjectRequest] = []
+        count = 0
+        async for message in request_iterator:
+            count += 1
+            if count > MAX_IMPORT_SUBJECTS:
+                await self._guarded("ImportSubjects", context, _too_many_people, who=who)
+            chunk.append(message)
+            if len(chunk) == IMPORT_CONCURRENCY:
+                results += await asyncio.gather(*(one(m) for m in chunk))
+                chunk = []
+        results += await asyncio.gather(*(one(m) for m in chunk))
+        return pb.ImportSubjectsResponse(results=results)
 
     async def SetLookups(
         self, request: pb.SetLookupsRequest, context: Ctx

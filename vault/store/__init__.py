@@ -11,6 +11,7 @@ from vault.store._cellstore import (
 )
 from vault.store._migrate import migrate
 from vault.store._models import consents, metadata, records, subjects
+from vault.store._pool import PoolEntry, PoolStatus, PoolStore
 from vault.store._rotation import Coverage, RotationStore
 from vault.store._transfers import CellTransferLog, TransferEntry
 
@@ -21,6 +22,9 @@ __all__ = [
     "CellTransferLog",
     "Coverage",
     "DuplicateKey",
+    "PoolEntry",
+    "PoolStatus",
+    "PoolStore",
     "RecordRow",
     "RotationStore",
     "SubjectRow",

@@ -32,6 +32,7 @@ from vault.db import DuplicateKey, ping, transaction
 from vault.errors import StoreUnavailable, TooLarge
 from vault.store._models import cell_keys, consents, records, subjects, transfers
 from vault.store._models import lookups as lookups_t
+from vault.store._pool import claim as claim_pool_entry
 
 
 def wrap_key_version(wrapped: str) -> int:
@@ -292,30 +293,70 @@ class CellStore:
     ) -> None:
         """Inserts a subject and its lookup entries in one transaction."""
         with self._tx() as conn:
-            conn.execute(
-                insert(subjects).values(
-                    id=row.id,
-                    region=row.region,
-                    state=str(row.state),
-                    minor=row.minor,
-                    key_mount=row.key_mount,
-                    key_name=row.key_name,
-                    wrapped_dek=row.wrapped_dek,
-                    key_version=wrap_key_version(row.wrapped_dek),
-                    idempotency_key=idempotency_key,
-                    request_digest=request_digest,
-                    created_at=row.created_at,
-                    updated_at=row.updated_at,
-                )
+            self._insert_subject(conn, row, idempotency_key, request_digest, lookups)
+
+    def insert_pooled_subject(
+        self,
+        region: str,
+        minor: bool,
+        now: int,
+        idempotency_key: str | None,
+        request_digest: str | None = None,
+        lookups: list[tuple[str, str]] | None = None,
+    ) -> SubjectRow | None:
+        """Claims one pool entry and inserts the subject it was minted for, with
+        its lookup entries, in one transaction; None when the pool is empty.
+
+        If the insert fails (the idempotency key was used meanwhile), the
+        transaction rolls back and the entry stays in the pool, unclaimed.
+        """
+        with self._tx() as conn:
+            entry = claim_pool_entry(conn)
+            if entry is None:
+                return None
+            row = SubjectRow(
+                entry.id,
+                region,
+                SubjectState.ACTIVE,
+                minor,
+                entry.key_mount,
+                entry.key_name,
+                entry.wrapped_dek,
+                now,
+                now,
             )
-            if lookups:
-                conn.execute(
-                    insert(lookups_t),
-                    [
-                        {"kind": k, "digest": d, "subject_id": row.id}
-                        for k, d in sorted(set(lookups))
-                    ],
-                )
+            self._insert_subject(conn, row, idempotency_key, request_digest, lookups)
+        return row
+
+    @staticmethod
+    def _insert_subject(
+        conn: Connection,
+        row: SubjectRow,
+        idempotency_key: str | None,
+        request_digest: str | None,
+        lookups: list[tuple[str, str]] | None,
+    ) -> None:
+        conn.execute(
+            insert(subjects).values(
+                id=row.id,
+                region=row.region,
+                state=str(row.state),
+                minor=row.minor,
+                key_mount=row.key_mount,
+                key_name=row.key_name,
+                wrapped_dek=row.wrapped_dek,
+                key_version=wrap_key_version(row.wrapped_dek),
+                idempotency_key=idempotency_key,
+                request_digest=request_digest,
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+            )
+        )
+        if lookups:
+            conn.execute(
+                insert(lookups_t),
+                [{"kind": k, "digest": d, "subject_id": row.id} for k, d in sorted(set(lookups))],
+            )
 
     def get_subject(self, subject_id: str) -> SubjectRow | None:
         with self._read() as conn:
@@ -354,6 +395,53 @@ class CellStore:
             ).first()
         return (RecordRow(*r[:-1]), r[-1]) if r else None
 
+    def record_digests(self, subject_id: str, keys: list[str]) -> dict[str, str | None]:
+        """Of ``keys``, those that already created a record of the subject, with
+        the digest of the request each was first used for."""
+        if not keys:
+            return {}
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(records.c.idempotency_key, records.c.request_digest).where(
+                    and_(records.c.subject_id == subject_id, records.c.idempotency_key.in_(keys))
+                )
+            ).all()
+        return {str(k): d for k, d in rows}
+
+    def insert_records(
+        self,
+        rows: Sequence[tuple[RecordRow, str | None, int | None, str | None]],
+        states: tuple[SubjectState, ...] = LIVE_STATES,
+    ) -> bool:
+        """Inserts a batch of records — (row, idempotency key, expiry, request
+        digest) each — in one transaction, each only while its subject is in one
+        of ``states`` (checked in its statement): all of them, or (False) none."""
+        try:
+            with self._tx() as conn:
+                for row, key, expires_at, digest in rows:
+                    res = conn.execute(
+                        _INSERT_RECORD,
+                        {
+                            "live_subject": row.subject_id,
+                            "live_states": [str(x) for x in states],
+                            "id": row.id,
+                            "subject_id": row.subject_id,
+                            "category": row.category,
+                            "version": row.version,
+                            "envelope": row.envelope,
+                            "idempotency_key": key,
+                            "created_at": row.created_at,
+                            "updated_at": row.updated_at,
+                            "expires_at": expires_at,
+                            "request_digest": digest,
+                        },
+                    )
+                    if res.rowcount != 1:
+                        raise _NotLive
+        except _NotLive:
+            return False
+        return True
+
     def insert_record(
         self,
         row: RecordRow,
@@ -364,25 +452,7 @@ class CellStore:
     ) -> bool:
         """Inserts the record if its subject is in one of ``states`` (checked in
         the same statement); False, with nothing written, otherwise."""
-        with self._tx() as conn:
-            res = conn.execute(
-                _INSERT_RECORD,
-                {
-                    "live_subject": row.subject_id,
-                    "live_states": [str(x) for x in states],
-                    "id": row.id,
-                    "subject_id": row.subject_id,
-                    "category": row.category,
-                    "version": row.version,
-                    "envelope": row.envelope,
-                    "idempotency_key": idempotency_key,
-                    "created_at": row.created_at,
-                    "updated_at": row.updated_at,
-                    "expires_at": expires_at,
-                    "request_digest": request_digest,
-                },
-            )
-        return res.rowcount == 1
+        return self.insert_records([(row, idempotency_key, expires_at, request_digest)], states)
 
     def update_record(
         self,

@@ -153,3 +153,31 @@ key_jobs = Table(
     Column("started_at", BigInteger, nullable=False),
     Column("finished_at", BigInteger, nullable=True),
 )
+
+# Subject-key pool: subject ids minted ahead of sign-up, each with its Transit
+# key already created and a fresh data key wrapped under it (associated data
+# binding that id and the region). No personal data: an entry is an unused id
+# and key material the vault cannot read without the key service. Claiming an
+# entry deletes it in the statement that reads it (never reused).
+subject_pool = Table(
+    "subject_pool",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("key_mount", String(128), nullable=False),
+    Column("key_name", String(128), nullable=False),
+    Column("wrapped_dek", Text, nullable=False),
+    # Microseconds since the epoch.
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# One row per batch the pool filler added: when (microseconds), how many
+# entries, how long minting them took (microseconds). The refill rate comes
+# from here, on every node and in `pdvault pool status`.
+subject_pool_fills = Table(
+    "subject_pool_fills",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at_us", BigInteger, nullable=False, index=True),
+    Column("entries", Integer, nullable=False),
+    Column("duration_us", BigInteger, nullable=False),
+)

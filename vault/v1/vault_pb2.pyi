@@ -412,3 +412,40 @@ class RegionError(_message.Message):
     code: str
     reason: str
     def __init__(self, region: _Optional[str] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ImportSubjectRequest(_message.Message):
+    __slots__ = ("subject", "records")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    subject: CreateSubjectRequest
+    records: _containers.RepeatedCompositeFieldContainer[ImportRecord]
+    def __init__(self, subject: _Optional[_Union[CreateSubjectRequest, _Mapping]] = ..., records: _Optional[_Iterable[_Union[ImportRecord, _Mapping]]] = ...) -> None: ...
+
+class ImportRecord(_message.Message):
+    __slots__ = ("category", "fields")
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    category: str
+    fields: _containers.ScalarMap[str, str]
+    def __init__(self, category: _Optional[str] = ..., fields: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ImportSubjectsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ImportResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ImportResult, _Mapping]]] = ...) -> None: ...
+
+class ImportResult(_message.Message):
+    __slots__ = ("subject_id", "records_written")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    records_written: int
+    def __init__(self, subject_id: _Optional[str] = ..., records_written: _Optional[int] = ...) -> None: ...

@@ -109,6 +109,11 @@ class PersonalDataVaultStub:
                 request_serializer=vault_dot_v1_dot_vault__pb2.GetAccessReportRequest.SerializeToString,
                 response_deserializer=vault_dot_v1_dot_vault__pb2.AccessEntry.FromString,
                 _registered_method=True)
+        self.ImportSubjects = channel.stream_unary(
+                '/vault.v1.PersonalDataVault/ImportSubjects',
+                request_serializer=vault_dot_v1_dot_vault__pb2.ImportSubjectRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_vault__pb2.ImportSubjectsResponse.FromString,
+                _registered_method=True)
 
 
 class PersonalDataVaultServicer:
@@ -228,6 +233,19 @@ class PersonalDataVaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportSubjects(self, request_iterator, context):
+        """Bulk onboarding: a stream of people, each created with their records as
+        CreateSubject and PutRecord would (same checks, "write" on every record's
+        category), keys drawn from the subject-key pool. Idempotent per person:
+        subject.idempotency_key is required, and a person sent again (a resumed
+        import) gets the same subject and no record twice. At most 1000 people
+        per call, in regions this node serves. On an error the call ends with its
+        status; the people before the failing one are imported.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersonalDataVaultServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -305,6 +323,11 @@ def add_PersonalDataVaultServicer_to_server(servicer, server):
                     servicer.GetAccessReport,
                     request_deserializer=vault_dot_v1_dot_vault__pb2.GetAccessReportRequest.FromString,
                     response_serializer=vault_dot_v1_dot_vault__pb2.AccessEntry.SerializeToString,
+            ),
+            'ImportSubjects': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportSubjects,
+                    request_deserializer=vault_dot_v1_dot_vault__pb2.ImportSubjectRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_vault__pb2.ImportSubjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -712,6 +735,33 @@ class PersonalDataVault:
             '/vault.v1.PersonalDataVault/GetAccessReport',
             vault_dot_v1_dot_vault__pb2.GetAccessReportRequest.SerializeToString,
             vault_dot_v1_dot_vault__pb2.AccessEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSubjects(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/vault.v1.PersonalDataVault/ImportSubjects',
+            vault_dot_v1_dot_vault__pb2.ImportSubjectRequest.SerializeToString,
+            vault_dot_v1_dot_vault__pb2.ImportSubjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,
