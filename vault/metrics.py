@@ -82,6 +82,28 @@ FORWARDED = Counter(
     ["from_region", "to_region"],
 )
 
+AUDIT_BATCHES = Counter(
+    "pdvault_audit_batches",
+    "Audit batches committed, by log (region id or control) and outcome (ok, failed)",
+    ["log", "outcome"],
+)
+AUDIT_ENTRIES = Counter(
+    "pdvault_audit_entries",
+    "Audit entries made durable, by log (entries per batch = entries / batches)",
+    ["log"],
+)
+KEY_ROTATIONS = Counter(
+    "pdvault_key_rotation_subjects",
+    "Subjects a key rotation job went through, by region and outcome "
+    "(rotated, gone, held, failed): the job's progress",
+    ["region", "outcome"],
+)
+KEY_POOL_DEPTH = Gauge(
+    "pdvault_key_pool_depth",
+    "Unclaimed subjects in the subject-key pool, by region (as last seen by this node's filler)",
+    ["region"],
+)
+
 
 def cache_counters(cache: str) -> tuple[Any, Any]:
     """The (hit, miss) counters of one cache, bound once."""

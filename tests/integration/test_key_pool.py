@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import hvac.exceptions
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, func, select
 
 from tests.conftest import Bao, Stack, live_sql, postgres_database, start_stack
@@ -165,6 +166,11 @@ def test_the_filler_refills_an_exhausted_pool(bao: Bao, tmp_path: Path) -> None:
         _wait(lambda: _depth(stack) == 4, "the refill")
         st = pool.status()
         assert st.minted == 8  # four claimed, four minted again; no more
+        depth = {"region": "de"}  # what the filler saw last, on the metrics endpoint
+        _wait(
+            lambda: REGISTRY.get_sample_value("pdvault_key_pool_depth", depth) == 4,
+            "the depth gauge",
+        )
         assert st.rate_per_second is not None and st.rate_per_second > 0
         assert not created & _pool_ids(stack)  # a claimed entry is never back
         out = subprocess.run(

@@ -46,6 +46,11 @@ def node(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s.stop()
 
 
+#: CreateSubject, PutRecord, three GetRecord, the GetRecord of a missing record,
+#: ExportSubject, EraseSubject.
+AUDITED = 8
+
+
 def test_a_scrape_counts_what_the_calls_did(node: Stack, canary: str) -> None:
     port = node.server.server.metrics_port
     assert port > 0
@@ -90,6 +95,15 @@ def test_a_scrape_counts_what_the_calls_did(node: Stack, canary: str) -> None:
     hits = "pdvault_cache_lookups_total"
     assert delta(before, after, hits, cache="data_key", result="hit") >= 3
     assert delta(before, after, hits, cache="token", result="hit") >= 6
+
+    # Every call about the subject was audited in the region's log (the
+    # unauthenticated one in the control log), in batches.
+    entries = delta(before, after, "pdvault_audit_entries_total", log="de")
+    batches = delta(before, after, "pdvault_audit_batches_total", log="de", outcome="ok")
+    print(f"audit de: {entries} entries in {batches} batches")
+    assert entries == AUDITED and 1 <= batches <= entries
+    assert delta(before, after, "pdvault_audit_entries_total", log="control") >= 1
+    assert delta(before, after, "pdvault_audit_batches_total", log="de", outcome="failed") == 0
 
     assert delta(before, after, "pdvault_erasures_total", event="requested") == 1
     assert delta(before, after, "pdvault_erasures_total", event="completed") == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import hvac
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.conftest import Bao, Stack, start_stack
 from vault.config import load_regions
@@ -194,10 +195,21 @@ def test_a_job_killed_midway_resumes_where_it_stopped(
         if len(done) == 3:
             raise Killed
 
+    def rotated() -> float:  # the job's progress, as Prometheus shows it
+        return (
+            REGISTRY.get_sample_value(
+                "pdvault_key_rotation_subjects_total", {"region": "de", "outcome": "rotated"}
+            )
+            or 0.0
+        )
+
+    before = rotated()
     with pytest.raises(Killed):
         _job(node, rotator).run(0, progress=kill_after_three)
+    assert rotated() - before == 3
     summary = _job(node, rotator).run(0)
     assert summary.resumed and summary.finished
+    assert rotated() - before == 6
     for sid in people:  # each rotated exactly once: a second rotation would make v3
         assert _wrap(node, sid)[1] == 2 and _versions(bao, sid) == [2]
     _all_readable(node, people)

@@ -20,6 +20,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
+from vault import metrics
 from vault.audit._checkpoint import Checkpoint, Signer, sign_checkpoint
 from vault.audit._store import AuditStore
 
@@ -63,6 +64,10 @@ class AuditWriter:
         self._closed = False
         self._pending: list[tuple[Sequence[Mapping[str, Any]], asyncio.Future[int]]] = []
         self._inline_since_poke = 0
+        # Bound once: a batch costs two increments.
+        self._ok = metrics.AUDIT_BATCHES.labels(store.log, "ok")
+        self._failed = metrics.AUDIT_BATCHES.labels(store.log, "failed")
+        self._entries = metrics.AUDIT_ENTRIES.labels(store.log)
         self._thread = threading.Thread(target=self._run, name=f"audit-{store.log}", daemon=True)
         self._thread.start()
 
@@ -97,6 +102,7 @@ class AuditWriter:
             for _, fut in items:
                 _chain(handed, fut, loop)
             return
+        self._counted(len(entries))
         for _, fut in items:
             if not fut.done():
                 fut.set_result(size)
@@ -159,11 +165,18 @@ class AuditWriter:
                 len(entries),
                 type(e).__name__,
             )
+            self._failed.inc()
             for _, fut in items:
                 _settle(fut, error=e)
             return
+        if entries:
+            self._counted(len(entries))
         for _, fut in items:
             _settle(fut, size)
+
+    def _counted(self, entries: int) -> None:
+        self._ok.inc()
+        self._entries.inc(entries)
 
     def _maybe_checkpoint(self, *, idle: bool) -> None:
         if self._signer is None:

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from vault import ids
+from vault import ids, metrics
 from vault.config import CacheSettings, KeyPoolSettings, RegionConfig
 from vault.crypto import dek_associated_data, new_data_key
 from vault.db import now_us
@@ -124,7 +124,9 @@ class KeyPool:
 
     def refill(self) -> int:
         """One round of the filler: mints up to a batch towards the pool size."""
-        missing = self.settings.size - self._store.depth()
+        depth = self._store.depth()
+        metrics.KEY_POOL_DEPTH.labels(self.region.id).set(depth)
+        missing = self.settings.size - depth
         return self.mint(min(self.settings.batch, missing)) if missing > 0 else 0
 
     def status(self) -> PoolStatus:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from vault import metrics
 from vault.crypto import dek_associated_data
 from vault.errors import KeyServiceUnavailable
 from vault.keys import KeyGone, KeyRef
@@ -147,6 +148,7 @@ class SubjectKeyRotation:
                     skipped=int(outcome in ("gone", "held")),
                     failed=int(outcome == "failed"),
                 )
+                metrics.KEY_ROTATIONS.labels(self._region, outcome).inc()
                 if progress is not None:
                     progress(cand.id, outcome)
                 cursor = cand.id
