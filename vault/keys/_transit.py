@@ -123,10 +123,16 @@ def _client(
     """An hvac client for ``credential`` (a fixed token, or an AppRole login that
     the client refreshes before its calls) on ``address`` (one or several)."""
     cluster = addresses(address)
+    # Keep-alive connections for every thread that may call at once (the
+    # node's request workers, the pool filler): requests keeps 10 by default.
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     if isinstance(credential, AppRole):
-        client = hvac.Client(url=cluster[0], timeout=timeout)
+        client = hvac.Client(url=cluster[0], timeout=timeout, session=session)
         return client, AppRoleLogin(client, credential), Failover(client, cluster)
-    client = hvac.Client(url=cluster[0], token=credential, timeout=timeout)
+    client = hvac.Client(url=cluster[0], token=credential, timeout=timeout, session=session)
     return client, None, Failover(client, cluster)
 
 
