@@ -121,6 +121,24 @@ def test_erasing_a_pooled_subject_destroys_its_key(pool_stack: Stack, canary: st
     assert e.value.code == grpc.StatusCode.NOT_FOUND
 
 
+def test_the_orphan_key_reaper_leaves_unclaimed_pool_entries_alone(
+    pool_stack: Stack, canary: str
+) -> None:
+    """A pool entry's key exists before its subject row, on purpose: the reaper
+    of keys without a subject (left by a crash) must not take it."""
+    stack = pool_stack
+    stack.vault.parts.pools["de"].mint(1)
+    (sid,) = _pool_ids(stack)
+    cell = stack.vault.parts.cells["de"]
+    cell.reap_orphan_keys(0)  # every key counts as old enough
+    assert _pool_ids(stack) == {sid}
+    c = stack.client(stack.issue("essential.subject_rights"))
+    assert c.create_subject("DE").subject_id == sid
+    rid = c.put_record(sid, "user.name", {"first": canary}).record_id
+    stack.vault.parts.data_keys["de"].evict(sid)  # the read must unwrap with the key
+    assert c.get_record(rid).fields["first"] == canary
+
+
 def test_two_nodes_claiming_at_once_never_share_an_entry(
     two_nodes: tuple[Stack, Stack],
 ) -> None:

@@ -379,9 +379,10 @@ class Cell(RecordOps):
         return ShredResult(versions, evidence, records)
 
     def reap_orphan_keys(self, min_age_seconds: float, now: float | None = None) -> int:
-        """Destroys the subject keys of this region that have no subject row and
-        are older than ``min_age_seconds`` (younger ones may belong to a create in
-        flight): keys a crash left between their creation and their row's insert.
+        """Destroys the subject keys of this region that have neither a subject
+        row nor an entry in the subject-key pool and are older than
+        ``min_age_seconds`` (younger ones may belong to a create or a pool fill
+        in flight): keys a crash left between their creation and their row's insert.
         They guard no data; reaping keeps the key service's contents honest.
         Returns how many were destroyed."""
         shredder = self._require_shredder()
@@ -393,8 +394,8 @@ class Cell(RecordOps):
                 sid = name.removeprefix(prefix)
                 if not name.startswith(prefix) or not sid.startswith(f"{self.region.id}_sub_"):
                     continue
-                if self._store.get_subject(sid) is not None:
-                    continue
+                if self._store.get_subject(sid) is not None or self._store.pooled(sid):
+                    continue  # a subject's key, or a pool entry's (no row yet, on purpose)
                 ref = KeyRef(mount, name)
                 made = shredder.created_at(ref)
                 if made is None or now - made < min_age_seconds:

@@ -30,7 +30,14 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from vault.db import DuplicateKey, ping, transaction
 from vault.errors import StoreUnavailable, TooLarge
-from vault.store._models import cell_keys, consents, records, subjects, transfers
+from vault.store._models import (
+    cell_keys,
+    consents,
+    records,
+    subject_pool,
+    subjects,
+    transfers,
+)
 from vault.store._models import lookups as lookups_t
 from vault.store._pool import claim as claim_pool_entry
 
@@ -357,6 +364,15 @@ class CellStore:
                 insert(lookups_t),
                 [{"kind": k, "digest": d, "subject_id": row.id} for k, d in sorted(set(lookups))],
             )
+
+    def pooled(self, subject_id: str) -> bool:
+        """Whether the id is an unclaimed entry of the subject-key pool (its key
+        exists ahead of its subject row, on purpose)."""
+        with self._read() as conn:
+            found = conn.execute(
+                select(subject_pool.c.id).where(subject_pool.c.id == subject_id)
+            ).first()
+        return found is not None
 
     def get_subject(self, subject_id: str) -> SubjectRow | None:
         with self._read() as conn:
