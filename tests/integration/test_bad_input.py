@@ -30,7 +30,14 @@ from hypothesis import strategies as st
 
 from tests.conftest import POLICY, Bao, Stack, long_runs, start_stack
 from tests.fault_tally import TALLY
-from tests.integration._access import RIGHTS, SERVICE, STREAMING_RPCS, TOKEN_RPCS, failure_of
+from tests.integration._access import (
+    CLIENT_STREAMING_RPCS,
+    RIGHTS,
+    SERVICE,
+    STREAMING_RPCS,
+    TOKEN_RPCS,
+    failure_of,
+)
 from vault.v1 import vault_pb2 as pb
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -70,6 +77,8 @@ REQUESTS: dict[str, type[Any]] = {
     "IssueToken": pb.IssueTokenRequest,
     "ExchangeToken": pb.ExchangeTokenRequest,
     "RevokeToken": pb.RevokeTokenRequest,
+    "GetAccessReport": pb.GetAccessReportRequest,
+    "ImportSubjects": pb.ImportSubjectRequest,
 }
 
 
@@ -254,6 +263,27 @@ def _request(draw: st.DrawFn, rpc: str, t: Target) -> bytes:
             }
         ),
         "RevokeToken": st.fixed_dictionaries({"token_id": _junk()}),
+        "GetAccessReport": st.fixed_dictionaries(
+            {
+                "subject_id": sub,
+                "since": st.builds(lambda s, n: {"seconds": s, "nanos": n}, int64, int32),
+            }
+        ),
+        "ImportSubjects": st.fixed_dictionaries(
+            {
+                "subject": st.fixed_dictionaries(
+                    {
+                        "country": st.one_of(st.sampled_from(["DE", "US", "XX"]), _junk()),
+                        "minor": st.booleans(),
+                        "idempotency_key": _pd(),
+                        "lookups": lookups,
+                    }
+                ),
+                "records": st.lists(
+                    st.fixed_dictionaries({"category": category, "fields": fields}), max_size=3
+                ),
+            }
+        ),
     }
     raw: bytes = REQUESTS[rpc](**draw(values[rpc])).SerializeToString()
     mangle = draw(st.integers(0, 9))
@@ -273,6 +303,7 @@ _TOKEN_FOR = {
     "EraseSubject": 1,
     "CancelErasure": 1,
     "ExportSubject": 1,
+    "GetAccessReport": 1,
     "IssueToken": 2,
 }
 
@@ -319,6 +350,8 @@ def _send(t: Target, rpc: str, body: bytes, md: tuple[tuple[str, str | bytes], .
     if rpc in STREAMING_RPCS:
         for _ in t.channel.unary_stream(path)(body, metadata=md, timeout=15):
             pass
+    elif rpc in CLIENT_STREAMING_RPCS:  # the same person twice: a resent import line
+        t.channel.stream_unary(path)(iter([body, body]), metadata=md, timeout=15)
     else:
         t.channel.unary_unary(path)(body, metadata=md, timeout=15)
 

@@ -66,6 +66,19 @@ def _too_many_people() -> NoReturn:
     raise TooLarge(f"an import call holds at most {MAX_IMPORT_SUBJECTS} people; send several")
 
 
+def _since_us(request: pb.GetAccessReportRequest) -> int:
+    """``since`` in microseconds (0: from the start); INVALID_ARGUMENT when it
+    is no valid timestamp."""
+    if not request.HasField("since"):
+        return 0
+    try:
+        return int(request.since.ToMicroseconds())
+    except ValueError:
+        raise InvalidArgument(
+            FieldViolation("since", "not a valid timestamp (years 1 to 9999)")
+        ) from None
+
+
 def _authorization(context: Ctx) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
@@ -522,9 +535,10 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
             async for entry in self._forward_stream("GetAccessReport", request, context, home):
                 yield entry
             return
-        since = request.since.ToMicroseconds() if request.HasField("since") else 0
         entries = await self._run(
-            "GetAccessReport", context, self._node.access_report, request.subject_id, since
+            "GetAccessReport",
+            context,
+            lambda caller: self._node.access_report(caller, request.subject_id, _since_us(request)),
         )
         for e in entries:
             yield access_pb(e)
@@ -575,15 +589,27 @@ class PersonalDataVaultServicer(_Base, pb_grpc.PersonalDataVaultServicer):
 
         chunk: list[pb.ImportSubjectRequest] = []
         count = 0
+
+        async def batch(chunk: list[pb.ImportSubjectRequest]) -> list[pb.ImportResult]:
+            # Several people at once; when some fail, each has tried to end the
+            # call: the first abort stands (later ones are refused as a second
+            # abort), and it is what the caller gets.
+            outcomes = await asyncio.gather(*(one(m) for m in chunk), return_exceptions=True)
+            failures = [o for o in outcomes if isinstance(o, BaseException)]
+            if failures:
+                aborted = [f for f in failures if isinstance(f, grpc.aio.AbortError)]
+                raise (aborted or failures)[0]
+            return [o for o in outcomes if isinstance(o, pb.ImportResult)]
+
         async for message in request_iterator:
             count += 1
             if count > MAX_IMPORT_SUBJECTS:
                 await self._guarded("ImportSubjects", context, _too_many_people, who=who)
             chunk.append(message)
             if len(chunk) == IMPORT_CONCURRENCY:
-                results += await asyncio.gather(*(one(m) for m in chunk))
+                results += await batch(chunk)
                 chunk = []
-        results += await asyncio.gather(*(one(m) for m in chunk))
+        results += await batch(chunk)
         return pb.ImportSubjectsResponse(results=results)
 
     async def SetLookups(

@@ -5,7 +5,8 @@ the parser's message (type names, "bad UTF-8"…) in the status. This server
 interceptor gives every handler a deserializer that turns a protobuf
 ``DecodeError`` (corrupt wire format, a field of the wrong wire type, a string
 that is not UTF-8) into a marker, and aborts such calls with the vault's own
-``INVALID_ARGUMENT`` before the servicer runs.
+``INVALID_ARGUMENT`` before the servicer runs (in a request stream, at the
+first message that does not parse).
 """
 
 from __future__ import annotations
@@ -58,6 +59,24 @@ def _streaming(behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., As
     return call
 
 
+def _client_streaming(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A request stream whose messages are checked as they arrive: the first
+    that does not parse ends the call (what came before it was served)."""
+
+    async def call(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        async def checked() -> AsyncIterator[Any]:
+            async for request in requests:
+                if request is _MALFORMED:
+                    await context.abort_with_status(_STATUS)
+                yield request
+
+        return await behaviour(checked(), context)
+
+    return call
+
+
 class MalformedRequests(grpc.aio.ServerInterceptor):
     """Answers requests that do not parse with INVALID_ARGUMENT (see the module)."""
 
@@ -69,7 +88,14 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler: Any = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+        if handler is None or handler.request_deserializer is None:
+            return handler  # type: ignore[no-any-return]
+        if handler.stream_unary is not None:
+            return handler._replace(  # type: ignore[no-any-return]
+                request_deserializer=_tolerant(handler.request_deserializer),
+                stream_unary=_client_streaming(handler.stream_unary),
+            )
+        if handler.request_streaming:
             return handler  # type: ignore[no-any-return]
         if handler.unary_unary is not None:
             return handler._replace(  # type: ignore[no-any-return]
