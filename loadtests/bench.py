@@ -1072,7 +1072,11 @@ class Report:
         self.chart(out / "ladder.png")
 
     def chart(self, path: Path) -> None:
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError:  # the `bench` extra draws it; the table and CSV are written
+            self.say(f"(no chart: install pdvault[bench] for matplotlib to draw {path.name})")
+            return
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
