@@ -1075,7 +1075,9 @@ class Report:
         try:
             import matplotlib
         except ImportError:  # the `bench` extra draws it; the table and CSV are written
-            self.say(f"(no chart: install pdvault[bench] for matplotlib to draw {path.name})")
+            print(
+                f"(no chart: install pdvault[bench] for matplotlib to draw {path})", file=sys.stderr
+            )
             return
 
         matplotlib.use("Agg")
