@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from vault.config import CacheSettings, KeyPoolSettings
+from vault.cli import _flags
+from vault.config import CacheSettings
 from vault.datadir import DEFAULT_DATA_DIR
 
 DEFAULT_PORT = 50051
@@ -34,36 +35,6 @@ def add_tls_flags(up: argparse.ArgumentParser) -> None:
         "--insecure-local",
         action="store_true",
         help="plaintext on loopback, for local development (the default without --tls-cert)",
-    )
-
-
-def add_pool_flag(p: argparse.ArgumentParser) -> None:
-    """``--key-pool``: the subject-key pool of ``pdvault up`` and ``pdvault serve``."""
-    p.add_argument(
-        "--key-pool",
-        type=int,
-        default=KeyPoolSettings.size,
-        metavar="N",
-        help="subjects minted ahead per region, with their keys, so that CreateSubject needs "
-        "no key-service call (0: mint none; entries other nodes minted are still used)",
-    )
-    p.add_argument(
-        "--key-pool-regions",
-        default=None,
-        metavar="R,R",
-        help="fill pools only for these regions (default: every region served)",
-    )
-
-
-def add_workers_flag(p: argparse.ArgumentParser) -> None:
-    """``--workers``: server processes of ``pdvault up`` and ``pdvault serve``."""
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="server processes sharing the port (SO_REUSEPORT), each with its own caches; "
-        "about one per core",
     )
 
 
@@ -104,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=CacheSettings.max_age_seconds,
         help="how long an unwrapped data key is kept",
     )
-    add_pool_flag(up)
+    _flags.add_key_pool_flags(up)
     up.add_argument(
         "--openbao-audit-max-mb",
         type=int,
@@ -112,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MB",
         help="rotate OpenBao's own audit log (to audit.log.1) past this size",
     )
-    add_workers_flag(up)
+    _flags.add_workers_flag(up)
     up.add_argument(
         "--reflection",
         action="store_true",
@@ -151,7 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
         _audit,
         _connect,
         _db,
-        _flags,
         _health,
         _import,
         _keys,
@@ -168,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flags.add_pool_flags(serve)
     _flags.add_metrics_flags(serve)
     _flags.add_log_flags(serve)
-    add_pool_flag(serve)
-    add_workers_flag(serve)
+    _flags.add_key_pool_flags(serve)
+    _flags.add_workers_flag(serve)
     _health.add_parser(sub)
     _pool.add_parser(sub)
     _import.add_parser(sub)

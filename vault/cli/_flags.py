@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vault.config import PoolSettings
+from vault.config import KeyPoolSettings, PoolSettings
 
 
 def add_pool_flags(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,42 @@ def add_pool_flags(p: argparse.ArgumentParser) -> None:
 def pool_settings(args: argparse.Namespace) -> PoolSettings:
     """The pool flags; ValueError (reported by the caller) if out of range."""
     return PoolSettings(size=args.db_pool_size, max_overflow=args.db_max_overflow)
+
+
+def add_key_pool_flags(p: argparse.ArgumentParser) -> None:
+    """``--key-pool``: the subject-key pool of ``pdvault up`` and ``pdvault serve``."""
+    p.add_argument(
+        "--key-pool",
+        type=int,
+        default=KeyPoolSettings.size,
+        metavar="N",
+        help="subjects minted ahead per region, with their keys, so that CreateSubject needs "
+        "no key-service call (0: mint none; entries other nodes minted are still used)",
+    )
+    p.add_argument(
+        "--key-pool-regions",
+        default=None,
+        metavar="R,R",
+        help="fill pools only for these regions (default: every region served)",
+    )
+
+
+def add_workers_flag(p: argparse.ArgumentParser) -> None:
+    """``--workers``: server processes of ``pdvault up`` and ``pdvault serve``."""
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (SO_REUSEPORT), each with its own caches; "
+        "about one per core",
+    )
+
+
+def key_pool_settings(args: argparse.Namespace) -> KeyPoolSettings:
+    """The key-pool flags; ValueError (reported by the caller) if out of range."""
+    regions = frozenset(args.key_pool_regions.split(",")) if args.key_pool_regions else None
+    return KeyPoolSettings(size=args.key_pool, regions=regions)
 
 
 def add_metrics_flags(p: argparse.ArgumentParser) -> None:

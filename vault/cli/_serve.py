@@ -37,9 +37,9 @@ import signal
 import sys
 from pathlib import Path
 
-from vault.cli._flags import pool_settings
+from vault.cli._flags import key_pool_settings, pool_settings
 from vault.cli._workers import Workers, WorkerSpec
-from vault.config import KeyPoolSettings, NodeSettings, PeerTlsSettings, load_regions
+from vault.config import NodeSettings, PeerTlsSettings, load_regions
 from vault.datadir import DataDir
 from vault.errors import ConfigError
 from vault.keys import AppRole, OpenBaoCredential
@@ -196,6 +196,7 @@ async def serve(args: argparse.Namespace) -> int:
         port = int(regions.regions[args.region].endpoint.rpartition(":")[2])
     try:
         pool = pool_settings(args)
+        key_pool = key_pool_settings(args)
     except ValueError as e:
         print(f"pdvault: refusing to start: {e}", file=sys.stderr)
         return 2
@@ -204,10 +205,7 @@ async def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=port,
         tls=_tls(args),
-        pool=KeyPoolSettings(
-            size=args.key_pool,
-            regions=frozenset(args.key_pool_regions.split(",")) if args.key_pool_regions else None,
-        ),
+        pool=key_pool,
         reuse_port=args.workers > 1,
         peer_tls=PeerTlsSettings(*(f.resolve() for f in peer_flags)) if all(peer_flags) else None,
         db_pool=pool,

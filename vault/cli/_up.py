@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from vault.cli._flags import pool_settings
+from vault.cli._flags import key_pool_settings, pool_settings
 from vault.cli._workers import Workers, WorkerSpec
-from vault.config import CacheSettings, KeyPoolSettings, NodeSettings, TlsSettings, load_regions
+from vault.config import CacheSettings, NodeSettings, TlsSettings, load_regions
 from vault.datadir import DataDir, write_file
 from vault.devstack import BaoMissing, OpenBaoServer, bao_binary
 from vault.errors import ConfigError
@@ -103,6 +103,7 @@ async def up(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir.resolve()
     try:
         pool = pool_settings(args)
+        key_pool = key_pool_settings(args)
     except ValueError as e:
         print(f"pdvault: refusing to start: {e}", file=sys.stderr)
         return 2
@@ -120,10 +121,7 @@ async def up(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         log_format=args.log_format,
         audit=not args.no_audit,
-        pool=KeyPoolSettings(
-            size=args.key_pool,
-            regions=frozenset(args.key_pool_regions.split(",")) if args.key_pool_regions else None,
-        ),
+        pool=key_pool,
         reuse_port=args.workers > 1,
     )
     try:
