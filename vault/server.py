@@ -246,6 +246,7 @@ def build_auditor(
                 signer=keys.signer(address, mount),
                 key_name=f"{mount}/{SIGNING_KEY_NAME}",
                 checkpoints=policy,
+                batch_window=settings.audit_batch_window_seconds,
             )
             for name, (store, address, mount) in logs.items()
         }

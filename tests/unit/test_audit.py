@@ -3,7 +3,11 @@ request notes, and group commit on a real SQLite file."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from vault.audit import (
     CONTROL_LOG,
+    DEFAULT_BATCH_WINDOW,
     AuditStore,
     AuditWriter,
     BadCheckpoint,
@@ -31,6 +36,7 @@ from vault.audit import (
 )
 from vault.audit._store import read_log, read_only_engine
 from vault.audit._verify import verify_log
+from vault.config import NodeSettings, default_regions_file
 
 
 class LocalSigner:
@@ -144,6 +150,51 @@ def test_group_commit_batches_waiting_entries_into_one_transaction(tmp_path: Pat
     assert report.ok and report.entries == 51 and report.checkpoints == 1
 
 
+@pytest.mark.parametrize(("window", "commits"), [(0.0, [1, 1, 1, 1, 1]), (0.2, [5])])
+def test_the_batch_window_puts_entries_of_several_loop_turns_in_one_commit(
+    tmp_path: Path, window: float, commits: list[int]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit-de.sqlite'}"
+    store = AuditStore.open(url, "de")
+    calls: list[int] = []
+    real_append = store.append_nowait
+
+    def append_nowait(batch: Any) -> tuple[int, bytes]:
+        calls.append(len(batch))
+        return real_append(batch)
+
+    store.append_nowait = append_nowait  # type: ignore[method-assign]
+    writer = AuditWriter(store, batch_window=window)
+
+    async def five_calls() -> list[int]:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for i in range(5):  # one entry per loop turn, as gRPC hands calls over
+            futures.append(writer.submit_on_loop([_entry(i)], loop))
+            await asyncio.sleep(0)
+        return list(await asyncio.gather(*futures))
+
+    sizes = asyncio.run(five_calls())
+    writer.close()
+    store.close()
+    assert calls == commits
+    assert sizes == ([1, 2, 3, 4, 5] if window == 0 else [5] * 5)
+    engine = read_only_engine(url)
+    try:
+        assert verify_log(engine, "de", {}).entries == 5
+    finally:
+        engine.dispose()
+
+
+def test_a_negative_batch_window_is_refused(tmp_path: Path) -> None:
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'audit-de.sqlite'}", "de")
+    try:
+        with pytest.raises(ValueError, match="batch window"):
+            AuditWriter(store, batch_window=-0.001)
+    finally:
+        store.close()
+
+
 def test_a_failed_batch_fails_every_request_in_it(tmp_path: Path) -> None:
     store = AuditStore.open(f"sqlite:///{tmp_path / 'audit-de.sqlite'}", "de")
 
@@ -158,3 +209,33 @@ def test_a_failed_batch_fails_every_request_in_it(tmp_path: Path) -> None:
             f.result(10)
     writer.close()
     store.close()
+
+
+def test_the_settings_default_is_the_writers() -> None:
+    assert NodeSettings.audit_batch_window_seconds == DEFAULT_BATCH_WINDOW
+
+
+@pytest.mark.parametrize("command", ["up", "serve"])
+@pytest.mark.parametrize("ms", ["-1", "100.5"])
+def test_a_node_refuses_an_audit_batch_window_out_of_range(
+    tmp_path: Path, command: str, ms: str
+) -> None:
+    extra = (
+        ("--region", "de", "--config", str(default_regions_file().parent))
+        if command == "serve"
+        else ()
+    )
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "vault.cli", command, *extra),
+            *("--data-dir", str(tmp_path / "d"), "--audit-batch-ms", ms),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "BAO_TOKEN": "unused", "BAO_ADDR": "http://127.0.0.1:1"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "refusing to start: --audit-batch-ms must be between 0 and 100" in done.stderr
+    assert not (tmp_path / "d").exists()  # nothing made

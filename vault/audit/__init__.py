@@ -27,10 +27,11 @@ from vault.audit._note import (
     transfer,
 )
 from vault.audit._store import AuditStore, StoredEntry, audit_url
-from vault.audit._writer import AuditWriter, CheckpointPolicy
+from vault.audit._writer import DEFAULT_BATCH_WINDOW, AuditWriter, CheckpointPolicy
 
 __all__ = [
     "CONTROL_LOG",
+    "DEFAULT_BATCH_WINDOW",
     "SIGNING_KEY_NAME",
     "AuditStore",
     "AuditUnavailable",

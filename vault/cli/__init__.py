@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rotate OpenBao's own audit log (to audit.log.1) past this size",
     )
     _flags.add_workers_flag(up)
+    _flags.add_audit_flags(up)
     up.add_argument(
         "--reflection",
         action="store_true",
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flags.add_log_flags(serve)
     _flags.add_key_pool_flags(serve)
     _flags.add_workers_flag(serve)
+    _flags.add_audit_flags(serve)
     _health.add_parser(sub)
     _pool.add_parser(sub)
     _import.add_parser(sub)

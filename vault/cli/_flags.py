@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from vault.audit import DEFAULT_BATCH_WINDOW
 from vault.config import KeyPoolSettings, PoolSettings
+
+#: Longest audit batch window accepted: every audited call may wait this long.
+MAX_AUDIT_BATCH_MS = 100.0
 
 
 def add_pool_flags(p: argparse.ArgumentParser) -> None:
@@ -88,3 +92,25 @@ def add_log_flags(p: argparse.ArgumentParser) -> None:
         default="text",
         help="text lines (default) or one JSON object per line, with a request id per call",
     )
+
+
+def add_audit_flags(p: argparse.ArgumentParser) -> None:
+    """``--audit-batch-ms``: the audit writers' batch window (vault.audit._writer)."""
+    p.add_argument(
+        "--audit-batch-ms",
+        type=float,
+        default=DEFAULT_BATCH_WINDOW * 1000,
+        metavar="MS",
+        help="hold the first pending audit entry this long so that the entries of the "
+        "calls served meanwhile share its commit: fewer commits on a busy node, that "
+        "much latency on every audited call (default %(default)g: commit after each "
+        "turn of the event loop; local SQLite audit files only)",
+    )
+
+
+def audit_batch_window(args: argparse.Namespace) -> float:
+    """The batch window in seconds; ValueError (reported by the caller) if out of range."""
+    ms = float(args.audit_batch_ms)
+    if not 0 <= ms <= MAX_AUDIT_BATCH_MS:
+        raise ValueError(f"--audit-batch-ms must be between 0 and {MAX_AUDIT_BATCH_MS:g}")
+    return ms / 1000

@@ -37,7 +37,7 @@ import signal
 import sys
 from pathlib import Path
 
-from vault.cli._flags import key_pool_settings, pool_settings
+from vault.cli._flags import audit_batch_window, key_pool_settings, pool_settings
 from vault.cli._workers import Workers, WorkerSpec
 from vault.config import NodeSettings, PeerTlsSettings, load_regions
 from vault.datadir import DataDir
@@ -197,6 +197,7 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         pool = pool_settings(args)
         key_pool = key_pool_settings(args)
+        audit_window = audit_batch_window(args)
     except ValueError as e:
         print(f"pdvault: refusing to start: {e}", file=sys.stderr)
         return 2
@@ -206,6 +207,7 @@ async def serve(args: argparse.Namespace) -> int:
         port=port,
         tls=_tls(args),
         pool=key_pool,
+        audit_batch_window_seconds=audit_window,
         reuse_port=args.workers > 1,
         peer_tls=PeerTlsSettings(*(f.resolve() for f in peer_flags)) if all(peer_flags) else None,
         db_pool=pool,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from vault.cli._flags import key_pool_settings, pool_settings
+from vault.cli._flags import audit_batch_window, key_pool_settings, pool_settings
 from vault.cli._workers import Workers, WorkerSpec
 from vault.config import CacheSettings, NodeSettings, TlsSettings, load_regions
 from vault.datadir import DataDir, write_file
@@ -104,6 +104,7 @@ async def up(args: argparse.Namespace) -> int:
     try:
         pool = pool_settings(args)
         key_pool = key_pool_settings(args)
+        audit_window = audit_batch_window(args)
     except ValueError as e:
         print(f"pdvault: refusing to start: {e}", file=sys.stderr)
         return 2
@@ -122,6 +123,7 @@ async def up(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         audit=not args.no_audit,
         pool=key_pool,
+        audit_batch_window_seconds=audit_window,
         reuse_port=args.workers > 1,
     )
     try:
