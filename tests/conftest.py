@@ -311,6 +311,7 @@ def start_stack(
     audit_timeout_seconds: float = 5.0,
     pool: KeyPoolSettings | None = None,
     transit_mounts: dict[str, tuple[str, ...]] | None = None,
+    signing_key_rotation: int | None = None,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -323,7 +324,8 @@ def start_stack(
     call. ``key_rotation`` (region → policy or None) replaces the regions' rotation
     schedules, which the node runs with ``rotator_token``.
     ``pool`` sizes the subject-key pool filler (default: none); ``transit_mounts``
-    (region → mounts) replaces the configured mounts.
+    (region → mounts) replaces the configured mounts. ``signing_key_rotation``
+    (seconds) replaces the signing key's schedule.
     """
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
@@ -335,6 +337,13 @@ def start_stack(
     if control_url is not None:
         regions = dataclasses.replace(
             regions, control=dataclasses.replace(regions.control, database_url=control_url)
+        )
+    if signing_key_rotation is not None:
+        regions = dataclasses.replace(
+            regions,
+            control=dataclasses.replace(
+                regions.control, signing_key_rotation_seconds=signing_key_rotation
+            ),
         )
     settings = NodeSettings(
         data_dir=data_dir,

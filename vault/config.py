@@ -121,6 +121,23 @@ class ControlConfig:
     database_url: str
     openbao_address: str
     transit_mount: str
+    #: Scheduled rotation of the token and receipt signing key
+    #: (``control.signing_key_rotation: {period: 90d}``), in seconds; None: by
+    #: hand only (``pdvault token rotate-key``).
+    signing_key_rotation_seconds: int | None = None
+
+
+def _signing_key_rotation(raw: Any, where: str, bad: Any) -> int | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"period"}:
+        bad(where, "must be a mapping with only period (like 90d)")
+        return None
+    period = parse_duration(raw["period"])
+    if not period:
+        bad(f"{where}.period", "must be a positive duration like 90d, 12h or 30m")
+        return None
+    return period
 
 
 def _transfer_types() -> tuple[type[TransferRule], type[TransferRules]]:
@@ -567,6 +584,9 @@ def parse_regions(
                 database_url=_substitute(str(control["database_url"]), variables),
                 openbao_address=_substitute(str(cbao["address"]), variables),
                 transit_mount=str(cbao["mount"]),
+                signing_key_rotation_seconds=_signing_key_rotation(
+                    control.get("signing_key_rotation"), "control.signing_key_rotation", bad
+                ),
             )
 
     transfers = _parse_transfers(raw.get("transfers", {}), declared, problems)

@@ -56,7 +56,12 @@ from vault.rotation import RateLimiter, SubjectKeyRotation
 from vault.service import MalformedRequests, Peers, PersonalDataVaultServicer, TokenServicer
 from vault.store import CellStore, CellTransferLog, PoolStore, RotationStore, make_engine, migrate
 from vault.tokens.authority import AdminCredential, TokenAuthority
-from vault.tokens.keyfiles import KeyFollower, SigningState, load_or_create_signing_key
+from vault.tokens.keyfiles import (
+    KeyFollower,
+    SigningKeySchedule,
+    SigningState,
+    load_or_create_signing_key,
+)
 from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
 from vault.v1 import vault_pb2, vault_pb2_grpc
 
@@ -106,6 +111,8 @@ class Vault:
     rotations: dict[str, tuple[SubjectKeyRotation, KeyRotationPolicy]] = field(default_factory=dict)
     #: The audit logs (None only with the audit off, for benchmarks).
     audit: Auditor | None = None
+    #: Scheduled signing-key rotation (``control.signing_key_rotation``), or None.
+    signing_schedule: SigningKeySchedule | None = None
 
     def not_ready(self) -> list[str]:
         """The names of the dependencies that fail their check now."""
@@ -316,6 +323,12 @@ def build_vault(
                 job = SubjectKeyRotation(RotationStore(store.engine), rotator, rid)
                 rotations[rid] = (job, rc.key_rotation)
     auditor = build_auditor(regions, settings, keys, parts) if settings.audit else None
+    period = regions.control.signing_key_rotation_seconds
+    schedule = (
+        SigningKeySchedule(tokens_dir, control_keys, regions.control.transit_mount, period)
+        if period
+        else None
+    )
     return Vault(
         node,
         authority,
@@ -327,6 +340,7 @@ def build_vault(
         _readiness(regions, parts, control, keys),
         rotations,
         auditor,
+        schedule,
     )
 
 
@@ -475,6 +489,8 @@ class VaultServer:
         ]
         if self.vault.rotations:
             self._workers.append(asyncio.create_task(self._rotation_worker()))
+        if self.vault.signing_schedule is not None:
+            self._workers.append(asyncio.create_task(self._signing_key_worker()))
         if self.settings.pool.size > 0:
             self._workers.append(asyncio.create_task(self._pool_worker()))
         return self.port
@@ -617,6 +633,19 @@ class VaultServer:
                         )
                 except Exception as e:  # the next round retries
                     log.warning("key rotation worker (%s): %s", region, type(e).__name__)
+            await asyncio.sleep(self.settings.rotation_check_seconds)
+
+    async def _signing_key_worker(self) -> None:
+        """Rotates the signing key when it is older than the control plane's
+        period (see :class:`vault.tokens.keyfiles.SigningKeySchedule`)."""
+        schedule = self.vault.signing_schedule
+        assert schedule is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(self._executor, schedule.run)
+            except Exception as e:  # the next round retries (an interrupted one resumes)
+                log.warning("signing key rotation: %s", type(e).__name__)
             await asyncio.sleep(self.settings.rotation_check_seconds)
 
     async def stop(self, grace: float = 5.0) -> None:

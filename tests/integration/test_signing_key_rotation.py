@@ -7,6 +7,8 @@ the session's OpenBao.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +233,65 @@ def test_token_inspect_refuses_a_token_of_a_key_whose_time_is_up(
     current = load_or_create_signing_key(tokens, node.provider, mount)
     fresh = inspect(sign(live_claims(), current.signing))
     assert fresh.returncode == 0 and "valid signature" in fresh.stdout
+
+
+def test_a_node_rotates_the_signing_key_on_schedule_and_old_tokens_stay_valid(
+    bao: Bao, tmp_path: Path
+) -> None:
+    """A two-second period checked every 0.2 s: the node replaces the key by
+    itself, once per period; tokens of the old key are still accepted, new ones
+    carry the new key, and `keys status` says when the next rotation is due."""
+    from vault.cli._keys import status_report
+
+    s = start_stack(bao, tmp_path, signing_key_rotation=2, rotation_check_seconds=0.2)
+    try:
+        first = s.vault.authority.signing_kid
+        old_token = s.issue(RIGHTS)
+        assert signed_kid(old_token) == first
+        deadline = time.monotonic() + 15
+        while s.vault.authority.signing_kid == first:
+            assert time.monotonic() < deadline, "the scheduled rotation did not run"
+            time.sleep(0.1)
+        second = s.vault.authority.signing_kid
+        assert signed_kid(s.issue(RIGHTS)) == second
+        assert _accepted(s, old_token)  # retired, not removed: valid until it expires
+        published = read_published(_tokens_dir(s))
+        assert [p.key.kid for p in published][:2] == [first, second]
+        assert published[0].retired_at is not None
+        lines = "\n".join(status_report(s.data_dir))
+        assert "scheduled rotation: every" in lines and "next due" in lines
+    finally:
+        s.stop()
+
+
+def test_a_node_with_read_only_key_files_only_says_the_key_is_due(
+    bao: Bao, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Key files mounted read-only (a Kubernetes Secret): nothing is rotated or
+    written, and the node logs that the key is due (no key material)."""
+    s = start_stack(bao, tmp_path, signing_key_rotation=1)
+    tokens = _tokens_dir(s)
+    schedule = s.vault.signing_schedule
+    assert schedule is not None
+    kid = s.vault.authority.signing_kid
+    protect = ["chattr", "+i", str(tokens)] if os.geteuid() == 0 else None
+    try:
+        time.sleep(1.2)
+        before = {p.name: p.read_bytes() for p in tokens.iterdir() if p.is_file()}
+        if protect is None:
+            tokens.chmod(0o500)
+        elif subprocess.run(protect, capture_output=True, check=False).returncode != 0:
+            pytest.skip("as root, a read-only directory needs chattr +i, not available here")
+        with caplog.at_level("WARNING", logger="vault.tokens"):
+            assert schedule.run() is None
+        after = {p.name: p.read_bytes() for p in tokens.iterdir() if p.is_file()}
+        assert after == before and s.vault.authority.signing_kid == kid
+        assert any("read-only" in r.getMessage() for r in caplog.records)
+        signing = json.loads((tokens / keyfiles.KEY_FILE).read_text())
+        for r in caplog.records:
+            for v in signing.values():
+                assert str(v) not in r.getMessage()
+    finally:
+        subprocess.run(["chattr", "-i", str(tokens)], capture_output=True, check=False)
+        tokens.chmod(0o700)
+        s.stop()

@@ -191,6 +191,35 @@ def test_the_shipped_rotation_schedule_and_a_region_without_one(raw: dict) -> No
     assert parse_regions(raw).regions["de"].key_rotation is None
 
 
+def test_the_shipped_signing_key_schedule_and_none(raw: dict) -> None:  # type: ignore[type-arg]
+    assert parse_regions(raw).control.signing_key_rotation_seconds == 90 * 86400
+    del raw["control"]["signing_key_rotation"]
+    assert parse_regions(raw).control.signing_key_rotation_seconds is None
+
+
+@pytest.mark.parametrize(
+    ("rotation", "problem"),
+    [
+        ({"period": "90"}, "must be a positive duration"),
+        ({"period": "0d"}, "must be a positive duration"),
+        ({"period": "30d", "rate_per_second": 1}, "must be a mapping with only period"),
+        ({}, "must be a mapping with only period"),
+        ("90d", "must be a mapping with only period"),
+    ],
+)
+def test_a_bad_signing_key_schedule_is_reported(
+    raw: dict,  # type: ignore[type-arg]
+    rotation: object,
+    problem: str,
+) -> None:
+    raw["control"]["signing_key_rotation"] = rotation
+    with pytest.raises(ConfigError) as e:
+        parse_regions(raw)
+    assert len(e.value.problems) == 1
+    assert e.value.problems[0].where.startswith("control.signing_key_rotation")
+    assert problem in e.value.problems[0].problem
+
+
 @pytest.mark.parametrize(
     ("rotation", "where", "problem"),
     [

@@ -19,7 +19,7 @@ from vault.errors import KeyServiceUnavailable
 from vault.keys import OpenBaoCredential, TransitKeyRotator
 from vault.rotation import RateLimiter, SubjectKeyRotation
 from vault.store import RotationStore, make_engine, migrate
-from vault.tokens.keyfiles import HISTORY_FILE, read_history, read_published
+from vault.tokens.keyfiles import HISTORY_FILE, read_history, read_published, signing_key_age
 
 
 def _duration(text: str) -> int:
@@ -164,4 +164,11 @@ def status_report(data_dir: Path, regions_file: Path | None = None) -> list[str]
             state = "signing" if p.retired_at is None else f"retired {_age(now - p.retired_at)} ago"
             out.append(f"  {p.key.kid}  age {age}  {state}")
         out.append(f"  receipt key history: {len(read_history(tokens))} key(s), chain verified")
+        period = regions.control.signing_key_rotation_seconds
+        if period:
+            key_age = signing_key_age(tokens, now)
+            due = "now" if key_age is None or key_age >= period else f"in {_age(period - key_age)}"
+            out.append(f"  scheduled rotation: every {_age(period)}, next due {due}")
+        else:
+            out.append("  scheduled rotation: none (pdvault token rotate-key by hand)")
     return out

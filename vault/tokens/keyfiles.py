@@ -32,6 +32,7 @@ if nobody rotates again to remove it from the file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -185,38 +186,105 @@ def load_or_create_signing_key(
 def rotate_signing_key(directory: Path, keys: KeyProvider, mount: str, *, now: float) -> Rotation:
     """Replaces the signing key (see the module docstring); resumes an
     interrupted rotation. Needs OpenBao (unwrap the old key, wrap the new)."""
+    with _locked(directory):
+        return _rotate(directory, keys, mount, now)
+
+
+def _rotate(directory: Path, keys: KeyProvider, mount: str, now: float) -> Rotation:
+    """:func:`rotate_signing_key`, with the directory's lock held."""
     ref = KeyRef(mount, SIGNING_KEY_NAME)
     at = int(now)
-    with _locked(directory):
-        key_file, next_file = directory / KEY_FILE, directory / NEXT_KEY_FILE
-        if not key_file.exists():
-            raise FileNotFoundError(key_file)
-        current = _read_key(key_file, ref, keys)
-        if next_file.exists():
-            new = _read_key(next_file, ref, keys)  # an interrupted rotation
-        else:
-            new = SigningKey.generate()
-            _write_key(next_file, ref, keys, new)
+    key_file, next_file = directory / KEY_FILE, directory / NEXT_KEY_FILE
+    if not key_file.exists():
+        raise FileNotFoundError(key_file)
+    current = _read_key(key_file, ref, keys)
+    if next_file.exists():
+        new = _read_key(next_file, ref, keys)  # an interrupted rotation
+    else:
+        new = SigningKey.generate()
+        _write_key(next_file, ref, keys, new)
 
-        retired: list[str] = []
-        published: list[PublishedKey] = []
-        for p in read_published(directory):
-            if p.retired_at is None and p.key.kid != new.kid:
-                p = PublishedKey(p.key, p.created_at, at)
-                retired.append(p.key.kid)
-            published.append(p)
-        if all(p.key.kid != new.kid for p in published):
-            published.append(PublishedKey(new.public(), created_at=at))
-        kept = [p for p in published if p.accepted_at(at, RETIRE_AFTER)]
-        removed = tuple(p.key.kid for p in published if p not in kept)
-        _publish(directory, kept)
+    retired: list[str] = []
+    published: list[PublishedKey] = []
+    for p in read_published(directory):
+        if p.retired_at is None and p.key.kid != new.kid:
+            p = PublishedKey(p.key, p.created_at, at)
+            retired.append(p.key.kid)
+        published.append(p)
+    if all(p.key.kid != new.kid for p in published):
+        published.append(PublishedKey(new.public(), created_at=at))
+    kept = [p for p in published if p.accepted_at(at, RETIRE_AFTER)]
+    removed = tuple(p.key.kid for p in published if p not in kept)
+    _publish(directory, kept)
 
-        history = read_history(directory)
-        if history[-1].key.kid != new.kid:
-            history = append_key(history, current, new.public(), at)
-            replace_file(directory / HISTORY_FILE, history_to_json(history), 0o644)
-        os.replace(next_file, key_file)
+    history = read_history(directory)
+    if history[-1].key.kid != new.kid:
+        history = append_key(history, current, new.public(), at)
+        replace_file(directory / HISTORY_FILE, history_to_json(history), 0o644)
+    os.replace(next_file, key_file)
     return Rotation(new.kid, tuple(retired), removed)
+
+
+def signing_key_age(directory: Path, now: float) -> float | None:
+    """How old the signing key is (seconds since it was published); None when
+    its publication time is unknown (keys published before it was recorded)."""
+    current = [p for p in read_published(directory) if p.retired_at is None]
+    if not current or current[-1].created_at is None:
+        return None
+    return max(0.0, now - current[-1].created_at)
+
+
+class SigningKeySchedule:
+    """Rotates the signing key once it is older than ``period_seconds``
+    (``control.signing_key_rotation`` in regions.yaml), from a node that owns
+    the key files. Safe on several nodes sharing them: the rotation holds the
+    directory's lock, and a second node finds a fresh key. Where the files are
+    read-only (mounted from a Secret), the node only says that the key is due.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        keys: KeyProvider,
+        mount: str,
+        period_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if period_seconds <= 0:
+            raise ValueError("the signing key rotation period must be positive")
+        self.directory = directory
+        self.period_seconds = period_seconds
+        self._keys, self._mount, self._clock = keys, mount, clock
+
+    def due_in(self) -> float:
+        """Seconds until the key is due (0 or less: due now)."""
+        age = signing_key_age(self.directory, self._clock())
+        return 0.0 if age is None else self.period_seconds - age
+
+    def run(self) -> Rotation | None:
+        """Rotates if due and the files are writable here; what was done, or None."""
+        if self.due_in() > 0:
+            return None
+        try:
+            if not os.access(self.directory, os.W_OK):
+                raise PermissionError(errno.EROFS, "read-only")
+            with _locked(self.directory):
+                if self.due_in() > 0:  # another node rotated meanwhile
+                    return None
+                # A read-only directory fails at the first file written (the
+                # next key), before anything is published.
+                done = _rotate(self.directory, self._keys, self._mount, self._clock())
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            log.warning(
+                "the signing key is due for rotation (period %d s), but its files are "
+                "read-only on this node: run `pdvault token rotate-key` where they are made",
+                self.period_seconds,
+            )
+            return None
+        log.info("signing key rotated on schedule: new key %s", done.new_kid)
+        return done
 
 
 class KeyFollower:
