@@ -33,7 +33,7 @@ from vault.config import (
 )
 from vault.datadir import DataDir
 from vault.devstack import OpenBaoServer
-from vault.keys import TransitKeyProvider
+from vault.keys import KeyProvider, KeyShredder, TransitKeyProvider
 from vault.policy import Policy, default_policy_path, load_policy
 from vault.residency import Node
 from vault.server import Vault, VaultServer, build_vault
@@ -312,6 +312,8 @@ def start_stack(
     pool: KeyPoolSettings | None = None,
     transit_mounts: dict[str, tuple[str, ...]] | None = None,
     signing_key_rotation: int | None = None,
+    mount_addresses: dict[str, tuple[tuple[str, str], ...]] | None = None,
+    more_clusters: dict[str, tuple[KeyProvider, KeyShredder]] | None = None,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -325,7 +327,9 @@ def start_stack(
     schedules, which the node runs with ``rotator_token``.
     ``pool`` sizes the subject-key pool filler (default: none); ``transit_mounts``
     (region → mounts) replaces the configured mounts. ``signing_key_rotation``
-    (seconds) replaces the signing key's schedule.
+    (seconds) replaces the signing key's schedule. ``mount_addresses`` (region →
+    (mount, address) pairs) puts mounts on other OpenBao clusters, whose clients
+    (address → provider, shredder: logged in there) ``more_clusters`` gives.
     """
     regions = load_regions(data_dir=str(data_dir), openbao_addr=bao.address)
     for rid, url in (database_urls or {}).items():
@@ -334,6 +338,8 @@ def start_stack(
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], key_rotation=rotation)
     for rid, mounts in (transit_mounts or {}).items():
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], transit_mounts=mounts)
+    for rid, pairs in (mount_addresses or {}).items():
+        regions.regions[rid] = dataclasses.replace(regions.regions[rid], mount_addresses=pairs)
     if control_url is not None:
         regions = dataclasses.replace(
             regions, control=dataclasses.replace(regions.control, database_url=control_url)
@@ -370,7 +376,8 @@ def start_stack(
         eraser_token=bao.eraser_token,
         policy=policy or POLICY,
         admin_credential_file=DataDir(data_dir).admin_credential,
-        providers={bao.address: provider},
+        providers={bao.address: provider, **{a: p for a, (p, _) in (more_clusters or {}).items()}},
+        shredders={a: sh for a, (_, sh) in (more_clusters or {}).items()},
         rotator_token=rotator_token,
         **({"control_clock": control_clock} if control_clock is not None else {}),
         **({"cache_clock": cache_clock} if cache_clock is not None else {}),

@@ -70,10 +70,30 @@ class RegionConfig:
     node_identity: str = ""
     #: Scheduled subject key rotation (``key_rotation`` in regions.yaml), or None.
     key_rotation: KeyRotationPolicy | None = None
+    #: Mounts of ``transit_mounts`` served by another OpenBao cluster than
+    #: ``openbao_address``: (mount, address) pairs (``openbao.clusters`` in
+    #: regions.yaml). Every other mount is at ``openbao_address``, which also
+    #: holds the region's own keys (blind index, audit signing) in its first mount.
+    mount_addresses: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.node_identity:
             object.__setattr__(self, "node_identity", default_node_identity(self.id))
+
+    def address_of(self, mount: str) -> str:
+        """The address of the OpenBao cluster holding ``mount``."""
+        for m, address in self.mount_addresses:
+            if m == mount:
+                return address
+        return self.openbao_address
+
+    def clusters(self) -> dict[str, tuple[str, ...]]:
+        """Every OpenBao cluster of the region (address → its mounts), the
+        first one first."""
+        out: dict[str, list[str]] = {self.openbao_address: []}
+        for m in self.transit_mounts:
+            out.setdefault(self.address_of(m), []).append(m)
+        return {a: tuple(ms) for a, ms in out.items()}
 
 
 @dataclass(frozen=True)
@@ -125,6 +145,56 @@ class ControlConfig:
     #: (``control.signing_key_rotation: {period: 90d}``), in seconds; None: by
     #: hand only (``pdvault token rotate-key``).
     signing_key_rotation_seconds: int | None = None
+
+
+def _openbao_clusters(bao: Any, where: str, bad: Any) -> list[tuple[str, list[str]]]:
+    """A region's ``openbao``: ``{address, mounts}`` (one cluster) or
+    ``{clusters: [{address, mounts}, …]}`` (several; subjects are sharded over
+    every mount of every cluster). [] after reporting any problem."""
+    if isinstance(bao, dict) and "clusters" in bao:
+        if set(bao) != {"clusters"}:
+            bad(where, "has either clusters or address and mounts, not both")
+            return []
+        raw = bao["clusters"]
+        if not isinstance(raw, list) or not raw:
+            bad(f"{where}.clusters", "must list at least one OpenBao cluster")
+            return []
+        entries = [(f"{where}.clusters[{i}]", c) for i, c in enumerate(raw)]
+    else:
+        entries = [(where, bao)]
+    out: list[tuple[str, list[str]]] = []
+    ok = True
+    seen_mounts: set[str] = set()
+    seen_addresses: set[str] = set()
+    for at, c in entries:
+        if not isinstance(c, dict) or set(c) - {"address", "mounts"}:
+            bad(at, "must be a mapping with address and mounts")
+            ok = False
+            continue
+        address = str(c.get("address") or "")
+        if not address:
+            bad(f"{at}.address", "is required")
+            ok = False
+        elif address in seen_addresses:
+            bad(f"{at}.address", "is listed for two clusters (one cluster, one entry)")
+            ok = False
+        seen_addresses.add(address)
+        mounts = c.get("mounts") or []
+        if not isinstance(mounts, list) or not mounts:
+            bad(f"{at}.mounts", "must list at least one transit mount")
+            ok = False
+            continue
+        for m in mounts:
+            if not isinstance(m, str) or not _MOUNT_RE.fullmatch(m):
+                bad(f"{at}.mounts", f"has an invalid mount name {m!r}")
+                ok = False
+            elif m in seen_mounts:
+                bad(f"{at}.mounts", f"lists the mount {m!r} twice in the region")
+                ok = False
+            else:
+                seen_mounts.add(m)
+        out.append((address, [str(m) for m in mounts]))
+    return out if ok else []
 
 
 def _signing_key_rotation(raw: Any, where: str, bad: Any) -> int | None:
@@ -496,23 +566,10 @@ def parse_regions(
         if endpoint_problem:
             bad(f"{where}.endpoint", endpoint_problem)
         bao = r.get("openbao")
-        mounts: list[Any] = []
-        address = ""
-        if not isinstance(bao, dict):
-            bad(f"{where}.openbao", "must be a mapping with address and mounts")
-        else:
-            address = str(bao.get("address") or "")
-            if not address:
-                bad(f"{where}.openbao.address", "is required")
-            mounts = bao.get("mounts") or []
-            if not isinstance(mounts, list) or not mounts:
-                bad(f"{where}.openbao.mounts", "must list at least one transit mount")
-                mounts = []
-            for m in mounts:
-                if not isinstance(m, str) or not _MOUNT_RE.fullmatch(m):
-                    bad(f"{where}.openbao.mounts", f"has an invalid mount name {m!r}")
-            if len(set(map(str, mounts))) != len(mounts):
-                bad(f"{where}.openbao.mounts", "lists a mount twice")
+        clusters = _openbao_clusters(bao, f"{where}.openbao", bad)
+        address = clusters[0][0] if clusters else ""
+        mounts = [m for _, ms in clusters for m in ms]
+        elsewhere = tuple((m, _substitute(a, variables)) for a, ms in clusters[1:] for m in ms)
         identity = r.get("node_identity", default_node_identity(rid))
         identity_bad = not isinstance(identity, str) or not _NODE_IDENTITY_RE.fullmatch(identity)
         if identity_bad:
@@ -529,7 +586,7 @@ def parse_regions(
         else:
             identities[identity] = rid
         rotation = _key_rotation(r.get("key_rotation"), f"{where}.key_rotation", bad)
-        if missing or endpoint_problem or not isinstance(bao, dict) or identity_bad:
+        if missing or endpoint_problem or not clusters or identity_bad:
             continue
         regions[rid] = RegionConfig(
             id=rid,
@@ -541,6 +598,7 @@ def parse_regions(
             transit_mounts=tuple(str(m) for m in mounts),
             node_identity=str(identity),
             key_rotation=rotation,
+            mount_addresses=elsewhere,
         )
 
     default_region = raw.get("default_region")

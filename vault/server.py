@@ -30,7 +30,7 @@ from vault.audit import (
     audit_url,
 )
 from vault.cell import BlindIndex, Cell, KeyPool
-from vault.config import KeyRotationPolicy, NodeSettings, RegionsConfig
+from vault.config import KeyRotationPolicy, NodeSettings, RegionConfig, RegionsConfig
 from vault.control import ControlStore, Revocations
 from vault.datadir import DataDir
 from vault.db import now_us
@@ -43,6 +43,9 @@ from vault.keys import (
     KeyRef,
     KeyShredder,
     OpenBaoCredential,
+    RoutedKeyProvider,
+    RoutedKeyRotator,
+    RoutedKeyShredder,
     TransitKeyProvider,
     TransitKeyRotator,
     TransitKeyShredder,
@@ -132,8 +135,9 @@ class Vault:
 class KeyServices:
     """The key-service clients of a node: one per OpenBao address, per credential.
 
-    Regions sharing one OpenBao address share one client; ``providers``
-    (address → provider) lets tests inject an instrumented one.
+    Regions sharing one OpenBao address share one client; ``providers`` and
+    ``shredders`` (address → client) let tests inject their own (instrumented,
+    or logged in to another cluster with another credential).
     """
 
     def __init__(
@@ -143,12 +147,13 @@ class KeyServices:
         *,
         timeout: float = 5.0,
         providers: dict[str, KeyProvider] | None = None,
+        shredders: dict[str, KeyShredder] | None = None,
     ) -> None:
         self._token = token
         self._eraser_token = eraser_token
         self._timeout = timeout
         self._providers: dict[str, KeyProvider] = dict(providers or {})
-        self._shredders: dict[str, KeyShredder] = {}
+        self._shredders: dict[str, KeyShredder] = dict(shredders or {})
 
     def provider(self, address: str) -> KeyProvider:
         p = self._providers.get(address)
@@ -178,6 +183,36 @@ class KeyServices:
             self._shredders[address] = s
         return s
 
+    def region_provider(self, rc: RegionConfig) -> KeyProvider:
+        """The region's subject-key client: its OpenBao's, or routed by mount
+        when the region spreads its mounts over several clusters."""
+        if not rc.mount_addresses:
+            return self.provider(rc.openbao_address)
+        return RoutedKeyProvider({m: self.provider(rc.address_of(m)) for m in rc.transit_mounts})
+
+    def region_shredder(self, rc: RegionConfig) -> KeyShredder | None:
+        """Like :meth:`region_provider`, for the eraser credential (None without it)."""
+        if self._eraser_token is None:
+            return None
+        if not rc.mount_addresses:
+            return self.shredder(rc.openbao_address)
+        routes: dict[str, KeyShredder] = {}
+        for m in rc.transit_mounts:
+            s = self.shredder(rc.address_of(m))
+            assert s is not None
+            routes[m] = s
+        return RoutedKeyShredder(routes)
+
+
+def region_rotator(
+    rc: RegionConfig, credential: OpenBaoCredential, timeout: float | None = None
+) -> TransitKeyRotator | RoutedKeyRotator:
+    """The rotation role's client of a region (routed by mount over its clusters)."""
+    clients = {a: TransitKeyRotator.connect(a, credential, timeout=timeout) for a in rc.clusters()}
+    if len(clients) == 1:
+        return clients[rc.openbao_address]
+    return RoutedKeyRotator({m: clients[rc.address_of(m)] for m in rc.transit_mounts})
+
 
 def build_cells(
     regions: RegionsConfig,
@@ -197,7 +232,7 @@ def build_cells(
         migrate(engine)
         store = built.stores[rid] = CellStore(engine)
         data_keys = built.data_keys[rid] = DataKeyCache(settings.cache, cache_clock)
-        provider = keys.provider(rc.openbao_address)
+        provider = keys.region_provider(rc)
         if settings.audit:
             built.audit_stores[rid] = AuditStore.open(
                 audit_url(rc.database_url, rid), rid, fsync=settings.audit_fsync
@@ -212,7 +247,7 @@ def build_cells(
             BlindIndex(store, provider, rc.transit_mounts[0]),
             settings.limits,
             authz,
-            shredder=keys.shredder(rc.openbao_address),
+            shredder=keys.region_shredder(rc),
             pool=pool,
             transfers=TransferGate(regions.transfers, rid, CellTransferLog(engine), now_us),
             access=built.audit_stores.get(rid),
@@ -271,6 +306,7 @@ def build_vault(
     admin_credential_file: Path | None = None,
     serve_regions: frozenset[str] | None = None,
     providers: dict[str, KeyProvider] | None = None,
+    shredders: dict[str, KeyShredder] | None = None,
     control_clock: Callable[[], int] = now_us,
     cache_clock: Callable[[], float] = time.monotonic,
     rotator_token: OpenBaoCredential | None = None,
@@ -289,6 +325,7 @@ def build_vault(
         eraser_token,
         timeout=settings.openbao_timeout_seconds,
         providers=providers,
+        shredders=shredders,
     )
     authz = Authorizer(policy)
     parts = build_cells(regions, settings, keys, authz, serve_regions, cache_clock)
@@ -319,7 +356,7 @@ def build_vault(
         for rid, store in parts.stores.items():
             rc = regions.regions[rid]
             if rc.key_rotation is not None:
-                rotator = TransitKeyRotator.connect(rc.openbao_address, rotator_token)
+                rotator = region_rotator(rc, rotator_token)
                 job = SubjectKeyRotation(RotationStore(store.engine), rotator, rid)
                 rotations[rid] = (job, rc.key_rotation)
     auditor = build_auditor(regions, settings, keys, parts) if settings.audit else None
@@ -355,7 +392,8 @@ def _readiness(
     checks.append(("control database", control.ping))
     users: dict[str, list[str]] = {}
     for rid in sorted(parts.stores):
-        users.setdefault(regions.regions[rid].openbao_address, []).append(rid)
+        for address in regions.regions[rid].clusters():
+            users.setdefault(address, []).append(rid)
     users.setdefault(regions.control.openbao_address, []).append("control")
     for address, names in users.items():
         ready = getattr(keys.provider(address), "ready", None)

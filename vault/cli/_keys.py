@@ -16,8 +16,9 @@ from vault.config import RegionConfig, load_regions, parse_duration
 from vault.datadir import DEFAULT_DATA_DIR, DataDir
 from vault.devstack import OpenBaoServer
 from vault.errors import KeyServiceUnavailable
-from vault.keys import OpenBaoCredential, TransitKeyRotator
+from vault.keys import OpenBaoCredential
 from vault.rotation import RateLimiter, SubjectKeyRotation
+from vault.server import region_rotator
 from vault.store import RotationStore, make_engine, migrate
 from vault.tokens.keyfiles import HISTORY_FILE, read_history, read_published, signing_key_age
 
@@ -93,9 +94,7 @@ def _run_rotation(
     engine = make_engine(region.database_url)
     migrate(engine)
     store = RotationStore(engine)
-    job = SubjectKeyRotation(
-        store, TransitKeyRotator.connect(region.openbao_address, credential), region.id
-    )
+    job = SubjectKeyRotation(store, region_rotator(region, credential), region.id)
     limiter = RateLimiter(args.rate)
     total = store.coverage().subjects
     with Progress(

@@ -3,6 +3,7 @@
 from vault.keys._approle import AppRole, AppRoleLogin, OpenBaoCredential
 from vault.keys._cache import BoundedCache, DataKeyCache
 from vault.keys._provider import KeyProvider, KeyRef, KeyShredder
+from vault.keys._routing import RoutedKeyProvider, RoutedKeyRotator, RoutedKeyShredder
 from vault.keys._transit import (
     Failover,
     KeyGone,
@@ -23,6 +24,9 @@ __all__ = [
     "KeyRef",
     "KeyShredder",
     "OpenBaoCredential",
+    "RoutedKeyProvider",
+    "RoutedKeyRotator",
+    "RoutedKeyShredder",
     "TransitKeyProvider",
     "TransitKeyRotator",
     "TransitKeyShredder",
