@@ -622,10 +622,20 @@ class VaultServer:
                 await asyncio.sleep(self.settings.pool.poll_seconds)
 
     async def _retention_worker(self) -> None:
-        """Deletes records whose retention ended, a batch at a time (safe on many nodes)."""
+        """Deletes records whose retention ended, a batch at a time (safe on many
+        nodes), and the revocations of tokens long expired."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settings.retention_sweep_seconds)
+            try:
+                before = now_us() - Revocations.FORGET_AFTER_US
+                pruned = await loop.run_in_executor(
+                    self._executor, self.vault.control.prune_revocations, before
+                )
+                if pruned:
+                    log.info("%d revocation(s) of tokens long expired deleted", pruned)
+            except Exception as e:  # the next round retries
+                log.warning("revocation pruning: %s", type(e).__name__)
             for region, cell in self.node.cells.items():
                 try:
                     total = 0

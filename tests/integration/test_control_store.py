@@ -172,3 +172,64 @@ def test_a_huge_jump_in_seq_remembers_a_bounded_number_of_missing_seqs(
     poller.refresh()
     assert poller.cursor == 1000
     assert poller.missing == frozenset(range(995, 1000))
+
+
+def test_revocations_of_tokens_long_expired_are_forgotten_and_pruned(engine: Engine) -> None:
+    """A node forgets a revoked token an hour after it expired (it is refused as
+    expired anyway) and the database drops its row; later revocations, made
+    after the prune, are still read by seq."""
+    wall = [now_us()]
+    store = ControlStore(engine)
+    clock = FakeClock()
+    poller = Revocations(store, clock=clock, reload_interval=30, wall=lambda: wall[0])
+    soon, later = jti(), jti()
+    assert store.revoke(soon, wall[0] + HOUR_US)
+    assert store.revoke(later, wall[0] + 48 * HOUR_US)
+    poller.refresh()
+    assert poller.is_revoked(soon) and poller.is_revoked(later) and len(poller) == 2
+
+    wall[0] += HOUR_US + HOUR_US // 2  # `soon` expired half an hour ago: kept
+    clock.now += 31
+    poller.refresh()
+    assert poller.is_revoked(soon) and len(poller) == 2
+    assert store.prune_revocations(wall[0] - Revocations.FORGET_AFTER_US) == 0
+
+    wall[0] += HOUR_US  # now more than an hour past its expiry: forgotten
+    clock.now += 31
+    poller.refresh()
+    assert not poller.is_revoked(soon) and poller.is_revoked(later) and len(poller) == 1
+    assert store.prune_revocations(wall[0] - Revocations.FORGET_AFTER_US) == 1
+    assert store.revoked_among([soon, later]) == {later}
+
+    newer = jti()
+    assert store.revoke(newer, wall[0] + HOUR_US)
+    clock.now += 1
+    poller.refresh()
+    assert poller.is_revoked(newer) and poller.is_revoked(later)
+
+
+def test_a_revocation_added_without_its_expiry_is_kept_for_the_longest_token_life() -> None:
+    class NoRows:
+        def live_revocations(self) -> tuple[int, list[object]]:
+            return 0, []
+
+        def revocations_after(self, cursor: int, missing: object = ()) -> list[object]:
+            return []
+
+    wall = [now_us()]
+    clock = FakeClock()
+    poller = Revocations(
+        NoRows(),  # type: ignore[arg-type]
+        clock=clock,
+        reload_interval=30,
+        wall=lambda: wall[0],
+    )
+    poller.add("t1")
+    wall[0] += Revocations.DEFAULT_TTL_US  # the longest a token lives
+    clock.now += 31
+    poller.refresh()
+    assert poller.is_revoked("t1")
+    wall[0] += Revocations.FORGET_AFTER_US + 1
+    clock.now += 31
+    poller.refresh()
+    assert not poller.is_revoked("t1")

@@ -164,6 +164,15 @@ class ControlStore:
             return False
         return True
 
+    def prune_revocations(self, expired_before_us: int) -> int:
+        """Deletes the revocations of tokens that expired before
+        ``expired_before_us`` (refused as expired anyway); how many."""
+        with self._tx() as conn:
+            done = conn.execute(
+                delete(revoked_tokens).where(revoked_tokens.c.expires_at < expired_before_us)
+            )
+        return int(done.rowcount or 0)
+
     def revoked_among(self, jtis: Collection[str]) -> set[str]:
         """Which of ``jtis`` are revoked, as the database knows it now."""
         if not jtis:
@@ -347,6 +356,12 @@ class Revocations:
     #: Missing seqs remembered at most (the oldest are dropped first; the
     #: periodic reload still catches any of them that commits).
     MAX_MISSING = 10_000
+    #: A revoked token is forgotten this long after it expired (an expired token
+    #: is refused as such; the margin covers nodes whose clocks run behind).
+    FORGET_AFTER_US = 3600 * 1_000_000
+    #: The expiry assumed for a revocation added without one (the longest
+    #: token life, 30 days).
+    DEFAULT_TTL_US = 30 * 86400 * 1_000_000
 
     def __init__(
         self,
@@ -357,14 +372,17 @@ class Revocations:
         *,
         gap_horizon: float = 30.0,
         reload_interval: float = 30.0,
+        wall: Callable[[], int] = now_us,
     ) -> None:
         self._store = store
+        self._wall = wall
         self._interval = interval
         self._max_staleness = max_staleness
         self._clock = clock
         self._gap_horizon = gap_horizon
         self._reload_interval = reload_interval
-        self._revoked: set[str] = set()
+        # Revoked token id -> its expiry (microseconds since the epoch).
+        self._revoked: dict[str, int] = {}
         self._cursor = 0
         # Missing seq -> when it was first missed; insertion order is time order.
         self._missing: dict[int, float] = {}
@@ -388,8 +406,11 @@ class Revocations:
     def _reload(self) -> None:
         top, live = self._store.live_revocations()
         for r in live:
-            self._revoked.add(r.jti)
+            self._revoked[r.jti] = r.expires_at_us
             self._missing.pop(r.seq, None)
+        forget = self._wall() - self.FORGET_AFTER_US
+        for jti in [j for j, exp in self._revoked.items() if exp < forget]:
+            del self._revoked[jti]
         if not self._loaded:
             self._cursor = top
             self._loaded = True
@@ -400,7 +421,7 @@ class Revocations:
                 break
             del self._missing[seq]
         for r in self._store.revocations_after(self._cursor, self._missing.keys()):
-            self._revoked.add(r.jti)
+            self._revoked[r.jti] = r.expires_at_us
             if r.seq > self._cursor:
                 for skipped in range(max(self._cursor + 1, r.seq - self.MAX_MISSING), r.seq):
                     self._missing[skipped] = now
@@ -421,9 +442,16 @@ class Revocations:
         with self._refreshing:
             return frozenset(self._missing)
 
-    def add(self, jti: str) -> None:
-        """Effective on this node at once (the poll spreads it to the others)."""
-        self._revoked.add(jti)
+    def add(self, jti: str, expires_at_us: int | None = None) -> None:
+        """Effective on this node at once (the poll spreads it to the others);
+        remembered until the token expires (the longest token life if not given)."""
+        if expires_at_us is None:
+            expires_at_us = self._wall() + self.DEFAULT_TTL_US
+        self._revoked[jti] = max(expires_at_us, self._revoked.get(jti, 0))
+
+    def __len__(self) -> int:
+        """Revoked token ids remembered (tokens not long expired)."""
+        return len(self._revoked)
 
     def is_revoked(self, jti: str) -> bool:
         if self._clock() - self._fresh_at > self._max_staleness:

@@ -352,7 +352,7 @@ class TokenAuthority:
     def _revoke_one(self, jti: str, target: TokenEvent | None, actor: str) -> bool:
         expires = target.expires_at_us if target else int((self._clock() + MAX_TTL) * 1e6)
         revoked = self._control.revoke(jti, expires)
-        self._revocations.add(jti)
+        self._revocations.add(jti, expires)
         self._control.record(
             TokenEvent(
                 "revoke",
