@@ -314,6 +314,7 @@ def start_stack(
     signing_key_rotation: int | None = None,
     mount_addresses: dict[str, tuple[tuple[str, str], ...]] | None = None,
     more_clusters: dict[str, tuple[KeyProvider, KeyShredder]] | None = None,
+    retention_first_sweep_seconds: float = 60.0,
 ) -> Stack:
     """A node on ``data_dir`` behind a real gRPC server on an ephemeral port.
 
@@ -366,6 +367,7 @@ def start_stack(
         openbao_timeout_seconds=openbao_timeout,
         rotation_check_seconds=rotation_check_seconds,
         audit_timeout_seconds=audit_timeout_seconds,
+        retention_first_sweep_seconds=retention_first_sweep_seconds,
     )
     provider = TransitKeyProvider.connect(bao.address, bao.node_token, timeout=openbao_timeout)
     admin = ensure_admin_credential(data_dir)

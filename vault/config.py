@@ -380,8 +380,12 @@ class NodeSettings:
     openbao_timeout_seconds: float = 5.0
     #: How often a node looks for erasures whose grace period has ended.
     erasure_poll_seconds: float = 5.0
-    #: How often a node deletes records whose retention has ended.
+    #: How often a node deletes records whose retention has ended (and reaps
+    #: orphan keys, forgets long-expired revocations).
     retention_sweep_seconds: float = 3600.0
+    #: The first sweep comes this soon after start (so that nodes restarted
+    #: more often than the sweep period still sweep).
+    retention_first_sweep_seconds: float = 60.0
     #: How often a node with a rotation credential runs the regions' scheduled
     #: subject key rotation (regions.yaml ``key_rotation``).
     rotation_check_seconds: float = 3600.0

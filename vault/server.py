@@ -625,8 +625,11 @@ class VaultServer:
         """Deletes records whose retention ended, a batch at a time (safe on many
         nodes), and the revocations of tokens long expired."""
         loop = asyncio.get_running_loop()
+        st = self.settings
+        wait = min(st.retention_first_sweep_seconds, st.retention_sweep_seconds)
         while True:
-            await asyncio.sleep(self.settings.retention_sweep_seconds)
+            await asyncio.sleep(wait)
+            wait = self.settings.retention_sweep_seconds
             try:
                 before = now_us() - Revocations.FORGET_AFTER_US
                 pruned = await loop.run_in_executor(

@@ -6,14 +6,17 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.conftest import Stack, files_containing
+from tests.conftest import Bao, Stack, files_containing, start_stack
 from vault.client import VaultClientError
 
 pytestmark = pytest.mark.integration
+
+RIGHTS = "essential.subject_rights"
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +131,27 @@ def test_records_expire_by_policy_and_the_sweeper_deletes_them(sqlite_stack: Sta
             everyday.get_record(rid)
         assert e.value.code == grpc.StatusCode.NOT_FOUND
     assert everyday.get_record(keep).fields == {"first": "Tan"}
+
+
+def test_a_node_sweeps_soon_after_it_starts_not_a_sweep_period_later(
+    bao: Bao, tmp_path: Path
+) -> None:
+    """Nodes restarted more often than the sweep period (an hour) still sweep:
+    the first sweep comes ``retention_first_sweep_seconds`` after start."""
+    node = start_stack(bao, tmp_path, retention_first_sweep_seconds=0.3)
+    try:
+        c = node.client(node.issue(RIGHTS))
+        sid = c.create_subject("SG").subject_id
+        rid = c.put_record(sid, "user.name", {"first": "Tan"}).record_id
+        with sqlite3.connect(node.db_path("sg")) as db:
+            db.execute("UPDATE records SET expires_at = ? WHERE id = ?", (1, rid))
+        deadline = time.monotonic() + 15
+        while True:
+            with sqlite3.connect(node.db_path("sg")) as db:
+                left = db.execute("SELECT count(*) FROM records WHERE id = ?", (rid,)).fetchone()
+            if left == (0,):
+                break
+            assert time.monotonic() < deadline, "the first sweep did not come"
+            time.sleep(0.1)
+    finally:
+        node.stop()
