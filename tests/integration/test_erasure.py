@@ -423,3 +423,34 @@ def test_export_cli_writes_the_document(stack: Stack, tmp_path: Path) -> None:
 
     doc = json.loads(out.read_text())
     assert [rec["fields"] for rec in doc["records"]] == [{"first": "Li", "last": "Na"}]
+
+
+def test_a_retry_after_the_key_was_destroyed_still_names_its_versions(
+    sqlite_stack: Stack, canary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt destroys the key and dies before its receipt; the
+    retry finds no key left, and its receipt names the versions the first
+    attempt noted in the ledger before destroying (it listed none before)."""
+    import vault.erasure._service as service
+
+    c = _rights(sqlite_stack)
+    sid, _ = _person(c, canary, n=1)
+    wrapped = _wrapped_dek(sqlite_stack, "de", sid)
+
+    def died() -> None:
+        raise RuntimeError("killed after the destroy")
+
+    monkeypatch.setattr(service, "_after_destroy", died)
+    assert _code(c.erase_subject, sid) == grpc.StatusCode.INTERNAL
+    assert not _key_exists(sqlite_stack.bao, "transit-de", f"subject-{sid}")
+    entry = sqlite_stack.vault.control.erasure(sid)
+    assert entry is not None and entry.destroyed_at is None and entry.key_versions == (1,)
+
+    monkeypatch.undo()
+    receipt = c.erase_subject(sid)
+    assert receipt.state == pb.ERASURE_STATE_COMPLETED
+    assert list(receipt.key_versions_destroyed) == [1]
+    doc = verify_receipt(receipt.signed_receipt, sqlite_stack.vault.authority.verifier._keys)
+    assert doc["key_versions_destroyed"] == [1]
+    assert receipt.evidence == _openbao_refusal(sqlite_stack.bao, "de", sid, wrapped)
+    assert c.get_subject(sid).state == pb.SUBJECT_STATE_ERASED

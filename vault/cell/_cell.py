@@ -357,15 +357,24 @@ class Cell(RecordOps):
         return SubjectView.of(row)
 
     def shred(
-        self, subject_id: str, key: KeyRef, *, after_destroy: Callable[[], None] | None = None
+        self,
+        subject_id: str,
+        key: KeyRef,
+        *,
+        after_destroy: Callable[[], None] | None = None,
+        before_destroy: Callable[[tuple[int, ...]], None] | None = None,
     ) -> ShredResult:
         """Destroys the subject's key, proves it, deletes its rows (idempotent).
-        ``after_destroy`` runs once the key is gone (a crash point for tests)."""
+        ``before_destroy`` is given the key's versions (none if it is already
+        gone) before it is destroyed; ``after_destroy`` runs once the key is gone
+        (a crash point for tests)."""
         shredder = self._require_shredder()
         row = self._store.get_subject(subject_id)
         if row is None:
             raise NotFound("subject not found")
         self.hide(row.id)
+        if before_destroy is not None:
+            before_destroy(shredder.versions(key))
         versions = shredder.destroy(key)
         if after_destroy is not None:
             after_destroy()

@@ -60,4 +60,7 @@ erasures = Table(
     # Set by the node destroying the key, so two nodes never race on one erasure.
     Column("claimed_at", BigInteger, nullable=True),
     Column("receipt", String(8192), nullable=True),
+    # The key's versions ("1,2"), noted just before it is destroyed: a retry
+    # after the destroy (the key is gone) still names them in its receipt.
+    Column("key_versions", String(512), nullable=True),
 )

@@ -9,6 +9,7 @@ from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
@@ -55,6 +56,8 @@ class ErasureEntry:
     destroy_after: int
     destroyed_at: int | None = None
     receipt: str | None = None
+    #: The key versions noted before the destroy (see :meth:`ControlStore.note_key_versions`).
+    key_versions: tuple[int, ...] = ()
 
 
 _ERASURE_COLS = (
@@ -67,7 +70,16 @@ _ERASURE_COLS = (
     erasures.c.destroy_after,
     erasures.c.destroyed_at,
     erasures.c.receipt,
+    erasures.c.key_versions,
 )
+
+
+def _erasure(row: Any) -> ErasureEntry:
+    sid, region, mount, name, reason, requested, after, destroyed, receipt, versions = row
+    noted = tuple(int(v) for v in versions.split(",") if v) if versions else ()
+    return ErasureEntry(
+        sid, region, mount, name, reason, requested, after, destroyed, receipt, noted
+    )
 
 
 _REVOCATION_COLS = (
@@ -219,7 +231,7 @@ class ControlStore:
             r = conn.execute(
                 select(*_ERASURE_COLS).where(erasures.c.subject_id == subject_id)
             ).first()
-        return ErasureEntry(*r) if r else None
+        return _erasure(r) if r else None
 
     def add_erasure(self, e: ErasureEntry) -> bool:
         """Adds a ledger entry; False if the subject already has one."""
@@ -277,6 +289,16 @@ class ControlStore:
                 .values(claimed_at=0)
             )
 
+    def note_key_versions(self, subject_id: str, versions: tuple[int, ...]) -> None:
+        """Notes the versions of the key an erasure is about to destroy (while
+        the erasure is not done)."""
+        with self._tx() as conn:
+            conn.execute(
+                update(erasures)
+                .where(and_(erasures.c.subject_id == subject_id, erasures.c.destroyed_at.is_(None)))
+                .values(key_versions=",".join(str(v) for v in versions))
+            )
+
     def mark_destroyed(self, subject_id: str, at: int, receipt: str) -> None:
         with self._tx() as conn:
             conn.execute(
@@ -306,7 +328,7 @@ class ControlStore:
             cond = and_(cond, erasures.c.region == region)
         with self._tx() as conn:
             rows = conn.execute(select(*_ERASURE_COLS).where(cond)).all()
-        return [ErasureEntry(*r) for r in rows]
+        return [_erasure(r) for r in rows]
 
     def pending_erasures(self, regions: list[str]) -> int:
         """How many erasures of ``regions`` still wait for their key's destruction."""
@@ -326,7 +348,7 @@ class ControlStore:
                 .where(erasures.c.destroyed_at.is_not(None))
                 .order_by(erasures.c.destroyed_at)
             ).all()
-        return [ErasureEntry(*r) for r in rows]
+        return [_erasure(r) for r in rows]
 
 
 class Revocations:

@@ -195,7 +195,17 @@ class Eraser:
     def _destroy(self, entry: ErasureEntry) -> None:
         cell = self._cells[entry.region]
         key = KeyRef(entry.key_mount, entry.key_name)
-        shredded = cell.shred(entry.subject_id, key, after_destroy=_after_destroy)
+
+        def note(versions: tuple[int, ...]) -> None:
+            if versions:  # a retry after the destroy finds none: keep the first note
+                self._control.note_key_versions(entry.subject_id, versions)
+
+        shredded = cell.shred(
+            entry.subject_id, key, before_destroy=note, after_destroy=_after_destroy
+        )
+        # The key already gone (an earlier attempt destroyed it and died before
+        # its receipt): the versions that attempt noted.
+        destroyed = shredded.key_versions_destroyed or self._noted_versions(entry.subject_id)
         erased_at = self._clock()
         signed = sign_receipt(
             {
@@ -203,7 +213,7 @@ class Eraser:
                 "region": entry.region,
                 "reason": entry.reason,
                 "key": f"{key.mount}/{key.name}",
-                "key_versions_destroyed": list(shredded.key_versions_destroyed),
+                "key_versions_destroyed": list(destroyed),
                 "records_affected": shredded.records_affected,
                 "requested_at": _rfc3339(entry.requested_at),
                 "erased_at": _rfc3339(erased_at),
@@ -213,6 +223,10 @@ class Eraser:
         )
         self._control.mark_destroyed(entry.subject_id, erased_at, signed)
         metrics.ERASURES.labels("completed").inc()
+
+    def _noted_versions(self, subject_id: str) -> tuple[int, ...]:
+        current = self._control.erasure(subject_id)
+        return current.key_versions if current is not None else ()
 
     def _view(self, entry: ErasureEntry) -> ErasureView:
         if entry.destroyed_at is None or entry.receipt is None:

@@ -41,6 +41,10 @@ class KeyShredder(Protocol):
     (the service cannot be reached or refused the call: fail closed).
     """
 
+    def versions(self, ref: KeyRef) -> tuple[int, ...]:
+        """The key's versions (``()`` when the key does not exist)."""
+        ...
+
     def destroy(self, ref: KeyRef) -> tuple[int, ...]:
         """Deletes the key and every version; returns the versions destroyed
         (``()`` when the key no longer exists: idempotent)."""

@@ -61,6 +61,9 @@ class RoutedKeyProvider(_ByMount[KeyProvider]):
 class RoutedKeyShredder(_ByMount[KeyShredder]):
     """A :class:`KeyShredder` over several clusters (mount → that cluster's shredder)."""
 
+    def versions(self, ref: KeyRef) -> tuple[int, ...]:
+        return self._for(ref.mount).versions(ref)
+
     def destroy(self, ref: KeyRef) -> tuple[int, ...]:
         return self._for(ref.mount).destroy(ref)
 
