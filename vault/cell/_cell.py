@@ -413,15 +413,23 @@ class Cell(RecordOps):
         self._authz.fields(caller, category, "read", None)
         ensure_may_block()  # the index key may need the key service
         value = normalise(kind, value)
+        found: list[str] = []
+        searched: tuple[int, ...] = ()
         for _ in range(_INDEX_RETRIES):
             try:
-                digests = [self._index.digest(kind, value, v) for v in self._index.versions()]
-                break
+                versions = self._index.versions()
+                if versions == searched:
+                    break
+                digests = [self._index.digest(kind, value, v) for v in versions]
             except IndexVersionsChanged:  # a version retired meanwhile
                 self._index.refresh()
-        else:
-            raise Conflict("the lookup index changed during the search; retry")
-        found = self._store.find_lookup(kind, digests)
+                continue
+            found, searched = self._store.find_lookup(kind, digests), versions
+            if found:
+                break
+            # Nothing: the versions known here may be out of date (a re-index
+            # ended on another node and deleted the old digests): read them again.
+            self._index.refresh()
         visible = []
         for sid in found[:MAX_LOOKUP_RESULTS]:
             if not caller.claims.allows_subject(sid):

@@ -13,6 +13,7 @@ from vault.store._cellstore import (
     SubjectRow,
     SubjectState,
 )
+from vault.store._index import IndexStore, LiveSubject, Retirement
 from vault.store._migrate import migrate
 from vault.store._models import consents, metadata, records, subjects
 from vault.store._pool import PoolEntry, PoolStatus, PoolStore
@@ -26,13 +27,16 @@ __all__ = [
     "CellTransferLog",
     "Coverage",
     "DuplicateKey",
+    "IndexStore",
     "IndexVersion",
     "IndexVersionsChanged",
+    "LiveSubject",
     "LookupWrite",
     "PoolEntry",
     "PoolStatus",
     "PoolStore",
     "RecordRow",
+    "Retirement",
     "RotationStore",
     "SealedLookup",
     "SubjectRow",

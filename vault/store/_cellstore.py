@@ -343,8 +343,8 @@ class CellStore:
         IndexVersionsChanged (nothing written) if the lookups' digests are not
         made under the active index key versions."""
         with self._tx() as conn:
-            self._check_index_versions(conn, lookups)
             self._insert_subject(conn, row, idempotency_key, request_digest, lookups)
+            self._check_index_versions(conn, lookups)
 
     def insert_pooled_subject(
         self,
@@ -366,7 +366,6 @@ class CellStore:
         in the pool, unclaimed.
         """
         with self._tx() as conn:
-            self._check_index_versions(conn, lookups)
             entry = claim_pool_entry(conn)
             if entry is None:
                 return None
@@ -384,13 +383,17 @@ class CellStore:
             if lookups is not None and seal is not None:
                 lookups = LookupWrite(lookups.versions, lookups.digests, seal(row))
             self._insert_subject(conn, row, idempotency_key, request_digest, lookups)
+            self._check_index_versions(conn, lookups)
         return row
 
     def _check_index_versions(self, conn: Connection, lookups: LookupWrite | None) -> None:
-        """Raises IndexVersionsChanged unless ``lookups`` was made under exactly
-        the active index key versions. On PostgreSQL the versions' rows are
-        share-locked to the end of the transaction, so a re-index cannot retire
-        a version between this check and the commit."""
+        """Raises IndexVersionsChanged (the transaction rolls back) unless
+        ``lookups`` was made under exactly the active index key versions.
+        Called after the transaction's first write: on SQLite the transaction
+        then holds the write lock, so the versions cannot change before the
+        commit; on PostgreSQL the versions' rows are share-locked to the end of
+        the transaction, so a re-index retiring one waits for the commit (and
+        a write reaching here after a retirement waits for it, then sees it)."""
         if lookups is None or not lookups.digests:
             return
         q = _ACTIVE_INDEX_VERSIONS.with_for_update(read=True) if self._row_locks else None
@@ -833,7 +836,6 @@ class CellStore:
             with self._tx() as conn:
                 if not self._lock_live(conn, live_params):
                     return None
-                self._check_index_versions(conn, entries)
                 have = set(conn.execute(_SUBJECT_LOOKUPS, {"sid": subject_id}).all())
                 new = [e for e in wanted if e not in have]
                 for version in entries.versions:
@@ -861,6 +863,8 @@ class CellStore:
                     }
                     if conn.execute(_INSERT_LOOKUP_VALUE, {**live_params, **params}).rowcount != 1:
                         raise _NotLive
+                if new:
+                    self._check_index_versions(conn, entries)
         except _NotLive:
             return None
         newest = max(entries.versions) if entries.versions else 0
