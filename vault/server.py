@@ -52,9 +52,17 @@ from vault.logs import RequestIdInterceptor
 from vault.metrics import MetricsInterceptor, serve_metrics
 from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferGate
-from vault.rotation import RateLimiter, SubjectKeyRotation
+from vault.rotation import LookupReindex, RateLimiter, SubjectKeyRotation
 from vault.service import MalformedRequests, Peers, PersonalDataVaultServicer, TokenServicer
-from vault.store import CellStore, CellTransferLog, PoolStore, RotationStore, make_engine, migrate
+from vault.store import (
+    CellStore,
+    CellTransferLog,
+    IndexStore,
+    PoolStore,
+    RotationStore,
+    make_engine,
+    migrate,
+)
 from vault.tokens.authority import AdminCredential, TokenAuthority
 from vault.tokens.keyfiles import KeyFollower, SigningState, load_or_create_signing_key
 from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
@@ -106,6 +114,8 @@ class Vault:
     rotations: dict[str, tuple[SubjectKeyRotation, KeyRotationPolicy]] = field(default_factory=dict)
     #: The audit logs (None only with the audit off, for benchmarks).
     audit: Auditor | None = None
+    #: Scheduled blind-index re-index, likewise (regions.yaml ``index_rotation``).
+    reindexes: dict[str, tuple[LookupReindex, KeyRotationPolicy]] = field(default_factory=dict)
 
     def not_ready(self) -> list[str]:
         """The names of the dependencies that fail their check now."""
@@ -307,6 +317,7 @@ def build_vault(
     follower = KeyFollower(tokens_dir, control_keys, regions.control.transit_mount, keyed, use_keys)
     node = Node(regions, cells, settings.limits, eraser)
     rotations = {}
+    reindexes = {}
     if rotator_token:
         for rid, store in parts.stores.items():
             rc = regions.regions[rid]
@@ -314,6 +325,18 @@ def build_vault(
                 rotator = TransitKeyRotator.connect(rc.openbao_address, rotator_token)
                 job = SubjectKeyRotation(RotationStore(store.engine), rotator, rid)
                 rotations[rid] = (job, rc.key_rotation)
+            if rc.index_rotation is not None:
+                reindexes[rid] = (
+                    LookupReindex(
+                        RotationStore(store.engine),
+                        IndexStore(store.engine),
+                        TransitKeyProvider.connect(rc.openbao_address, rotator_token),
+                        TransitKeyRotator.connect(rc.openbao_address, rotator_token),
+                        rid,
+                        rc.transit_mounts[0],
+                    ),
+                    rc.index_rotation,
+                )
     auditor = build_auditor(regions, settings, keys, parts) if settings.audit else None
     return Vault(
         node,
@@ -326,6 +349,7 @@ def build_vault(
         _readiness(regions, parts, control, keys),
         rotations,
         auditor,
+        reindexes=reindexes,
     )
 
 
@@ -472,7 +496,7 @@ class VaultServer:
             asyncio.create_task(self._retention_worker()),
             asyncio.create_task(self._health_probe()),
         ]
-        if self.vault.rotations:
+        if self.vault.rotations or self.vault.reindexes:
             self._workers.append(asyncio.create_task(self._rotation_worker()))
         if self.settings.pool.size > 0:
             self._workers.append(asyncio.create_task(self._pool_worker()))
@@ -596,7 +620,9 @@ class VaultServer:
 
     async def _rotation_worker(self) -> None:
         """Rotates the subject keys due under each region's policy, rate-limited
-        (safe on many nodes: subjects are claimed; a stopped run resumes)."""
+        (safe on many nodes: subjects are claimed; a stopped run resumes); and
+        re-indexes each region's lookups once its index key is as old as its
+        ``index_rotation`` period (or resumes a re-index under way)."""
         loop = asyncio.get_running_loop()
         while True:
             for region, (job, policy) in self.vault.rotations.items():
@@ -616,6 +642,26 @@ class VaultServer:
                         )
                 except Exception as e:  # the next round retries
                     log.warning("key rotation worker (%s): %s", region, type(e).__name__)
+            for region, (reindex, policy) in self.vault.reindexes.items():
+                try:
+                    scheduled = functools.partial(
+                        reindex.run_if_due,
+                        policy.period_seconds,
+                        limiter=RateLimiter(policy.rate_per_second),
+                    )
+                    result = await loop.run_in_executor(self._executor, scheduled)
+                    if result is not None:
+                        log.info(
+                            "lookup re-index %s: v%d, %d subjects, %d failed, %d unsealed, %s",
+                            region,
+                            result.version,
+                            result.reindexed,
+                            result.failed,
+                            result.unsealed_subjects,
+                            "old version retired" if result.retired else "unfinished",
+                        )
+                except Exception as e:  # the next round retries
+                    log.warning("lookup re-index worker (%s): %s", region, type(e).__name__)
             await asyncio.sleep(self.settings.rotation_check_seconds)
 
     async def stop(self, grace: float = 5.0) -> None:

@@ -27,6 +27,7 @@ from tests.conftest import (
     start_stack,
 )
 from vault.cell._lookup import BlindIndex, digest_with, index_key_aad, index_key_name
+from vault.config import KeyRotationPolicy, load_regions
 from vault.crypto import dek_associated_data, open_lookup_value
 from vault.devstack import OpenBaoServer
 from vault.errors import DecryptionFailed
@@ -385,3 +386,32 @@ def test_migration_from_0007_keeps_existing_lookups(rbao: Bao, tmp_path: Path) -
 def _versions_of(engine: Engine) -> list[int]:
     with engine.connect() as conn:
         return [int(v) for (v,) in conn.execute(select(lookups.c.key_version))]
+
+
+def test_a_node_reindexes_on_its_region_schedule(own_bao: Bao, tmp_path: Path) -> None:
+    """A one-second index_rotation period for de, none elsewhere: the node's
+    worker re-indexes de's lookups by itself (old versions retired), and lookups
+    keep finding their subjects all along. (An OpenBao of its own: the job trims
+    the Transit key lookup-index that other nodes of an OpenBao would share.)"""
+    none = {r: None for r in ("cn", "us", "ru", "sg")}
+    scheduled = start_stack(
+        own_bao,
+        tmp_path / "node",
+        index_rotation={"de": KeyRotationPolicy(1, 50.0), **none},
+        rotator_token=own_bao.server.rotator_token(load_regions(openbao_addr=own_bao.address)),
+        rotation_check_seconds=0.2,
+    )
+    try:
+        people = _people(scheduled, 3)
+        index = IndexStore(_engine(scheduled))
+        deadline = time.monotonic() + 30
+        while min(index.active()) < 3:
+            assert time.monotonic() < deadline, "the scheduled re-index did not run"
+            _all_found(scheduled, people)
+            time.sleep(0.2)
+        _all_found(scheduled, people)
+        assert [v.state for v in index.versions()][:2] == ["retired", "retired"]
+        us = IndexStore(scheduled.vault.parts.stores["us"].engine)
+        assert us.active() == [1]
+    finally:
+        scheduled.stop()

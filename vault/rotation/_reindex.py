@@ -135,6 +135,27 @@ class LookupReindex:
         active = self._index.active()
         return min(active), max(active)
 
+    def due(self, period_seconds: float) -> bool:
+        """Whether a re-index is under way (two active versions) or the newest
+        active index key version is ``period_seconds`` old; False while the
+        cell has no index key."""
+        versions = [v for v in self._index.versions() if v.state == "active"]
+        if not versions:
+            return False
+        if len(versions) >= 2:
+            return True
+        if self._index.wrapped(index_key_name(versions[0].version)) is None:
+            return False
+        return self._clock() - versions[0].created_at >= period_seconds * 1_000_000
+
+    def run_if_due(
+        self, period_seconds: float, *, limiter: RateLimiter | None = None
+    ) -> ReindexSummary | None:
+        """A scheduled run (never dropping unsealed lookups); None if not due."""
+        if not self.due(period_seconds):
+            return None
+        return self.run(limiter=limiter)
+
     def run(
         self,
         *,
