@@ -35,6 +35,7 @@ from vault.keys import KeyRef, TransitKeyProvider, TransitKeyRotator
 from vault.rotation import LookupReindex, ReindexSummary
 from vault.store import CellStore, IndexStore, RotationStore, make_engine, migrate
 from vault.store._models import cell_keys, key_jobs, lookup_values, lookups
+from vault.v1 import vault_pb2 as pb
 
 pytestmark = pytest.mark.integration
 RIGHTS = "essential.subject_rights"
@@ -415,3 +416,34 @@ def test_a_node_reindexes_on_its_region_schedule(own_bao: Bao, tmp_path: Path) -
         assert us.active() == [1]
     finally:
         scheduled.stop()
+
+
+def test_pending_erasures_and_imported_subjects_are_reindexed(
+    node: Stack, rotation_token: str
+) -> None:
+    """A subject whose erasure is pending keeps its lookups (the erasure may
+    be cancelled): re-indexed, found again once cancelled. Lookups set by
+    ImportSubjects are sealed like CreateSubject's."""
+    people = _people(node, 2)
+    pending = next(iter(people))
+    c = node.client(node.issue(RIGHTS))
+    c.erase_subject(pending, grace_period_seconds=3600)
+    email = _email()
+    imported = c.import_subjects(
+        [
+            pb.ImportSubjectRequest(
+                subject=pb.CreateSubjectRequest(
+                    country="DE",
+                    idempotency_key=uuid.uuid4().hex,
+                    lookups=[pb.Lookup(kind="email", value=email)],
+                )
+            )
+        ]
+    ).results[0]
+    assert len(CellStore(_engine(node)).lookup_values(imported.subject_id)) == 1
+    s = _job(node, rotation_token).run()
+    assert s.finished and s.retired and s.unsealed_subjects == 0, s
+    assert _found(node, "email", people[pending]) == []  # hidden while pending
+    c.cancel_erasure(pending)
+    _all_found(node, people)
+    assert _found(node, "email", email) == [imported.subject_id]

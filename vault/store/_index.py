@@ -32,16 +32,19 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from vault.db import DuplicateKey, transaction
-from vault.store._cellstore import LIVE_STATES, IndexVersion, SealedLookup
+from vault.store._cellstore import IndexVersion, SealedLookup, SubjectState
 from vault.store._models import cell_keys, index_keys, lookup_values, subjects
 from vault.store._models import lookups as lookups_t
 
-_LIVE = [str(s) for s in LIVE_STATES]
+#: Subjects whose lookups are re-indexed: every state but erased (a subject
+#: whose erasure is pending keeps its data key and lookups until the erasure
+#: runs, and gets them back if it is cancelled).
+_LIVE = [str(s) for s in SubjectState if s != SubjectState.ERASED]
 
 
 @dataclass(frozen=True, slots=True)
 class LiveSubject:
-    """Where a live subject's data key is, and the key wrapped."""
+    """Where a subject's data key is, and the key wrapped (any state but erased)."""
 
     id: str
     region: str
@@ -189,9 +192,9 @@ class IndexStore:
         self, subject_id: str, version: int, entries: list[tuple[str, str]]
     ) -> int | None:
         """Inserts the (kind, digest) entries under ``version`` that are
-        missing, only while the subject is live (its row share-locked on
-        PostgreSQL, as record writes do); how many were new, None if the
-        subject is not live (nothing written)."""
+        missing, only while the subject is not erased (its row share-locked on
+        PostgreSQL, as record writes do: an erasure updates it first); how many
+        were new, None if the subject is erased (nothing written)."""
         stmt = self._insert_if_missing()
         with self._tx() as conn:
             q = select(subjects.c.id).where(
