@@ -30,8 +30,8 @@ from vault.cell._lookup import BlindIndex, digest_with, index_key_aad, index_key
 from vault.config import KeyRotationPolicy, load_regions
 from vault.crypto import dek_associated_data, open_lookup_value
 from vault.devstack import OpenBaoServer
-from vault.errors import DecryptionFailed
-from vault.keys import KeyRef, TransitKeyProvider, TransitKeyRotator
+from vault.errors import DecryptionFailed, KeyServiceUnavailable
+from vault.keys import KeyGone, KeyRef, TransitKeyProvider, TransitKeyRotator
 from vault.rotation import LookupReindex, ReindexSummary
 from vault.store import CellStore, IndexStore, RotationStore, make_engine, migrate
 from vault.store._models import cell_keys, key_jobs, lookup_values, lookups
@@ -303,7 +303,7 @@ def test_lookups_without_sealed_values_keep_the_old_version_unless_dropped(
 
 
 def test_attacker_view_no_value_in_clear_and_a_copied_sealed_value_does_not_open(
-    node: Stack, rotation_token: str
+    node: Stack, rotation_token: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     marker = uuid.uuid4().hex
     c = node.client(node.issue(RIGHTS))
@@ -335,9 +335,23 @@ def test_attacker_view_no_value_in_clear_and_a_copied_sealed_value_does_not_open
                 subject_id=b, value_id="f" * 64, kind="email", sealed=sealed_a[0].sealed
             )
         )
-    s = _job(node, rotation_token).run()
+    with caplog.at_level("DEBUG", logger="vault"):
+        s = _job(node, rotation_token).run()
     assert s.finished and s.retired, s
-    assert _found(node, "email", f"canary.{marker}@example.org") == [a]
+    assert _found(node, "email", f"canary.{marker}@example.org") == [a]  # not b
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("vault"))
+    assert "does not open" in ours  # said, without the value or whose
+    for secret in (marker, phone, a, b):
+        assert secret not in ours
+
+
+def test_the_node_credential_cannot_reindex(node: Stack) -> None:
+    """A stolen node credential may use the index key, never add or trim its
+    versions: the job fails before changing anything."""
+    before = IndexStore(_engine(node)).versions()
+    with pytest.raises((KeyGone, KeyServiceUnavailable)):
+        _job(node, node.bao.node_token).run()
+    assert IndexStore(_engine(node)).versions() == before
 
 
 def test_migration_from_0007_keeps_existing_lookups(rbao: Bao, tmp_path: Path) -> None:

@@ -173,6 +173,10 @@ def _run_reindex(
 ) -> int:
     job = reindex_job(region, credential)
     limiter = RateLimiter(args.rate)
+    engine = make_engine(region.database_url)
+    index = IndexStore(engine)
+    total = index.count_candidates(min(index.active(), default=1))
+    engine.dispose()
     with Progress(
         TextColumn(f"re-indexing {region.id} lookups"),
         BarColumn(),
@@ -180,7 +184,7 @@ def _run_reindex(
         TextColumn("{task.fields[rate]}"),
         console=Console(stderr=True),
     ) as bar:
-        task = bar.add_task("reindex", total=None, rate="")
+        task = bar.add_task("reindex", total=total, rate="")
         started = time.monotonic()
         count = [0]
 
