@@ -112,3 +112,18 @@ def test_retiring_a_version_is_all_or_nothing_and_happens_once(
     assert index.add_digests(SID, 2, [("email", "d" * 64)]) is None
     assert store.lookup_values(SID) == []
     assert _count(store, subjects, id=SID, state="erased") == 1
+
+
+def test_a_subjects_sealed_values_are_replaced_whole_while_it_is_live(
+    stores: tuple[CellStore, IndexStore],
+) -> None:
+    """What a re-key (a new data key) uses to seal the values again."""
+    store, _ = stores
+    store.add_lookups(SID, LookupWrite((1,), (("email", "a" * 64, 1),), (_sealed("1" * 64),)), 32)
+    again = [SealedLookup("2" * 64, "email", b"\x01" + b"t" * 40)]
+    assert store.replace_lookup_values(SID, again)
+    assert store.lookup_values(SID) == again
+    assert store.find_lookup("email", "a" * 64) == [SID]  # digests untouched
+    store.hide(SID, 5)  # erasure pending: not live
+    assert not store.replace_lookup_values(SID, [_sealed("3" * 64)])
+    assert store.lookup_values(SID) == again
