@@ -35,6 +35,7 @@ from vault.keys import KeyGone, KeyRef, TransitKeyProvider, TransitKeyRotator
 from vault.rotation import LookupReindex, ReindexSummary
 from vault.store import CellStore, IndexStore, RotationStore, make_engine, migrate
 from vault.store._models import cell_keys, key_jobs, lookup_values, lookups
+from vault.store._models import subjects as subjects_t
 from vault.v1 import vault_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -461,3 +462,43 @@ def test_pending_erasures_and_imported_subjects_are_reindexed(
     c.cancel_erasure(pending)
     _all_found(node, people)
     assert _found(node, "email", email) == [imported.subject_id]
+
+
+def test_a_subject_key_rotated_under_the_job_is_read_again(
+    node: Stack, rotation_token: str
+) -> None:
+    """The job read a subject's wrap; a key rotation re-wraps it and retires
+    the old version before the job unwraps: the job reads the new wrap."""
+    people = _people(node, 2)
+    target = next(iter(people))
+    rotator = TransitKeyRotator.connect(node.bao.address, rotation_token)
+    engine = _engine(node)
+    job = _job(node, rotation_token)
+    real = job._keys  # type: ignore[attr-defined]
+
+    class RotateFirst:
+        done = False
+
+        def unwrap(self, ref: KeyRef, wrapped: str, aad: bytes) -> bytes:
+            if ref.name == f"subject-{target}" and not self.done:
+                self.done = True
+                version = rotator.rotate(ref)
+                new = rotator.rewrap(ref, wrapped, aad)
+                with engine.begin() as c:
+                    c.execute(
+                        subjects_t.update()
+                        .where(subjects_t.c.id == target)
+                        .values(wrapped_dek=new, key_version=version)
+                    )
+                rotator.retire_below(ref, version)
+            return real.unwrap(ref, wrapped, aad)  # type: ignore[no-any-return]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    stale = RotateFirst()
+    job._keys = stale  # type: ignore[attr-defined]
+    s = job.run()
+    assert stale.done and s.failed == 0 and s.finished and s.retired, s
+    node.vault.parts.data_keys["de"].clear()
+    _all_found(node, people)

@@ -27,7 +27,10 @@ re-indexed: they are counted, and N is not retired while any exist unless
 
 Erased subjects have neither digests nor sealed values (the erasure deletes
 them, and their data key is destroyed): the job never sees them, or finds them
-gone if the erasure lands while it runs.
+gone if the erasure lands while it runs. A subject whose erasure is pending
+is re-indexed (its lookups come back if the erasure is cancelled). A wrap
+re-wrapped by a subject key rotation between the job's read and its unwrap is
+read again.
 """
 
 from __future__ import annotations
@@ -246,8 +249,17 @@ class LookupReindex:
             try:
                 dek = self._keys.unwrap(ref, subject.wrapped_dek, aad)
             except (DecryptionFailed, KeyGone):
-                # Erased meanwhile (the key destroyed), or a wrap that does not open.
-                return "gone" if self._index.live_subject(sid) is None else "failed"
+                # A subject key rotation may have re-wrapped the data key and
+                # retired the version of the wrap read a moment ago: read again.
+                fresh = self._index.live_subject(sid)
+                if fresh is None:
+                    return "gone"  # erased meanwhile (the key destroyed)
+                if fresh.wrapped_dek == subject.wrapped_dek:
+                    return "failed"  # a wrap that does not open
+                try:
+                    dek = self._keys.unwrap(ref, fresh.wrapped_dek, aad)
+                except (DecryptionFailed, KeyGone, KeyServiceUnavailable):
+                    return "failed"
             except KeyServiceUnavailable:
                 return "failed"
             entries = []
