@@ -306,6 +306,7 @@ def start_stack(
     health_probe_seconds: float = 2.0,
     openbao_timeout: float = 5.0,
     key_rotation: dict[str, KeyRotationPolicy] | None = None,
+    index_rotation: dict[str, KeyRotationPolicy | None] | None = None,
     rotator_token: str | None = None,
     rotation_check_seconds: float = 3600.0,
     audit_timeout_seconds: float = 5.0,
@@ -325,7 +326,8 @@ def start_stack(
     control store stamps its writes with (a skewed node); ``cache_clock`` (seconds)
     ages the data-key caches; ``openbao_timeout`` (seconds) bounds each key-service
     call. ``key_rotation`` (region → policy or None) replaces the regions' rotation
-    schedules, which the node runs with ``rotator_token``.
+    schedules, which the node runs with ``rotator_token``; ``index_rotation``
+    likewise the blind-index re-index schedules.
     ``pool`` sizes the subject-key pool filler (default: none); ``transit_mounts``
     (region → mounts) replaces the configured mounts. ``signing_key_rotation``
     (seconds) replaces the signing key's schedule. ``mount_addresses`` (region →
@@ -337,6 +339,8 @@ def start_stack(
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], database_url=url)
     for rid, rotation in (key_rotation or {}).items():
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], key_rotation=rotation)
+    for rid, reindex in (index_rotation or {}).items():
+        regions.regions[rid] = dataclasses.replace(regions.regions[rid], index_rotation=reindex)
     for rid, mounts in (transit_mounts or {}).items():
         regions.regions[rid] = dataclasses.replace(regions.regions[rid], transit_mounts=mounts)
     for rid, pairs in (mount_addresses or {}).items():

@@ -70,6 +70,11 @@ class RegionConfig:
     node_identity: str = ""
     #: Scheduled subject key rotation (``key_rotation`` in regions.yaml), or None.
     key_rotation: KeyRotationPolicy | None = None
+    #: Scheduled blind-index re-index (``index_rotation`` in regions.yaml), or
+    #: None: once the newest index key version is ``period_seconds`` old, a new
+    #: one is made and every lookup re-indexed, at most ``rate_per_second``
+    #: subjects/s (vault.rotation.LookupReindex; never drops unsealed lookups).
+    index_rotation: KeyRotationPolicy | None = None
     #: Mounts of ``transit_mounts`` served by another OpenBao cluster than
     #: ``openbao_address``: (mount, address) pairs (``openbao.clusters`` in
     #: regions.yaml). Every other mount is at ``openbao_address``, which also
@@ -590,6 +595,7 @@ def parse_regions(
         else:
             identities[identity] = rid
         rotation = _key_rotation(r.get("key_rotation"), f"{where}.key_rotation", bad)
+        reindex = _key_rotation(r.get("index_rotation"), f"{where}.index_rotation", bad)
         if missing or endpoint_problem or not clusters or identity_bad:
             continue
         regions[rid] = RegionConfig(
@@ -603,6 +609,7 @@ def parse_regions(
             node_identity=str(identity),
             key_rotation=rotation,
             mount_addresses=elsewhere,
+            index_rotation=reindex,
         )
 
     default_region = raw.get("default_region")

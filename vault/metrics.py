@@ -92,6 +92,12 @@ AUDIT_ENTRIES = Counter(
     "Audit entries made durable, by log (entries per batch = entries / batches)",
     ["log"],
 )
+LOOKUP_REINDEX = Counter(
+    "pdvault_lookup_reindex_subjects",
+    "Subjects a blind-index re-index job went through, by region and outcome "
+    "(reindexed, gone, unsealed, failed)",
+    ["region", "outcome"],
+)
 KEY_ROTATIONS = Counter(
     "pdvault_key_rotation_subjects",
     "Subjects a key rotation job went through, by region and outcome "

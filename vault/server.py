@@ -55,9 +55,17 @@ from vault.logs import RequestIdInterceptor
 from vault.metrics import MetricsInterceptor, serve_metrics
 from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferGate
-from vault.rotation import RateLimiter, SubjectKeyRotation
+from vault.rotation import LookupReindex, RateLimiter, SubjectKeyRotation
 from vault.service import MalformedRequests, Peers, PersonalDataVaultServicer, TokenServicer
-from vault.store import CellStore, CellTransferLog, PoolStore, RotationStore, make_engine, migrate
+from vault.store import (
+    CellStore,
+    CellTransferLog,
+    IndexStore,
+    PoolStore,
+    RotationStore,
+    make_engine,
+    migrate,
+)
 from vault.tokens.authority import AdminCredential, TokenAuthority
 from vault.tokens.keyfiles import (
     KeyFollower,
@@ -116,6 +124,8 @@ class Vault:
     audit: Auditor | None = None
     #: Scheduled signing-key rotation (``control.signing_key_rotation``), or None.
     signing_schedule: SigningKeySchedule | None = None
+    #: Scheduled blind-index re-index, likewise (regions.yaml ``index_rotation``).
+    reindexes: dict[str, tuple[LookupReindex, KeyRotationPolicy]] = field(default_factory=dict)
 
     def not_ready(self) -> list[str]:
         """The names of the dependencies that fail their check now."""
@@ -202,6 +212,16 @@ class KeyServices:
             assert s is not None
             routes[m] = s
         return RoutedKeyShredder(routes)
+
+
+def region_key_provider(
+    rc: RegionConfig, credential: OpenBaoCredential, timeout: float | None = None
+) -> KeyProvider:
+    """A key client of a region with ``credential`` (routed by mount over its clusters)."""
+    clients = {a: TransitKeyProvider.connect(a, credential, timeout=timeout) for a in rc.clusters()}
+    if len(clients) == 1:
+        return clients[rc.openbao_address]
+    return RoutedKeyProvider({m: clients[rc.address_of(m)] for m in rc.transit_mounts})
 
 
 def region_rotator(
@@ -352,6 +372,7 @@ def build_vault(
     follower = KeyFollower(tokens_dir, control_keys, regions.control.transit_mount, keyed, use_keys)
     node = Node(regions, cells, settings.limits, eraser)
     rotations = {}
+    reindexes = {}
     if rotator_token:
         for rid, store in parts.stores.items():
             rc = regions.regions[rid]
@@ -359,6 +380,18 @@ def build_vault(
                 rotator = region_rotator(rc, rotator_token)
                 job = SubjectKeyRotation(RotationStore(store.engine), rotator, rid)
                 rotations[rid] = (job, rc.key_rotation)
+            if rc.index_rotation is not None:
+                reindexes[rid] = (
+                    LookupReindex(
+                        RotationStore(store.engine),
+                        IndexStore(store.engine),
+                        region_key_provider(rc, rotator_token),
+                        region_rotator(rc, rotator_token),
+                        rid,
+                        rc.transit_mounts[0],
+                    ),
+                    rc.index_rotation,
+                )
     auditor = build_auditor(regions, settings, keys, parts) if settings.audit else None
     period = regions.control.signing_key_rotation_seconds
     schedule = (
@@ -378,6 +411,7 @@ def build_vault(
         rotations,
         auditor,
         schedule,
+        reindexes=reindexes,
     )
 
 
@@ -525,7 +559,7 @@ class VaultServer:
             asyncio.create_task(self._retention_worker()),
             asyncio.create_task(self._health_probe()),
         ]
-        if self.vault.rotations:
+        if self.vault.rotations or self.vault.reindexes:
             self._workers.append(asyncio.create_task(self._rotation_worker()))
         if self.vault.signing_schedule is not None:
             self._workers.append(asyncio.create_task(self._signing_key_worker()))
@@ -664,7 +698,9 @@ class VaultServer:
 
     async def _rotation_worker(self) -> None:
         """Rotates the subject keys due under each region's policy, rate-limited
-        (safe on many nodes: subjects are claimed; a stopped run resumes)."""
+        (safe on many nodes: subjects are claimed; a stopped run resumes); and
+        re-indexes each region's lookups once its index key is as old as its
+        ``index_rotation`` period (or resumes a re-index under way)."""
         loop = asyncio.get_running_loop()
         while True:
             for region, (job, policy) in self.vault.rotations.items():
@@ -684,6 +720,26 @@ class VaultServer:
                         )
                 except Exception as e:  # the next round retries
                     log.warning("key rotation worker (%s): %s", region, type(e).__name__)
+            for region, (reindex, policy) in self.vault.reindexes.items():
+                try:
+                    scheduled = functools.partial(
+                        reindex.run_if_due,
+                        policy.period_seconds,
+                        limiter=RateLimiter(policy.rate_per_second),
+                    )
+                    result = await loop.run_in_executor(self._executor, scheduled)
+                    if result is not None:
+                        log.info(
+                            "lookup re-index %s: v%d, %d subjects, %d failed, %d unsealed, %s",
+                            region,
+                            result.version,
+                            result.reindexed,
+                            result.failed,
+                            result.unsealed_subjects,
+                            "old version retired" if result.retired else "unfinished",
+                        )
+                except Exception as e:  # the next round retries
+                    log.warning("lookup re-index worker (%s): %s", region, type(e).__name__)
             await asyncio.sleep(self.settings.rotation_check_seconds)
 
     async def _signing_key_worker(self) -> None:

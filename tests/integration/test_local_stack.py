@@ -112,6 +112,18 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restarts(tmp_path: Path) 
         de = next(line for line in status.stdout.splitlines() if line.startswith("de "))
         assert "100.0%" in de and "v2..v2" in de, status.stdout
         assert "receipt key history: 3 key(s)" in status.stdout  # demo, then here
+        assert "lookup index key: v1 (age" in status.stdout, status.stdout
+        # Blind-index re-index of de while the node serves (the demo's lookups):
+        # a new index key version, the old one retired; counts only in the output.
+        reindex = _cli(
+            "keys", "reindex", "--region", "de", "--rate", "50/s", "--data-dir", str(data_dir)
+        )
+        assert reindex.returncode == 0, reindex.stdout + reindex.stderr
+        assert "de: index key v1 -> v2" in reindex.stdout, reindex.stdout
+        assert "v1 retired" in reindex.stdout
+        assert "@" not in reindex.stdout + reindex.stderr
+        status = _cli("keys", "status", "--data-dir", str(data_dir))
+        assert "lookup index key: v2 (age" in status.stdout, status.stdout
         with VaultClient(up.target, token=fresh) as c:  # every record still opens
             for rid, (_, address) in written.items():
                 assert c.get_record(rid).fields["address"] == address

@@ -17,7 +17,15 @@ import pytest
 from sqlalchemy import Engine, event, func, select
 
 from vault.errors import StoreUnavailable
-from vault.store import CellStore, RecordRow, SubjectRow, SubjectState, make_engine, migrate
+from vault.store import (
+    CellStore,
+    LookupWrite,
+    RecordRow,
+    SubjectRow,
+    SubjectState,
+    make_engine,
+    migrate,
+)
 from vault.store._models import consents, lookups, records, subjects
 
 pytestmark = pytest.mark.integration
@@ -85,7 +93,10 @@ WRITES: dict[str, tuple[Callable[[CellStore], object], str]] = {
         lambda s: s.set_consent(SID, "marketing.email", True, "web", 2),
         "INSERT INTO consents",
     ),
-    "lookup": (lambda s: s.add_lookups(SID, [("email", "d" * 64)], 10), "INSERT INTO lookups"),
+    "lookup": (
+        lambda s: s.add_lookups(SID, LookupWrite((1,), (("email", "d" * 64, 1),)), 10),
+        "INSERT INTO lookups",
+    ),
 }
 
 

@@ -6,7 +6,20 @@ from collections.abc import Iterator
 import pytest
 
 from vault.errors import TooLarge
-from vault.store import CellStore, RecordRow, SubjectRow, SubjectState, make_engine, migrate
+from vault.store import (
+    CellStore,
+    LookupWrite,
+    RecordRow,
+    SubjectRow,
+    SubjectState,
+    make_engine,
+    migrate,
+)
+
+
+def _lw(entries: list[tuple[str, str]]) -> LookupWrite:
+    """Digests under index key version 1 (the one active version)."""
+    return LookupWrite((1,), tuple((k, d, 1) for k, d in entries))
 
 
 @pytest.fixture
@@ -31,7 +44,7 @@ def test_a_record_is_written_only_while_its_subject_is_live(store: CellStore) ->
     store.hide("de_sub_a", 2)
     # An erasure that landed after the request's checks: nothing is written.
     assert not store.insert_record(_rec("de_rec_2", "de_sub_a"), None)
-    assert store.add_lookups("de_sub_a", [("email", "11" * 32)], 32) is None
+    assert store.add_lookups("de_sub_a", _lw([("email", "11" * 32)]), 32) is None
     assert store.find_lookup("email", "11" * 32) == []
     assert not store.update_record(_rec("de_rec_1", "de_sub_a", version=2), 1)
     assert store.get_record("de_rec_2") is None
@@ -51,7 +64,7 @@ def test_erase_subject_data_removes_everything_of_the_subject(store: CellStore) 
         store.insert_record(_rec(f"de_rec_{i}", "de_sub_a"), None)
     store.insert_record(_rec("de_rec_x", "de_sub_b"), None)
     store.set_consent("de_sub_a", "marketing.communications.email", True, "web", 1)
-    assert store.add_lookups("de_sub_a", [("email", "00" * 32)], 32) == 1
+    assert store.add_lookups("de_sub_a", _lw([("email", "00" * 32)]), 32) == 1
     assert store.erase_subject_data("de_sub_a", 5) == 3
     assert store.all_records("de_sub_a") == []
     assert store.list_consents("de_sub_a") == []
@@ -74,10 +87,10 @@ def test_restriction_guards_updates_like_inserts(store: CellStore) -> None:
 
 def test_lookups_are_bounded_per_subject_and_idempotent(store: CellStore) -> None:
     entries = [("email", f"{i:02x}" * 32) for i in range(4)]
-    assert store.add_lookups("de_sub_a", entries, 4) == 4
-    assert store.add_lookups("de_sub_a", entries, 4) == 0
+    assert store.add_lookups("de_sub_a", _lw(entries), 4) == 4
+    assert store.add_lookups("de_sub_a", _lw(entries), 4) == 0
     with pytest.raises(TooLarge):
-        store.add_lookups("de_sub_a", [("phone", "ff" * 32)], 4)
+        store.add_lookups("de_sub_a", _lw([("phone", "ff" * 32)]), 4)
     assert store.find_lookup("phone", "ff" * 32) == []
 
 

@@ -250,3 +250,19 @@ def test_a_bad_rotation_schedule_is_reported(
         parse_regions(raw)
     assert [p.where for p in e.value.problems] == [where]
     assert problem in e.value.problems[0].problem
+
+
+def test_the_shipped_index_rotation_schedule_and_a_bad_one(raw: dict) -> None:  # type: ignore[type-arg]
+    de = parse_regions(raw).regions["de"].index_rotation
+    assert de is not None and (de.period_seconds, de.rate_per_second) == (90 * 86400, 10.0)
+    del raw["regions"][2]["index_rotation"]
+    assert parse_regions(raw).regions["de"].index_rotation is None
+    for bad, where in (
+        ({"period": "soon"}, "regions[de].index_rotation.period"),
+        ({"period": "1d", "rate_per_second": -1}, "regions[de].index_rotation.rate_per_second"),
+        ({"period": "1d", "drop_unsealed": True}, "regions[de].index_rotation"),
+    ):
+        raw["regions"][2]["index_rotation"] = bad
+        with pytest.raises(ConfigError) as e:
+            parse_regions(raw)
+        assert [p.where for p in e.value.problems] == [where]

@@ -7,9 +7,12 @@ from vault.crypto import (
     ENVELOPE_V1,
     RecordContext,
     dek_associated_data,
+    lookup_value_id,
     new_data_key,
     open_fields,
+    open_lookup_value,
     seal_fields,
+    seal_lookup_value,
 )
 from vault.errors import DecryptionFailed
 
@@ -160,3 +163,31 @@ def test_dek_associated_data_known_answer() -> None:
     assert dek_associated_data("de_sub_a", "de") == b"pdvault/dek/v1|de|de_sub_a"
     assert dek_associated_data("de_sub_a", "us") != dek_associated_data("de_sub_a", "de")
     assert dek_associated_data("de_sub_b", "de") != dek_associated_data("de_sub_a", "de")
+
+
+def test_a_sealed_lookup_value_opens_only_where_it_belongs() -> None:
+    dek, other = new_data_key(), new_data_key()
+    sealed = seal_lookup_value(dek, "de_sub_a", "de", "email", "ada@example.org")
+    assert b"ada@example.org" not in sealed
+    assert open_lookup_value(dek, "de_sub_a", "de", "email", sealed) == "ada@example.org"
+    # Sealing twice gives two envelopes (random nonce); the value's id is stable.
+    assert seal_lookup_value(dek, "de_sub_a", "de", "email", "ada@example.org") != sealed
+    assert lookup_value_id(dek, "email", "ada@example.org") == lookup_value_id(
+        dek, "email", "ada@example.org"
+    )
+    assert lookup_value_id(dek, "email", "ada@example.org") != lookup_value_id(
+        other, "email", "ada@example.org"
+    )
+    assert lookup_value_id(dek, "email", "x") != lookup_value_id(dek, "phone", "x")
+    wrong = [
+        (other, "de_sub_a", "de", "email", sealed),  # another subject's key
+        (dek, "de_sub_b", "de", "email", sealed),  # copied to another subject
+        (dek, "de_sub_a", "us", "email", sealed),  # another region
+        (dek, "de_sub_a", "de", "phone", sealed),  # another kind
+        (dek, "de_sub_a", "de", "email", sealed[:-1] + bytes([sealed[-1] ^ 1])),  # altered
+        (dek, "de_sub_a", "de", "email", b"\x02" + sealed[1:]),  # unknown format
+        (dek, "de_sub_a", "de", "email", sealed[:20]),  # truncated
+    ]
+    for args in wrong:
+        with pytest.raises(DecryptionFailed):
+            open_lookup_value(*args)

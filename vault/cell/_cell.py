@@ -34,7 +34,12 @@ from vault.cell._views import (
     ShredResult,
     SubjectView,
 )
-from vault.crypto import dek_associated_data, same_digest
+from vault.crypto import (
+    dek_associated_data,
+    lookup_value_id,
+    same_digest,
+    seal_lookup_value,
+)
 from vault.errors import (
     AccessDenied,
     Conflict,
@@ -47,10 +52,19 @@ from vault.errors import (
 from vault.inline import ensure_may_block
 from vault.keys import KeyRef, KeyShredder
 from vault.policy import Caller, SubjectFacts
-from vault.store import DuplicateKey, SubjectRow, SubjectState
+from vault.store import (
+    DuplicateKey,
+    IndexVersionsChanged,
+    LookupWrite,
+    SealedLookup,
+    SubjectRow,
+    SubjectState,
+)
 from vault.tokens import FieldGrant
 
 log = logging.getLogger("vault.cell")
+#: Attempts of a lookup write or search whose index key versions change under it.
+_INDEX_RETRIES = 3
 
 
 class Cell(RecordOps):
@@ -58,11 +72,11 @@ class Cell(RecordOps):
 
     # -- subjects ---------------------------------------------------------
 
-    def _lookup_digests(
+    def _lookup_values(
         self, caller: Caller, entries: list[tuple[str, str]], facts: SubjectFacts
     ) -> list[tuple[str, str]]:
         """Authorises writing lookup entries (a write of each value's category)
-        and turns them into blind-index digests."""
+        and normalises them: (kind, value)."""
         if len(entries) > MAX_LOOKUPS_PER_REQUEST:
             raise TooLarge(f"at most {MAX_LOOKUPS_PER_REQUEST} lookup entries per request")
         normalised = [
@@ -72,8 +86,51 @@ class Cell(RecordOps):
         for kind in sorted({kind for kind, _ in normalised}):
             audit.touched(CATEGORY_OF_KIND[kind])
             self._authz.fields(caller, CATEGORY_OF_KIND[kind], "write", facts)
+        return sorted(set(normalised))
+
+    def _lookup_write(
+        self,
+        normalised: list[tuple[str, str]],
+        subject_id: str | None = None,
+        dek: bytes | None = None,
+    ) -> LookupWrite:
+        """The blind-index digests of normalised values under every active
+        index key version, and (given the subject's data key) the values
+        sealed under it."""
+        if not normalised:
+            return LookupWrite((), ())
         ensure_may_block()  # the index key may need the key service
-        return [(kind, self._index.digest(kind, v)) for kind, v in normalised]
+        for _ in range(_INDEX_RETRIES):
+            versions = self._index.versions()
+            try:
+                digests = tuple(
+                    (kind, self._index.digest(kind, value, v), v)
+                    for kind, value in normalised
+                    for v in versions
+                )
+                break
+            except IndexVersionsChanged:  # a version retired meanwhile
+                self._index.refresh()
+        else:
+            raise Conflict("the lookup index changed during the write; retry")
+        sealed = (
+            self._seal_lookups(dek, subject_id, normalised)
+            if dek is not None and subject_id is not None
+            else ()
+        )
+        return LookupWrite(versions, digests, sealed)
+
+    def _seal_lookups(
+        self, dek: bytes, subject_id: str, normalised: list[tuple[str, str]]
+    ) -> tuple[SealedLookup, ...]:
+        return tuple(
+            SealedLookup(
+                lookup_value_id(dek, kind, value),
+                kind,
+                seal_lookup_value(dek, subject_id, self.region.id, kind, value),
+            )
+            for kind, value in normalised
+        )
 
     def create_subject(
         self,
@@ -85,25 +142,35 @@ class Cell(RecordOps):
     ) -> SubjectView:
         self._authz.scope(caller, "write", self.region.id, None)
         facts = SubjectFacts(minor=minor, restricted=False)
-        digests = self._lookup_digests(caller, lookups or [], facts)
-        key = digest = None
-        if idempotency_key:
-            key = scoped_idempotency_key(caller, idempotency_key)
-            request = json.dumps([minor, sorted(set(digests))], separators=(",", ":"))
-            digest = hashlib.sha256(request.encode()).hexdigest()
-            existing = self._store.subject_by_idempotency_key(key)
-            if existing is not None:
-                self._lookup_transfer(caller, existing[0].id, lookups)
+        normalised = self._lookup_values(caller, lookups or [], facts)
+        for _ in range(_INDEX_RETRIES):
+            write = self._lookup_write(normalised)
+            key = digest = None
+            if idempotency_key:
+                key = scoped_idempotency_key(caller, idempotency_key)
+                # Digests under the oldest active index key version: the same
+                # as before a re-index started, until it ends.
+                oldest = min(write.versions, default=0)
+                pairs = sorted({(k, d) for k, d, v in write.digests if v == oldest})
+                request = json.dumps([minor, pairs], separators=(",", ":"))
+                digest = hashlib.sha256(request.encode()).hexdigest()
+                existing = self._store.subject_by_idempotency_key(key)
+                if existing is not None:
+                    self._lookup_transfer(caller, existing[0].id, lookups)
+                    return self._replayed_subject(*existing, digest)
+            try:
+                row = self._insert_new(caller, minor, key, digest, write, normalised, lookups)
+            except IndexVersionsChanged:  # a re-index started or ended: digests again
+                self._index.refresh()
+                continue
+            except DuplicateKey:  # the same key, used meanwhile (its new key is destroyed)
+                existing = self._store.subject_by_idempotency_key(key) if key else None
+                if existing is None or digest is None:
+                    raise
                 return self._replayed_subject(*existing, digest)
-        try:
-            row = self._insert_new(caller, minor, key, digest, digests, lookups)
-        except DuplicateKey:  # the same key, used meanwhile (its new key is destroyed)
-            existing = self._store.subject_by_idempotency_key(key) if key else None
-            if existing is None or digest is None:
-                raise
-            return self._replayed_subject(*existing, digest)
-        self._audit(row)
-        return SubjectView.of(row)
+            self._audit(row)
+            return SubjectView.of(row)
+        raise Conflict("the lookup index changed during the write; retry")
 
     def _insert_new(
         self,
@@ -111,16 +178,34 @@ class Cell(RecordOps):
         minor: bool,
         key: str | None,
         digest: str | None,
-        digests: list[tuple[str, str]],
+        write: LookupWrite,
+        normalised: list[tuple[str, str]],
         lookups: list[tuple[str, str]] | None,
     ) -> SubjectRow:
         """Claims a subject minted ahead (no key-service call); when the pool is
         empty — or lookup values cross a border, whose transfer decision is
         recorded under the subject id before anything is written — creates the
-        subject's key inline."""
+        subject's key inline. Lookup values are sealed under the subject's data
+        key in the same transaction as the subject's row (for a pooled subject
+        whose data key this node did not mint, that unwraps it)."""
         if not (lookups and caller.entry_region is not None):
+
+            def seal(row: SubjectRow) -> tuple[SealedLookup, ...]:
+                dek = self._pool.take_data_key(row.id) if self._pool is not None else None
+                if dek is not None:
+                    self._data_keys.put(row.id, dek)
+                else:
+                    dek = self._data_key(row)
+                return self._seal_lookups(dek, row.id, normalised)
+
             row = self._store.insert_pooled_subject(
-                self.region.id, minor, self._clock(), key, digest, digests
+                self.region.id,
+                minor,
+                self._clock(),
+                key,
+                digest,
+                write if normalised else None,
+                seal if normalised else None,
             )
             if row is not None:
                 dek = self._pool.take_data_key(row.id) if self._pool is not None else None
@@ -148,7 +233,9 @@ class Cell(RecordOps):
                 now,
                 now,
             )
-            self._store.insert_subject(row, key, digest, digests)
+            sealed = self._seal_lookups(minted.dek, sid, normalised)
+            lookup_rows = LookupWrite(write.versions, write.digests, sealed) if normalised else None
+            self._store.insert_subject(row, key, digest, lookup_rows)
         except BaseException:
             self._discard_key(minted.ref)
             raise
@@ -293,29 +380,56 @@ class Cell(RecordOps):
 
     def set_lookups(self, caller: Caller, subject_id: str, entries: list[tuple[str, str]]) -> int:
         """Adds lookup entries: a write of each value's category, while the
-        subject is live (checked in the insert, like record writes)."""
+        subject is live (checked in the insert, like record writes). Each value
+        is stored as its digests and sealed under the subject's data key."""
         self._authz.scope(caller, "write", self.region.id, subject_id)
         subject = self._live_subject(subject_id)
-        digests = self._lookup_digests(caller, entries, self._facts(caller, subject))
+        normalised = self._lookup_values(caller, entries, self._facts(caller, subject))
         self._lookup_transfer(caller, subject_id, entries, "SetLookups")
-        added = self._store.add_lookups(
-            subject_id, digests, MAX_LOOKUPS_PER_SUBJECT, self._writable(caller)
-        )
-        if added is None:
-            self._refused_write(caller, subject_id)
-        return added
+        dek = self._data_key(subject) if normalised else None
+        for _ in range(_INDEX_RETRIES):
+            write = self._lookup_write(normalised, subject_id, dek)
+            try:
+                added = self._store.add_lookups(
+                    subject_id, write, MAX_LOOKUPS_PER_SUBJECT, self._writable(caller)
+                )
+            except IndexVersionsChanged:  # a re-index started or ended: digests again
+                self._index.refresh()
+                continue
+            if added is None:
+                self._refused_write(caller, subject_id)
+            return added
+        raise Conflict("the lookup index changed during the write; retry")
 
     def find_subjects(self, caller: Caller, kind: str, value: str) -> list[str]:
         """Subjects of this cell with the lookup value that the caller could read
         the value's category of: each result passes the same decision as a read
         (token subjects, erasure, minors, consent, restriction). Results that do
-        not are left out, never reported."""
+        not are left out, never reported. The value's digest under every active
+        index key version is looked for (two while a re-index runs)."""
         self._authz.scope_search(caller, self.region.id)
         category = CATEGORY_OF_KIND[kind]
         audit.touched(category)
         self._authz.fields(caller, category, "read", None)
         ensure_may_block()  # the index key may need the key service
-        found = self._store.find_lookup(kind, self._index.digest(kind, normalise(kind, value)))
+        value = normalise(kind, value)
+        found: list[str] = []
+        searched: tuple[int, ...] = ()
+        for _ in range(_INDEX_RETRIES):
+            try:
+                versions = self._index.versions()
+                if versions == searched:
+                    break
+                digests = [self._index.digest(kind, value, v) for v in versions]
+            except IndexVersionsChanged:  # a version retired meanwhile
+                self._index.refresh()
+                continue
+            found, searched = self._store.find_lookup(kind, digests), versions
+            if found:
+                break
+            # Nothing: the versions known here may be out of date (a re-index
+            # ended on another node and deleted the old digests): read them again.
+            self._index.refresh()
         visible = []
         for sid in found[:MAX_LOOKUP_RESULTS]:
             if not caller.claims.allows_subject(sid):

@@ -1,4 +1,5 @@
-"""``pdvault keys rotate|status``: subject key rotation jobs and key coverage."""
+"""``pdvault keys rotate|reindex|status``: subject key rotation jobs, blind-index
+re-index jobs and key coverage."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from vault.datadir import DEFAULT_DATA_DIR, DataDir
 from vault.devstack import OpenBaoServer
 from vault.errors import KeyServiceUnavailable
 from vault.keys import OpenBaoCredential
-from vault.rotation import RateLimiter, SubjectKeyRotation
-from vault.server import region_rotator
-from vault.store import RotationStore, make_engine, migrate
+from vault.rotation import LookupReindex, RateLimiter, ReindexSummary, SubjectKeyRotation
+from vault.server import region_key_provider, region_rotator
+from vault.store import IndexStore, RotationStore, make_engine, migrate
 from vault.tokens.keyfiles import HISTORY_FILE, read_history, read_published, signing_key_age
 
 
@@ -57,23 +58,43 @@ def add_parser(sub: Any) -> None:
         "(default: every subject)",
     )
     rot.add_argument("--rate", type=_rate, default=None, help="at most N subjects per second: 50/s")
-    st = ksub.add_parser("status", help="per region: key versions in use, signing keys")
-    for p in (rot, st):
+    rix = ksub.add_parser(
+        "reindex",
+        help="re-index a region's lookups under a new index key version and retire the old "
+        "(resumable, safe on several nodes at once)",
+    )
+    rix.add_argument("--region", required=True)
+    rix.add_argument("--rate", type=_rate, default=None, help="at most N subjects per second: 50/s")
+    rix.add_argument(
+        "--drop-unsealed",
+        action="store_true",
+        help="retire the old version even though some lookups have no sealed value (set before "
+        "values were sealed): their entries are deleted and no longer find their subject",
+    )
+    st = ksub.add_parser(
+        "status", help="per region: key versions in use, index key versions, signing keys"
+    )
+    for p in (rot, rix, st):
         p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
         p.add_argument("--regions", type=Path, default=None)
-    rot.add_argument(
-        "--openbao-token",
-        default=os.environ.get("BAO_ROTATION_TOKEN"),
-        help="a token of the pdvault-rotation role (default: $BAO_ROTATION_TOKEN, else an "
-        "AppRole login made for this run from the local stack's root token)",
-    )
+    for p in (rot, rix):
+        p.add_argument(
+            "--openbao-token",
+            default=os.environ.get("BAO_ROTATION_TOKEN"),
+            help="a token of the pdvault-rotation role (default: $BAO_ROTATION_TOKEN, else an "
+            "AppRole login made for this run from the local stack's root token)",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
-    return _rotate(args) if args.keys_command == "rotate" else _status(args)
+    if args.keys_command == "rotate":
+        return _rotate(args)
+    if args.keys_command == "reindex":
+        return _rotate(args, reindex=True)
+    return _status(args)
 
 
-def _rotate(args: argparse.Namespace) -> int:
+def _rotate(args: argparse.Namespace, reindex: bool = False) -> int:
     data_dir: Path = args.data_dir.resolve()
     bao = OpenBaoServer(data_dir, log=False)
     regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr=bao.address)
@@ -83,6 +104,8 @@ def _rotate(args: argparse.Namespace) -> int:
         return 2
     credential: OpenBaoCredential = args.openbao_token or bao.rotation_login(regions)
     try:
+        if reindex:
+            return _run_reindex(args, region, credential)
         return _run_rotation(args, region, credential)
     finally:
         bao.retire()  # the login made for this run (if any) ends with it
@@ -130,6 +153,89 @@ def _run_rotation(
     return 0 if s.finished else 1
 
 
+def reindex_job(region: RegionConfig, credential: OpenBaoCredential) -> LookupReindex:
+    """A re-index job of one region's cell, with the rotation role's credential."""
+    engine = make_engine(region.database_url)
+    migrate(engine)
+    return LookupReindex(
+        RotationStore(engine),
+        IndexStore(engine),
+        region_key_provider(region, credential),
+        region_rotator(region, credential),
+        region.id,
+        region.transit_mounts[0],
+    )
+
+
+def _run_reindex(
+    args: argparse.Namespace, region: RegionConfig, credential: OpenBaoCredential
+) -> int:
+    job = reindex_job(region, credential)
+    limiter = RateLimiter(args.rate)
+    engine = make_engine(region.database_url)
+    index = IndexStore(engine)
+    total = index.count_candidates(min(index.active(), default=1))
+    engine.dispose()
+    with Progress(
+        TextColumn(f"re-indexing {region.id} lookups"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task("reindex", total=total, rate="")
+        started = time.monotonic()
+        count = [0]
+
+        def tick(_: str, __: str) -> None:
+            count[0] += 1
+            elapsed = max(time.monotonic() - started, 1e-9)
+            bar.update(task, advance=1, rate=f"{count[0] / elapsed:.1f} subjects/s")
+
+        try:
+            s = job.run(drop_unsealed=args.drop_unsealed, limiter=limiter, progress=tick)
+        except KeyServiceUnavailable as e:
+            print(f"pdvault: {e}; run again to resume", file=sys.stderr)
+            return 1
+    for line in reindex_summary(s):
+        print(line)
+    return 0 if s.finished else 1
+
+
+def reindex_summary(s: ReindexSummary) -> list[str]:
+    """The summary lines of a re-index run (counts only, no personal data)."""
+    if not s.version:
+        return [f"{s.region}: no lookup index key yet: nothing to re-index"]
+    rate = s.reindexed / s.seconds if s.seconds else 0.0
+    lines = [
+        f"{s.region}: index key v{s.old_version} -> v{s.version}: {s.reindexed} subjects "
+        f"re-indexed, {s.gone} erased meanwhile, {s.unsealed} without sealed lookup values, "
+        f"{s.failed} failed, in {s.seconds:.1f} s ({rate:.1f} subjects/s); job {s.job_id}"
+        + (" (resumed)" if s.resumed else "")
+    ]
+    if s.retired:
+        lines.append(
+            f"{s.region}: v{s.old_version} retired: its digests and wrapped key are deleted"
+            + (
+                f"; {s.dropped_entries} lookup entries of {s.unsealed_subjects} subjects had no "
+                "sealed value and were dropped (--drop-unsealed): they no longer find anyone"
+                if s.dropped_entries
+                else ""
+            )
+        )
+    elif s.finished:
+        lines.append(f"{s.region}: v{s.old_version} was already retired by another job")
+    elif s.unsealed_subjects:
+        lines.append(
+            f"{s.region}: v{s.old_version} NOT retired: {s.unsealed_subjects} subjects hold "
+            f"{s.unsealed_entries} lookup entries without a sealed value (set before values were "
+            "sealed); set them again, or run with --drop-unsealed to delete them"
+        )
+    else:
+        lines.append(f"{s.region}: unfinished: run again to resume")
+    return lines
+
+
 def _age(seconds: float) -> str:
     days = seconds / 86400
     return f"{days:.1f} d" if days >= 1 else f"{seconds / 3600:.1f} h"
@@ -150,11 +256,23 @@ def status_report(data_dir: Path, regions_file: Path | None = None) -> list[str]
         engine = make_engine(rc.database_url)
         migrate(engine)
         cov = RotationStore(engine).coverage()
+        index_versions = IndexStore(engine).versions()
         engine.dispose()
         share = f"{100 * cov.on_latest / cov.subjects:.1f}%" if cov.subjects else "-"
         versions = f"v{cov.oldest_version}..v{cov.newest_version}" if cov.subjects else "-"
         oldest = _age(now - cov.oldest_rotation_us / 1e6) if cov.oldest_rotation_us else "-"
         out.append(f"{rid:<7} {cov.subjects:>8}  {share:>17}  {versions:>19}  {oldest:>27}")
+        active = [
+            f"v{v.version} (age {_age(now - v.created_at / 1e6)})"
+            for v in index_versions
+            if v.state == "active"
+        ]
+        retired = sum(1 for v in index_versions if v.state == "retired")
+        out.append(
+            f"        lookup index key: {', '.join(active) or '-'}"
+            + (" (re-index under way)" if len(active) > 1 else "")
+            + (f"; {retired} retired" if retired else "")
+        )
     tokens = DataDir(data_dir).tokens
     if (tokens / HISTORY_FILE).exists():
         out.append("signing keys (tokens and receipts):")

@@ -149,8 +149,9 @@ async def up(args: argparse.Namespace) -> int:
     workers = Workers()
     try:
         creds = bao.configure(regions)
-        # Scheduled subject key rotation (regions.yaml key_rotation) needs its own credential.
-        scheduled = any(r.key_rotation for r in regions.regions.values())
+        # Scheduled subject key rotation and lookup re-index (regions.yaml
+        # key_rotation, index_rotation) need their own credential.
+        scheduled = any(r.key_rotation or r.index_rotation for r in regions.regions.values())
         rotator = creds.rotation if scheduled else None
         ensure_admin_credential(data_dir)
         vault = build_vault(

@@ -11,9 +11,12 @@ from vault.crypto._envelope import (
     ENVELOPE_V1,
     RecordContext,
     dek_associated_data,
+    lookup_value_id,
     new_data_key,
     open_fields,
+    open_lookup_value,
     seal_fields,
+    seal_lookup_value,
 )
 
 __all__ = [
@@ -21,9 +24,12 @@ __all__ = [
     "ENVELOPE_V1",
     "RecordContext",
     "dek_associated_data",
+    "lookup_value_id",
     "new_data_key",
     "open_fields",
+    "open_lookup_value",
     "request_digest",
     "same_digest",
     "seal_fields",
+    "seal_lookup_value",
 ]

@@ -24,6 +24,8 @@ to the subject and region.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import struct
@@ -42,6 +44,8 @@ _HEADER = 1 + _NONCE_BYTES
 _MIN_LEN = _HEADER + _TAG_BYTES
 _RECORD_AAD_LABEL = b"pdvault/record/v1"
 _DEK_AAD_LABEL = b"pdvault/dek/v1"
+_LOOKUP_AAD_LABEL = b"pdvault/lookup-value/v1"
+_LOOKUP_ID_LABEL = b"pdvault/lookup-value-id/v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +101,54 @@ def open_fields(dek: bytes, ctx: RecordContext, envelope: bytes) -> dict[str, st
     if not isinstance(fields, dict):
         raise DecryptionFailed()
     return {str(k): str(v) for k, v in fields.items()}
+
+
+# -- lookup values -----------------------------------------------------------
+#
+# A lookup value (a normalised e-mail address, phone number or account id) is
+# kept, besides its blind-index digests, sealed under the subject's data key,
+# so that the index can be rebuilt under a new index key (``pdvault keys
+# reindex``) and dies with the data key at erasure. Same format as a record
+# envelope; the associated data binds it to the subject, region and kind::
+#
+#     aad = b"pdvault/lookup-value/v1" || for each of (subject_id, region, kind):
+#               len (4 bytes, big-endian) || utf-8 bytes
+
+
+def _lookup_associated_data(subject_id: str, region: str, kind: str) -> bytes:
+    parts = [_LOOKUP_AAD_LABEL]
+    for s in (subject_id, region, kind):
+        b = s.encode("utf-8")
+        parts.append(struct.pack(">I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def lookup_value_id(dek: bytes, kind: str, value: str) -> str:
+    """The stored id of a subject's lookup value: HMAC-SHA256 under the
+    subject's data key (deterministic per subject, so a value set twice is
+    stored once; useless without the data key, and gone with it)."""
+    msg = _LOOKUP_ID_LABEL + b"\x00" + kind.encode() + b"\x00" + value.encode("utf-8")
+    return hmac.new(dek, msg, hashlib.sha256).hexdigest()
+
+
+def seal_lookup_value(dek: bytes, subject_id: str, region: str, kind: str, value: str) -> bytes:
+    """A normalised lookup value sealed with AES-256-GCM under the subject's data key."""
+    if len(dek) != DEK_BYTES:
+        raise ValueError("a data key is 32 bytes")
+    nonce = os.urandom(_NONCE_BYTES)
+    aad = _lookup_associated_data(subject_id, region, kind)
+    return bytes((ENVELOPE_V1,)) + nonce + AESGCM(dek).encrypt(nonce, value.encode("utf-8"), aad)
+
+
+def open_lookup_value(dek: bytes, subject_id: str, region: str, kind: str, sealed: bytes) -> str:
+    """The value :func:`seal_lookup_value` sealed; :class:`DecryptionFailed` for
+    any other key, subject, region or kind, or an altered byte."""
+    if len(sealed) < _MIN_LEN or sealed[0] != ENVELOPE_V1 or len(dek) != DEK_BYTES:
+        raise DecryptionFailed()
+    aad = _lookup_associated_data(subject_id, region, kind)
+    try:
+        plaintext = AESGCM(dek).decrypt(sealed[1:_HEADER], sealed[_HEADER:], aad)
+        return plaintext.decode("utf-8")
+    except (InvalidTag, UnicodeDecodeError):
+        raise DecryptionFailed() from None

@@ -5,10 +5,15 @@ from vault.store._cellstore import (
     GONE_STATES,
     LIVE_STATES,
     CellStore,
+    IndexVersion,
+    IndexVersionsChanged,
+    LookupWrite,
     RecordRow,
+    SealedLookup,
     SubjectRow,
     SubjectState,
 )
+from vault.store._index import IndexStore, LiveSubject, Retirement
 from vault.store._migrate import migrate
 from vault.store._models import consents, metadata, records, subjects
 from vault.store._pool import PoolEntry, PoolStatus, PoolStore
@@ -22,11 +27,18 @@ __all__ = [
     "CellTransferLog",
     "Coverage",
     "DuplicateKey",
+    "IndexStore",
+    "IndexVersion",
+    "IndexVersionsChanged",
+    "LiveSubject",
+    "LookupWrite",
     "PoolEntry",
     "PoolStatus",
     "PoolStore",
     "RecordRow",
+    "Retirement",
     "RotationStore",
+    "SealedLookup",
     "SubjectRow",
     "SubjectState",
     "TransferEntry",

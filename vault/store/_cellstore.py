@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -13,16 +13,13 @@ from sqlalchemy import (
     Connection,
     Engine,
     Insert,
-    String,
     Table,
     and_,
     bindparam,
     delete,
     func,
     insert,
-    literal,
     select,
-    union_all,
     update,
 )
 from sqlalchemy.exc import DBAPIError
@@ -33,6 +30,8 @@ from vault.errors import StoreUnavailable, TooLarge
 from vault.store._models import (
     cell_keys,
     consents,
+    index_keys,
+    lookup_values,
     records,
     subject_pool,
     subjects,
@@ -50,6 +49,40 @@ def wrap_key_version(wrapped: str) -> int:
     if prefix == "vault" and version[:1] == "v" and version[1:].isdigit():
         return int(version[1:])
     return 1
+
+
+class IndexVersionsChanged(Exception):
+    """The active index key versions are not those the digests were made
+    under (a re-index started or ended meanwhile): nothing was written;
+    compute the digests again."""
+
+
+@dataclass(frozen=True, slots=True)
+class SealedLookup:
+    """A lookup value sealed under its subject's data key (vault.crypto.seal_lookup_value)."""
+
+    value_id: str
+    kind: str
+    sealed: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LookupWrite:
+    """Lookup entries to store for one subject: their digests under each
+    active index key version (``versions``) as (kind, digest, version), and
+    the values sealed under the subject's data key."""
+
+    versions: tuple[int, ...]
+    digests: tuple[tuple[str, str, int], ...]
+    sealed: tuple[SealedLookup, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IndexVersion:
+    version: int
+    state: str
+    created_at: int
+    retired_at: int | None
 
 
 class SubjectState(StrEnum):
@@ -192,9 +225,17 @@ def _insert_while_live(table: Table, cols: tuple[str, ...]) -> Insert:
 
 
 _INSERT_RECORD = _insert_while_live(records, _INSERT_COLS)
-_SUBJECT_LOOKUPS = select(lookups_t.c.kind, lookups_t.c.digest).where(
+_INSERT_LOOKUP = _insert_while_live(lookups_t, ("kind", "digest", "subject_id", "key_version"))
+_INSERT_LOOKUP_VALUE = _insert_while_live(
+    lookup_values, ("subject_id", "value_id", "kind", "sealed")
+)
+_SUBJECT_LOOKUPS = select(lookups_t.c.kind, lookups_t.c.digest, lookups_t.c.key_version).where(
     lookups_t.c.subject_id == bindparam("sid")
 )
+_SUBJECT_VALUE_IDS = select(lookup_values.c.value_id).where(
+    lookup_values.c.subject_id == bindparam("sid")
+)
+_ACTIVE_INDEX_VERSIONS = select(index_keys.c.version).where(index_keys.c.state == "active")
 _SUBJECT_LIVE_ROW = select(subjects.c.id).where(_LIVE_WHERE)
 #: The subject's row, share-locked while it is live (see _LIVE_WHERE).
 _LOCK_LIVE_SUBJECT = _SUBJECT_LIVE_ROW.with_for_update(read=True)
@@ -296,11 +337,14 @@ class CellStore:
         row: SubjectRow,
         idempotency_key: str | None,
         request_digest: str | None = None,
-        lookups: list[tuple[str, str]] | None = None,
+        lookups: LookupWrite | None = None,
     ) -> None:
-        """Inserts a subject and its lookup entries in one transaction."""
+        """Inserts a subject and its lookup entries in one transaction; raises
+        IndexVersionsChanged (nothing written) if the lookups' digests are not
+        made under the active index key versions."""
         with self._tx() as conn:
             self._insert_subject(conn, row, idempotency_key, request_digest, lookups)
+            self._check_index_versions(conn, lookups)
 
     def insert_pooled_subject(
         self,
@@ -309,13 +353,17 @@ class CellStore:
         now: int,
         idempotency_key: str | None,
         request_digest: str | None = None,
-        lookups: list[tuple[str, str]] | None = None,
+        lookups: LookupWrite | None = None,
+        seal: Callable[[SubjectRow], tuple[SealedLookup, ...]] | None = None,
     ) -> SubjectRow | None:
         """Claims one pool entry and inserts the subject it was minted for, with
         its lookup entries, in one transaction; None when the pool is empty.
+        ``seal(row)`` gives the lookup values sealed under the claimed entry's
+        data key (called inside the transaction; it may ask the key service).
 
-        If the insert fails (the idempotency key was used meanwhile), the
-        transaction rolls back and the entry stays in the pool, unclaimed.
+        If the insert fails (the idempotency key was used meanwhile, or
+        IndexVersionsChanged), the transaction rolls back and the entry stays
+        in the pool, unclaimed.
         """
         with self._tx() as conn:
             entry = claim_pool_entry(conn)
@@ -332,8 +380,28 @@ class CellStore:
                 now,
                 now,
             )
+            if lookups is not None and seal is not None:
+                lookups = LookupWrite(lookups.versions, lookups.digests, seal(row))
             self._insert_subject(conn, row, idempotency_key, request_digest, lookups)
+            self._check_index_versions(conn, lookups)
         return row
+
+    def _check_index_versions(self, conn: Connection, lookups: LookupWrite | None) -> None:
+        """Raises IndexVersionsChanged (the transaction rolls back) unless
+        ``lookups`` was made under exactly the active index key versions.
+        Called after the transaction's first write: on SQLite the transaction
+        then holds the write lock, so the versions cannot change before the
+        commit; on PostgreSQL the versions' rows are share-locked to the end of
+        the transaction, so a re-index retiring one waits for the commit (and
+        a write reaching here after a retirement waits for it, then sees it)."""
+        if lookups is None or not lookups.digests:
+            return
+        q = _ACTIVE_INDEX_VERSIONS.with_for_update(read=True) if self._row_locks else None
+        active = sorted(
+            int(r[0]) for r in conn.execute(q if q is not None else _ACTIVE_INDEX_VERSIONS)
+        )
+        if active != sorted(lookups.versions):
+            raise IndexVersionsChanged()
 
     @staticmethod
     def _insert_subject(
@@ -341,7 +409,7 @@ class CellStore:
         row: SubjectRow,
         idempotency_key: str | None,
         request_digest: str | None,
-        lookups: list[tuple[str, str]] | None,
+        lookups: LookupWrite | None,
     ) -> None:
         conn.execute(
             insert(subjects).values(
@@ -359,10 +427,26 @@ class CellStore:
                 updated_at=row.updated_at,
             )
         )
-        if lookups:
+        if lookups and lookups.digests:
             conn.execute(
                 insert(lookups_t),
-                [{"kind": k, "digest": d, "subject_id": row.id} for k, d in sorted(set(lookups))],
+                [
+                    {"kind": k, "digest": d, "subject_id": row.id, "key_version": v}
+                    for k, d, v in sorted(set(lookups.digests))
+                ],
+            )
+        if lookups and lookups.sealed:
+            conn.execute(
+                insert(lookup_values),
+                [
+                    {
+                        "subject_id": row.id,
+                        "value_id": x.value_id,
+                        "kind": x.kind,
+                        "sealed": x.sealed,
+                    }
+                    for x in {x.value_id: x for x in lookups.sealed}.values()
+                ],
             )
 
     def pooled(self, subject_id: str) -> bool:
@@ -673,7 +757,8 @@ class CellStore:
         return [(str(p), bool(g), str(s), int(u)) for p, g, s, u in rows]
 
     def erase_subject_data(self, subject_id: str, now: int) -> int:
-        """Deletes every record, consent, lookup entry and transfer row (ids in
+        """Deletes every record, consent, lookup entry (digests and sealed
+        values) and transfer row (ids in
         clear) of a subject, drops its wrapped data key and marks it erased, in
         one transaction; returns the records deleted. The transfer decisions
         stay in the audit log, under pseudonyms that die with the data key.
@@ -695,6 +780,7 @@ class CellStore:
             n = conn.execute(delete(records).where(records.c.subject_id == subject_id)).rowcount
             conn.execute(delete(consents).where(consents.c.subject_id == subject_id))
             conn.execute(delete(lookups_t).where(lookups_t.c.subject_id == subject_id))
+            conn.execute(delete(lookup_values).where(lookup_values.c.subject_id == subject_id))
             conn.execute(delete(transfers).where(transfers.c.subject_id == subject_id))
         return int(n)
 
@@ -729,16 +815,22 @@ class CellStore:
     def add_lookups(
         self,
         subject_id: str,
-        entries: list[tuple[str, str]],
+        entries: LookupWrite,
         max_per_subject: int,
         states: tuple[SubjectState, ...] = LIVE_STATES,
     ) -> int | None:
-        """Adds (kind, digest) entries for a subject in one transaction, only while
-        the subject is in one of ``states`` (checked in the statement, like record
-        writes) and only up to ``max_per_subject`` entries in all. Returns how
-        many were new; ``None`` when the subject is not in ``states``; raises
-        TooLarge past the bound (nothing written)."""
-        wanted = sorted(set(entries))
+        """Adds lookup entries (digests under every active index key version,
+        and sealed values) for a subject in one transaction, only while the
+        subject is in one of ``states`` (checked in the statements, like record
+        writes) and only up to ``max_per_subject`` entries (per index key
+        version) in all. Returns how many entries were new (counted under the
+        newest version); ``None`` when the subject is not in ``states``; raises
+        TooLarge past the bound (nothing written) and IndexVersionsChanged when
+        the digests are not made under the active versions (nothing written).
+
+        A value whose digests exist but whose sealed value does not (set
+        before values were sealed) gets its sealed value now."""
+        wanted = sorted(set(entries.digests))
         live_params = {"live_subject": subject_id, "live_states": [str(x) for x in states]}
         try:
             with self._tx() as conn:
@@ -746,43 +838,104 @@ class CellStore:
                     return None
                 have = set(conn.execute(_SUBJECT_LOOKUPS, {"sid": subject_id}).all())
                 new = [e for e in wanted if e not in have]
-                if len(have) + len(new) > max_per_subject:
-                    raise TooLarge(f"a subject holds at most {max_per_subject} lookup entries")
-                if not new:
-                    return 0 if conn.execute(_SUBJECT_LIVE_ROW, live_params).first() else None
-                # One statement for every entry (portable: a UNION ALL of rows).
-                rows = union_all(
-                    *(
-                        select(literal(k, String).label("kind"), literal(d, String).label("digest"))
-                        for k, d in new
+                for version in entries.versions:
+                    count = sum(1 for e in have if e[2] == version) + sum(
+                        1 for e in new if e[2] == version
                     )
-                ).subquery("new_lookups")
-                conn.execute(
-                    insert(lookups_t).from_select(
-                        ["kind", "digest", "subject_id"],
-                        select(
-                            rows.c.kind,
-                            rows.c.digest,
-                            bindparam("subject_id", subject_id, type_=lookups_t.c.subject_id.type),
-                        ).where(_SUBJECT_LIVE),
-                    ),
-                    live_params,
-                )
-                # Each row was inserted only if the subject was live: all or none
+                    if count > max_per_subject:
+                        raise TooLarge(f"a subject holds at most {max_per_subject} lookup entries")
+                have_ids = {r[0] for r in conn.execute(_SUBJECT_VALUE_IDS, {"sid": subject_id})}
+                sealed = {x.value_id: x for x in entries.sealed if x.value_id not in have_ids}
+                if not new and not sealed:
+                    return 0 if conn.execute(_SUBJECT_LIVE_ROW, live_params).first() else None
+                # Each row is inserted only if the subject is live: all or none
                 # (a concurrent state change makes it none, rolled back).
-                if len(conn.execute(_SUBJECT_LOOKUPS, {"sid": subject_id}).all()) != len(
-                    have
-                ) + len(new):
-                    raise _NotLive
+                for k, d, v in new:
+                    params = {"kind": k, "digest": d, "subject_id": subject_id, "key_version": v}
+                    if conn.execute(_INSERT_LOOKUP, {**live_params, **params}).rowcount != 1:
+                        raise _NotLive
+                for x in sealed.values():
+                    params = {
+                        "subject_id": subject_id,
+                        "value_id": x.value_id,
+                        "kind": x.kind,
+                        "sealed": x.sealed,
+                    }
+                    if conn.execute(_INSERT_LOOKUP_VALUE, {**live_params, **params}).rowcount != 1:
+                        raise _NotLive
+                if new:
+                    self._check_index_versions(conn, entries)
         except _NotLive:
             return None
-        return len(new)
+        newest = max(entries.versions) if entries.versions else 0
+        return sum(1 for e in new if e[2] == newest)
 
-    def find_lookup(self, kind: str, digest: str) -> list[str]:
+    def find_lookup(self, kind: str, digests: Sequence[str] | str) -> list[str]:
+        """Subjects with a lookup entry of ``kind`` and one of ``digests`` (one
+        per active index key version)."""
+        if isinstance(digests, str):
+            digests = [digests]
         with self._read() as conn:
             rows = conn.execute(
                 select(lookups_t.c.subject_id)
-                .where(and_(lookups_t.c.kind == kind, lookups_t.c.digest == digest))
+                .where(and_(lookups_t.c.kind == kind, lookups_t.c.digest.in_(list(digests))))
+                .group_by(lookups_t.c.subject_id)
                 .order_by(lookups_t.c.subject_id)
             ).all()
         return [str(r[0]) for r in rows]
+
+    # -- sealed lookup values and index key versions ---------------------------
+
+    def lookup_values(self, subject_id: str) -> list[SealedLookup]:
+        """The subject's sealed lookup values (id order)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(lookup_values.c.value_id, lookup_values.c.kind, lookup_values.c.sealed)
+                .where(lookup_values.c.subject_id == subject_id)
+                .order_by(lookup_values.c.value_id)
+            ).all()
+        return [SealedLookup(str(i), str(k), bytes(b)) for i, k, b in rows]
+
+    def replace_lookup_values(
+        self,
+        subject_id: str,
+        values: Sequence[SealedLookup],
+        states: tuple[SubjectState, ...] = LIVE_STATES,
+    ) -> bool:
+        """Replaces all the subject's sealed lookup values by ``values`` (say,
+        sealed again under a new data key) in one transaction, while the
+        subject is in one of ``states``; False (nothing changed) if it is not."""
+        live_params = {"live_subject": subject_id, "live_states": [str(x) for x in states]}
+        try:
+            with self._tx() as conn:
+                if not self._lock_live(conn, live_params):
+                    return False
+                conn.execute(delete(lookup_values).where(lookup_values.c.subject_id == subject_id))
+                for x in {x.value_id: x for x in values}.values():
+                    params = {
+                        "subject_id": subject_id,
+                        "value_id": x.value_id,
+                        "kind": x.kind,
+                        "sealed": x.sealed,
+                    }
+                    if conn.execute(_INSERT_LOOKUP_VALUE, {**live_params, **params}).rowcount != 1:
+                        raise _NotLive
+                if not values and conn.execute(_SUBJECT_LIVE_ROW, live_params).first() is None:
+                    raise _NotLive
+        except _NotLive:
+            return False
+        return True
+
+    def index_versions(self) -> list[IndexVersion]:
+        """Every index key version of the cell, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(select(index_keys).order_by(index_keys.c.version)).all()
+        return [
+            IndexVersion(int(r.version), str(r.state), int(r.created_at), r.retired_at)
+            for r in rows
+        ]
+
+    def active_index_versions(self) -> tuple[int, ...]:
+        with self._read() as conn:
+            rows = conn.execute(_ACTIVE_INDEX_VERSIONS.order_by(index_keys.c.version)).all()
+        return tuple(int(r[0]) for r in rows)

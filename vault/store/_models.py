@@ -93,13 +93,45 @@ consents = Table(
 
 # Blind index: HMAC-SHA256 of a normalised lookup value (email, phone, account
 # id) under the region's index key. Finds a subject without storing the value.
+# One row per active index key version (key_version, see index_keys).
 lookups = Table(
     "lookups",
     metadata,
     Column("kind", String(32), primary_key=True),
     Column("digest", String(64), primary_key=True),
     Column("subject_id", String(64), ForeignKey("subjects.id"), primary_key=True),
+    Column("key_version", Integer, nullable=False, server_default="1"),
     Index("ix_lookups_subject_id", "subject_id"),
+    Index("ix_lookups_key_version_subject_id", "key_version", "subject_id"),
+)
+
+# The lookup values themselves, each sealed under the subject's data key
+# (vault.crypto.seal_lookup_value, associated data: subject, region, kind), so
+# the blind index can be rebuilt under a new index key; erasure deletes them
+# and destroys the data key. value_id is an HMAC of the value under the same
+# data key (one row per value, whatever its digests).
+lookup_values = Table(
+    "lookup_values",
+    metadata,
+    Column("subject_id", String(64), ForeignKey("subjects.id"), primary_key=True),
+    Column("value_id", String(64), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("sealed", LargeBinary, nullable=False),
+)
+
+# Versions of the region's blind-index key. The key of version 1 is the cell
+# key "lookup-index", of version N > 1 "lookup-index/vN" (cell_keys). Active
+# versions are written (and searched) together; a re-index adds one, and
+# retires the older once every entry has a digest under the new one: its
+# digests and its wrapped key are deleted, this row stays (state "retired").
+index_keys = Table(
+    "index_keys",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(16), nullable=False),
+    # Microseconds since the epoch.
+    Column("created_at", BigInteger, nullable=False),
+    Column("retired_at", BigInteger, nullable=True),
 )
 
 # Keys of the cell itself, stored only wrapped by the region's Transit mount.
@@ -140,6 +172,9 @@ transfers = Table(
 )
 
 # Key rotation jobs of the cell: cursor (last subject id done) and counts.
+# kind "rotate": cutoff_us is the rotation cutoff; kind "reindex": cutoff_us is
+# the index key version the job builds (rotated: subjects re-indexed; skipped:
+# erased meanwhile or without sealed lookup values).
 key_jobs = Table(
     "key_jobs",
     metadata,
