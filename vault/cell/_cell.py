@@ -263,14 +263,14 @@ class Cell(RecordOps):
         consents = self._store.list_consents(subject_id)
         transfers = self.transfer_history(subject_id)
         accesses = self._access_report(subject)
-        dek = self._data_key(subject)
+        self._data_key(subject)  # the key service answers before the first piece
 
         def pages() -> Iterator[list[RecordView | None]]:
             after: str | None = None
             while rows := self._store.list_records(subject.id, None, after, page_size):
                 after = rows[-1].id
                 yield [
-                    self._open_for(dek, r, grants[r.category]) if r.category in grants else None
+                    self._open_for(subject, r, grants[r.category]) if r.category in grants else None
                     for r in rows
                 ]
 

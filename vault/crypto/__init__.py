@@ -13,7 +13,9 @@ from vault.crypto._envelope import (
     dek_associated_data,
     new_data_key,
     open_fields,
+    open_subject_secret,
     seal_fields,
+    seal_subject_secret,
 )
 
 __all__ = [
@@ -23,7 +25,9 @@ __all__ = [
     "dek_associated_data",
     "new_data_key",
     "open_fields",
+    "open_subject_secret",
     "request_digest",
     "same_digest",
     "seal_fields",
+    "seal_subject_secret",
 ]

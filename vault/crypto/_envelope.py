@@ -42,6 +42,7 @@ _HEADER = 1 + _NONCE_BYTES
 _MIN_LEN = _HEADER + _TAG_BYTES
 _RECORD_AAD_LABEL = b"pdvault/record/v1"
 _DEK_AAD_LABEL = b"pdvault/dek/v1"
+_SEAL_AAD_LABEL = b"pdvault/seal/v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +98,35 @@ def open_fields(dek: bytes, ctx: RecordContext, envelope: bytes) -> dict[str, st
     if not isinstance(fields, dict):
         raise DecryptionFailed()
     return {str(k): str(v) for k, v in fields.items()}
+
+
+def _seal_associated_data(what: str, subject_id: str, region: str, generation: int) -> bytes:
+    return b"|".join(
+        (_SEAL_AAD_LABEL, what.encode(), region.encode(), subject_id.encode(), b"%d" % generation)
+    )
+
+
+def seal_subject_secret(
+    dek: bytes, what: str, subject_id: str, region: str, generation: int, secret: bytes
+) -> bytes:
+    """A secret of the subject (its audit pseudonym key, …) sealed under the
+    data key of ``generation``, bound to what it is, the subject, the region
+    and the generation: the same envelope format as records (version byte,
+    nonce, AES-256-GCM ciphertext and tag)."""
+    aad = _seal_associated_data(what, subject_id, region, generation)
+    nonce = os.urandom(_NONCE_BYTES)
+    return bytes((ENVELOPE_V1,)) + nonce + AESGCM(dek).encrypt(nonce, secret, aad)
+
+
+def open_subject_secret(
+    dek: bytes, what: str, subject_id: str, region: str, generation: int, sealed: bytes
+) -> bytes:
+    """The secret :func:`seal_subject_secret` sealed; :class:`DecryptionFailed`
+    for anything else (other key, subject, region, generation, altered byte)."""
+    if len(sealed) < _MIN_LEN or sealed[0] != ENVELOPE_V1 or len(dek) != DEK_BYTES:
+        raise DecryptionFailed()
+    aad = _seal_associated_data(what, subject_id, region, generation)
+    try:
+        return AESGCM(dek).decrypt(sealed[1:_HEADER], sealed[_HEADER:], aad)
+    except InvalidTag:
+        raise DecryptionFailed() from None

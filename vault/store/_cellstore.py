@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -84,6 +85,25 @@ class SubjectRow:
     wrapped_dek: str
     created_at: int
     updated_at: int
+    #: The generation of the data key in ``wrapped_dek``; while a rekey runs,
+    #: ``wrapped_dek_next`` holds generation ``dek_generation + 1``.
+    dek_generation: int = 1
+    wrapped_dek_next: str | None = None
+    #: The audit pseudonym key sealed under the current data key (after a rekey).
+    pseudonym_seal: bytes | None = None
+
+    @property
+    def newest_generation(self) -> int:
+        """The generation writes encrypt under: the next one while a rekey runs."""
+        return self.dek_generation + (1 if self.wrapped_dek_next else 0)
+
+    def wrap_of(self, generation: int) -> str | None:
+        """The wrapped data key of ``generation``, if this row holds it."""
+        if generation == self.dek_generation:
+            return self.wrapped_dek or None
+        if generation == self.dek_generation + 1:
+            return self.wrapped_dek_next
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +115,8 @@ class RecordRow:
     envelope: bytes
     created_at: int
     updated_at: int
+    #: The generation of the subject's data key the envelope is sealed under.
+    dek_generation: int = 1
 
 
 _SUBJECT_COLS = (
@@ -107,6 +129,9 @@ _SUBJECT_COLS = (
     subjects.c.wrapped_dek,
     subjects.c.created_at,
     subjects.c.updated_at,
+    subjects.c.dek_generation,
+    subjects.c.wrapped_dek_next,
+    subjects.c.pseudonym_seal,
 )
 _RECORD_COLS = (
     records.c.id,
@@ -116,6 +141,7 @@ _RECORD_COLS = (
     records.c.envelope,
     records.c.created_at,
     records.c.updated_at,
+    records.c.dek_generation,
 )
 
 
@@ -132,8 +158,23 @@ _N_RECORD_COLS = len(_RECORD_COLS)
 
 def _subject_row(r: Sequence[Any]) -> SubjectRow:
     return SubjectRow(
-        r[0], r[1], SubjectState(r[2]), bool(r[3]), r[4], r[5], r[6], int(r[7]), int(r[8])
+        r[0],
+        r[1],
+        SubjectState(r[2]),
+        bool(r[3]),
+        r[4],
+        r[5],
+        r[6],
+        int(r[7]),
+        int(r[8]),
+        int(r[9]),
+        r[10],
+        None if r[11] is None else bytes(r[11]),
     )
+
+
+def _record_row(r: Sequence[Any]) -> RecordRow:
+    return RecordRow(r[0], r[1], r[2], int(r[3]), bytes(r[4]), int(r[5]), int(r[6]), int(r[7]))
 
 
 # A record is written only while its subject is live, checked in the same
@@ -160,6 +201,17 @@ _SUBJECT_LIVE = (
     )
     .exists()
 )
+#: The generation a record written now must be sealed under: the next one
+#: while a rekey runs (``wrapped_dek_next`` set), else the current one.
+NEWEST_GENERATION = subjects.c.dek_generation + case(
+    (subjects.c.wrapped_dek_next.is_(None), 0), else_=1
+)
+# A record write also checks, in its statement, that the generation it was
+# sealed under is still the newest: a rekey that started meanwhile (whose
+# start updates the subject's row, so it waits for the writes holding it
+# FOR SHARE, and they for it) makes the write a no-op, retried by the cell.
+_LIVE_AT_GENERATION = and_(_LIVE_WHERE, bindparam("newest_gen") == NEWEST_GENERATION)
+_SUBJECT_LIVE_AT_GENERATION = select(subjects.c.id).where(_LIVE_AT_GENERATION).exists()
 _INSERT_COLS = (
     "id",
     "subject_id",
@@ -171,10 +223,11 @@ _INSERT_COLS = (
     "updated_at",
     "expires_at",
     "request_digest",
+    "dek_generation",
 )
 
 
-def _insert_while_live(table: Table, cols: tuple[str, ...]) -> Insert:
+def _insert_while_live(table: Table, cols: tuple[str, ...], where: Any = _LIVE_WHERE) -> Insert:
     """INSERT of one row of bound ``cols`` that happens only while the subject
     is live, share-locking its row (see _LIVE_WHERE); rowcount 1 or 0."""
     return (
@@ -183,7 +236,7 @@ def _insert_while_live(table: Table, cols: tuple[str, ...]) -> Insert:
             list(cols),
             select(*(bindparam(c, type_=table.c[c].type) for c in cols))
             .select_from(subjects)
-            .where(_LIVE_WHERE)
+            .where(where)
             .with_for_update(read=True),
         )
         # SQLAlchemy keeps an INSERT's rowcount only when asked to.
@@ -191,7 +244,7 @@ def _insert_while_live(table: Table, cols: tuple[str, ...]) -> Insert:
     )
 
 
-_INSERT_RECORD = _insert_while_live(records, _INSERT_COLS)
+_INSERT_RECORD = _insert_while_live(records, _INSERT_COLS, _LIVE_AT_GENERATION)
 _SUBJECT_LOOKUPS = select(lookups_t.c.kind, lookups_t.c.digest).where(
     lookups_t.c.subject_id == bindparam("sid")
 )
@@ -207,12 +260,13 @@ _UPDATE_RECORD = (
         and_(
             records.c.id == bindparam("rid"),
             records.c.version == bindparam("prev"),
-            _SUBJECT_LIVE,
+            _SUBJECT_LIVE_AT_GENERATION,
         )
     )
     .values(
         version=bindparam("new_version"),
         envelope=bindparam("new_envelope"),
+        dek_generation=bindparam("newest_gen"),
         updated_at=bindparam("new_updated_at"),
         expires_at=bindparam("new_expires_at"),
     )
@@ -397,7 +451,7 @@ class CellStore:
             r = conn.execute(_GET_RECORD, {"rid": record_id}).first()
         if r is None:
             return None
-        return RecordRow(*r[:_N_RECORD_COLS]), _subject_row(r[_N_RECORD_COLS:])
+        return _record_row(r[:_N_RECORD_COLS]), _subject_row(r[_N_RECORD_COLS:])
 
     def record_by_idempotency_key(
         self, subject_id: str, key: str
@@ -409,7 +463,7 @@ class CellStore:
                     and_(records.c.subject_id == subject_id, records.c.idempotency_key == key)
                 )
             ).first()
-        return (RecordRow(*r[:-1]), r[-1]) if r else None
+        return (_record_row(r[:-1]), r[-1]) if r else None
 
     def record_digests(self, subject_id: str, keys: list[str]) -> dict[str, str | None]:
         """Of ``keys``, those that already created a record of the subject, with
@@ -450,6 +504,8 @@ class CellStore:
                             "updated_at": row.updated_at,
                             "expires_at": expires_at,
                             "request_digest": digest,
+                            "dek_generation": row.dek_generation,
+                            "newest_gen": row.dek_generation,
                         },
                     )
                     if res.rowcount != 1:
@@ -494,6 +550,7 @@ class CellStore:
                     "new_envelope": row.envelope,
                     "new_updated_at": row.updated_at,
                     "new_expires_at": expires_at,
+                    "newest_gen": row.dek_generation,
                 },
             )
         return res.rowcount == 1
@@ -548,7 +605,7 @@ class CellStore:
             rows = conn.execute(
                 select(*_RECORD_COLS).where(cond).order_by(records.c.id).limit(limit)
             ).all()
-        return [RecordRow(*r) for r in rows]
+        return [_record_row(r) for r in rows]
 
     def count_records(self) -> int:
         with self._tx() as conn:
@@ -688,6 +745,8 @@ class CellStore:
                 .values(
                     state=str(SubjectState.ERASED),
                     wrapped_dek="",
+                    wrapped_dek_next=None,
+                    pseudonym_seal=None,
                     idempotency_key=None,
                     updated_at=now,
                 )
@@ -705,7 +764,7 @@ class CellStore:
                 .where(records.c.subject_id == subject_id)
                 .order_by(records.c.id)
             ).all()
-        return [RecordRow(*r) for r in rows]
+        return [_record_row(r) for r in rows]
 
     # -- blind index -----------------------------------------------------------
 
