@@ -14,16 +14,19 @@ from vault.audit import StoredEntry
 from vault.cell._lookup import BlindIndex
 from vault.cell._views import RecordView
 from vault.config import Limits, RegionConfig
-from vault.crypto import RecordContext, dek_associated_data, open_fields, open_subject_secret
+from vault.crypto import (
+    PSEUDONYM_SEAL,
+    RecordContext,
+    dek_associated_data,
+    open_fields,
+    open_subject_secret,
+)
 from vault.errors import DecryptionFailed, Erased, KeyServiceUnavailable, NotFound
 from vault.inline import ensure_may_block
 from vault.keys import BoundedCache, DataKeyCache, KeyProvider, KeyRef, KeyShredder
 from vault.policy import Authorizer, Caller, SubjectFacts, filter_fields
 from vault.store import CellStore, RecordRow, SubjectRow, SubjectState
 from vault.tokens import FieldGrant
-
-#: What the subject's sealed pseudonym key is bound to (``subjects.pseudonym_seal``).
-PSEUDONYM_SEAL = "audit-pseudonym"
 
 
 def now_us() -> int:

@@ -1,4 +1,5 @@
-"""``pdvault keys rotate|status``: subject key rotation jobs and key coverage."""
+"""``pdvault keys rotate|rekey|status``: subject key rotation jobs, a subject's
+rekey (its records under a fresh data key) and key coverage."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from vault.config import RegionConfig, load_regions, parse_duration
 from vault.datadir import DEFAULT_DATA_DIR, DataDir
 from vault.devstack import OpenBaoServer
-from vault.errors import KeyServiceUnavailable
+from vault.errors import DecryptionFailed, Erased, KeyServiceUnavailable, NotFound
 from vault.keys import OpenBaoCredential, TransitKeyRotator
-from vault.rotation import RateLimiter, SubjectKeyRotation
-from vault.store import RotationStore, make_engine, migrate
+from vault.rotation import RateLimiter, RekeyHeld, SubjectKeyRotation, SubjectRekey
+from vault.store import RekeyStore, RotationStore, make_engine, migrate
 from vault.tokens.keyfiles import HISTORY_FILE, read_history, read_published
 
 
@@ -56,35 +57,110 @@ def add_parser(sub: Any) -> None:
         "(default: every subject)",
     )
     rot.add_argument("--rate", type=_rate, default=None, help="at most N subjects per second: 50/s")
+    rk = ksub.add_parser(
+        "rekey",
+        help="re-encrypt one subject's records under a fresh data key (a data key that may "
+        "have leaked; resumable)",
+    )
+    rk.add_argument("subject_id", metavar="SUBJECT_ID")
+    rk.add_argument(
+        "--region", default=None, help="the subject's region (default: from the subject id)"
+    )
+    rk.add_argument(
+        "--rotate",
+        action="store_true",
+        help="then rotate the subject's Transit key and trim its old versions, so a backup's "
+        "old wrap of the old data key no longer opens",
+    )
     st = ksub.add_parser("status", help="per region: key versions in use, signing keys")
-    for p in (rot, st):
+    for p in (rot, rk, st):
         p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
         p.add_argument("--regions", type=Path, default=None)
-    rot.add_argument(
-        "--openbao-token",
-        default=os.environ.get("BAO_ROTATION_TOKEN"),
-        help="a token of the pdvault-rotation role (default: $BAO_ROTATION_TOKEN, else an "
-        "AppRole login made for this run from the local stack's root token)",
-    )
+    for p in (rot, rk):
+        p.add_argument(
+            "--openbao-token",
+            default=os.environ.get("BAO_ROTATION_TOKEN"),
+            help="a token of the pdvault-rotation role (default: $BAO_ROTATION_TOKEN, else an "
+            "AppRole login made for this run from the local stack's root token)",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
-    return _rotate(args) if args.keys_command == "rotate" else _status(args)
+    if args.keys_command == "rotate":
+        return _rotate(args)
+    if args.keys_command == "rekey":
+        return _rekey(args)
+    return _status(args)
 
 
 def _rotate(args: argparse.Namespace) -> int:
+    return _with_rotation_credential(args, args.region, _run_rotation)
+
+
+def _rekey(args: argparse.Namespace) -> int:
+    sid: str = args.subject_id
+    region = args.region or sid.partition("_")[0]
+    return _with_rotation_credential(args, region, _run_rekey)
+
+
+def _with_rotation_credential(
+    args: argparse.Namespace,
+    region_id: str,
+    job: Any,
+) -> int:
     data_dir: Path = args.data_dir.resolve()
     bao = OpenBaoServer(data_dir, log=False)
     regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr=bao.address)
-    region = regions.regions.get(args.region)
+    region = regions.regions.get(region_id)
     if region is None:
-        print(f"pdvault: no region {args.region!r} in {regions.source}", file=sys.stderr)
+        print(f"pdvault: no region {region_id!r} in {regions.source}", file=sys.stderr)
         return 2
     credential: OpenBaoCredential = args.openbao_token or bao.rotation_login(regions)
     try:
-        return _run_rotation(args, region, credential)
+        return int(job(args, region, credential))
     finally:
         bao.retire()  # the login made for this run (if any) ends with it
+
+
+def _run_rekey(
+    args: argparse.Namespace, region: RegionConfig, credential: OpenBaoCredential
+) -> int:
+    engine = make_engine(region.database_url)
+    migrate(engine)
+    rotator = TransitKeyRotator.connect(region.openbao_address, credential)
+    job = SubjectRekey(RekeyStore(engine), rotator, region.id)
+    rotation = (
+        SubjectKeyRotation(RotationStore(engine), rotator, region.id) if args.rotate else None
+    )
+    console = Console(stderr=True)
+    # The subject id is the operator's own input; it is printed back, never data.
+    try:
+        with console.status(f"rekeying {args.subject_id}") as status:
+
+            def tick(done: int) -> None:
+                status.update(f"rekeying {args.subject_id}: {done} records")
+
+            s = job.run(args.subject_id, rotation=rotation, progress=tick)
+    except (NotFound, Erased, RekeyHeld) as e:
+        print(f"pdvault: {args.subject_id}: {e}", file=sys.stderr)
+        return 1
+    except (KeyServiceUnavailable, DecryptionFailed) as e:
+        print(
+            f"pdvault: {args.subject_id}: {e or 'the data key does not open'}; run again to resume",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        engine.dispose()
+    print(
+        f"{args.subject_id}: rekeyed to data-key generation {s.generation}"
+        + (" (resumed)" if s.resumed else "")
+        + f": {s.reencrypted} records re-encrypted, {s.by_writers} re-sealed by writers "
+        f"meanwhile, {s.retries} compare-and-set retries, {s.passes} pass(es), "
+        f"in {s.seconds:.1f} s"
+        + ("" if s.rotated is None else f"; Transit key rotation: {s.rotated}")
+    )
+    return 0 if s.rotated in (None, "rotated") else 1
 
 
 def _run_rotation(

@@ -9,6 +9,7 @@ from vault.crypto._digest import request_digest, same_digest
 from vault.crypto._envelope import (
     DEK_BYTES,
     ENVELOPE_V1,
+    PSEUDONYM_SEAL,
     RecordContext,
     dek_associated_data,
     new_data_key,
@@ -21,6 +22,7 @@ from vault.crypto._envelope import (
 __all__ = [
     "DEK_BYTES",
     "ENVELOPE_V1",
+    "PSEUDONYM_SEAL",
     "RecordContext",
     "dek_associated_data",
     "new_data_key",

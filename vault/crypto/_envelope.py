@@ -43,6 +43,8 @@ _MIN_LEN = _HEADER + _TAG_BYTES
 _RECORD_AAD_LABEL = b"pdvault/record/v1"
 _DEK_AAD_LABEL = b"pdvault/dek/v1"
 _SEAL_AAD_LABEL = b"pdvault/seal/v1"
+#: What a subject's sealed audit pseudonym key is bound to (``subjects.pseudonym_seal``).
+PSEUDONYM_SEAL = "audit-pseudonym"
 
 
 @dataclass(frozen=True, slots=True)

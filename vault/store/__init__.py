@@ -12,6 +12,7 @@ from vault.store._cellstore import (
 from vault.store._migrate import migrate
 from vault.store._models import consents, metadata, records, subjects
 from vault.store._pool import PoolEntry, PoolStatus, PoolStore
+from vault.store._rekey import RekeyStore, SwitchExtras
 from vault.store._rotation import Coverage, RotationStore
 from vault.store._transfers import CellTransferLog, TransferEntry
 
@@ -26,9 +27,11 @@ __all__ = [
     "PoolStatus",
     "PoolStore",
     "RecordRow",
+    "RekeyStore",
     "RotationStore",
     "SubjectRow",
     "SubjectState",
+    "SwitchExtras",
     "TransferEntry",
     "consents",
     "make_engine",
