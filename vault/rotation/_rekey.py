@@ -52,7 +52,7 @@ from vault.crypto import (
     seal_fields,
     seal_subject_secret,
 )
-from vault.errors import Conflict, Erased, NotFound
+from vault.errors import Conflict, DecryptionFailed, Erased, KeyServiceUnavailable, NotFound
 from vault.keys import KeyRef
 from vault.store import RecordRow, SubjectRow
 from vault.store._rekey import RekeyStore, SwitchExtras
@@ -171,6 +171,9 @@ class SubjectRekey:
             if rotation is not None:
                 rotation.owner = self.owner
                 summary.rotated = rotation.rotate_claimed(row.id)
+        except (KeyServiceUnavailable, DecryptionFailed):
+            self._live(subject_id)  # erased meanwhile (its key destroyed): say so
+            raise
         finally:
             self._store.release(subject_id, self.owner)
         summary.seconds = time.monotonic() - started

@@ -137,21 +137,28 @@ class SubjectKeyRotation:
         job = self._store.open_job(JOB_KIND, now - int(older_than_seconds * 1_000_000), now)
         summary = RotationSummary(job.id, self._region, resumed=bool(job.cursor))
         cursor = job.cursor
-        while candidates := self._store.due(cursor, job.cutoff_us, batch):
-            for cand in candidates:
-                outcome = self._one(cand, job.cutoff_us, limiter)
-                self._count(summary, outcome)
-                self._store.advance(
-                    job.id,
-                    cand.id,
-                    rotated=int(outcome == "rotated"),
-                    skipped=int(outcome in ("gone", "held")),
-                    failed=int(outcome == "failed"),
-                )
-                metrics.KEY_ROTATIONS.labels(self._region, outcome).inc()
-                if progress is not None:
-                    progress(cand.id, outcome)
-                cursor = cand.id
+        for _ in range(2):
+            while candidates := self._store.due(cursor, job.cutoff_us, batch):
+                for cand in candidates:
+                    outcome = self._one(cand, job.cutoff_us, limiter)
+                    self._count(summary, outcome)
+                    self._store.advance(
+                        job.id,
+                        cand.id,
+                        rotated=int(outcome == "rotated"),
+                        skipped=int(outcome in ("gone", "held")),
+                        failed=int(outcome == "failed"),
+                    )
+                    metrics.KEY_ROTATIONS.labels(self._region, outcome).inc()
+                    if progress is not None:
+                        progress(cand.id, outcome)
+                    cursor = cand.id
+            if summary.failed or not self._store.due("", job.cutoff_us, 1):
+                break
+            # Subjects the cursor passed while another job held them and that
+            # are still due (a rekey holds a subject without rotating its
+            # key): once more from the start.
+            cursor = ""
         # Finished only when nothing due is left: not what another job holds
         # (it may die), nor what failed here.
         still_due = self._store.due("", job.cutoff_us, 1)
