@@ -465,6 +465,41 @@ def test_the_command_rekeys_and_with_rotate_makes_the_old_wrap_useless(
             mount_point="transit-de",
         )
     _all_open_at_newest(node, sid, recs)
+    # The command's output names no data and no key material.
+    for value in (*(f["address"] for f in recs.values()), backup, row.wrapped_dek, "vault:v"):
+        assert value not in done.stdout and value not in done.stderr
+
+
+def test_restoring_the_old_wrap_or_an_old_envelope_after_a_rekey_opens_nothing(
+    node: Stack, rotator: TransitKeyRotator
+) -> None:
+    """Someone writing a backup's rows back (the old wrap, or a record's old
+    envelope with its old generation) gets no data from the node, only refusals."""
+    sid, recs = _person(node, 2)
+    before = _subject(node, sid)
+    old = {r.id: r for r in _records(node, sid)}
+    _job(node, rotator).run(sid)
+    rid, other = list(recs)
+    c = node.client(node.issue(RIGHTS))
+    with _engine(node).begin() as conn:  # a record's old envelope, generation 1
+        conn.execute(
+            update(records)
+            .where(records.c.id == rid)
+            .values(envelope=old[rid].envelope, dek_generation=1)
+        )
+    node.node.cells["de"].forget(sid)
+    with pytest.raises(VaultClientError) as e:
+        c.get_record(rid)
+    assert e.value.reason == "DECRYPTION_FAILED"
+    assert dict(c.get_record(other).fields) == recs[other]
+    with _engine(node).begin() as conn:  # the old wrap, as the current one
+        conn.execute(
+            update(subjects).where(subjects.c.id == sid).values(wrapped_dek=before.wrapped_dek)
+        )
+    node.node.cells["de"].forget(sid)
+    with pytest.raises(VaultClientError) as e:
+        c.get_record(other)
+    assert e.value.reason == "DECRYPTION_FAILED"
 
 
 def test_the_command_refuses_a_missing_or_erased_subject_with_a_clear_error(

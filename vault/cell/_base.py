@@ -183,10 +183,12 @@ class CellBase:
         request's audit entry."""
         if row.state.gone:
             raise Erased("subject has been erased")
-        dek = self._dek(row, row.newest_generation if generation is None else generation)
+        gen = row.newest_generation if generation is None else generation
+        dek = self._dek(row, gen)
         note = audit.current()
         if note is not None and row.id not in note.keys_used:
-            audit.key_used(row.id, self._pseudonym_key(row))
+            current = dek if gen == row.dek_generation else None
+            audit.key_used(row.id, self._pseudonym_key(row, current))
         return dek
 
     def _dek(self, row: SubjectRow, generation: int) -> bytes:
@@ -218,11 +220,17 @@ class CellBase:
             raise DecryptionFailed()
         return self._keys.unwrap(ref, again, aad)
 
-    def _pseudonym_key(self, row: SubjectRow) -> bytes:
+    def _pseudonym_key(self, row: SubjectRow, current: bytes | None = None) -> bytes:
         """The subject's audit pseudonym key: derived from its data key, or,
         once rekeyed, the one the first data key gave, carried over sealed
-        under the current data key (see :mod:`vault.rotation._rekey`)."""
-        dek = self._dek(row, row.dek_generation)
+        under the current data key (see :mod:`vault.rotation._rekey`).
+        ``current``: that data key, if the caller has it at hand. The same key
+        for every generation: one the request already found is reused."""
+        note = audit.current()
+        known = None if note is None else note.keys_used.get(row.id)
+        if known is not None:
+            return known
+        dek = current if current is not None else self._dek(row, row.dek_generation)
         if row.pseudonym_seal is None:
             return audit.pseudonym_key(dek)
         return open_subject_secret(
