@@ -25,6 +25,9 @@ from alembic.config import Config
 from sqlalchemy import Engine, select, update
 
 from tests.conftest import Bao, Stack, start_stack
+from vault.audit import audit_url
+from vault.audit._store import read_only_engine
+from vault.audit._verify import verify_log
 from vault.client import VaultClientError
 from vault.crypto import (
     RecordContext,
@@ -465,6 +468,15 @@ def test_the_command_rekeys_and_with_rotate_makes_the_old_wrap_useless(
             mount_point="transit-de",
         )
     _all_open_at_newest(node, sid, recs)
+    # The region's audit log records the rekey, under the person's pseudonym.
+    report = node.client(node.issue(RIGHTS)).access_report(sid)
+    assert [e.operation for e in report].count("rekey") == 1
+    log = read_only_engine(audit_url(node.regions.regions["de"].database_url, "de"))
+    try:  # appended by another process than the node's: the chain still holds
+        verified = verify_log(log, "de", None)
+    finally:
+        log.dispose()
+    assert verified.ok, verified.problem
     # The command's output names no data and no key material.
     for value in (*(f["address"] for f in recs.values()), backup, row.wrapped_dek, "vault:v"):
         assert value not in done.stdout and value not in done.stderr

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from vault.audit import AuditStore, audit_url
 from vault.config import RegionConfig, load_regions, parse_duration
 from vault.datadir import DEFAULT_DATA_DIR, DataDir
 from vault.devstack import OpenBaoServer
@@ -128,7 +129,10 @@ def _run_rekey(
     engine = make_engine(region.database_url)
     migrate(engine)
     rotator = TransitKeyRotator.connect(region.openbao_address, credential)
-    job = SubjectRekey(RekeyStore(engine), rotator, region.id)
+    # The region's audit log (shared with the nodes: each append chains on the
+    # stored head) records the rekey under the subject's pseudonym.
+    log = AuditStore.open(audit_url(region.database_url, region.id), region.id)
+    job = SubjectRekey(RekeyStore(engine), rotator, region.id, audit_log=log)
     rotation = (
         SubjectKeyRotation(RotationStore(engine), rotator, region.id) if args.rotate else None
     )
@@ -152,6 +156,7 @@ def _run_rekey(
         return 1
     finally:
         engine.dispose()
+        log.close()
     print(
         f"{args.subject_id}: rekeyed to data-key generation {s.generation}"
         + (" (resumed)" if s.resumed else "")

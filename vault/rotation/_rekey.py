@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from vault import audit
 from vault.crypto import (
@@ -78,6 +78,12 @@ class SubjectRotation(Protocol):
     def rotate_claimed(self, subject_id: str) -> str: ...
 
 
+class AuditLog(Protocol):
+    """The region's audit log (:class:`vault.audit.AuditStore`)."""
+
+    def append(self, batch: Sequence[Mapping[str, Any]]) -> tuple[int, bytes]: ...
+
+
 class RekeyHeld(Conflict):
     """Another key job (a rekey or a rotation) holds the subject's claim."""
 
@@ -111,8 +117,12 @@ class SubjectRekey:
         *,
         claim_seconds: float = 60.0,
         clock: Callable[[], int] = lambda: time.time_ns() // 1000,
+        audit_log: AuditLog | None = None,
+        node: str = "pdvault keys rekey",
     ) -> None:
         self._store = store
+        self._audit_log = audit_log
+        self._node = node
         self._keys = keys
         self._region = region
         self._claim_us = int(claim_seconds * 1_000_000)
@@ -168,6 +178,7 @@ class SubjectRekey:
                     # Live, claimed and nothing left, yet no switch: not ours.
                     raise Conflict("the subject changed during the rekey; run it again")
             summary.generation = generation + 1
+            self._audit(row, old_dek, summary)
             if rotation is not None:
                 rotation.owner = self.owner
                 summary.rotated = rotation.rotate_claimed(row.id)
@@ -238,6 +249,39 @@ class SubjectRekey:
             rec = fresh
         # Still changing: the switch finds it and the job makes another pass.
 
+    def _audit(self, row: SubjectRow, old_dek: bytes, summary: RekeySummary) -> None:
+        """One entry in the region's audit log: the subject (under its
+        pseudonym, which the rekey kept), the new generation and the count."""
+        if self._audit_log is None:
+            return
+        who = audit.pseudonym(self._pseudonym_key(row, old_dek), row.id)
+        self._audit_log.append(
+            [
+                {
+                    "time_us": self._clock(),
+                    "node": self._node,
+                    "operation": "rekey",
+                    "decision": "ok",
+                    "region": self._region,
+                    "subject": who,
+                    "record": None,
+                    "detail": {
+                        "generation": summary.generation,
+                        "records": summary.reencrypted + summary.by_writers,
+                    },
+                }
+            ]
+        )
+
+    @staticmethod
+    def _pseudonym_key(row: SubjectRow, old_dek: bytes) -> bytes:
+        """The subject's pseudonym key as of ``row`` (whose data key is ``old_dek``)."""
+        if row.pseudonym_seal is None:
+            return audit.pseudonym_key(old_dek)
+        return open_subject_secret(
+            old_dek, PSEUDONYM_SEAL, row.id, row.region, row.dek_generation, row.pseudonym_seal
+        )
+
     def _reseal_extras(self, row: SubjectRow, old_dek: bytes, new_dek: bytes) -> SwitchExtras:
         """Everything else sealed under the subject's data key, sealed under the
         new one; written by the switch of generations.
@@ -248,11 +292,6 @@ class SubjectRekey:
         are to be re-sealed here too, before the switch, in the same way as
         records (each naming its generation, compare-and-set)."""
         g = row.dek_generation
-        if row.pseudonym_seal is None:
-            key = audit.pseudonym_key(old_dek)
-        else:
-            key = open_subject_secret(
-                old_dek, PSEUDONYM_SEAL, row.id, row.region, g, row.pseudonym_seal
-            )
+        key = self._pseudonym_key(row, old_dek)
         seal = seal_subject_secret(new_dek, PSEUDONYM_SEAL, row.id, row.region, g + 1, key)
         return SwitchExtras(pseudonym_seal=seal)
