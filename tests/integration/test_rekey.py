@@ -525,6 +525,12 @@ def test_the_command_refuses_a_missing_or_erased_subject_with_a_clear_error(
     erased = _cli(node, bao, sid)
     assert erased.returncode != 0 and "erased" in erased.stderr
     assert "Traceback" not in erased.stderr
+    held, _ = _person(node, 1)
+    assert RekeyStore(_engine(node)).claim(held, "another-job", 0, 2**62)
+    refused = _cli(node, bao, held)
+    assert refused.returncode != 0 and "another key job" in refused.stderr
+    assert "Traceback" not in refused.stderr and _subject(node, held).wrapped_dek_next is None
+    RekeyStore(_engine(node)).release(held, "another-job")
     bad_region = _cli(node, bao, sid, "--region", "xx")
     assert bad_region.returncode != 0 and "no region" in bad_region.stderr
 

@@ -17,9 +17,9 @@ from vault.audit import AuditStore, audit_url
 from vault.config import RegionConfig, load_regions, parse_duration
 from vault.datadir import DEFAULT_DATA_DIR, DataDir
 from vault.devstack import OpenBaoServer
-from vault.errors import DecryptionFailed, Erased, KeyServiceUnavailable, NotFound
+from vault.errors import DecryptionFailed, KeyServiceUnavailable, VaultError
 from vault.keys import OpenBaoCredential, TransitKeyRotator
-from vault.rotation import RateLimiter, RekeyHeld, SubjectKeyRotation, SubjectRekey
+from vault.rotation import RateLimiter, SubjectKeyRotation, SubjectRekey
 from vault.store import RekeyStore, RotationStore, make_engine, migrate
 from vault.tokens.keyfiles import HISTORY_FILE, read_history, read_published
 
@@ -145,14 +145,14 @@ def _run_rekey(
                 status.update(f"rekeying {args.subject_id}: {done} records")
 
             s = job.run(args.subject_id, rotation=rotation, progress=tick)
-    except (NotFound, Erased, RekeyHeld) as e:
-        print(f"pdvault: {args.subject_id}: {e}", file=sys.stderr)
-        return 1
     except (KeyServiceUnavailable, DecryptionFailed) as e:
         print(
             f"pdvault: {args.subject_id}: {e or 'the data key does not open'}; run again to resume",
             file=sys.stderr,
         )
+        return 1
+    except VaultError as e:  # not found, erased, held by another job, changed meanwhile
+        print(f"pdvault: {args.subject_id}: {e}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()

@@ -59,6 +59,9 @@ from vault.store._rekey import RekeyStore, SwitchExtras
 
 #: Tries per record before the job gives the record up for this pass.
 _RECORD_TRIES = 5
+#: Passes over the old generation's records before the run gives up (each
+#: pass after the first only meets records that changed during the previous).
+_MAX_PASSES = 20
 
 
 class KeyWrapper(Protocol):
@@ -174,8 +177,9 @@ class SubjectRekey:
                     break
                 self._live(subject_id)
                 self._claim(subject_id)
-                if self._store.old_left(row.id, generation) == 0:
-                    # Live, claimed and nothing left, yet no switch: not ours.
+                if self._store.old_left(row.id, generation) == 0 or summary.passes >= _MAX_PASSES:
+                    # Live, claimed and nothing left, yet no switch (not ours),
+                    # or records that keep changing: stop, resumable.
                     raise Conflict("the subject changed during the rekey; run it again")
             summary.generation = generation + 1
             self._audit(row, old_dek, summary)
