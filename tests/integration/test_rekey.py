@@ -341,9 +341,7 @@ def test_an_idempotent_retry_spanning_a_rekey_is_still_a_replay(
 # -- under load, on both engines ----------------------------------------------------
 
 
-def test_a_rekey_under_concurrent_reads_and_writes_loses_nothing(
-    db_stack: Stack, rotator: TransitKeyRotator
-) -> None:
+def test_a_rekey_under_concurrent_reads_and_writes_loses_nothing(db_stack: Stack) -> None:
     stack = db_stack
     rot = TransitKeyRotator.connect(
         stack.bao.address, stack.bao.server.rotator_token(stack.regions)
