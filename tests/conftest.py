@@ -519,3 +519,15 @@ def _reliability_summary(terminalreporter: pytest.TerminalReporter) -> None:
     w(f"model steps run: {t.model_steps}")
     w(f"unauthorised reads: {t.unauthorised_reads} (of {t.reads_checked} reads checked)")
     w(f"canaries found at rest or in errors: {t.canaries_found} (in {t.canary_scans} scans)")
+
+
+def cell_migration_head() -> str:
+    """The newest revision of the cell's alembic scripts (what migrate() reaches)."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    import vault.store
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(Path(vault.store.__file__).parent / "migrations"))
+    return str(ScriptDirectory.from_config(cfg).get_current_head())

@@ -489,6 +489,8 @@ audit "file" "pdvault-local" {{
     def retire(self) -> None:
         """Destroys the secret ids this object issued (best effort), so a stopped
         stack's logins cannot be used again; tokens already issued end with their TTL."""
+        if not self._issued:
+            return  # nothing to destroy (and no root token needed: a job given a token)
         client = self._root_client()
         issued, self._issued = self._issued, []
         for role, accessor in issued:

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, delete, func, insert, select, text
 from tests.conftest import (
     Bao,
     Stack,
+    cell_migration_head,
     configured_bao,
     files_containing,
     postgres_database,
@@ -390,7 +391,7 @@ def test_migration_from_0007_keeps_existing_lookups(rbao: Bao, tmp_path: Path) -
             ),
             {"d": digest},
         )
-    assert migrate(engine) == "0009_index_versions"
+    assert migrate(engine) == cell_migration_head()
     store = CellStore(engine)
     index = BlindIndex(store, provider, MOUNT)
     assert index.versions() == (1,)

@@ -70,6 +70,7 @@ def test_schema_is_migrated_by_alembic(pg_stack: Stack, pg_url: str) -> None:
         "updated_at",
         "expires_at",
         "request_digest",
+        "dek_generation",
     }
 
 

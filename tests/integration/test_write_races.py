@@ -21,8 +21,10 @@ from vault.store import (
     CellStore,
     LookupWrite,
     RecordRow,
+    RekeyStore,
     SubjectRow,
     SubjectState,
+    SwitchExtras,
     make_engine,
     migrate,
 )
@@ -156,3 +158,133 @@ def test_an_erasure_during_an_uncommitted_write_deletes_what_it_wrote(
     assert writer.error is None and writer.result
     assert eraser.error is None
     assert _left_behind(engine) == NOTHING_LEFT
+
+
+# -- record writes against a rekey's start (the next data key appears) ---------
+
+#: Writes sealed under data-key generation 1: (call, statement held open after).
+SEALED_WRITES: dict[str, tuple[Callable[[CellStore], object], str]] = {
+    "insert": (
+        lambda s: s.insert_record(
+            RecordRow("de_rec_new", SID, "user.name", 1, b"\x01sealed-g1", 2, 2, 1), None
+        ),
+        "INSERT INTO records",
+    ),
+    "update": (
+        lambda s: s.update_record(
+            RecordRow("de_rec_old", SID, "user.name", 2, b"\x01sealed-g1-v2", 1, 2, 1), 1
+        ),
+        "UPDATE records",
+    ),
+}
+
+
+@pytest.fixture
+def claimed(engine: Engine) -> Engine:
+    """The subject with one record of generation 1, claimed by a rekey job."""
+    store = CellStore(engine)
+    assert store.insert_record(
+        RecordRow("de_rec_old", SID, "user.name", 1, b"\x01sealed-g1-v1", 1, 1, 1), None
+    )
+    assert RekeyStore(engine).claim(SID, "job", 1, 2**62)
+    return engine
+
+
+def _generations(engine: Engine) -> dict[str, int]:
+    with engine.connect() as c:
+        rows = c.execute(
+            select(records.c.id, records.c.dek_generation).where(records.c.subject_id == SID)
+        ).all()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+@pytest.mark.parametrize("kind", sorted(SEALED_WRITES))
+def test_a_write_sealed_under_the_old_generation_during_an_uncommitted_rekey_start_writes_nothing(
+    claimed: Engine, kind: str
+) -> None:
+    write, _ = SEALED_WRITES[kind]
+    pause = Pause(claimed, "UPDATE subjects")
+    starter = Run(lambda: RekeyStore(claimed).start(SID, "job", 1, "vault:v1:next"), pause)
+    starter.start()
+    assert pause.reached.wait(10)
+    writer = Run(lambda: write(CellStore(claimed)))
+    writer.start()
+    writer.join(0.5)  # a correct write waits for the start's lock
+    pause.release.set()
+    starter.join(10)
+    writer.join(10)
+    assert starter.error is None and starter.result is True
+    assert _not_written(writer), (writer.result, writer.error)
+    # Nothing sealed under generation 1 was written once the next key existed:
+    # the write is the cell's to seal again (under generation 2).
+    assert _generations(claimed) == {"de_rec_old": 1}
+    with claimed.connect() as c:
+        assert (
+            c.execute(select(records.c.version).where(records.c.id == "de_rec_old")).scalar_one()
+            == 1
+        )
+
+
+@pytest.mark.parametrize("kind", sorted(SEALED_WRITES))
+def test_a_rekey_start_during_an_uncommitted_old_generation_write_leaves_it_to_the_job(
+    claimed: Engine, kind: str
+) -> None:
+    write, statement = SEALED_WRITES[kind]
+    pause = Pause(claimed, statement)
+    writer = Run(lambda: write(CellStore(claimed)), pause)
+    writer.start()
+    assert pause.reached.wait(10)
+    starter = Run(lambda: RekeyStore(claimed).start(SID, "job", 1, "vault:v1:next"))
+    starter.start()
+    starter.join(0.5)  # a correct start waits for the write's lock
+    pause.release.set()
+    writer.join(10)
+    starter.join(10)
+    assert writer.error is None and writer.result
+    assert starter.error is None and starter.result is True
+    # The write landed under generation 1, before the start: the job finds it,
+    # and the switch is refused while it is there.
+    store = RekeyStore(claimed)
+    olds = store.old_records(SID, 1, "", 10)
+    assert {r.id for r in olds} == set(_generations(claimed))
+    extras = SwitchExtras(pseudonym_seal=b"\x01seal")
+    assert not store.switch(SID, "job", 1, "vault:v1:next", extras)
+    for r in olds:
+        assert store.reseal(r, "vault:v1:next", r.envelope + b"-g2")
+    assert store.switch(SID, "job", 1, "vault:v1:next", extras)
+    assert set(_generations(claimed).values()) == {2}
+
+
+def test_the_switch_waits_for_a_write_under_the_next_generation_and_keeps_it(
+    claimed: Engine,
+) -> None:
+    store = RekeyStore(claimed)
+    assert store.start(SID, "job", 1, "vault:v1:next")
+    (old,) = store.old_records(SID, 1, "", 10)
+    assert store.reseal(old, "vault:v1:next", b"\x01sealed-g2-v1")
+    pause = Pause(claimed, "INSERT INTO records")
+    writer = Run(
+        lambda: CellStore(claimed).insert_record(
+            RecordRow("de_rec_g2", SID, "user.name", 1, b"\x01sealed-g2", 2, 2, 2), None
+        ),
+        pause,
+    )
+    writer.start()
+    assert pause.reached.wait(10)
+    extras = SwitchExtras(pseudonym_seal=b"\x01seal")
+    switcher = Run(lambda: store.switch(SID, "job", 1, "vault:v1:next", extras))
+    switcher.start()
+    switcher.join(0.5)
+    pause.release.set()
+    writer.join(10)
+    switcher.join(10)
+    assert writer.error is None and writer.result
+    assert switcher.error is None and switcher.result is True
+    assert _generations(claimed) == {"de_rec_old": 2, "de_rec_g2": 2}
+    with claimed.connect() as c:
+        row = c.execute(
+            select(
+                subjects.c.dek_generation, subjects.c.wrapped_dek, subjects.c.wrapped_dek_next
+            ).where(subjects.c.id == SID)
+        ).one()
+    assert tuple(row) == (2, "vault:v1:next", None)

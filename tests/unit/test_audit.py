@@ -92,7 +92,7 @@ def test_a_signed_checkpoint_opens_only_unaltered_and_with_its_key() -> None:
 def test_a_request_note_gives_entries_per_log_with_pseudonyms() -> None:
     note = RequestNote("GetRecord", "rid-1")
     with noting(note):
-        about("de", "de_sub_a", "de_rec_1", lambda _: b"\x01" * 32)
+        about("de", "de_sub_a", "de_rec_1", lambda _: pseudonym_key(b"\x01" * 32))
         touched("user.name", ["first", "last"])
         about("us", "us_sub_b", None, lambda _: None)  # gone: no pseudonym
     touched("user.contact.email", ["address"])  # outside the request: ignored

@@ -191,3 +191,23 @@ def test_a_sealed_lookup_value_opens_only_where_it_belongs() -> None:
     for args in wrong:
         with pytest.raises(DecryptionFailed):
             open_lookup_value(*args)
+
+
+def test_a_sealed_subject_secret_opens_only_where_it_was_sealed() -> None:
+    from vault.crypto import PSEUDONYM_SEAL, open_subject_secret, seal_subject_secret
+
+    dek, other = b"\x01" * 32, b"\x02" * 32
+    sealed = seal_subject_secret(dek, PSEUDONYM_SEAL, "de_sub_a", "de", 2, b"k" * 32)
+    assert open_subject_secret(dek, PSEUDONYM_SEAL, "de_sub_a", "de", 2, sealed) == b"k" * 32
+    for args in (
+        (other, PSEUDONYM_SEAL, "de_sub_a", "de", 2),  # another data key (the old one)
+        (dek, "lookup-value", "de_sub_a", "de", 2),  # sealed as something else
+        (dek, PSEUDONYM_SEAL, "de_sub_b", "de", 2),  # moved to another subject
+        (dek, PSEUDONYM_SEAL, "de_sub_a", "us", 2),  # or region
+        (dek, PSEUDONYM_SEAL, "de_sub_a", "de", 1),  # or generation
+    ):
+        with pytest.raises(DecryptionFailed):
+            open_subject_secret(*args, sealed)  # type: ignore[arg-type]
+    flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(DecryptionFailed):
+        open_subject_secret(dek, PSEUDONYM_SEAL, "de_sub_a", "de", 2, flipped)

@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from vault.audit._entry import pseudonym, pseudonym_key
+from vault.audit._entry import pseudonym
 from vault.policy import Caller
 
 #: The log of requests refused before any region is known (unauthenticated,
@@ -25,8 +25,10 @@ CONTROL_LOG = "control"
 
 _CURRENT: ContextVar[RequestNote | None] = ContextVar("pdvault_audit_note", default=None)
 
-#: Gives the subject's data key, or None when it is gone (erased) or unreadable;
-#: its argument says whether it may ask the key service (else: cached only).
+#: Gives the subject's pseudonym key (:func:`vault.audit.pseudonym_key` of its
+#: data key, or the key a rekey carried over), or None when it is gone (erased)
+#: or unreadable; its argument says whether it may ask the key service (else:
+#: cached only).
 DataKeySource = Callable[[bool], bytes | None]
 
 #: Refusals by the key service or a database: asking the key service again
@@ -62,8 +64,8 @@ class RequestNote:
     transfers: list[dict[str, Any]] = field(default_factory=list)
     #: Ids and names only (the token id issued or revoked…), never data.
     detail: dict[str, Any] = field(default_factory=dict)
-    #: Data keys the call itself used, by subject id: its pseudonyms need no
-    #: second unwrap.
+    #: Pseudonym keys of the subjects whose data key the call itself used, by
+    #: subject id: its pseudonyms need no second unwrap.
     keys_used: dict[str, bytes] = field(default_factory=dict, repr=False)
     sealed: bool = False
 
@@ -88,7 +90,7 @@ class RequestNote:
             if key is None and t.data_key is not None:
                 key = t.data_key(may_unwrap)
             if key is not None:
-                k = pseudonym_key(key)
+                k = key
                 t.subject = pseudonym(k, t.subject_id)
                 t.record = pseudonym(k, t.record_id) if t.record_id else None
         self.sealed = True
@@ -162,7 +164,7 @@ def about(
     data_key: DataKeySource | None = None,
 ) -> None:
     """The request concerns this subject (and record); ``data_key`` gives the
-    subject's data key for its pseudonyms. A second call for the same subject
+    subject's pseudonym key. A second call for the same subject
     and record replaces the first."""
     n = _CURRENT.get()
     if n is None:
@@ -175,11 +177,12 @@ def about(
     n.targets.append(_Target(region, subject_id, record_id, data_key))
 
 
-def key_used(subject_id: str, data_key: bytes) -> None:
-    """The call used this subject's data key (for its pseudonyms)."""
+def key_used(subject_id: str, pseudonym_key: bytes) -> None:
+    """The call used this subject's data key; its pseudonym key (for the
+    entries' pseudonyms)."""
     n = _CURRENT.get()
     if n is not None:
-        n.keys_used[subject_id] = data_key
+        n.keys_used[subject_id] = pseudonym_key
 
 
 def touched(category: str | None, fields: Any = ()) -> None:

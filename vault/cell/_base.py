@@ -14,7 +14,13 @@ from vault.audit import StoredEntry
 from vault.cell._lookup import BlindIndex
 from vault.cell._views import RecordView
 from vault.config import Limits, RegionConfig
-from vault.crypto import RecordContext, dek_associated_data, open_fields
+from vault.crypto import (
+    PSEUDONYM_SEAL,
+    RecordContext,
+    dek_associated_data,
+    open_fields,
+    open_subject_secret,
+)
 from vault.errors import DecryptionFailed, Erased, KeyServiceUnavailable, NotFound
 from vault.inline import ensure_may_block
 from vault.keys import BoundedCache, DataKeyCache, KeyProvider, KeyRef, KeyShredder
@@ -152,7 +158,7 @@ class CellBase:
         pseudonym; empty on a node running without the audit (benchmarks)."""
         if self._access is None:
             return []
-        who = audit.pseudonym(audit.pseudonym_key(self._data_key(subject)), subject.id)
+        who = audit.pseudonym(self._pseudonym_key(subject), subject.id)
         out = []
         for stored in self._access.for_subject(who, since_us):
             entry = json.loads(stored.entry)
@@ -171,45 +177,88 @@ class CellBase:
 
     # -- keys -------------------------------------------------------------
 
-    def _data_key(self, row: SubjectRow) -> bytes:
+    def _data_key(self, row: SubjectRow, generation: int | None = None) -> bytes:
+        """The subject's data key of ``generation`` (default: the newest, the
+        one writes seal under), noting the subject's pseudonym key for the
+        request's audit entry."""
         if row.state.gone:
             raise Erased("subject has been erased")
-        dek = self._data_keys.get(row.id)
+        gen = row.newest_generation if generation is None else generation
+        dek = self._dek(row, gen)
+        note = audit.current()
+        if note is not None and row.id not in note.keys_used:
+            current = dek if gen == row.dek_generation else None
+            audit.key_used(row.id, self._pseudonym_key(row, current))
+        return dek
+
+    def _dek(self, row: SubjectRow, generation: int) -> bytes:
+        """The data key of ``generation``, from the cache or unwrapped (and cached)."""
+        dek = self._data_keys.get(row.id, generation)
         if dek is None:
             ensure_may_block()
-            ref, aad = KeyRef(row.key_mount, row.key_name), dek_associated_data(row.id, row.region)
+            dek = self._unwrap(row, generation)
+            self._data_keys.put(row.id, dek, generation)
+        return dek
+
+    def _unwrap(self, row: SubjectRow, generation: int) -> bytes:
+        ref, aad = KeyRef(row.key_mount, row.key_name), dek_associated_data(row.id, row.region)
+        wrapped = row.wrap_of(generation)
+        if wrapped is not None:
             try:
-                dek = self._keys.unwrap(ref, row.wrapped_dek, aad)
+                return self._keys.unwrap(ref, wrapped, aad)
             except DecryptionFailed:
                 # A key rotation may have re-wrapped the data key and retired
                 # the version of the wrap read a moment ago: read it again.
-                fresh = self._store.get_subject(row.id)
-                if fresh is None or fresh.state.gone or fresh.wrapped_dek == row.wrapped_dek:
-                    raise
-                dek = self._keys.unwrap(ref, fresh.wrapped_dek, aad)
-            self._data_keys.put(row.id, dek)
-        audit.key_used(row.id, dek)
-        return dek
+                pass
+        # Not in the row read (a record written or rekeyed after it), or its
+        # wrap no longer opens: the subject's row as it is now.
+        fresh = self._store.get_subject(row.id)
+        if fresh is None or fresh.state.gone:
+            raise DecryptionFailed()
+        again = fresh.wrap_of(generation)
+        if again is None or again == wrapped:
+            raise DecryptionFailed()
+        return self._keys.unwrap(ref, again, aad)
+
+    def _pseudonym_key(self, row: SubjectRow, current: bytes | None = None) -> bytes:
+        """The subject's audit pseudonym key: derived from its data key, or,
+        once rekeyed, the one the first data key gave, carried over sealed
+        under the current data key (see :mod:`vault.rotation._rekey`).
+        ``current``: that data key, if the caller has it at hand. The same key
+        for every generation: one the request already found is reused."""
+        note = audit.current()
+        known = None if note is None else note.keys_used.get(row.id)
+        if known is not None:
+            return known
+        dek = current if current is not None else self._dek(row, row.dek_generation)
+        if row.pseudonym_seal is None:
+            return audit.pseudonym_key(dek)
+        return open_subject_secret(
+            dek, PSEUDONYM_SEAL, row.id, row.region, row.dek_generation, row.pseudonym_seal
+        )
 
     def _audit(self, row: SubjectRow, record_id: str | None = None) -> None:
         """Notes for the request's audit entry that it concerns this subject
         (and record), with the source of the subject's pseudonym key."""
 
-        def data_key(may_unwrap: bool) -> bytes | None:
-            # The cached key, else (unless the call failed on keys) the usual
-            # unwrap-and-cache; None once the subject is gone or its key destroyed.
+        def pseudonym_key(may_unwrap: bool) -> bytes | None:
+            # From the cached key, else (unless the call failed on keys) the
+            # usual unwrap-and-cache; None once the subject is gone or its key
+            # destroyed.
             if row.state.gone:
                 return None
-            if not may_unwrap:
-                return self._data_keys.get(row.id)
             try:
-                return self._data_key(row)
+                if not may_unwrap and self._data_keys.get(row.id, row.dek_generation) is None:
+                    return None
+                return self._pseudonym_key(row)
             except (DecryptionFailed, KeyServiceUnavailable, Erased):
                 return None
 
-        audit.about(self.region.id, row.id, record_id, data_key)
+        audit.about(self.region.id, row.id, record_id, pseudonym_key)
 
-    def _open(self, dek: bytes, rec: RecordRow) -> RecordView:
+    def _open(self, subject: SubjectRow, rec: RecordRow) -> RecordView:
+        """The record opened with the data key of its generation."""
+        dek = self._data_key(subject, rec.dek_generation)
         ctx = RecordContext(rec.id, rec.subject_id, self.region.id, rec.category, rec.version)
         fields = open_fields(dek, ctx, rec.envelope)
         return RecordView(
@@ -222,8 +271,8 @@ class CellBase:
             rec.updated_at,
         )
 
-    def _open_for(self, dek: bytes, rec: RecordRow, allowed: FieldGrant) -> RecordView:
-        v = self._open(dek, rec)
+    def _open_for(self, subject: SubjectRow, rec: RecordRow, allowed: FieldGrant) -> RecordView:
+        v = self._open(subject, rec)
         if allowed is None:
             audit.touched(v.category, v.fields)
             return v

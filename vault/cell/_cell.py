@@ -53,6 +53,7 @@ from vault.inline import ensure_may_block
 from vault.keys import KeyRef, KeyShredder
 from vault.policy import Caller, SubjectFacts
 from vault.store import (
+    DataKeyChanged,
     DuplicateKey,
     IndexVersionsChanged,
     LookupWrite,
@@ -93,6 +94,7 @@ class Cell(RecordOps):
         normalised: list[tuple[str, str]],
         subject_id: str | None = None,
         dek: bytes | None = None,
+        generation: int = 1,
     ) -> LookupWrite:
         """The blind-index digests of normalised values under every active
         index key version, and (given the subject's data key) the values
@@ -114,20 +116,27 @@ class Cell(RecordOps):
         else:
             raise Conflict("the lookup index changed during the write; retry")
         sealed = (
-            self._seal_lookups(dek, subject_id, normalised)
+            self._seal_lookups(dek, subject_id, normalised, generation)
             if dek is not None and subject_id is not None
             else ()
         )
         return LookupWrite(versions, digests, sealed)
 
     def _seal_lookups(
-        self, dek: bytes, subject_id: str, normalised: list[tuple[str, str]]
+        self,
+        dek: bytes,
+        subject_id: str,
+        normalised: list[tuple[str, str]],
+        generation: int = 1,
     ) -> tuple[SealedLookup, ...]:
+        """The values sealed under the subject's data key of ``generation``
+        (a new subject's: 1)."""
         return tuple(
             SealedLookup(
                 lookup_value_id(dek, kind, value),
                 kind,
                 seal_lookup_value(dek, subject_id, self.region.id, kind, value),
+                generation,
             )
             for kind, value in normalised
         )
@@ -350,14 +359,14 @@ class Cell(RecordOps):
         consents = self._store.list_consents(subject_id)
         transfers = self.transfer_history(subject_id)
         accesses = self._access_report(subject)
-        dek = self._data_key(subject)
+        self._data_key(subject)  # the key service answers before the first piece
 
         def pages() -> Iterator[list[RecordView | None]]:
             after: str | None = None
             while rows := self._store.list_records(subject.id, None, after, page_size):
                 after = rows[-1].id
                 yield [
-                    self._open_for(dek, r, grants[r.category]) if r.category in grants else None
+                    self._open_for(subject, r, grants[r.category]) if r.category in grants else None
                     for r in rows
                 ]
 
@@ -386,15 +395,19 @@ class Cell(RecordOps):
         subject = self._live_subject(subject_id)
         normalised = self._lookup_values(caller, entries, self._facts(caller, subject))
         self._lookup_transfer(caller, subject_id, entries, "SetLookups")
-        dek = self._data_key(subject) if normalised else None
         for _ in range(_INDEX_RETRIES):
-            write = self._lookup_write(normalised, subject_id, dek)
+            # Sealed under the newest data key (the next one while a rekey runs).
+            dek = self._data_key(subject) if normalised else None
+            write = self._lookup_write(normalised, subject_id, dek, subject.newest_generation)
             try:
                 added = self._store.add_lookups(
                     subject_id, write, MAX_LOOKUPS_PER_SUBJECT, self._writable(caller)
                 )
             except IndexVersionsChanged:  # a re-index started or ended: digests again
                 self._index.refresh()
+                continue
+            except DataKeyChanged:  # a rekey started or ended: seal again
+                subject = self._live_subject(subject_id)
                 continue
             if added is None:
                 self._refused_write(caller, subject_id)

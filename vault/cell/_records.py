@@ -81,33 +81,75 @@ class RecordOps(CellBase):
         rid = ids.new_record_id(self.region.id)
         self._audit(subject, rid)
         self._transfer(caller, "PutRecord", subject_id, rid, [category], write=True)
-        dek = self._data_key(subject)
-        key = digest = None
-        if idempotency_key:
-            key = scoped_idempotency_key(caller, idempotency_key)
-            digest = request_digest(dek, "put-record", [category, fields])
-            existing = self._store.record_by_idempotency_key(subject_id, key)
-            if existing is not None:
-                return self._replayed_record(caller, subject_id, *existing, fields, digest)
-        now = self._clock()
-        ctx = RecordContext(rid, subject_id, self.region.id, category, 1)
-        row = RecordRow(rid, subject_id, category, 1, seal_fields(dek, ctx, fields), now, now)
-        try:
-            if not self._store.insert_record(
-                row,
-                key,
-                self._authz.expiry(caller, category, now),
-                self._writable(caller),
-                request_digest=digest,
-            ):
-                self._subjects.evict(subject_id)
-                self._refused_write(caller, subject_id)
-        except DuplicateKey:
-            existing = self._store.record_by_idempotency_key(subject_id, key) if key else None
-            if existing is None or digest is None:
-                raise
-            return self._replayed_record(caller, subject_id, *existing, fields, digest)
-        return RecordView(rid, subject_id, category, dict(fields), 1, now, now)
+        payload = [category, fields]
+        for retried in (False, True):
+            generation = subject.newest_generation
+            dek = self._data_key(subject)
+            key = digest = None
+            if idempotency_key:
+                key = scoped_idempotency_key(caller, idempotency_key)
+                digest = self._request_digest(subject, payload)
+                existing = self._store.record_by_idempotency_key(subject_id, key)
+                if existing is not None:
+                    return self._replayed_record(caller, subject, *existing, fields, payload)
+            now = self._clock()
+            ctx = RecordContext(rid, subject_id, self.region.id, category, 1)
+            sealed = seal_fields(dek, ctx, fields)
+            row = RecordRow(rid, subject_id, category, 1, sealed, now, now, generation)
+            try:
+                if self._store.insert_record(
+                    row,
+                    key,
+                    self._authz.expiry(caller, category, now),
+                    self._writable(caller),
+                    request_digest=digest,
+                ):
+                    return RecordView(rid, subject_id, category, dict(fields), 1, now, now)
+            except DuplicateKey:
+                existing = self._store.record_by_idempotency_key(subject_id, key) if key else None
+                if existing is None or digest is None:
+                    raise
+                return self._replayed_record(caller, subject, *existing, fields, payload)
+            subject = self._write_refused(caller, subject_id, generation, retried)
+            self._subjects.put(subject_id, subject)
+        raise AssertionError("unreachable")  # the second refusal raises
+
+    def _request_digest(self, subject: SubjectRow, payload: object) -> str:
+        """The keyed digest of a write an idempotency key names: keyed under the
+        subject's pseudonym key, which a rekey carries over (so a retry that
+        spans a rekey is still recognised) and an erasure destroys."""
+        return request_digest(self._pseudonym_key(subject), "put-record", payload)
+
+    def _same_request(self, subject: SubjectRow, stored: str | None, payload: object) -> bool:
+        """Whether a stored digest is of this request. Digests written before
+        they were keyed under the pseudonym key were keyed under the data key
+        itself, generation 1: recognised while the subject was never rekeyed
+        (after a rekey, such a retry is refused as a reused key)."""
+        if same_digest(stored, self._request_digest(subject, payload)):
+            return True
+        return (
+            stored is not None
+            and subject.dek_generation == 1
+            and same_digest(stored, request_digest(self._dek(subject, 1), "put-record", payload))
+        )
+
+    def _write_refused(
+        self, caller: Caller, subject_id: str, generation: int, retried: bool
+    ) -> SubjectRow:
+        """Why a guarded record write wrote nothing. If it was sealed under a
+        data-key generation no longer the newest (a rekey started since the
+        subject's row was read), the subject's fresh row, to write again once;
+        else the refusal. (The data-key cache is by generation: nothing in it
+        is stale; the cached subject row is.)"""
+        self._subjects.evict(subject_id)
+        current = self._live_subject(subject_id)  # raises NotFound / Erased
+        if (
+            not retried
+            and current.state in self._writable(caller)
+            and current.newest_generation != generation
+        ):
+            return current
+        self._refused_write(caller, subject_id)
 
     def import_records(
         self,
@@ -131,30 +173,34 @@ class RecordOps(CellBase):
             return 0
         categories = sorted({c for c, _ in records})
         self._transfer(caller, "ImportSubjects", subject_id, None, categories, write=True)
-        dek = self._data_key(subject)
         keys = [
             scoped_idempotency_key(caller, f"{idempotency_key}/{i}") for i in range(len(records))
         ]
-        done = self._store.record_digests(subject_id, keys)
-        now = self._clock()
-        batch = []
-        for key, (category, fields) in zip(keys, records, strict=True):
-            digest = request_digest(dek, "put-record", [category, fields])
-            if key in done:
-                if not same_digest(done[key], digest):
-                    raise Conflict(
-                        "the idempotency key was already used for a different request",
-                        reason="IDEMPOTENCY_KEY_REUSED",
-                    )
-                continue
-            rid = ids.new_record_id(self.region.id)
-            ctx = RecordContext(rid, subject_id, self.region.id, category, 1)
-            row = RecordRow(rid, subject_id, category, 1, seal_fields(dek, ctx, fields), now, now)
-            batch.append((row, key, self._authz.expiry(caller, category, now), digest))
-        if batch and not self._store.insert_records(batch, self._writable(caller)):
-            self._subjects.evict(subject_id)
-            self._refused_write(caller, subject_id)
-        return len(batch)
+        for retried in (False, True):
+            generation = subject.newest_generation
+            dek = self._data_key(subject)
+            done = self._store.record_digests(subject_id, keys)
+            now = self._clock()
+            batch = []
+            for key, (category, fields) in zip(keys, records, strict=True):
+                payload = [category, fields]
+                if key in done:
+                    if not self._same_request(subject, done[key], payload):
+                        raise Conflict(
+                            "the idempotency key was already used for a different request",
+                            reason="IDEMPOTENCY_KEY_REUSED",
+                        )
+                    continue
+                rid = ids.new_record_id(self.region.id)
+                ctx = RecordContext(rid, subject_id, self.region.id, category, 1)
+                sealed = seal_fields(dek, ctx, fields)
+                row = RecordRow(rid, subject_id, category, 1, sealed, now, now, generation)
+                digest = self._request_digest(subject, payload)
+                batch.append((row, key, self._authz.expiry(caller, category, now), digest))
+            if not batch or self._store.insert_records(batch, self._writable(caller)):
+                return len(batch)
+            subject = self._write_refused(caller, subject_id, generation, retried)
+        raise AssertionError("unreachable")  # the second refusal raises
 
     def check_import(
         self, caller: Caller, minor: bool, records: list[tuple[str, dict[str, str]]]
@@ -184,21 +230,23 @@ class RecordOps(CellBase):
     def _replayed_record(
         self,
         caller: Caller,
-        subject_id: str,
+        subject: SubjectRow,
         existing: RecordRow,
         stored_digest: str | None,
         fields: dict[str, str],
-        digest: str,
+        payload: object,
     ) -> RecordView:
         """The answer to a retried write: exactly what the first write answered.
 
         Only the same request (same category and fields, keyed digest under the
-        subject's data key) is a replay; the caller's scope was checked above
+        subject's pseudonym key: see :meth:`_request_digest`) is a replay; the
+        caller's scope was checked above
         and the subject's *current* state is checked here. Nothing is
         decrypted: the reply holds the fields the caller sent, never the
         record's current content (someone may have updated it since).
         """
-        if not same_digest(stored_digest, digest):
+        subject_id = subject.id
+        if not self._same_request(subject, stored_digest, payload):
             raise Conflict(
                 "the idempotency key was already used for a different request",
                 reason="IDEMPOTENCY_KEY_REUSED",
@@ -242,47 +290,61 @@ class RecordOps(CellBase):
         if expected_version and expected_version != rec.version:
             raise Conflict("record version does not match expected_version")
         self._transfer(caller, "PutRecord", rec.subject_id, rec.id, [category], write=True)
-        dek = self._data_key(subject)
-        if allowed is not None:
-            # A caller granted some fields replaces those and keeps the others.
-            kept = {k: v for k, v in self._open(dek, rec).fields.items() if k not in allowed}
-            fields = {**kept, **fields}
-        version = rec.version + 1
-        now = self._clock()
-        ctx = RecordContext(rec.id, rec.subject_id, self.region.id, category, version)
-        row = RecordRow(
-            rec.id,
-            rec.subject_id,
-            category,
-            version,
-            seal_fields(dek, ctx, fields),
-            rec.created_at,
-            now,
-        )
-        if not self._store.update_record(
-            row, rec.version, self._authz.expiry(caller, category, now), self._writable(caller)
-        ):
+        sent = fields
+        for retried in (False, True):
+            generation = subject.newest_generation
+            dek = self._data_key(subject)
+            if allowed is not None:
+                # A caller granted some fields replaces those and keeps the others.
+                opened = self._open(subject, rec).fields
+                kept = {k: v for k, v in opened.items() if k not in allowed}
+                fields = {**kept, **sent}
+            version = rec.version + 1
+            now = self._clock()
+            ctx = RecordContext(rec.id, rec.subject_id, self.region.id, category, version)
+            row = RecordRow(
+                rec.id,
+                rec.subject_id,
+                category,
+                version,
+                seal_fields(dek, ctx, fields),
+                rec.created_at,
+                now,
+                generation,
+            )
+            if self._store.update_record(
+                row, rec.version, self._authz.expiry(caller, category, now), self._writable(caller)
+            ):
+                return RecordView(
+                    rec.id,
+                    rec.subject_id,
+                    category,
+                    filter_fields(fields, allowed),
+                    version,
+                    rec.created_at,
+                    now,
+                )
             current = self._store.get_subject(rec.subject_id)
             if current is None or current.state.gone:
                 raise Erased("subject has been erased")
             if current.state not in self._writable(caller):
                 self._refused_write(caller, rec.subject_id)
-            raise Conflict("record was changed concurrently")
-        return RecordView(
-            rec.id,
-            rec.subject_id,
-            category,
-            filter_fields(fields, allowed),
-            version,
-            rec.created_at,
-            now,
-        )
+            if retried or current.newest_generation == generation:
+                raise Conflict("record was changed concurrently")
+            # A rekey started since the rows were read: the record again (a
+            # rekey keeps its version), sealed under the newest generation.
+            self._subjects.evict(rec.subject_id)
+            found = self._store.get_record(record_id)
+            if found is None or found[0].version != rec.version:
+                raise Conflict("record was changed concurrently")
+            rec, subject = found
+        raise AssertionError("unreachable")  # the second refusal raises
 
     def get_record(self, caller: Caller, record_id: str) -> RecordView:
         rec, subject = self._record_for(caller, "read", record_id)
         allowed = self._authz.fields(caller, rec.category, "read", self._facts(caller, subject))
         self._transfer(caller, "GetRecord", rec.subject_id, rec.id, [rec.category])
-        return self._open_for(self._data_key(subject), rec, allowed)
+        return self._open_for(subject, rec, allowed)
 
     def list_records(
         self, caller: Caller, subject_id: str, category: str, page_size: int, page_token: str
@@ -313,8 +375,7 @@ class RecordOps(CellBase):
         rows = rows[:page_size]
         views = []
         if rows:
-            dek = self._data_key(subject)
-            views = [self._open_for(dek, r, grants[r.category]) for r in rows]
+            views = [self._open_for(subject, r, grants[r.category]) for r in rows]
         token = encode_page_token(subject_id, category, rows[-1].id) if more else ""
         return RecordPage(views, token)
 

@@ -1,5 +1,6 @@
-"""``pdvault keys rotate|reindex|status``: subject key rotation jobs, blind-index
-re-index jobs and key coverage."""
+"""``pdvault keys rotate|reindex|rekey|status``: subject key rotation jobs,
+blind-index re-index jobs, a subject's rekey (its records under a fresh data
+key) and key coverage."""
 
 from __future__ import annotations
 
@@ -13,14 +14,21 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from vault.audit import AuditStore, audit_url
 from vault.config import RegionConfig, load_regions, parse_duration
 from vault.datadir import DEFAULT_DATA_DIR, DataDir
 from vault.devstack import OpenBaoServer
-from vault.errors import KeyServiceUnavailable
+from vault.errors import DecryptionFailed, KeyServiceUnavailable, VaultError
 from vault.keys import OpenBaoCredential
-from vault.rotation import LookupReindex, RateLimiter, ReindexSummary, SubjectKeyRotation
+from vault.rotation import (
+    LookupReindex,
+    RateLimiter,
+    ReindexSummary,
+    SubjectKeyRotation,
+    SubjectRekey,
+)
 from vault.server import region_key_provider, region_rotator
-from vault.store import IndexStore, RotationStore, make_engine, migrate
+from vault.store import IndexStore, RekeyStore, RotationStore, make_engine, migrate
 from vault.tokens.keyfiles import HISTORY_FILE, read_history, read_published, signing_key_age
 
 
@@ -71,13 +79,28 @@ def add_parser(sub: Any) -> None:
         help="retire the old version even though some lookups have no sealed value (set before "
         "values were sealed): their entries are deleted and no longer find their subject",
     )
+    rk = ksub.add_parser(
+        "rekey",
+        help="re-encrypt one subject's records under a fresh data key (a data key that may "
+        "have leaked; resumable)",
+    )
+    rk.add_argument("subject_id", metavar="SUBJECT_ID")
+    rk.add_argument(
+        "--region", default=None, help="the subject's region (default: from the subject id)"
+    )
+    rk.add_argument(
+        "--rotate",
+        action="store_true",
+        help="then rotate the subject's Transit key and trim its old versions, so a backup's "
+        "old wrap of the old data key no longer opens",
+    )
     st = ksub.add_parser(
         "status", help="per region: key versions in use, index key versions, signing keys"
     )
-    for p in (rot, rix, st):
+    for p in (rot, rix, rk, st):
         p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
         p.add_argument("--regions", type=Path, default=None)
-    for p in (rot, rix):
+    for p in (rot, rix, rk):
         p.add_argument(
             "--openbao-token",
             default=os.environ.get("BAO_ROTATION_TOKEN"),
@@ -90,25 +113,84 @@ def run(args: argparse.Namespace) -> int:
     if args.keys_command == "rotate":
         return _rotate(args)
     if args.keys_command == "reindex":
-        return _rotate(args, reindex=True)
+        return _with_rotation_credential(args, args.region, _run_reindex)
+    if args.keys_command == "rekey":
+        return _rekey(args)
     return _status(args)
 
 
-def _rotate(args: argparse.Namespace, reindex: bool = False) -> int:
+def _rotate(args: argparse.Namespace) -> int:
+    return _with_rotation_credential(args, args.region, _run_rotation)
+
+
+def _rekey(args: argparse.Namespace) -> int:
+    sid: str = args.subject_id
+    region = args.region or sid.partition("_")[0]
+    return _with_rotation_credential(args, region, _run_rekey)
+
+
+def _with_rotation_credential(
+    args: argparse.Namespace,
+    region_id: str,
+    job: Any,
+) -> int:
     data_dir: Path = args.data_dir.resolve()
     bao = OpenBaoServer(data_dir, log=False)
     regions = load_regions(args.regions, data_dir=str(data_dir), openbao_addr=bao.address)
-    region = regions.regions.get(args.region)
+    region = regions.regions.get(region_id)
     if region is None:
-        print(f"pdvault: no region {args.region!r} in {regions.source}", file=sys.stderr)
+        print(f"pdvault: no region {region_id!r} in {regions.source}", file=sys.stderr)
         return 2
     credential: OpenBaoCredential = args.openbao_token or bao.rotation_login(regions)
     try:
-        if reindex:
-            return _run_reindex(args, region, credential)
-        return _run_rotation(args, region, credential)
+        return int(job(args, region, credential))
     finally:
         bao.retire()  # the login made for this run (if any) ends with it
+
+
+def _run_rekey(
+    args: argparse.Namespace, region: RegionConfig, credential: OpenBaoCredential
+) -> int:
+    engine = make_engine(region.database_url)
+    migrate(engine)
+    rotator = region_rotator(region, credential)
+    # The region's audit log (shared with the nodes: each append chains on the
+    # stored head) records the rekey under the subject's pseudonym.
+    log = AuditStore.open(audit_url(region.database_url, region.id), region.id)
+    job = SubjectRekey(RekeyStore(engine), rotator, region.id, audit_log=log)
+    rotation = (
+        SubjectKeyRotation(RotationStore(engine), rotator, region.id) if args.rotate else None
+    )
+    console = Console(stderr=True)
+    # The subject id is the operator's own input; it is printed back, never data.
+    try:
+        with console.status(f"rekeying {args.subject_id}") as status:
+
+            def tick(done: int) -> None:
+                status.update(f"rekeying {args.subject_id}: {done} records")
+
+            s = job.run(args.subject_id, rotation=rotation, progress=tick)
+    except (KeyServiceUnavailable, DecryptionFailed) as e:
+        print(
+            f"pdvault: {args.subject_id}: {e or 'the data key does not open'}; run again to resume",
+            file=sys.stderr,
+        )
+        return 1
+    except VaultError as e:  # not found, erased, held by another job, changed meanwhile
+        print(f"pdvault: {args.subject_id}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+        log.close()
+    print(
+        f"{args.subject_id}: rekeyed to data-key generation {s.generation}"
+        + (" (resumed)" if s.resumed else "")
+        + f": {s.reencrypted} records re-encrypted, {s.by_writers} re-sealed by writers "
+        f"meanwhile, {s.retries} compare-and-set retries, {s.passes} pass(es), "
+        f"in {s.seconds:.1f} s"
+        + ("" if s.rotated is None else f"; Transit key rotation: {s.rotated}")
+    )
+    return 0 if s.rotated in (None, "rotated") else 1
 
 
 def _run_rotation(

@@ -46,6 +46,9 @@ _RECORD_AAD_LABEL = b"pdvault/record/v1"
 _DEK_AAD_LABEL = b"pdvault/dek/v1"
 _LOOKUP_AAD_LABEL = b"pdvault/lookup-value/v1"
 _LOOKUP_ID_LABEL = b"pdvault/lookup-value-id/v1"
+_SEAL_AAD_LABEL = b"pdvault/seal/v1"
+#: What a subject's sealed audit pseudonym key is bound to (``subjects.pseudonym_seal``).
+PSEUDONYM_SEAL = "audit-pseudonym"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,4 +154,36 @@ def open_lookup_value(dek: bytes, subject_id: str, region: str, kind: str, seale
         plaintext = AESGCM(dek).decrypt(sealed[1:_HEADER], sealed[_HEADER:], aad)
         return plaintext.decode("utf-8")
     except (InvalidTag, UnicodeDecodeError):
+        raise DecryptionFailed() from None
+
+
+def _seal_associated_data(what: str, subject_id: str, region: str, generation: int) -> bytes:
+    return b"|".join(
+        (_SEAL_AAD_LABEL, what.encode(), region.encode(), subject_id.encode(), b"%d" % generation)
+    )
+
+
+def seal_subject_secret(
+    dek: bytes, what: str, subject_id: str, region: str, generation: int, secret: bytes
+) -> bytes:
+    """A secret of the subject (its audit pseudonym key, …) sealed under the
+    data key of ``generation``, bound to what it is, the subject, the region
+    and the generation: the same envelope format as records (version byte,
+    nonce, AES-256-GCM ciphertext and tag)."""
+    aad = _seal_associated_data(what, subject_id, region, generation)
+    nonce = os.urandom(_NONCE_BYTES)
+    return bytes((ENVELOPE_V1,)) + nonce + AESGCM(dek).encrypt(nonce, secret, aad)
+
+
+def open_subject_secret(
+    dek: bytes, what: str, subject_id: str, region: str, generation: int, sealed: bytes
+) -> bytes:
+    """The secret :func:`seal_subject_secret` sealed; :class:`DecryptionFailed`
+    for anything else (other key, subject, region, generation, altered byte)."""
+    if len(sealed) < _MIN_LEN or sealed[0] != ENVELOPE_V1 or len(dek) != DEK_BYTES:
+        raise DecryptionFailed()
+    aad = _seal_associated_data(what, subject_id, region, generation)
+    try:
+        return AESGCM(dek).decrypt(sealed[1:_HEADER], sealed[_HEADER:], aad)
+    except InvalidTag:
         raise DecryptionFailed() from None

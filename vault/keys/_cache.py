@@ -74,10 +74,47 @@ class BoundedCache(Generic[V]):
 
 
 class DataKeyCache(BoundedCache[bytes]):
-    """Unwrapped data keys, by subject id.
+    """Unwrapped data keys, by subject id and data-key generation.
 
     Only a performance device: whether a subject may be decrypted at all
     (erasure) is decided from the cell database on every request, never here.
+    A subject being rekeyed has two generations in use at once (records not
+    yet re-encrypted, and new writes); both are cached, as separate entries.
+    ``evict`` drops every generation of the subject.
     """
 
     metric_name = "data_key"
+
+    def __init__(
+        self, settings: CacheSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__(settings, clock)
+        #: Subject id -> generations other than 1 put for it (a few subjects
+        #: only: those rekeyed while this node ran); kept in step with evictions
+        #: by ``evict`` and ``clear`` (an entry left after an LRU eviction only
+        #: costs a failed pop).
+        self._later: dict[str, set[int]] = {}
+
+    @staticmethod
+    def _key(subject_id: str, generation: int) -> str:
+        return subject_id if generation == 1 else f"{subject_id}\x00{generation}"
+
+    def get(self, key: str, generation: int = 1) -> bytes | None:
+        return super().get(self._key(key, generation))
+
+    def put(self, key: str, value: bytes, generation: int = 1) -> None:
+        if generation != 1:
+            with self._lock:
+                self._later.setdefault(key, set()).add(generation)
+        super().put(self._key(key, generation), value)
+
+    def evict(self, key: str) -> None:
+        with self._lock:
+            later = self._later.pop(key, set())
+            for g in (1, *later):
+                self._entries.pop(self._key(key, g), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._later.clear()
+            self._entries.clear()

@@ -91,3 +91,9 @@ class RoutedKeyRotator(_ByMount[TransitKeyRotator]):
 
     def retire_below(self, ref: KeyRef, version: int) -> None:
         self._for(ref.mount).retire_below(ref, version)
+
+    def unwrap(self, ref: KeyRef, wrapped: str, associated_data: bytes) -> bytes:
+        return self._for(ref.mount).unwrap(ref, wrapped, associated_data)
+
+    def wrap(self, ref: KeyRef, plaintext: bytes, associated_data: bytes) -> str:
+        return self._for(ref.mount).wrap(ref, plaintext, associated_data)

@@ -419,6 +419,16 @@ class TransitKeyRotator(_TransitClient):
             raise KeyGone() from e
         return self._keys.wrap(ref, data_key, associated_data)
 
+    def unwrap(self, ref: KeyRef, wrapped: str, associated_data: bytes) -> bytes:
+        """A data key (a rekey's old and next keys), held by the caller only
+        for the job's work; :class:`~vault.errors.DecryptionFailed` if the wrap
+        does not open (the key is gone, or the wrap was altered)."""
+        return self._keys.unwrap(ref, wrapped, associated_data)
+
+    def wrap(self, ref: KeyRef, plaintext: bytes, associated_data: bytes) -> str:
+        """A new data key wrapped by the key's newest version (a rekey's next key)."""
+        return self._keys.wrap(ref, plaintext, associated_data)
+
     def retire_below(self, ref: KeyRef, version: int) -> None:
         """No version below ``version`` decrypts any more, and they are deleted
         (``min_decryption_version``, then ``trim``)."""

@@ -46,7 +46,7 @@ from vault.crypto import dek_associated_data, new_data_key, open_lookup_value
 from vault.errors import DecryptionFailed, KeyServiceUnavailable
 from vault.keys import KeyGone, KeyProvider, KeyRef
 from vault.rotation._subjects import KeyRotator, RateLimiter
-from vault.store import IndexStore, RotationStore
+from vault.store import IndexStore, LiveSubject, RotationStore
 from vault.store._cellstore import wrap_key_version
 
 JOB_KIND = "reindex"
@@ -236,6 +236,35 @@ class LookupReindex:
         summary.seconds = time.monotonic() - started
         return summary
 
+    def _data_key(self, sid: str, subject: LiveSubject, generation: int) -> bytes | str | None:
+        """The subject's data key of ``generation``; None when the subject holds
+        no such generation (any more); "gone" or "failed" to end the subject."""
+        aad = dek_associated_data(sid, subject.region)
+        ref = KeyRef(subject.key_mount, subject.key_name)
+        wrapped = subject.wrap_of(generation)
+        try:
+            if wrapped is None:
+                raise DecryptionFailed()
+            return self._keys.unwrap(ref, wrapped, aad)
+        except (DecryptionFailed, KeyGone):
+            # A subject key rotation may have re-wrapped the data key and
+            # retired the version of the wrap read a moment ago, or a rekey
+            # switched generations: read again.
+            fresh = self._index.live_subject(sid)
+            if fresh is None:
+                return "gone"  # erased meanwhile (the key destroyed)
+            again = fresh.wrap_of(generation)
+            if again is None:
+                return None
+            if again == wrapped:
+                return "failed"  # a wrap that does not open
+            try:
+                return self._keys.unwrap(ref, again, aad)
+            except (DecryptionFailed, KeyGone, KeyServiceUnavailable):
+                return "failed"
+        except KeyServiceUnavailable:
+            return "failed"
+
     def _one(self, sid: str, old: int, new: int, key: bytes, limiter: RateLimiter | None) -> str:
         subject = self._index.live_subject(sid)
         if subject is None:
@@ -244,30 +273,25 @@ class LookupReindex:
         if sealed:
             if limiter is not None:
                 limiter.acquire()
-            aad = dek_associated_data(sid, subject.region)
-            ref = KeyRef(subject.key_mount, subject.key_name)
-            try:
-                dek = self._keys.unwrap(ref, subject.wrapped_dek, aad)
-            except (DecryptionFailed, KeyGone):
-                # A subject key rotation may have re-wrapped the data key and
-                # retired the version of the wrap read a moment ago: read again.
-                fresh = self._index.live_subject(sid)
-                if fresh is None:
-                    return "gone"  # erased meanwhile (the key destroyed)
-                if fresh.wrapped_dek == subject.wrapped_dek:
-                    return "failed"  # a wrap that does not open
-                try:
-                    dek = self._keys.unwrap(ref, fresh.wrapped_dek, aad)
-                except (DecryptionFailed, KeyGone, KeyServiceUnavailable):
-                    return "failed"
-            except KeyServiceUnavailable:
-                return "failed"
+            # Each value opens with the data key of its generation (two while
+            # a rekey of the subject runs).
+            deks: dict[int, bytes] = {}
+            for generation in sorted({v.generation for v in sealed}):
+                got = self._data_key(sid, subject, generation)
+                if isinstance(got, str):
+                    return got
+                if got is not None:
+                    deks[generation] = got
             entries = []
             for value in sealed:
+                dek = deks.get(value.generation)
                 try:
+                    if dek is None:
+                        raise DecryptionFailed()
                     plain = open_lookup_value(dek, sid, subject.region, value.kind, value.sealed)
                 except DecryptionFailed:
-                    # Not this subject's (copied, altered): never indexed.
+                    # Not this subject's (copied, altered), or sealed under a
+                    # generation the subject no longer has: never indexed.
                     log.warning("a sealed lookup value of a subject does not open; left out")
                     continue
                 entries.append((value.kind, digest_with(key, value.kind, plain)))

@@ -137,21 +137,28 @@ class SubjectKeyRotation:
         job = self._store.open_job(JOB_KIND, now - int(older_than_seconds * 1_000_000), now)
         summary = RotationSummary(job.id, self._region, resumed=bool(job.cursor))
         cursor = job.cursor
-        while candidates := self._store.due(cursor, job.cutoff_us, batch):
-            for cand in candidates:
-                outcome = self._one(cand, job.cutoff_us, limiter)
-                self._count(summary, outcome)
-                self._store.advance(
-                    job.id,
-                    cand.id,
-                    rotated=int(outcome == "rotated"),
-                    skipped=int(outcome in ("gone", "held")),
-                    failed=int(outcome == "failed"),
-                )
-                metrics.KEY_ROTATIONS.labels(self._region, outcome).inc()
-                if progress is not None:
-                    progress(cand.id, outcome)
-                cursor = cand.id
+        for _ in range(2):
+            while candidates := self._store.due(cursor, job.cutoff_us, batch):
+                for cand in candidates:
+                    outcome = self._one(cand, job.cutoff_us, limiter)
+                    self._count(summary, outcome)
+                    self._store.advance(
+                        job.id,
+                        cand.id,
+                        rotated=int(outcome == "rotated"),
+                        skipped=int(outcome in ("gone", "held")),
+                        failed=int(outcome == "failed"),
+                    )
+                    metrics.KEY_ROTATIONS.labels(self._region, outcome).inc()
+                    if progress is not None:
+                        progress(cand.id, outcome)
+                    cursor = cand.id
+            if summary.failed or not self._store.due("", job.cutoff_us, 1):
+                break
+            # Subjects the cursor passed while another job held them and that
+            # are still due (a rekey holds a subject without rotating its
+            # key): once more from the start.
+            cursor = ""
         # Finished only when nothing due is left: not what another job holds
         # (it may die), nor what failed here.
         still_due = self._store.due("", job.cutoff_us, 1)
@@ -179,6 +186,19 @@ class SubjectKeyRotation:
         finally:
             self._store.release(cand.id, self.owner)
 
+    def rotate_claimed(self, subject_id: str) -> str:
+        """Rotates one subject's key now, under a claim this object's ``owner``
+        already holds (a rekey's ``--rotate``); the outcome as for a job."""
+        current = self._store.current(subject_id)
+        if current is None:
+            return "gone"
+        try:
+            outcome = self._rotate(current)
+        except KeyServiceUnavailable:
+            outcome = "failed"
+        metrics.KEY_ROTATIONS.labels(self._region, outcome).inc()
+        return outcome
+
     def _rotate(self, cand: Candidate) -> str:
         ref = KeyRef(cand.key_mount, cand.key_name)
         aad = dek_associated_data(cand.id, self._region)
@@ -189,8 +209,21 @@ class SubjectKeyRotation:
                 return "gone"  # erased meanwhile: its key is the eraser's
             new = self._rotator.rewrap(ref, current.wrapped_dek, aad)
             wrapped_by = wrap_key_version(new)
+            # An unfinished rekey's next data key is wrapped by the same key:
+            # re-wrapped too, or the trim below would make it unreadable.
+            old_next = current.wrapped_dek_next
+            new_next = None if old_next is None else self._rotator.rewrap(ref, old_next, aad)
+            if new_next is not None:
+                wrapped_by = min(wrapped_by, wrap_key_version(new_next))
             if wrapped_by < version or not self._store.store_rewrap(
-                cand.id, self.owner, current.wrapped_dek, new, wrapped_by, self._clock()
+                cand.id,
+                self.owner,
+                current.wrapped_dek,
+                new,
+                wrapped_by,
+                self._clock(),
+                old_next,
+                new_next,
             ):
                 return "gone"
             # The subject's only wrapped data key is on the newest version now.

@@ -5,6 +5,7 @@ from vault.store._cellstore import (
     GONE_STATES,
     LIVE_STATES,
     CellStore,
+    DataKeyChanged,
     IndexVersion,
     IndexVersionsChanged,
     LookupWrite,
@@ -17,6 +18,7 @@ from vault.store._index import IndexStore, LiveSubject, Retirement
 from vault.store._migrate import migrate
 from vault.store._models import consents, metadata, records, subjects
 from vault.store._pool import PoolEntry, PoolStatus, PoolStore
+from vault.store._rekey import RekeyStore, SwitchExtras
 from vault.store._rotation import Coverage, RotationStore
 from vault.store._transfers import CellTransferLog, TransferEntry
 
@@ -26,6 +28,7 @@ __all__ = [
     "CellStore",
     "CellTransferLog",
     "Coverage",
+    "DataKeyChanged",
     "DuplicateKey",
     "IndexStore",
     "IndexVersion",
@@ -36,11 +39,13 @@ __all__ = [
     "PoolStatus",
     "PoolStore",
     "RecordRow",
+    "RekeyStore",
     "Retirement",
     "RotationStore",
     "SealedLookup",
     "SubjectRow",
     "SubjectState",
+    "SwitchExtras",
     "TransferEntry",
     "consents",
     "make_engine",

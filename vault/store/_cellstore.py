@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import (
     Connection,
@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -26,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from vault.db import DuplicateKey, ping, transaction
-from vault.errors import StoreUnavailable, TooLarge
+from vault.errors import Conflict, StoreUnavailable, TooLarge
 from vault.store._models import (
     cell_keys,
     consents,
@@ -59,11 +60,13 @@ class IndexVersionsChanged(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SealedLookup:
-    """A lookup value sealed under its subject's data key (vault.crypto.seal_lookup_value)."""
+    """A lookup value sealed under its subject's data key (vault.crypto.seal_lookup_value)
+    of ``generation`` (see records)."""
 
     value_id: str
     kind: str
     sealed: bytes
+    generation: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,25 @@ class SubjectRow:
     wrapped_dek: str
     created_at: int
     updated_at: int
+    #: The generation of the data key in ``wrapped_dek``; while a rekey runs,
+    #: ``wrapped_dek_next`` holds generation ``dek_generation + 1``.
+    dek_generation: int = 1
+    wrapped_dek_next: str | None = None
+    #: The audit pseudonym key sealed under the current data key (after a rekey).
+    pseudonym_seal: bytes | None = None
+
+    @property
+    def newest_generation(self) -> int:
+        """The generation writes encrypt under: the next one while a rekey runs."""
+        return self.dek_generation + (1 if self.wrapped_dek_next else 0)
+
+    def wrap_of(self, generation: int) -> str | None:
+        """The wrapped data key of ``generation``, if this row holds it."""
+        if generation == self.dek_generation:
+            return self.wrapped_dek or None
+        if generation == self.dek_generation + 1:
+            return self.wrapped_dek_next
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +150,8 @@ class RecordRow:
     envelope: bytes
     created_at: int
     updated_at: int
+    #: The generation of the subject's data key the envelope is sealed under.
+    dek_generation: int = 1
 
 
 _SUBJECT_COLS = (
@@ -140,6 +164,9 @@ _SUBJECT_COLS = (
     subjects.c.wrapped_dek,
     subjects.c.created_at,
     subjects.c.updated_at,
+    subjects.c.dek_generation,
+    subjects.c.wrapped_dek_next,
+    subjects.c.pseudonym_seal,
 )
 _RECORD_COLS = (
     records.c.id,
@@ -149,6 +176,7 @@ _RECORD_COLS = (
     records.c.envelope,
     records.c.created_at,
     records.c.updated_at,
+    records.c.dek_generation,
 )
 
 
@@ -165,8 +193,23 @@ _N_RECORD_COLS = len(_RECORD_COLS)
 
 def _subject_row(r: Sequence[Any]) -> SubjectRow:
     return SubjectRow(
-        r[0], r[1], SubjectState(r[2]), bool(r[3]), r[4], r[5], r[6], int(r[7]), int(r[8])
+        r[0],
+        r[1],
+        SubjectState(r[2]),
+        bool(r[3]),
+        r[4],
+        r[5],
+        r[6],
+        int(r[7]),
+        int(r[8]),
+        int(r[9]),
+        r[10],
+        None if r[11] is None else bytes(r[11]),
     )
+
+
+def _record_row(r: Sequence[Any]) -> RecordRow:
+    return RecordRow(r[0], r[1], r[2], int(r[3]), bytes(r[4]), int(r[5]), int(r[6]), int(r[7]))
 
 
 # A record is written only while its subject is live, checked in the same
@@ -193,6 +236,17 @@ _SUBJECT_LIVE = (
     )
     .exists()
 )
+#: The generation a record written now must be sealed under: the next one
+#: while a rekey runs (``wrapped_dek_next`` set), else the current one.
+NEWEST_GENERATION = subjects.c.dek_generation + case(
+    (subjects.c.wrapped_dek_next.is_(None), 0), else_=1
+)
+# A record write also checks, in its statement, that the generation it was
+# sealed under is still the newest: a rekey that started meanwhile (whose
+# start updates the subject's row, so it waits for the writes holding it
+# FOR SHARE, and they for it) makes the write a no-op, retried by the cell.
+_LIVE_AT_GENERATION = and_(_LIVE_WHERE, bindparam("newest_gen") == NEWEST_GENERATION)
+_SUBJECT_LIVE_AT_GENERATION = select(subjects.c.id).where(_LIVE_AT_GENERATION).exists()
 _INSERT_COLS = (
     "id",
     "subject_id",
@@ -204,10 +258,11 @@ _INSERT_COLS = (
     "updated_at",
     "expires_at",
     "request_digest",
+    "dek_generation",
 )
 
 
-def _insert_while_live(table: Table, cols: tuple[str, ...]) -> Insert:
+def _insert_while_live(table: Table, cols: tuple[str, ...], where: Any = _LIVE_WHERE) -> Insert:
     """INSERT of one row of bound ``cols`` that happens only while the subject
     is live, share-locking its row (see _LIVE_WHERE); rowcount 1 or 0."""
     return (
@@ -216,7 +271,7 @@ def _insert_while_live(table: Table, cols: tuple[str, ...]) -> Insert:
             list(cols),
             select(*(bindparam(c, type_=table.c[c].type) for c in cols))
             .select_from(subjects)
-            .where(_LIVE_WHERE)
+            .where(where)
             .with_for_update(read=True),
         )
         # SQLAlchemy keeps an INSERT's rowcount only when asked to.
@@ -224,10 +279,14 @@ def _insert_while_live(table: Table, cols: tuple[str, ...]) -> Insert:
     )
 
 
-_INSERT_RECORD = _insert_while_live(records, _INSERT_COLS)
+_INSERT_RECORD = _insert_while_live(records, _INSERT_COLS, _LIVE_AT_GENERATION)
 _INSERT_LOOKUP = _insert_while_live(lookups_t, ("kind", "digest", "subject_id", "key_version"))
+#: A sealed lookup value is stored only while its data key's generation is the
+#: subject's newest, like a record (a rekey may have started meanwhile).
 _INSERT_LOOKUP_VALUE = _insert_while_live(
-    lookup_values, ("subject_id", "value_id", "kind", "sealed")
+    lookup_values,
+    ("subject_id", "value_id", "kind", "sealed", "dek_generation"),
+    _LIVE_AT_GENERATION,
 )
 _SUBJECT_LOOKUPS = select(lookups_t.c.kind, lookups_t.c.digest, lookups_t.c.key_version).where(
     lookups_t.c.subject_id == bindparam("sid")
@@ -248,16 +307,35 @@ _UPDATE_RECORD = (
         and_(
             records.c.id == bindparam("rid"),
             records.c.version == bindparam("prev"),
-            _SUBJECT_LIVE,
+            _SUBJECT_LIVE_AT_GENERATION,
         )
     )
     .values(
         version=bindparam("new_version"),
         envelope=bindparam("new_envelope"),
+        dek_generation=bindparam("newest_gen"),
         updated_at=bindparam("new_updated_at"),
         expires_at=bindparam("new_expires_at"),
     )
 )
+
+
+class DataKeyChanged(Conflict):
+    """A value sealed under a data-key generation that is no longer the
+    subject's newest (a rekey started or ended meanwhile): nothing was written."""
+
+
+#: A sealed lookup value's columns, read back by :func:`sealed_lookup`.
+SEALED_LOOKUP_COLS = (
+    lookup_values.c.value_id,
+    lookup_values.c.kind,
+    lookup_values.c.sealed,
+    lookup_values.c.dek_generation,
+)
+
+
+def sealed_lookup(r: Any) -> SealedLookup:
+    return SealedLookup(str(r[0]), str(r[1]), bytes(r[2]), int(r[3]))
 
 
 class _NotLive(Exception):
@@ -444,6 +522,7 @@ class CellStore:
                         "value_id": x.value_id,
                         "kind": x.kind,
                         "sealed": x.sealed,
+                        "dek_generation": x.generation,
                     }
                     for x in {x.value_id: x for x in lookups.sealed}.values()
                 ],
@@ -481,7 +560,7 @@ class CellStore:
             r = conn.execute(_GET_RECORD, {"rid": record_id}).first()
         if r is None:
             return None
-        return RecordRow(*r[:_N_RECORD_COLS]), _subject_row(r[_N_RECORD_COLS:])
+        return _record_row(r[:_N_RECORD_COLS]), _subject_row(r[_N_RECORD_COLS:])
 
     def record_by_idempotency_key(
         self, subject_id: str, key: str
@@ -493,7 +572,7 @@ class CellStore:
                     and_(records.c.subject_id == subject_id, records.c.idempotency_key == key)
                 )
             ).first()
-        return (RecordRow(*r[:-1]), r[-1]) if r else None
+        return (_record_row(r[:-1]), r[-1]) if r else None
 
     def record_digests(self, subject_id: str, keys: list[str]) -> dict[str, str | None]:
         """Of ``keys``, those that already created a record of the subject, with
@@ -534,6 +613,8 @@ class CellStore:
                             "updated_at": row.updated_at,
                             "expires_at": expires_at,
                             "request_digest": digest,
+                            "dek_generation": row.dek_generation,
+                            "newest_gen": row.dek_generation,
                         },
                     )
                     if res.rowcount != 1:
@@ -578,6 +659,7 @@ class CellStore:
                     "new_envelope": row.envelope,
                     "new_updated_at": row.updated_at,
                     "new_expires_at": expires_at,
+                    "newest_gen": row.dek_generation,
                 },
             )
         return res.rowcount == 1
@@ -632,7 +714,7 @@ class CellStore:
             rows = conn.execute(
                 select(*_RECORD_COLS).where(cond).order_by(records.c.id).limit(limit)
             ).all()
-        return [RecordRow(*r) for r in rows]
+        return [_record_row(r) for r in rows]
 
     def count_records(self) -> int:
         with self._tx() as conn:
@@ -773,6 +855,8 @@ class CellStore:
                 .values(
                     state=str(SubjectState.ERASED),
                     wrapped_dek="",
+                    wrapped_dek_next=None,
+                    pseudonym_seal=None,
                     idempotency_key=None,
                     updated_at=now,
                 )
@@ -791,7 +875,7 @@ class CellStore:
                 .where(records.c.subject_id == subject_id)
                 .order_by(records.c.id)
             ).all()
-        return [RecordRow(*r) for r in rows]
+        return [_record_row(r) for r in rows]
 
     # -- blind index -----------------------------------------------------------
 
@@ -860,9 +944,11 @@ class CellStore:
                         "value_id": x.value_id,
                         "kind": x.kind,
                         "sealed": x.sealed,
+                        "dek_generation": x.generation,
+                        "newest_gen": x.generation,
                     }
                     if conn.execute(_INSERT_LOOKUP_VALUE, {**live_params, **params}).rowcount != 1:
-                        raise _NotLive
+                        self._not_live_or_stale(conn, live_params)
                 if new:
                     self._check_index_versions(conn, entries)
         except _NotLive:
@@ -890,11 +976,20 @@ class CellStore:
         """The subject's sealed lookup values (id order)."""
         with self._read() as conn:
             rows = conn.execute(
-                select(lookup_values.c.value_id, lookup_values.c.kind, lookup_values.c.sealed)
+                select(*SEALED_LOOKUP_COLS)
                 .where(lookup_values.c.subject_id == subject_id)
                 .order_by(lookup_values.c.value_id)
             ).all()
-        return [SealedLookup(str(i), str(k), bytes(b)) for i, k, b in rows]
+        return [sealed_lookup(r) for r in rows]
+
+    @staticmethod
+    def _not_live_or_stale(conn: Connection, live_params: dict[str, Any]) -> NoReturn:
+        """After a guarded insert wrote nothing: the subject is not live
+        (_NotLive), or its newest data-key generation changed (a rekey started
+        or ended): DataKeyChanged, to seal again."""
+        if conn.execute(_SUBJECT_LIVE_ROW, live_params).first() is None:
+            raise _NotLive
+        raise DataKeyChanged("the subject's data key changed during the write; seal again")
 
     def replace_lookup_values(
         self,
@@ -917,9 +1012,11 @@ class CellStore:
                         "value_id": x.value_id,
                         "kind": x.kind,
                         "sealed": x.sealed,
+                        "dek_generation": x.generation,
+                        "newest_gen": x.generation,
                     }
                     if conn.execute(_INSERT_LOOKUP_VALUE, {**live_params, **params}).rowcount != 1:
-                        raise _NotLive
+                        self._not_live_or_stale(conn, live_params)
                 if not values and conn.execute(_SUBJECT_LIVE_ROW, live_params).first() is None:
                     raise _NotLive
         except _NotLive:

@@ -32,7 +32,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from vault.db import DuplicateKey, transaction
-from vault.store._cellstore import IndexVersion, SealedLookup, SubjectState
+from vault.store._cellstore import (
+    SEALED_LOOKUP_COLS,
+    IndexVersion,
+    SealedLookup,
+    SubjectState,
+    sealed_lookup,
+)
 from vault.store._models import cell_keys, index_keys, lookup_values, subjects
 from vault.store._models import lookups as lookups_t
 
@@ -51,6 +57,18 @@ class LiveSubject:
     key_mount: str
     key_name: str
     wrapped_dek: str
+    #: The generation ``wrapped_dek`` holds, and the next one's wrap while a
+    #: rekey runs (see vault.rotation._rekey).
+    dek_generation: int = 1
+    wrapped_dek_next: str | None = None
+
+    def wrap_of(self, generation: int) -> str | None:
+        """The wrapped data key of ``generation``, if the row holds it."""
+        if generation == self.dek_generation:
+            return self.wrapped_dek
+        if generation == self.dek_generation + 1:
+            return self.wrapped_dek_next
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +177,8 @@ class IndexStore:
                     subjects.c.key_mount,
                     subjects.c.key_name,
                     subjects.c.wrapped_dek,
+                    subjects.c.dek_generation,
+                    subjects.c.wrapped_dek_next,
                 ).where(and_(subjects.c.id == subject_id, subjects.c.state.in_(_LIVE)))
             ).first()
         return LiveSubject(*r) if r else None
@@ -166,11 +186,11 @@ class IndexStore:
     def sealed_values(self, subject_id: str) -> list[SealedLookup]:
         with self._tx() as conn:
             rows = conn.execute(
-                select(lookup_values.c.value_id, lookup_values.c.kind, lookup_values.c.sealed)
+                select(*SEALED_LOOKUP_COLS)
                 .where(lookup_values.c.subject_id == subject_id)
                 .order_by(lookup_values.c.value_id)
             ).all()
-        return [SealedLookup(str(i), str(k), bytes(b)) for i, k, b in rows]
+        return [sealed_lookup(r) for r in rows]
 
     def _insert_if_missing(self) -> Insert:
         cols = ("kind", "digest", "subject_id", "key_version")

@@ -57,6 +57,14 @@ subjects = Table(
     Column("key_rotated_at", BigInteger, nullable=True),
     Column("rotation_claim", String(64), nullable=True),
     Column("rotation_claimed_until", BigInteger, nullable=True),
+    # Data-key generations (rekey): wrapped_dek holds the data key of
+    # generation dek_generation; while a rekey runs, wrapped_dek_next holds the
+    # next one (generation dek_generation + 1), wrapped the same way.
+    Column("dek_generation", Integer, nullable=False, server_default="1"),
+    Column("wrapped_dek_next", Text, nullable=True),
+    # The subject's audit pseudonym key, carried over a rekey: sealed
+    # (AES-GCM) under the data key of dek_generation; NULL: derived from it.
+    Column("pseudonym_seal", LargeBinary, nullable=True),
 )
 
 records = Table(
@@ -76,6 +84,8 @@ records = Table(
     # Keyed digest (under the subject's data key) of the request an idempotency
     # key was first used for; a replay with other content is refused.
     Column("request_digest", String(64), nullable=True),
+    # The generation of the subject's data key the envelope is sealed under.
+    Column("dek_generation", Integer, nullable=False, server_default="1"),
     UniqueConstraint("subject_id", "idempotency_key", name="uq_records_subject_idempotency"),
     Index("ix_records_subject_id_id", "subject_id", "id"),
 )
@@ -117,6 +127,8 @@ lookup_values = Table(
     Column("value_id", String(64), primary_key=True),
     Column("kind", String(32), nullable=False),
     Column("sealed", LargeBinary, nullable=False),
+    # The generation of the data key it is sealed under (see records).
+    Column("dek_generation", Integer, nullable=False, server_default="1"),
 )
 
 # Versions of the region's blind-index key. The key of version 1 is the cell

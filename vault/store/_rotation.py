@@ -31,6 +31,7 @@ _CANDIDATE = (
     subjects.c.key_name,
     subjects.c.wrapped_dek,
     subjects.c.key_version,
+    subjects.c.wrapped_dek_next,
 )
 #: When a subject's key was last rotated, or created if never.
 _LAST_ROTATION = func.coalesce(subjects.c.key_rotated_at, subjects.c.created_at)
@@ -45,6 +46,8 @@ class Candidate:
     key_name: str
     wrapped_dek: str
     key_version: int
+    #: The next generation's data key while a rekey of the subject is unfinished.
+    wrapped_dek_next: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +209,25 @@ class RotationStore:
         return Candidate(*row) if row is not None else None
 
     def store_rewrap(
-        self, subject_id: str, owner: str, old: str, new: str, version: int, now: int
+        self,
+        subject_id: str,
+        owner: str,
+        old: str,
+        new: str,
+        version: int,
+        now: int,
+        old_next: str | None = None,
+        new_next: str | None = None,
     ) -> bool:
-        """Replaces the wrap ``old`` by ``new`` (made by key ``version``) if the
-        subject is still live, claimed by ``owner`` and holding ``old``."""
+        """Replaces the wrap ``old`` by ``new`` (made by key ``version``) — and
+        the next generation's wrap ``old_next`` by ``new_next``, for a subject
+        whose rekey is unfinished — if the subject is still live, claimed by
+        ``owner`` and holding ``old`` (and ``old_next``)."""
+        same_next = (
+            subjects.c.wrapped_dek_next.is_(None)
+            if old_next is None
+            else subjects.c.wrapped_dek_next == old_next
+        )
         with self._tx() as conn:
             res = conn.execute(
                 update(subjects)
@@ -219,9 +237,15 @@ class RotationStore:
                         subjects.c.state.in_(_LIVE),
                         subjects.c.rotation_claim == owner,
                         subjects.c.wrapped_dek == old,
+                        same_next,
                     )
                 )
-                .values(wrapped_dek=new, key_version=version, key_rotated_at=now)
+                .values(
+                    wrapped_dek=new,
+                    wrapped_dek_next=new_next,
+                    key_version=version,
+                    key_rotated_at=now,
+                )
             )
         return res.rowcount == 1
 
