@@ -177,7 +177,8 @@ class CellBase:
         dek = self._data_keys.get(row.id)
         if dek is None:
             ensure_may_block()
-            ref, aad = KeyRef(row.key_mount, row.key_name), dek_associated_data(row.id, row.region)
+            ref = KeyRef(row.key_mount, row.key_name, row.key_derived)
+            aad = dek_associated_data(row.id, row.region)
             try:
                 dek = self._keys.unwrap(ref, row.wrapped_dek, aad)
             except DecryptionFailed:

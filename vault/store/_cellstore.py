@@ -84,6 +84,9 @@ class SubjectRow:
     wrapped_dek: str
     created_at: int
     updated_at: int
+    #: The subject key is a derived Transit key (its wrap bound by context);
+    #: False: a legacy key, its wrap bound by associated data.
+    key_derived: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ _SUBJECT_COLS = (
     subjects.c.wrapped_dek,
     subjects.c.created_at,
     subjects.c.updated_at,
+    subjects.c.key_derived,
 )
 _RECORD_COLS = (
     records.c.id,
@@ -132,7 +136,16 @@ _N_RECORD_COLS = len(_RECORD_COLS)
 
 def _subject_row(r: Sequence[Any]) -> SubjectRow:
     return SubjectRow(
-        r[0], r[1], SubjectState(r[2]), bool(r[3]), r[4], r[5], r[6], int(r[7]), int(r[8])
+        r[0],
+        r[1],
+        SubjectState(r[2]),
+        bool(r[3]),
+        r[4],
+        r[5],
+        r[6],
+        int(r[7]),
+        int(r[8]),
+        bool(r[9]),
     )
 
 
@@ -331,6 +344,7 @@ class CellStore:
                 entry.wrapped_dek,
                 now,
                 now,
+                entry.key_derived,
             )
             self._insert_subject(conn, row, idempotency_key, request_digest, lookups)
         return row
@@ -351,6 +365,7 @@ class CellStore:
                 minor=row.minor,
                 key_mount=row.key_mount,
                 key_name=row.key_name,
+                key_derived=row.key_derived,
                 wrapped_dek=row.wrapped_dek,
                 key_version=wrap_key_version(row.wrapped_dek),
                 idempotency_key=idempotency_key,

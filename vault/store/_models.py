@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 
 metadata = MetaData(
     naming_convention={
@@ -57,6 +58,10 @@ subjects = Table(
     Column("key_rotated_at", BigInteger, nullable=True),
     Column("rotation_claim", String(64), nullable=True),
     Column("rotation_claimed_until", BigInteger, nullable=True),
+    # The subject key is a derived Transit key: its wrap is bound to the subject
+    # by the derivation context, and rotation re-wraps it inside OpenBao. False:
+    # a key made before revision 0008 (bound by associated data).
+    Column("key_derived", Boolean, nullable=False, server_default=sa_false()),
 )
 
 records = Table(
@@ -168,6 +173,8 @@ subject_pool = Table(
     Column("wrapped_dek", Text, nullable=False),
     # Microseconds since the epoch.
     Column("created_at", BigInteger, nullable=False),
+    # As subjects.key_derived.
+    Column("key_derived", Boolean, nullable=False, server_default=sa_false()),
 )
 
 # One row per batch the pool filler added: when (microseconds), how many

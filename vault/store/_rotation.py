@@ -31,6 +31,7 @@ _CANDIDATE = (
     subjects.c.key_name,
     subjects.c.wrapped_dek,
     subjects.c.key_version,
+    subjects.c.key_derived,
 )
 #: When a subject's key was last rotated, or created if never.
 _LAST_ROTATION = func.coalesce(subjects.c.key_rotated_at, subjects.c.created_at)
@@ -45,6 +46,8 @@ class Candidate:
     key_name: str
     wrapped_dek: str
     key_version: int
+    #: A derived key: re-wrapped by OpenBao itself (Transit rewrap, with context).
+    key_derived: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +162,7 @@ class RotationStore:
                 .order_by(subjects.c.id)
                 .limit(limit)
             ).all()
-        return [Candidate(*r) for r in rows]
+        return [Candidate(r[0], r[1], r[2], r[3], int(r[4]), bool(r[5])) for r in rows]
 
     def claim(self, subject_id: str, owner: str, cutoff_us: int, now: int, until: int) -> bool:
         """Claims a live subject still due, unless another job holds a live claim."""
@@ -203,7 +206,9 @@ class RotationStore:
                     and_(subjects.c.id == subject_id, subjects.c.state.in_(_LIVE))
                 )
             ).first()
-        return Candidate(*row) if row is not None else None
+        if row is None:
+            return None
+        return Candidate(row[0], row[1], row[2], row[3], int(row[4]), bool(row[5]))
 
     def store_rewrap(
         self, subject_id: str, owner: str, old: str, new: str, version: int, now: int
