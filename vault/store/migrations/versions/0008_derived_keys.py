@@ -21,18 +21,16 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("subjects") as batch:
-        batch.add_column(
-            sa.Column("key_derived", sa.Boolean, nullable=False, server_default=sa.false())
-        )
-    with op.batch_alter_table("subject_pool") as batch:
-        batch.add_column(
-            sa.Column("key_derived", sa.Boolean, nullable=False, server_default=sa.false())
+    # Plain ADD COLUMN (a constant default fills the existing rows), not a batch
+    # operation: on SQLite a batch would copy and drop ``subjects``, which the
+    # foreign keys of ``records`` refuse once the cell holds data.
+    for table in ("subjects", "subject_pool"):
+        op.add_column(
+            table, sa.Column("key_derived", sa.Boolean, nullable=False, server_default=sa.false())
         )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("subject_pool") as batch:
-        batch.drop_column("key_derived")
-    with op.batch_alter_table("subjects") as batch:
-        batch.drop_column("key_derived")
+    # DROP COLUMN (SQLite >= 3.35, as the subject-key pool's claim already needs).
+    for table in ("subject_pool", "subjects"):
+        op.drop_column(table, "key_derived")
