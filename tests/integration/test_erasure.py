@@ -339,7 +339,8 @@ def test_snapshot_restore_drill_then_reapply(own_bao: Bao, tmp_path: Path, canar
             (wrapped,) = db.execute(
                 "SELECT wrapped_dek FROM subjects WHERE id = ?", (sid,)
             ).fetchone()
-        ref, aad = KeyRef("transit-de", f"subject-{sid}"), dek_associated_data(sid, "de")
+        ref = KeyRef("transit-de", f"subject-{sid}", derived=True)
+        aad = dek_associated_data(sid, "de")
         root = bao.root()
         snapshot = root.sys.take_raft_snapshot()
         assert snapshot.status_code == 200

@@ -238,6 +238,8 @@ class TransitKeyProvider(_TransitClient):
         return super()._call(op, fn, *args, handled=handled, **kwargs)
 
     def create_key(self, ref: KeyRef) -> None:
+        # Sent only for a derived key: the other keys are created as before.
+        derived: dict[str, Any] = {"derived": True} if ref.derived else {}
         self._call(
             "create_key",
             self._client.secrets.transit.create_key,
@@ -245,9 +247,8 @@ class TransitKeyProvider(_TransitClient):
             key_type=KEY_TYPE,
             exportable=False,
             allow_plaintext_backup=False,
-            # Sent only for a derived key: the other keys are created as before.
-            derived=True if ref.derived else None,
             mount_point=ref.mount,
+            **derived,
         )
 
     def wrap(self, ref: KeyRef, plaintext: bytes, associated_data: bytes) -> str:
