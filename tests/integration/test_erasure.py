@@ -78,7 +78,7 @@ def _openbao_refusal(bao: Bao, region: str, sid: str, wrapped: str) -> str:
         bao.root().secrets.transit.decrypt_data(
             name=name,
             ciphertext=wrapped,
-            associated_data=base64.b64encode(dek_associated_data(sid, region)).decode(),
+            context=base64.b64encode(dek_associated_data(sid, region)).decode(),
             mount_point=mount,
         )
     assert e.value.errors, "OpenBao refused without saying why"
