@@ -160,10 +160,11 @@ key_jobs = Table(
 )
 
 # Subject-key pool: subject ids minted ahead of sign-up, each with its Transit
-# key already created and a fresh data key wrapped under it (associated data
-# binding that id and the region). No personal data: an entry is an unused id
-# and key material the vault cannot read without the key service. Claiming an
-# entry deletes it in the statement that reads it (never reused).
+# key already created and a fresh data key wrapped under it (the derivation
+# context binding that id and the region; key_derived false: associated data).
+# No personal data: an entry is an unused id and key material the vault cannot
+# read without the key service. Claiming an entry deletes it in the statement
+# that reads it (never reused).
 subject_pool = Table(
     "subject_pool",
     metadata,

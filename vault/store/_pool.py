@@ -1,7 +1,8 @@
 """The subject-key pool of a cell: entries minted ahead, claimed once.
 
 An entry is a subject id, where its Transit key lives and its data key wrapped
-under that key (associated data binding the id and the region) — no personal
+under that key (bound to the id and the region: the derivation context of a
+derived key, the associated data of a legacy one) — no personal
 data. The claim is one statement that deletes the entry it returns, so two
 nodes can never claim the same one: ``DELETE … WHERE id = (SELECT id … LIMIT 1
 FOR UPDATE SKIP LOCKED) RETURNING …`` on PostgreSQL (a concurrent claimer skips
