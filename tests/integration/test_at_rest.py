@@ -126,16 +126,18 @@ def test_a_wrapped_data_key_opens_only_with_its_own_subjects_associated_data(
     stack: Stack, client: VaultClient
 ) -> None:
     """The Transit wrap of a DEK is bound to (subject, region): asked directly,
-    OpenBao itself refuses it with another subject's or region's associated data."""
+    OpenBao itself refuses it with another subject's or region's binding (the
+    key-derivation context of the subject's derived key)."""
     a = client.create_subject("DE")
     b = client.create_subject("DE")
     wrapped, mount, name = _key_row(stack, "de", a.subject_id)
     assert wrapped.startswith("vault:v1:")
     transit = stack.bao.root().secrets.transit
+    assert transit.read_key(name=name, mount_point=mount)["data"]["derived"]
 
     def decrypt(aad: bytes) -> bytes:
         resp = transit.decrypt_data(
-            name=name, ciphertext=wrapped, associated_data=_b64(aad), mount_point=mount
+            name=name, ciphertext=wrapped, context=_b64(aad), mount_point=mount
         )
         return base64.b64decode(resp["data"]["plaintext"])
 
@@ -147,27 +149,34 @@ def test_a_wrapped_data_key_opens_only_with_its_own_subjects_associated_data(
     ):
         with pytest.raises(hvac.exceptions.InvalidRequest) as e:
             decrypt(aad)
-        assert e.value.errors == ["cipher: message authentication failed"]
+        if aad:  # (an empty context is refused before any attempt)
+            assert e.value.errors == ["cipher: message authentication failed"]
+    # Associated data in place of the context: refused too (no context, no key).
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        transit.decrypt_data(
+            name=name,
+            ciphertext=wrapped,
+            associated_data=_b64(dek_associated_data(a.subject_id, "de")),
+            mount_point=mount,
+        )
 
     # The provider's own wrap and unwrap, checked against OpenBao directly.
-    ref = KeyRef(mount, name)
+    ref = KeyRef(mount, name, derived=True)
     dek = new_data_key()
     aad_a, aad_b = dek_associated_data(a.subject_id, "de"), dek_associated_data(b.subject_id, "de")
     ours = stack.provider.wrap(ref, dek, aad_a)
     assert (
         base64.b64decode(
             transit.decrypt_data(
-                name=name, ciphertext=ours, associated_data=_b64(aad_a), mount_point=mount
+                name=name, ciphertext=ours, context=_b64(aad_a), mount_point=mount
             )["data"]["plaintext"]
         )
         == dek
     )
     with pytest.raises(hvac.exceptions.InvalidRequest):
-        transit.decrypt_data(
-            name=name, ciphertext=ours, associated_data=_b64(aad_b), mount_point=mount
-        )
+        transit.decrypt_data(name=name, ciphertext=ours, context=_b64(aad_b), mount_point=mount)
     theirs = transit.encrypt_data(
-        name=name, plaintext=_b64(dek), associated_data=_b64(aad_a), mount_point=mount
+        name=name, plaintext=_b64(dek), context=_b64(aad_a), mount_point=mount
     )["data"]["ciphertext"]
     assert stack.provider.unwrap(ref, theirs, aad_a) == dek
     with pytest.raises(DecryptionFailed):

@@ -78,7 +78,7 @@ def _openbao_refusal(bao: Bao, region: str, sid: str, wrapped: str) -> str:
         bao.root().secrets.transit.decrypt_data(
             name=name,
             ciphertext=wrapped,
-            associated_data=base64.b64encode(dek_associated_data(sid, region)).decode(),
+            context=base64.b64encode(dek_associated_data(sid, region)).decode(),
             mount_point=mount,
         )
     assert e.value.errors, "OpenBao refused without saying why"
@@ -339,7 +339,8 @@ def test_snapshot_restore_drill_then_reapply(own_bao: Bao, tmp_path: Path, canar
             (wrapped,) = db.execute(
                 "SELECT wrapped_dek FROM subjects WHERE id = ?", (sid,)
             ).fetchone()
-        ref, aad = KeyRef("transit-de", f"subject-{sid}"), dek_associated_data(sid, "de")
+        ref = KeyRef("transit-de", f"subject-{sid}", derived=True)
+        aad = dek_associated_data(sid, "de")
         root = bao.root()
         snapshot = root.sys.take_raft_snapshot()
         assert snapshot.status_code == 200

@@ -61,6 +61,15 @@ def test_import_writes_people_and_records_once(import_stack: Stack, canary: str)
     sids = [r.subject_id for r in reply.results]
     assert [r.records_written for r in reply.results] == [2, 2, 2, 2]
     assert len(set(sids)) == 4 and pooled < set(sids)  # three from the pool, one inline
+    # Both paths make derived subject keys (rotation re-wraps them inside OpenBao).
+    for sid in sids:
+        assert live_sql(
+            stack.db_path("de"), "SELECT key_derived FROM subjects WHERE id = ?", sid
+        ) == [[1]]
+        key = stack.bao.root().secrets.transit.read_key(
+            name=f"subject-{sid}", mount_point="transit-de"
+        )
+        assert key["data"]["derived"]
     for i, sid in enumerate(sids):
         got = {r.category: dict(r.fields) for r in c.list_records(sid).records}
         assert got == {

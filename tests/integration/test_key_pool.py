@@ -84,6 +84,28 @@ def test_create_subject_takes_pooled_subjects_then_falls_back_inline(pool_stack:
     assert row.key_mount in stack.regions.regions["de"].transit_mounts
 
 
+def test_pooled_subject_keys_are_derived_and_the_flag_survives_the_claim(
+    pool_stack: Stack,
+) -> None:
+    stack = pool_stack
+    assert stack.vault.parts.pools["de"].mint(2) == 2
+    rows = live_sql(stack.db_path("de"), "SELECT id, key_derived FROM subject_pool")
+    assert sorted(d for _, d in rows) == [1, 1]
+    c = stack.client()
+    sid = c.create_subject("DE").subject_id
+    assert sid in {r[0] for r in rows}
+    assert live_sql(stack.db_path("de"), "SELECT key_derived FROM subjects WHERE id = ?", sid) == [
+        [1]
+    ]
+    key = stack.bao.root().secrets.transit.read_key(name=f"subject-{sid}", mount_point="transit-de")
+    assert key["data"]["derived"]
+    # Its wrap opens after the cache is gone: unwrapped with the context.
+    rid = c.put_record(sid, "user.name", {"first": "Ada"}).record_id
+    stack.node.cells["de"]._data_keys.clear()
+    assert c.get_record(rid).fields == {"first": "Ada"}
+    c.create_subject("DE")  # leave the pool empty for the next test
+
+
 def test_an_idempotent_retry_claims_one_entry(pool_stack: Stack) -> None:
     stack = pool_stack
     stack.vault.parts.pools["de"].mint(2)

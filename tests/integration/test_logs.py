@@ -119,7 +119,7 @@ def _keys(stack: Stack, bao: Bao, sid: str) -> list[str]:
     dek = bao.root().secrets.transit.decrypt_data(
         name=f"subject-{sid}",
         ciphertext=w,
-        associated_data=base64.b64encode(dek_associated_data(sid, "de")).decode(),
+        context=base64.b64encode(dek_associated_data(sid, "de")).decode(),
         mount_point="transit-de",
     )["data"]["plaintext"]
     pem = stack.vault.authority._signing.private_pem().decode()

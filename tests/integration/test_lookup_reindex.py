@@ -326,7 +326,9 @@ def test_attacker_view_no_value_in_clear_and_a_copied_sealed_value_does_not_open
     row_b = store.get_subject(b)
     assert row_b is not None
     dek_b = node.provider.unwrap(
-        KeyRef(row_b.key_mount, row_b.key_name), row_b.wrapped_dek, dek_associated_data(b, "de")
+        KeyRef(row_b.key_mount, row_b.key_name, row_b.key_derived),
+        row_b.wrapped_dek,
+        dek_associated_data(b, "de"),
     )
     for x in sealed_a:
         with pytest.raises(DecryptionFailed):

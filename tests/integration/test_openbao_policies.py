@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import Bao
 from vault.config import load_regions
 from vault.devstack import Credentials
-from vault.errors import KeyServiceUnavailable
+from vault.errors import DecryptionFailed, KeyServiceUnavailable
 from vault.keys import AppRole, AppRoleLogin, KeyRef, TransitKeyProvider, TransitKeyShredder
 
 pytestmark = pytest.mark.integration
@@ -205,8 +205,9 @@ def test_the_rotation_role_rotates_and_rewraps_but_cannot_delete_or_export(
     t = rot.secrets.transit
     assert name in t.list_keys(mount_point="transit-de")["data"]["keys"]
     t.rotate_key(name=name, mount_point="transit-de")
-    # Re-wrap as the rotation job does it: Transit's rewrap takes no associated
-    # data, so it is a decrypt and an encrypt under the newest version.
+    # Re-wrap a legacy (non-derived) key's wrap as the rotation job does it:
+    # Transit's rewrap takes no associated data, so it is a decrypt and an
+    # encrypt under the newest version.
     dek = t.decrypt_data(
         name=name, ciphertext=wrapped, associated_data=ad, mount_point="transit-de"
     )["data"]["plaintext"]
@@ -214,7 +215,10 @@ def test_the_rotation_role_rotates_and_rewraps_but_cannot_delete_or_export(
         name=name, plaintext=dek, associated_data=ad, mount_point="transit-de"
     )["data"]["ciphertext"]
     assert rewrapped.startswith("vault:v2:")
-    _forbidden(lambda: t.rewrap_data(name=name, ciphertext=wrapped, mount_point="transit-de"))
+    # Allowed, but of no use for a wrap bound by associated data: rewrap opens
+    # it without the associated data, and authentication fails.
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="authentication failed"):
+        t.rewrap_data(name=name, ciphertext=wrapped, mount_point="transit-de")
     t.rotate_key(name=name, mount_point="transit-de")
     t.update_key_configuration(
         name=name, min_decryption_version=2, min_encryption_version=3, mount_point="transit-de"
@@ -293,3 +297,86 @@ def test_a_wrong_secret_id_fails_closed(roles: Roles) -> None:
         keys.create_key(KeyRef("transit-de", "subject-test-x"))
     assert "not-the-secret-id" not in str(e.value)
     assert role.secret_id not in repr(role)
+
+
+def _derived_wrap(root: hvac.Client, context: bytes) -> tuple[str, str]:
+    """A derived key made by the root token, and a data key wrapped under it with ``context``."""
+    name = _key(root, derived=True)
+    wrapped = root.secrets.transit.encrypt_data(
+        name=name, plaintext=_b64(b"k" * 32), context=_b64(context), mount_point="transit-de"
+    )["data"]["ciphertext"]
+    return name, wrapped
+
+
+def test_a_node_creates_derived_subject_keys_but_never_rewraps_or_widens_them(
+    roles: Roles,
+) -> None:
+    node = roles.client("de", "node")
+    root = roles.bao.root()
+    keys = TransitKeyProvider(node)
+    ref = KeyRef("transit-de", f"subject-test-{uuid.uuid4().hex}", derived=True)
+    keys.create_key(ref)
+    keys.create_key(ref)  # repeated after a crash: still allowed
+    made = root.secrets.transit.read_key(name=ref.name, mount_point="transit-de")["data"]
+    assert made["derived"] and made["type"] == "aes256-gcm96" and not made["convergent_encryption"]
+    assert not made["exportable"] and not made["allow_plaintext_backup"]
+    wrapped = keys.wrap(ref, b"k" * 32, AD)
+    assert keys.unwrap(ref, wrapped, AD) == b"k" * 32
+    with pytest.raises(DecryptionFailed):  # another subject's binding
+        keys.unwrap(ref, wrapped, b"another subject")
+
+    t = node.secrets.transit
+    root.secrets.transit.rotate_key(name=ref.name, mount_point="transit-de")
+    # Only the rotation role re-wraps; the node's 403 comes before the key is looked at.
+    _forbidden(
+        lambda: t.rewrap_data(
+            name=ref.name, ciphertext=wrapped, context=_b64(AD), mount_point="transit-de"
+        )
+    )
+    # The derived switch does not open the other parameters.
+    for extra in (
+        {"derived": True, "convergent_encryption": True},
+        {"derived": True, "exportable": True},
+        {"derived": True, "allow_plaintext_backup": True},
+        {"derived": True, "key_type": "chacha20-poly1305"},
+    ):
+        name = f"subject-test-{uuid.uuid4().hex}"
+        _forbidden(lambda n=name, e=extra: t.create_key(name=n, mount_point="transit-de", **e))
+        with pytest.raises(hvac.exceptions.InvalidPath):  # nothing was made
+            root.secrets.transit.read_key(name=name, mount_point="transit-de")
+    _forbidden(lambda: t.create_key(name="x", derived=True, mount_point="transit-us"))
+
+
+def test_the_rotation_role_rewraps_a_derived_key_inside_openbao(roles: Roles) -> None:
+    root = roles.bao.root()
+    rot = roles.client("de", "rotation")
+    ctx = b"subject|de"
+    name, wrapped = _derived_wrap(root, ctx)
+    t = rot.secrets.transit
+    t.rotate_key(name=name, mount_point="transit-de")
+    rewrapped = t.rewrap_data(
+        name=name, ciphertext=wrapped, context=_b64(ctx), mount_point="transit-de"
+    )["data"]["ciphertext"]
+    assert rewrapped.startswith("vault:v2:")
+    assert "plaintext" not in str(rewrapped)
+    # Another context does not re-wrap it (the binding holds inside rewrap too).
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="authentication failed"):
+        t.rewrap_data(
+            name=name, ciphertext=wrapped, context=_b64(b"other|de"), mount_point="transit-de"
+        )
+    # The re-wrapped data key is the same, and opens only with its context.
+    opened = root.secrets.transit.decrypt_data(
+        name=name, ciphertext=rewrapped, context=_b64(ctx), mount_point="transit-de"
+    )["data"]["plaintext"]
+    assert opened == _b64(b"k" * 32)
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        root.secrets.transit.decrypt_data(
+            name=name, ciphertext=rewrapped, context=_b64(b"other|de"), mount_point="transit-de"
+        )
+    # Not on another region's mount.
+    theirs = _key(root, "transit-us", derived=True)
+    _forbidden(
+        lambda: t.rewrap_data(
+            name=theirs, ciphertext=wrapped, context=_b64(ctx), mount_point="transit-us"
+        )
+    )

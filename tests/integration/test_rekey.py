@@ -114,7 +114,9 @@ def _all_open_at_newest(stack: Stack, sid: str, expected: dict[str, dict[str, st
 
 def _unwrap(rotator: TransitKeyRotator, row: SubjectRow, wrapped: str) -> bytes:
     return rotator.unwrap(
-        KeyRef(row.key_mount, row.key_name), wrapped, dek_associated_data(row.id, "de")
+        KeyRef(row.key_mount, row.key_name, row.key_derived),
+        wrapped,
+        dek_associated_data(row.id, "de"),
     )
 
 
@@ -646,7 +648,9 @@ def test_a_lookup_value_sealed_under_a_key_a_rekey_replaced_is_not_stored(
     now = int(time.time() * 1e6)
     assert store.claim(sid, "test-owner", now, now + 60_000_000)
     next_wrap = rotator.wrap(
-        KeyRef(row.key_mount, row.key_name), new_data_key(), dek_associated_data(sid, "de")
+        KeyRef(row.key_mount, row.key_name, row.key_derived),
+        new_data_key(),
+        dek_associated_data(sid, "de"),
     )
     assert store.start(sid, "test-owner", 1, next_wrap)
     value = "late@example.org"

@@ -8,6 +8,7 @@ live subject of the module's cell, so the tests with few subjects come first.
 from __future__ import annotations
 
 import base64
+import re
 import sqlite3
 import threading
 import time
@@ -18,12 +19,18 @@ import hvac
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.conftest import Bao, Stack, start_stack
+from tests.conftest import Bao, Stack, live_sql, start_stack
+from vault import ids
+from vault.client import VaultClientError
 from vault.config import load_regions
-from vault.crypto import dek_associated_data
+from vault.crypto import dek_associated_data, new_data_key
+from vault.db import now_us
+from vault.errors import DecryptionFailed
 from vault.keys import KeyRef, TransitKeyRotator
+from vault.openbao import role_policy
 from vault.rotation import SubjectKeyRotation
 from vault.store import RotationStore
+from vault.store._cellstore import SubjectRow, SubjectState
 
 RIGHTS = "essential.subject_rights"
 
@@ -68,6 +75,44 @@ def _wrap(node: Stack, sid: str) -> tuple[str, int]:
 def _versions(bao: Bao, sid: str) -> list[int]:
     key = bao.root().secrets.transit.read_key(name=f"subject-{sid}", mount_point="transit-de")
     return sorted(int(v) for v in key["data"]["keys"])
+
+
+def _binding(sid: str, derived: bool) -> dict[str, str]:
+    """How the wrap of ``sid``'s data key is bound, as a Transit parameter."""
+    b = base64.b64encode(dek_associated_data(sid, "de")).decode()
+    return {"context": b} if derived else {"associated_data": b}
+
+
+def _root_unwraps(bao: Bao, sid: str, wrapped: str, *, derived: bool = True) -> bool:
+    """Whether OpenBao (the root token) opens ``wrapped`` with its subject's binding."""
+    try:
+        bao.root().secrets.transit.decrypt_data(
+            name=f"subject-{sid}",
+            ciphertext=wrapped,
+            mount_point="transit-de",
+            **_binding(sid, derived),
+        )
+    except hvac.exceptions.InvalidRequest:
+        return False
+    return True
+
+
+def _legacy_subject(node: Stack) -> tuple[str, str]:
+    """A subject made the way subjects were before derived keys: a non-derived
+    key, the data key wrapped with associated data, ``key_derived`` false; and
+    one record of it, written through the API. (subject id, record id)"""
+    sid = ids.new_subject_id("de")
+    ref = KeyRef("transit-de", f"subject-{sid}")  # not derived
+    node.provider.create_key(ref)
+    wrapped = node.provider.wrap(ref, new_data_key(), dek_associated_data(sid, "de"))
+    now = now_us()
+    row = SubjectRow(
+        sid, "de", SubjectState.ACTIVE, False, ref.mount, ref.name, wrapped, now, now, False
+    )
+    node.vault.parts.stores["de"].insert_subject(row, None)
+    c = node.client(node.issue(RIGHTS))
+    rid = c.put_record(sid, "user.contact.email", {"address": "legacy@example.org"}).record_id
+    return sid, rid
 
 
 def _all_readable(node: Stack, people: dict[str, str]) -> None:
@@ -119,6 +164,9 @@ def test_after_rotate_rewrap_and_trim_the_old_wrap_from_a_backup_is_refused(
     people = _people(node, 2)
     backup = {sid: _wrap(node, sid)[0] for sid in people}
     assert all(w.startswith("vault:v1:") for w in backup.values())
+    # Derived keys, and their wraps open with their context now: the refusal
+    # below is the trim's, not a wrong binding's.
+    assert all(_root_unwraps(bao, sid, w) for sid, w in backup.items())
 
     summary = _job(node, rotator).run(0)
     assert summary.finished and summary.rotated >= 2 and summary.failed == 0
@@ -127,14 +175,172 @@ def test_after_rotate_rewrap_and_trim_the_old_wrap_from_a_backup_is_refused(
         new, version = _wrap(node, sid)
         assert version == 2 and new.startswith("vault:v2:") and new != old
         assert _versions(bao, sid) == [2]  # version 1 is trimmed: destroyed
-        with pytest.raises(hvac.exceptions.InvalidRequest):
+        assert _root_unwraps(bao, sid, new)
+        with pytest.raises(hvac.exceptions.InvalidRequest, match="version"):
             bao.root().secrets.transit.decrypt_data(
                 name=f"subject-{sid}",
                 ciphertext=old,
-                associated_data=base64.b64encode(dek_associated_data(sid, "de")).decode(),
                 mount_point="transit-de",
+                **_binding(sid, derived=True),
             )
     _all_readable(node, people)  # the records were never re-encrypted, and open
+
+
+def test_a_new_subject_key_is_derived_and_its_wrap_opens_only_with_its_own_context(
+    bao: Bao, node: Stack
+) -> None:
+    people = _people(node, 2)
+    a, b = people
+    for sid in people:
+        key = bao.root().secrets.transit.read_key(name=f"subject-{sid}", mount_point="transit-de")
+        assert key["data"]["derived"] and not key["data"]["convergent_encryption"]
+        assert live_sql(
+            node.db_path("de"), "SELECT key_derived FROM subjects WHERE id = ?", sid
+        ) == [[1]]
+    wrapped_a = _wrap(node, a)[0]
+    ref_a = KeyRef("transit-de", f"subject-{a}", derived=True)
+    assert len(node.provider.unwrap(ref_a, wrapped_a, dek_associated_data(a, "de"))) == 32
+    # A's wrap under A's key, with B's binding: refused by OpenBao.
+    with pytest.raises(DecryptionFailed):
+        node.provider.unwrap(ref_a, wrapped_a, dek_associated_data(b, "de"))
+    # Nor does associated data stand in for the context.
+    with pytest.raises(DecryptionFailed):
+        legacy_ref = KeyRef(ref_a.mount, ref_a.name)
+        node.provider.unwrap(legacy_ref, wrapped_a, dek_associated_data(a, "de"))
+
+    # Someone with write access to the database points B's row at A's key and
+    # wrap: B's read asks OpenBao to open A's wrap with B's context, and it refuses.
+    (row_b,) = live_sql(
+        node.db_path("de"), "SELECT key_name, wrapped_dek FROM subjects WHERE id = ?", b
+    )
+    live_sql(
+        node.db_path("de"),
+        "UPDATE subjects SET key_name = ?, wrapped_dek = ? WHERE id = ?",
+        f"subject-{a}",
+        wrapped_a,
+        b,
+    )
+    try:
+        node.node.cells["de"].forget(b)
+        before = len(bao.answers(f"transit-de/decrypt/subject-{a}"))
+        with pytest.raises(VaultClientError) as e:
+            node.client(node.issue(RIGHTS)).get_record(people[b])
+        assert e.value.code.name == "DATA_LOSS"
+        answers = bao.answers(f"transit-de/decrypt/subject-{a}")[before:]
+        assert answers and answers[-1]  # OpenBao's refusal (its audit log says "invalid request")
+    finally:
+        live_sql(
+            node.db_path("de"),
+            "UPDATE subjects SET key_name = ?, wrapped_dek = ? WHERE id = ?",
+            row_b[0],
+            row_b[1],
+            b,
+        )
+        node.node.cells["de"].forget(b)
+    _all_readable(node, people)
+
+
+def test_a_legacy_subject_key_is_still_rotated_by_decrypt_and_encrypt(
+    bao: Bao, node: Stack, rotator: TransitKeyRotator
+) -> None:
+    sid, rid = _legacy_subject(node)
+    key = bao.root().secrets.transit.read_key(name=f"subject-{sid}", mount_point="transit-de")
+    assert not key["data"]["derived"]
+    old = _wrap(node, sid)[0]
+    assert _root_unwraps(bao, sid, old, derived=False)
+    decrypts = len(bao.answers(f"transit-de/decrypt/subject-{sid}"))
+
+    outcomes: dict[str, str] = {}
+    summary = _job(node, rotator).run(0, progress=outcomes.__setitem__)
+    assert outcomes[sid] == "rotated" and summary.failed == 0
+    new, version = _wrap(node, sid)
+    assert version == 2 and new.startswith("vault:v2:") and _versions(bao, sid) == [2]
+    # The legacy path: an unwrap and a wrap, no Transit rewrap.
+    assert len(bao.answers(f"transit-de/decrypt/subject-{sid}")) == decrypts + 1
+    assert bao.answers(f"transit-de/rewrap/subject-{sid}") == []
+    assert _root_unwraps(bao, sid, new, derived=False)
+    assert not _root_unwraps(bao, sid, old, derived=False)  # trimmed
+    assert live_sql(node.db_path("de"), "SELECT key_derived FROM subjects WHERE id = ?", sid) == [
+        [0]
+    ]
+    _all_readable(node, {sid: rid})
+
+
+def _rewrap_only_token(bao: Bao, stack: Stack) -> str:
+    """A token whose policy is the rotation role's without its decrypt and
+    encrypt paths (what a region with no legacy key left may apply)."""
+    mounts = [m for r in stack.regions.regions.values() for m in r.transit_mounts]
+    policy = role_policy("rotation", mounts)
+    policy, n = re.subn(r'path "[^"]+/(decrypt|encrypt)/\+" \{[^}]*\}', "", policy)
+    assert n == 2 * len(mounts)
+    assert "/decrypt/" not in policy and "/encrypt/" not in policy
+    assert "/rewrap/" in policy
+    root = bao.root()
+    root.sys.create_or_update_policy("pdvault-rotation-rewrap-only", policy)
+    token = root.auth.token.create(
+        policies=["pdvault-rotation-rewrap-only"], no_default_policy=True, ttl="1h"
+    )
+    return str(token["auth"]["client_token"])
+
+
+def test_derived_keys_rotate_with_a_credential_that_can_neither_decrypt_nor_encrypt(
+    bao: Bao, tmp_path: Path
+) -> None:
+    """The proof that a derived key's data key never leaves OpenBao during
+    rotation: the job's credential cannot decrypt (nor encrypt) at all."""
+    stack = start_stack(bao, tmp_path)
+    try:
+        people = _people(stack, 3)
+        legacy, legacy_rid = _legacy_subject(stack)
+        backup = {sid: _wrap(stack, sid)[0] for sid in people}
+        token = _rewrap_only_token(bao, stack)
+        rewrap_only = TransitKeyRotator.connect(bao.address, token)
+
+        # The credential is refused by OpenBao itself on decrypt and encrypt.
+        sid0 = next(iter(people))
+        t = hvac.Client(url=bao.address, token=token, timeout=10).secrets.transit
+        with pytest.raises(hvac.exceptions.Forbidden):
+            t.decrypt_data(
+                name=f"subject-{sid0}",
+                ciphertext=backup[sid0],
+                mount_point="transit-de",
+                **_binding(sid0, derived=True),
+            )
+        with pytest.raises(hvac.exceptions.Forbidden):
+            t.encrypt_data(
+                name=f"subject-{sid0}",
+                plaintext=base64.b64encode(b"k" * 32).decode(),
+                mount_point="transit-de",
+                **_binding(sid0, derived=True),
+            )
+
+        decrypts = {sid: len(bao.answers(f"transit-de/decrypt/subject-{sid}")) for sid in people}
+        outcomes: dict[str, str] = {}
+        summary = _job(stack, rewrap_only).run(0, progress=outcomes.__setitem__)
+        for sid, old in backup.items():
+            assert outcomes[sid] == "rotated"
+            new, version = _wrap(stack, sid)
+            assert version == 2 and new.startswith("vault:v2:") and _versions(bao, sid) == [2]
+            # One Transit rewrap, not one decrypt.
+            assert bao.answers(f"transit-de/rewrap/subject-{sid}") == [""]
+            assert len(bao.answers(f"transit-de/decrypt/subject-{sid}")) == decrypts[sid]
+            assert _root_unwraps(bao, sid, new) and not _root_unwraps(bao, sid, old)
+        # A legacy key needs decrypt and encrypt: its rotation fails with this
+        # credential (and the job says so), and it still reads.
+        assert outcomes[legacy] == "failed" and summary.failed == 1 and not summary.finished
+        _all_readable(stack, {**people, legacy: legacy_rid})
+        # The full rotation credential rotates it, in a new job: the failed
+        # one's cursor is past the legacy subject already (a resumed job does
+        # not go back to the subjects it failed), so it is closed here first.
+        store = RotationStore(stack.vault.parts.stores["de"].engine)
+        store.finish(summary.job_id, now_us())
+        full = TransitKeyRotator.connect(bao.address, bao.server.rotator_token(stack.regions))
+        again = _job(stack, full).run(0)
+        assert again.finished and again.failed == 0
+        assert _wrap(stack, legacy)[1] == _versions(bao, legacy)[-1] >= 2
+        _all_readable(stack, {**people, legacy: legacy_rid})
+    finally:
+        stack.stop()
 
 
 def test_the_node_credential_cannot_rotate_reconfigure_or_trim(bao: Bao, node: Stack) -> None:

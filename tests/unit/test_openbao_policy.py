@@ -81,3 +81,18 @@ def test_a_mount_name_that_is_not_a_plain_path_is_refused(mount: str) -> None:
 def test_a_policy_needs_a_mount() -> None:
     with pytest.raises(ValueError, match="at least one"):
         role_policy("rotation", [])
+
+
+def test_only_the_rotation_role_rewraps_and_the_node_may_only_add_derivation() -> None:
+    for role in ROLES:
+        hcl = role_policy(role, ["transit-de"], control_mount="c", signing_key="k")
+        rewraps = [p for p in _paths(hcl) if "/rewrap/" in p]
+        assert rewraps == (["transit-de/rewrap/+"] if role == "rotation" else []), role
+    node = role_policy("node", ["transit-de"], control_mount="c", signing_key="k")
+    params = dict(re.findall(r'^\s*"(\w+)"\s*=\s*(\[[^]]*\])', node, re.MULTILINE))
+    assert params == {
+        "type": '["aes256-gcm96"]',
+        "derived": "[true]",
+        "exportable": "[false]",
+        "allow_plaintext_backup": "[false]",
+    }

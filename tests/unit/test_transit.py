@@ -21,9 +21,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hvac.api.secrets_engines.transit import Transit
 
 from vault.errors import DecryptionFailed, KeyServiceUnavailable
-from vault.keys import KeyRef, TransitKeyProvider, TransitKeyShredder
+from vault.keys import KeyGone, KeyRef, TransitKeyProvider, TransitKeyRotator, TransitKeyShredder
 
 REF = KeyRef("transit-de", "subject-de_sub_a")
+DERIVED = KeyRef("transit-de", "subject-de_sub_d", derived=True)
 OTHER = KeyRef("transit-de", "subject-de_sub_b")
 DEK = bytes(range(32))
 AAD = b"pdvault/dek/v1|de|de_sub_a"
@@ -60,32 +61,61 @@ class FakeTransit:
         kw = self._call("create_key", kwargs)
         self.keys.setdefault(
             (kw["mount_point"], kw["name"]),
-            {"secret": os.urandom(32), "versions": [1, 2], "deletion_allowed": False},
+            {
+                "secret": os.urandom(32),
+                "versions": [1, 2],
+                "deletion_allowed": False,
+                "derived": bool(kw.get("derived")),
+            },
         )
+
+    @staticmethod
+    def _binding(key: dict[str, Any], kw: dict[str, Any]) -> bytes:
+        """A derived key's context (required), else the associated data (optional)."""
+        if key["derived"]:
+            if not kw.get("context"):
+                raise hvac.exceptions.InvalidRequest(
+                    errors=["missing 'context' for key derivation"]
+                )
+            return base64.b64decode(kw["context"], validate=True)
+        return base64.b64decode(kw.get("associated_data") or "", validate=True)
 
     def encrypt_data(self, **kwargs: Any) -> dict[str, Any]:
         kw = self._call("encrypt_data", kwargs)
         key = self._key(kw)
         nonce = os.urandom(12)
         plaintext = base64.b64decode(kw["plaintext"], validate=True)
-        ct = AESGCM(key["secret"]).encrypt(
-            nonce, plaintext, base64.b64decode(kw["associated_data"], validate=True)
-        )
+        ct = AESGCM(key["secret"]).encrypt(nonce, plaintext, self._binding(key, kw))
         return self.answer or {"data": {"ciphertext": "vault:v2:" + b64(nonce + ct)}}
 
     def decrypt_data(self, **kwargs: Any) -> dict[str, Any]:
         kw = self._call("decrypt_data", kwargs)
         key = self._key(kw)
-        raw = base64.b64decode(kw["ciphertext"].removeprefix("vault:v2:"))
+        raw = base64.b64decode(kw["ciphertext"].split(":", 2)[-1])
         try:
-            plaintext = AESGCM(key["secret"]).decrypt(
-                raw[:12], raw[12:], base64.b64decode(kw["associated_data"], validate=True)
-            )
+            plaintext = AESGCM(key["secret"]).decrypt(raw[:12], raw[12:], self._binding(key, kw))
+        except hvac.exceptions.InvalidRequest:
+            raise
         except Exception:
             raise hvac.exceptions.InvalidRequest(
                 errors=["cipher: message authentication failed"]
             ) from None
         return self.answer or {"data": {"plaintext": b64(plaintext)}}
+
+    def rewrap_data(self, **kwargs: Any) -> dict[str, Any]:
+        kw = self._call("rewrap_data", kwargs)
+        key = self._key(kw)
+        binding = self._binding(key, kw)
+        raw = base64.b64decode(kw["ciphertext"].split(":", 2)[-1])
+        try:
+            plaintext = AESGCM(key["secret"]).decrypt(raw[:12], raw[12:], binding)
+        except Exception:
+            raise hvac.exceptions.InvalidRequest(
+                errors=["cipher: message authentication failed"]
+            ) from None
+        nonce = os.urandom(12)
+        ct = AESGCM(key["secret"]).encrypt(nonce, plaintext, binding)
+        return {"data": {"ciphertext": "vault:v3:" + b64(nonce + ct)}}
 
     def read_key(self, **kwargs: Any) -> dict[str, Any]:
         kw = self._call("read_key", kwargs)
@@ -393,3 +423,63 @@ def test_every_other_key_service_failure_is_unavailable_never_raw(
             call()
         assert e.value.__cause__ is failure
         assert "rate" not in e.value.message and "teapot" not in e.value.message
+
+
+def test_a_derived_key_is_created_derived_and_its_wraps_are_bound_by_context(
+    provider: TransitKeyProvider, transit: FakeTransit
+) -> None:
+    provider.create_key(DERIVED)
+    assert transit.calls[-1] == (
+        "create_key",
+        {
+            "name": "subject-de_sub_d",
+            "key_type": "aes256-gcm96",
+            "exportable": False,
+            "allow_plaintext_backup": False,
+            "mount_point": "transit-de",
+            "derived": True,
+        },
+    )
+    wrapped = provider.wrap(DERIVED, DEK, AAD)
+    op, kw = transit.calls[-1]
+    assert op == "encrypt_data" and kw["context"] == b64(AAD) and "associated_data" not in kw
+    assert provider.unwrap(DERIVED, wrapped, AAD) == DEK
+    op, kw = transit.calls[-1]
+    assert op == "decrypt_data" and kw["context"] == b64(AAD) and "associated_data" not in kw
+    with pytest.raises(DecryptionFailed):
+        provider.unwrap(DERIVED, wrapped, b"pdvault/dek/v1|de|de_sub_b")
+
+
+def test_prove_destroyed_of_a_derived_key_asks_with_its_context(
+    provider: TransitKeyProvider, shredder: TransitKeyShredder, transit: FakeTransit
+) -> None:
+    provider.create_key(DERIVED)
+    wrapped = provider.wrap(DERIVED, DEK, AAD)
+    # Still there: the unwrap with the context succeeds, so no proof is made.
+    with pytest.raises(RuntimeError, match=r"^the subject key still decrypts"):
+        shredder.prove_destroyed(DERIVED, wrapped, AAD)
+    assert transit.calls[-1][1]["context"] == b64(AAD)
+    shredder.destroy(DERIVED)
+    assert shredder.prove_destroyed(DERIVED, wrapped, AAD).endswith("encryption key not found")
+
+
+def test_the_rotator_rewraps_a_derived_key_in_one_rewrap_call_and_a_legacy_one_by_unwrap_wrap(
+    provider: TransitKeyProvider, transit: FakeTransit
+) -> None:
+    rotator = TransitKeyRotator(SimpleNamespace(secrets=SimpleNamespace(transit=transit)))  # type: ignore[arg-type]
+    provider.create_key(DERIVED)
+    provider.create_key(REF)
+    derived_wrap, legacy_wrap = provider.wrap(DERIVED, DEK, AAD), provider.wrap(REF, DEK, AAD)
+
+    transit.calls.clear()
+    new = rotator.rewrap(DERIVED, derived_wrap, AAD)
+    assert [op for op, _ in transit.calls] == ["rewrap_data"]  # the data key stays in OpenBao
+    assert transit.calls[0][1]["context"] == b64(AAD) and new.startswith("vault:v3:")
+    assert provider.unwrap(DERIVED, new, AAD) == DEK
+    with pytest.raises(KeyGone):  # another subject's context: the wrap does not open
+        rotator.rewrap(DERIVED, derived_wrap, b"pdvault/dek/v1|de|de_sub_b")
+
+    transit.calls.clear()
+    again = rotator.rewrap(REF, legacy_wrap, AAD)
+    assert [op for op, _ in transit.calls] == ["decrypt_data", "encrypt_data"]
+    assert provider.unwrap(REF, again, AAD) == DEK

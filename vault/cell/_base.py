@@ -201,7 +201,8 @@ class CellBase:
         return dek
 
     def _unwrap(self, row: SubjectRow, generation: int) -> bytes:
-        ref, aad = KeyRef(row.key_mount, row.key_name), dek_associated_data(row.id, row.region)
+        ref = KeyRef(row.key_mount, row.key_name, row.key_derived)
+        aad = dek_associated_data(row.id, row.region)
         wrapped = row.wrap_of(generation)
         if wrapped is not None:
             try:

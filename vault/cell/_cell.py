@@ -241,6 +241,7 @@ class Cell(RecordOps):
                 minted.wrapped,
                 now,
                 now,
+                key_derived=minted.ref.derived,
             )
             sealed = self._seal_lookups(minted.dek, sid, normalised)
             lookup_rows = LookupWrite(write.versions, write.digests, sealed) if normalised else None
@@ -467,7 +468,8 @@ class Cell(RecordOps):
         if row is None:
             raise NotFound("subject not found")
         self._audit(row)
-        return ErasureTarget(row.id, row.region, KeyRef(row.key_mount, row.key_name), row.state)
+        key = KeyRef(row.key_mount, row.key_name, row.key_derived)
+        return ErasureTarget(row.id, row.region, key, row.state)
 
     def hide(self, subject_id: str) -> None:
         """Marks the subject erasure-pending (remembering its state): from now on
@@ -507,8 +509,12 @@ class Cell(RecordOps):
             after_destroy()
         evidence = ""
         if row.wrapped_dek:
+            # The ledger names the key's place; the row says how its wrap is
+            # bound (a derived key's unwrap without its context would be
+            # refused even while the key exists: no proof of anything).
+            bound = KeyRef(key.mount, key.name, row.key_derived)
             evidence = shredder.prove_destroyed(
-                key, row.wrapped_dek, dek_associated_data(row.id, row.region)
+                bound, row.wrapped_dek, dek_associated_data(row.id, row.region)
             )
         records = self._store.erase_subject_data(row.id, self._clock())
         self.forget(row.id)

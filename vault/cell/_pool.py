@@ -4,7 +4,12 @@ subjects minted ahead of sign-up.
 Both ways of creating a subject — inline in CreateSubject, or ahead of time by
 the pool filler — go through :func:`mint_subject_key`, so a pooled subject's
 key and wrapped data key are exactly what the inline path would have made:
-same mount choice, same key name, same associated data (id and region).
+same mount choice, same key name, same binding (id and region).
+
+Every subject key minted here is a *derived* Transit key: its wrapped data key
+is bound to the subject by the key-derivation context, which Transit
+``rewrap`` also takes, so key rotation re-wraps it without the data key ever
+leaving OpenBao (:mod:`vault.rotation`).
 """
 
 from __future__ import annotations
@@ -50,9 +55,10 @@ class MintedKey:
 
 
 def mint_subject_key(keys: KeyProvider, region: RegionConfig, subject_id: str) -> MintedKey:
-    """Creates the subject's Transit key and wraps a fresh data key under it,
-    bound to the subject id and the region. Raises KeyServiceUnavailable."""
-    ref = KeyRef(mount_for(region, subject_id), key_name_for(subject_id))
+    """Creates the subject's Transit key (derived) and wraps a fresh data key
+    under it, bound to the subject id and the region (the derivation context).
+    Raises KeyServiceUnavailable."""
+    ref = KeyRef(mount_for(region, subject_id), key_name_for(subject_id), derived=True)
     keys.create_key(ref)
     dek = new_data_key()
     wrapped = keys.wrap(ref, dek, dek_associated_data(subject_id, region.id))
@@ -92,7 +98,9 @@ class KeyPool:
     def _mint_one(self, _: int) -> tuple[PoolEntry, bytes]:
         sid = ids.new_subject_id(self.region.id)
         minted = mint_subject_key(self._keys, self.region, sid)
-        entry = PoolEntry(sid, minted.ref.mount, minted.ref.name, minted.wrapped, now_us())
+        entry = PoolEntry(
+            sid, minted.ref.mount, minted.ref.name, minted.wrapped, now_us(), minted.ref.derived
+        )
         return entry, minted.dek
 
     def take_data_key(self, subject_id: str) -> bytes | None:

@@ -183,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
     except VaultClientError as e:
         table.add_row("the API", f"[green]no[/] ({e.code.name})")
     with sqlite3.connect(backup / f"{ada_subject.region}.db") as db:
-        wrapped, mount, key = db.execute(
-            "SELECT wrapped_dek, key_mount, key_name FROM subjects WHERE id = ?",
+        wrapped, mount, key, derived = db.execute(
+            "SELECT wrapped_dek, key_mount, key_name, key_derived FROM subjects WHERE id = ?",
             (ada_subject.subject_id,),
         ).fetchone()
         (envelope,) = db.execute(
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     root = TransitKeyProvider.connect(bao.address, bao.root_token())
     try:
         root.unwrap(
-            KeyRef(mount, key),
+            KeyRef(mount, key, bool(derived)),
             wrapped,
             dek_associated_data(ada_subject.subject_id, ada_subject.region),
         )

@@ -18,8 +18,9 @@ altered byte, wrong associated data — is the same :class:`DecryptionFailed`,
 so the error says nothing an attacker could use.
 
 The DEK itself is 32 random bytes, stored only wrapped by the subject's
-Transit key; the wrap's associated data (:func:`dek_associated_data`) binds it
-to the subject and region.
+Transit key; the wrap is bound to the subject and region by
+:func:`dek_associated_data` (the key-derivation context of a derived subject
+key, the associated data of a legacy one).
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def new_data_key() -> bytes:
 
 
 def dek_associated_data(subject_id: str, region: str) -> bytes:
-    """Associated data for the Transit wrap of a subject's DEK."""
+    """What binds the Transit wrap of a subject's DEK to the subject: the
+    key-derivation context of a derived subject key, the associated data of a
+    legacy (non-derived) one."""
     return b"|".join((_DEK_AAD_LABEL, region.encode(), subject_id.encode()))
 
 

@@ -6,10 +6,19 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class KeyRef:
-    """Where a subject's key-encryption key lives: a Transit mount and key name."""
+    """Where a subject's key-encryption key lives: a Transit mount and key name.
+
+    ``derived``: a Transit key with key derivation (``derived=true``). A wrap
+    under it is bound to its subject by the derivation *context* rather than
+    by associated data, so OpenBao can re-wrap it to a new key version itself
+    (``transit/rewrap`` takes a context, not associated data). Every subject
+    key made since revision 0008 is derived; older ones are not (legacy).
+    The caller passes the same binding bytes either way.
+    """
 
     mount: str
     name: str
+    derived: bool = False
 
 
 class KeyProvider(Protocol):
@@ -22,15 +31,18 @@ class KeyProvider(Protocol):
     """
 
     def create_key(self, ref: KeyRef) -> None:
-        """Creates the key (idempotent), non-exportable, no plaintext backup."""
+        """Creates the key (idempotent), non-exportable, no plaintext backup;
+        with key derivation when ``ref.derived``."""
         ...
 
     def wrap(self, ref: KeyRef, plaintext: bytes, associated_data: bytes) -> str:
-        """Encrypts ``plaintext`` (a data key) under the key; returns the opaque wrap."""
+        """Encrypts ``plaintext`` (a data key) under the key, bound to
+        ``associated_data`` (the derivation context of a derived key); returns
+        the opaque wrap."""
         ...
 
     def unwrap(self, ref: KeyRef, wrapped: str, associated_data: bytes) -> bytes:
-        """Decrypts a wrap made by :meth:`wrap` with the same associated data."""
+        """Decrypts a wrap made by :meth:`wrap` with the same binding bytes."""
         ...
 
 

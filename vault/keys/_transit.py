@@ -5,6 +5,11 @@ erroring → :class:`KeyServiceUnavailable` (the vault fails closed); a wrap tha
 does not open or a key that no longer exists → :class:`DecryptionFailed`.
 Nothing from the key service's answer (which may echo request data) reaches an
 error message.
+
+A subject key is bound to its subject on every wrap: a derived key
+(:attr:`KeyRef.derived`, every subject key made since revision 0008) by the
+key-derivation ``context``, a legacy key by ``associated_data``. The callers
+pass the same binding bytes either way (:func:`_binding` picks the field).
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ _READY_STATUSES = frozenset({200, 429, 472, 473})
 
 def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode("ascii")
+
+
+def _binding(ref: KeyRef, binding: bytes) -> dict[str, Any]:
+    """How a wrap is bound to its subject: the derivation context of a derived
+    key (which ``transit/rewrap`` also takes), else the associated data."""
+    return {"context" if ref.derived else "associated_data": _b64(binding)}
 
 
 #: What a caller may handle itself (an unwrap that does not open, a key that is
@@ -227,6 +238,8 @@ class TransitKeyProvider(_TransitClient):
         return super()._call(op, fn, *args, handled=handled, **kwargs)
 
     def create_key(self, ref: KeyRef) -> None:
+        # Sent only for a derived key: the other keys are created as before.
+        derived: dict[str, Any] = {"derived": True} if ref.derived else {}
         self._call(
             "create_key",
             self._client.secrets.transit.create_key,
@@ -235,6 +248,7 @@ class TransitKeyProvider(_TransitClient):
             exportable=False,
             allow_plaintext_backup=False,
             mount_point=ref.mount,
+            **derived,
         )
 
     def wrap(self, ref: KeyRef, plaintext: bytes, associated_data: bytes) -> str:
@@ -243,8 +257,8 @@ class TransitKeyProvider(_TransitClient):
             self._client.secrets.transit.encrypt_data,
             name=ref.name,
             plaintext=_b64(plaintext),
-            associated_data=_b64(associated_data),
             mount_point=ref.mount,
+            **_binding(ref, associated_data),
         )
         return str(resp["data"]["ciphertext"])
 
@@ -255,9 +269,9 @@ class TransitKeyProvider(_TransitClient):
                 self._client.secrets.transit.decrypt_data,
                 name=ref.name,
                 ciphertext=wrapped,
-                associated_data=_b64(associated_data),
                 mount_point=ref.mount,
                 handled=_CALLER_HANDLED,
+                **_binding(ref, associated_data),
             )
         except _CALLER_HANDLED as e:
             # Altered wrap, wrong associated data, or the key no longer exists.
@@ -348,9 +362,9 @@ class TransitKeyShredder(_TransitClient):
                 self._client.secrets.transit.decrypt_data,
                 name=ref.name,
                 ciphertext=wrapped,
-                associated_data=_b64(associated_data),
                 mount_point=ref.mount,
                 handled=_CALLER_HANDLED,
+                **_binding(ref, associated_data),
             )
         except _CALLER_HANDLED as e:
             answer = "; ".join(str(x) for x in (e.errors or [])) or type(e).__name__
@@ -365,9 +379,11 @@ class KeyGone(Exception):
 class TransitKeyRotator(_TransitClient):
     """Rotates subject keys: the rotation role's own, separate credential.
 
-    Its policy (``deploy/openbao/policies/rotation.hcl``) may rotate, use,
-    reconfigure and trim subject keys, never delete or export them. Every
-    failure is KeyServiceUnavailable, except a key that is gone (:class:`KeyGone`).
+    Its policy (``deploy/openbao/policies/rotation.hcl``) may rotate,
+    re-wrap, reconfigure and trim subject keys, never delete or export them
+    (decrypt and encrypt only for the legacy, non-derived keys). Every
+    failure is KeyServiceUnavailable, except a key that is gone (:class:`KeyGone`):
+    for a derived key's rewrap that includes a wrap that does not open.
     """
 
     DEFAULT_TIMEOUT = 10.0
@@ -408,11 +424,28 @@ class TransitKeyRotator(_TransitClient):
     def rewrap(self, ref: KeyRef, wrapped: str, associated_data: bytes) -> str:
         """The same data key wrapped by the key's newest version.
 
-        Not Transit ``rewrap``: OpenBao's rewrap does not take the wrap's
-        associated data (it fails authentication on every wrap bound to its
-        subject), so the data key is unwrapped and wrapped again here, held in
-        memory for the two calls only, never logged or stored.
+        A derived key (``ref.derived``): one Transit ``rewrap`` call with the
+        wrap's context; OpenBao opens and re-seals the data key itself, which
+        never leaves it in clear (this credential needs no decrypt or encrypt).
+
+        A legacy key (associated data): OpenBao's rewrap takes no associated
+        data (it fails authentication on every wrap bound to its subject), so
+        the data key is unwrapped and wrapped again here, held in memory for
+        the two calls only, never logged or stored.
         """
+        if ref.derived:
+            resp = self._call(
+                "rewrap",
+                self._client.secrets.transit.rewrap_data,
+                name=ref.name,
+                ciphertext=wrapped,
+                context=_b64(associated_data),
+                mount_point=ref.mount,
+            )
+            try:
+                return str(resp["data"]["ciphertext"])
+            except (KeyError, TypeError) as e:
+                raise KeyServiceUnavailable("key service returned no wrap") from e
         try:
             data_key = self._keys.unwrap(ref, wrapped, associated_data)
         except DecryptionFailed as e:  # the key is gone, or the wrap does not open

@@ -240,7 +240,7 @@ class LookupReindex:
         """The subject's data key of ``generation``; None when the subject holds
         no such generation (any more); "gone" or "failed" to end the subject."""
         aad = dek_associated_data(sid, subject.region)
-        ref = KeyRef(subject.key_mount, subject.key_name)
+        ref = KeyRef(subject.key_mount, subject.key_name, subject.key_derived)
         wrapped = subject.wrap_of(generation)
         try:
             if wrapped is None:

@@ -156,7 +156,7 @@ class SubjectRekey:
         self._claim(subject_id)
         try:
             row = self._live(subject_id)
-            ref = KeyRef(row.key_mount, row.key_name)
+            ref = KeyRef(row.key_mount, row.key_name, row.key_derived)
             aad = dek_associated_data(row.id, row.region)
             old_dek = self._keys.unwrap(ref, row.wrapped_dek, aad)
             if row.wrapped_dek_next is None:

@@ -7,10 +7,13 @@ job's cutoff, in id order:
 2. **rotate** its Transit key (a new version);
 3. **re-wrap** its data key under the new version and store the new wrap
    with its key version, only if the subject is still live and still holds
-   the old wrap. (Transit ``rewrap`` would keep the data key inside OpenBao,
-   but OpenBao's rewrap ignores associated data and every wrap here is bound
-   to its subject; so the job unwraps and wraps again, holding the data key
-   in memory for those two calls only, as a node does on every cache miss);
+   the old wrap. A derived subject key (every key made since revision 0008:
+   its wrap is bound to the subject by the key-derivation context) is
+   re-wrapped by Transit ``rewrap`` with that context: one call, and the data
+   key never leaves OpenBao in clear. A legacy key (its wrap bound by
+   associated data, which OpenBao's rewrap does not take) is unwrapped and
+   wrapped again, the data key held in memory for those two calls only, as a
+   node does on every cache miss;
 4. **retire** the old versions: every wrapped data key of the subject (it has
    one) is now on the newest version, so ``min_decryption_version`` is raised
    and the old versions are trimmed. A backup holding the old wrap no longer
@@ -200,7 +203,7 @@ class SubjectKeyRotation:
         return outcome
 
     def _rotate(self, cand: Candidate) -> str:
-        ref = KeyRef(cand.key_mount, cand.key_name)
+        ref = KeyRef(cand.key_mount, cand.key_name, cand.key_derived)
         aad = dek_associated_data(cand.id, self._region)
         try:
             version = self._rotator.rotate(ref)

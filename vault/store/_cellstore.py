@@ -140,6 +140,10 @@ class SubjectRow:
             return self.wrapped_dek_next
         return None
 
+    #: The subject key is a derived Transit key (its wrap bound by context);
+    #: False: a legacy key, its wrap bound by associated data.
+    key_derived: bool = False
+
 
 @dataclass(frozen=True, slots=True)
 class RecordRow:
@@ -167,6 +171,7 @@ _SUBJECT_COLS = (
     subjects.c.dek_generation,
     subjects.c.wrapped_dek_next,
     subjects.c.pseudonym_seal,
+    subjects.c.key_derived,
 )
 _RECORD_COLS = (
     records.c.id,
@@ -205,6 +210,7 @@ def _subject_row(r: Sequence[Any]) -> SubjectRow:
         int(r[9]),
         r[10],
         None if r[11] is None else bytes(r[11]),
+        bool(r[12]),
     )
 
 
@@ -457,6 +463,7 @@ class CellStore:
                 entry.wrapped_dek,
                 now,
                 now,
+                key_derived=entry.key_derived,
             )
             if lookups is not None and seal is not None:
                 lookups = LookupWrite(lookups.versions, lookups.digests, seal(row))
@@ -497,6 +504,7 @@ class CellStore:
                 minor=row.minor,
                 key_mount=row.key_mount,
                 key_name=row.key_name,
+                key_derived=row.key_derived,
                 wrapped_dek=row.wrapped_dek,
                 key_version=wrap_key_version(row.wrapped_dek),
                 idempotency_key=idempotency_key,

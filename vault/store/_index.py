@@ -61,6 +61,8 @@ class LiveSubject:
     #: rekey runs (see vault.rotation._rekey).
     dek_generation: int = 1
     wrapped_dek_next: str | None = None
+    #: A derived subject key (its wraps bound by context, see KeyRef.derived).
+    key_derived: bool = False
 
     def wrap_of(self, generation: int) -> str | None:
         """The wrapped data key of ``generation``, if the row holds it."""
@@ -179,9 +181,12 @@ class IndexStore:
                     subjects.c.wrapped_dek,
                     subjects.c.dek_generation,
                     subjects.c.wrapped_dek_next,
+                    subjects.c.key_derived,
                 ).where(and_(subjects.c.id == subject_id, subjects.c.state.in_(_LIVE)))
             ).first()
-        return LiveSubject(*r) if r else None
+        if r is None:
+            return None
+        return LiveSubject(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], bool(r[7]))
 
     def sealed_values(self, subject_id: str) -> list[SealedLookup]:
         with self._tx() as conn:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 
 metadata = MetaData(
     naming_convention={
@@ -65,6 +66,10 @@ subjects = Table(
     # The subject's audit pseudonym key, carried over a rekey: sealed
     # (AES-GCM) under the data key of dek_generation; NULL: derived from it.
     Column("pseudonym_seal", LargeBinary, nullable=True),
+    # The subject key is a derived Transit key: its wrap is bound to the subject
+    # by the derivation context, and rotation re-wraps it inside OpenBao. False:
+    # a key made before revision 0008 (bound by associated data).
+    Column("key_derived", Boolean, nullable=False, server_default=sa_false()),
 )
 
 records = Table(
@@ -202,10 +207,11 @@ key_jobs = Table(
 )
 
 # Subject-key pool: subject ids minted ahead of sign-up, each with its Transit
-# key already created and a fresh data key wrapped under it (associated data
-# binding that id and the region). No personal data: an entry is an unused id
-# and key material the vault cannot read without the key service. Claiming an
-# entry deletes it in the statement that reads it (never reused).
+# key already created and a fresh data key wrapped under it (the derivation
+# context binding that id and the region; key_derived false: associated data).
+# No personal data: an entry is an unused id and key material the vault cannot
+# read without the key service. Claiming an entry deletes it in the statement
+# that reads it (never reused).
 subject_pool = Table(
     "subject_pool",
     metadata,
@@ -215,6 +221,8 @@ subject_pool = Table(
     Column("wrapped_dek", Text, nullable=False),
     # Microseconds since the epoch.
     Column("created_at", BigInteger, nullable=False),
+    # As subjects.key_derived.
+    Column("key_derived", Boolean, nullable=False, server_default=sa_false()),
 )
 
 # One row per batch the pool filler added: when (microseconds), how many

@@ -1,7 +1,8 @@
 """The subject-key pool of a cell: entries minted ahead, claimed once.
 
 An entry is a subject id, where its Transit key lives and its data key wrapped
-under that key (associated data binding the id and the region) — no personal
+under that key (bound to the id and the region: the derivation context of a
+derived key, the associated data of a legacy one) — no personal
 data. The claim is one statement that deletes the entry it returns, so two
 nodes can never claim the same one: ``DELETE … WHERE id = (SELECT id … LIMIT 1
 FOR UPDATE SKIP LOCKED) RETURNING …`` on PostgreSQL (a concurrent claimer skips
@@ -29,6 +30,8 @@ class PoolEntry:
     key_name: str
     wrapped_dek: str
     created_at: int
+    #: The key is a derived Transit key (every entry minted since revision 0008).
+    key_derived: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,7 @@ _POOL_COLS = (
     subject_pool.c.key_name,
     subject_pool.c.wrapped_dek,
     subject_pool.c.created_at,
+    subject_pool.c.key_derived,
 )
 _NEXT = select(subject_pool.c.id).limit(1).with_for_update(skip_locked=True).scalar_subquery()
 _CLAIM = delete(subject_pool).where(subject_pool.c.id == _NEXT).returning(*_POOL_COLS)
@@ -62,7 +66,7 @@ _CLAIM = delete(subject_pool).where(subject_pool.c.id == _NEXT).returning(*_POOL
 def claim(conn: Connection) -> PoolEntry | None:
     """Removes one entry and returns it, in the caller's transaction; None when empty."""
     r = conn.execute(_CLAIM).first()
-    return PoolEntry(r[0], r[1], r[2], r[3], int(r[4])) if r else None
+    return PoolEntry(r[0], r[1], r[2], r[3], int(r[4]), bool(r[5])) if r else None
 
 
 class PoolStore:
@@ -85,6 +89,7 @@ class PoolStore:
                         "key_name": e.key_name,
                         "wrapped_dek": e.wrapped_dek,
                         "created_at": e.created_at,
+                        "key_derived": e.key_derived,
                     }
                     for e in entries
                 ],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -32,6 +33,7 @@ _CANDIDATE = (
     subjects.c.wrapped_dek,
     subjects.c.key_version,
     subjects.c.wrapped_dek_next,
+    subjects.c.key_derived,
 )
 #: When a subject's key was last rotated, or created if never.
 _LAST_ROTATION = func.coalesce(subjects.c.key_rotated_at, subjects.c.created_at)
@@ -48,6 +50,12 @@ class Candidate:
     key_version: int
     #: The next generation's data key while a rekey of the subject is unfinished.
     wrapped_dek_next: str | None = None
+    #: A derived key: re-wrapped by OpenBao itself (Transit rewrap, with context).
+    key_derived: bool = False
+
+
+def _candidate(r: Any) -> Candidate:
+    return Candidate(r[0], r[1], r[2], r[3], int(r[4]), r[5], bool(r[6]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +170,7 @@ class RotationStore:
                 .order_by(subjects.c.id)
                 .limit(limit)
             ).all()
-        return [Candidate(*r) for r in rows]
+        return [_candidate(r) for r in rows]
 
     def claim(self, subject_id: str, owner: str, cutoff_us: int, now: int, until: int) -> bool:
         """Claims a live subject still due, unless another job holds a live claim."""
@@ -206,7 +214,9 @@ class RotationStore:
                     and_(subjects.c.id == subject_id, subjects.c.state.in_(_LIVE))
                 )
             ).first()
-        return Candidate(*row) if row is not None else None
+        if row is None:
+            return None
+        return _candidate(row)
 
     def store_rewrap(
         self,

@@ -13,9 +13,13 @@ path "${mount}/keys/+" {
   # create: a new subject key; update: the same create call repeated after a
   # crash (idempotent). The key must be neither exportable nor backed up in
   # plaintext, so a stolen node credential cannot make a key it could export.
+  # Subject keys are derived (each wrap bound to its subject by the derivation
+  # context, so rotation re-wraps inside OpenBao); the region's blind-index key
+  # is created without the parameter. Convergent encryption is not allowed.
   capabilities = ["create", "update"]
   allowed_parameters = {
     "type"                   = ["aes256-gcm96"]
+    "derived"                = [true]
     "exportable"             = [false]
     "allow_plaintext_backup" = [false]
   }

@@ -5,11 +5,17 @@
 # trims old versions and re-wraps data keys to the newest version. It cannot
 # delete, export or back up a key, or allow deletion.
 #
-# Re-wrapping is decrypt + encrypt, not Transit's rewrap: every wrapped data
-# key is bound to its subject and region by associated data, and rewrap
-# accepts none (it decrypts with no associated data and fails). So this role
-# can unwrap a data key, for the moment of its re-wrap; it is a job's
-# credential, held only by nodes and tools that rotate keys.
+# Re-wrapping a derived subject key (every subject key made since cell
+# revision 0008) is Transit's rewrap with the wrap's derivation context: the
+# data key never leaves OpenBao in clear.
+#
+# decrypt and encrypt are here ONLY for the legacy (non-derived) subject keys:
+# their wraps are bound by associated data, which rewrap does not take, so
+# they are re-wrapped by decrypt + encrypt (this role then sees a data key for
+# the moment of its re-wrap). Once no subject of the region has a legacy key
+# (`SELECT count(*) FROM subjects WHERE NOT key_derived` is 0), remove those
+# two paths from the applied policy. It is a job's credential, held only by
+# nodes and tools that rotate keys.
 
 path "${mount}/keys" {
   capabilities = ["list"]
@@ -35,6 +41,13 @@ path "${mount}/keys/+/config" {
 path "${mount}/keys/+/trim" {
   capabilities = ["update"]
 }
+
+path "${mount}/rewrap/+" {
+  # Derived subject keys: re-wrapped inside OpenBao.
+  capabilities = ["update"]
+}
+
+# Legacy (non-derived) subject keys only: see above.
 
 path "${mount}/decrypt/+" {
   capabilities = ["update"]

@@ -5,7 +5,7 @@ key version; version 1, the existing cell key "lookup-index", is active) and
 ``lookup_values`` (each lookup value sealed under the subject's data key).
 
 Revision ID: 0009_index_versions
-Revises: 0007_scale_pool
+Revises: 0008_derived_keys
 Create Date: 2026-11-29
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_index_versions"
-down_revision = "0007_scale_pool"
+down_revision = "0008_derived_keys"
 branch_labels = None
 depends_on = None
 
