@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -667,3 +668,37 @@ def test_a_lookup_value_sealed_under_a_key_a_rekey_replaced_is_not_stored(
     assert c.set_lookups(sid, {"email": value}) == 1
     assert {v.generation for v in _values(node, sid)} == {2}
     store.release(sid, "test-owner")
+
+
+def test_an_interrupted_rotation_says_how_to_resume_and_leaves_no_claim(
+    node: Stack, bao: Bao
+) -> None:
+    """Ctrl-C in `pdvault keys rotate` (rate-limited, mid-job): a one-line
+    message and exit 130, not a traceback; no subject stays claimed."""
+    for _ in range(12):  # at 1/s, more than the job can do before the interrupt
+        _person(node, 1)
+    ports = DataDir(node.data_dir).openbao / "ports.json"
+    if not ports.exists():
+        ports.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(bao.server.dir / "ports.json", ports)
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "vault.cli", "keys", "rotate", "--region", "de"),
+            *("--older-than", "0s", "--rate", "1/s", "--data-dir", str(node.data_dir)),
+            *("--openbao-token", bao.server.rotator_token(node.regions)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3.5)  # started, and sleeping in its rate limit
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted; run the command again to resume" in err
+    assert "Traceback" not in err
+    with _engine(node).connect() as conn:
+        held = conn.execute(
+            select(subjects.c.id).where(subjects.c.rotation_claim.is_not(None))
+        ).all()
+    assert held == []

@@ -144,6 +144,11 @@ def _with_rotation_credential(
     credential: OpenBaoCredential = args.openbao_token or bao.rotation_login(regions)
     try:
         return int(job(args, region, credential))
+    except KeyboardInterrupt:
+        # The subject in hand is released (its claim) on the way out; the job's
+        # cursor is in the database.
+        print("pdvault: interrupted; run the command again to resume", file=sys.stderr)
+        return 130
     finally:
         bao.retire()  # the login made for this run (if any) ends with it
 

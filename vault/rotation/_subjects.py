@@ -176,12 +176,14 @@ class SubjectKeyRotation:
         setattr(summary, outcome, getattr(summary, outcome) + 1)
 
     def _one(self, cand: Candidate, cutoff_us: int, limiter: RateLimiter | None) -> str:
+        if limiter is not None:
+            # Before the claim: a job waiting on its rate limit (or interrupted
+            # there) holds no subject.
+            limiter.acquire()
         now = self._clock()
         if not self._store.claim(cand.id, self.owner, cutoff_us, now, now + self._claim_us):
             # Claimed by another job (held), or rotated by one meanwhile, or erased.
             return "held" if self._store.is_due(cand.id, cutoff_us) else "gone"
-        if limiter is not None:
-            limiter.acquire()
         try:
             return self._rotate(cand)
         except KeyServiceUnavailable:
