@@ -236,6 +236,7 @@ class Stack:
         key_cache_entries: int | None = None,
         regions_file: Path | None = None,
         audit: bool = True,
+        audit_batch_ms: float | None = None,
     ) -> None:
         self.data_dir = data_dir
         argv = [sys.executable, "-m", "vault.cli", "up", "--data-dir", str(data_dir)]
@@ -246,6 +247,8 @@ class Stack:
             argv += ["--regions", str(regions_file)]
         if not audit:
             argv += ["--no-audit"]
+        elif audit_batch_ms is not None:
+            argv += ["--audit-batch-ms", f"{audit_batch_ms:g}"]
         self.server = Server("pdvault up", argv, r"endpoint\s+(\S+:\d+)")
         self.target = self.server.match.group(1)
 
@@ -705,7 +708,7 @@ def run_ladder(opts: argparse.Namespace, rows_wanted: set[str], work: Path) -> l
         md: tuple[tuple[str, str], ...] = ()
         if rows_wanted & {"a", "c"} or rows_wanted & {"d", "e"} == {"e"}:
             say("setup: pdvault up (key cache on) ...")
-            c_stack = Stack(work / "stack-cached")
+            c_stack = Stack(work / "stack-cached", audit_batch_ms=opts.audit_batch_ms)
             running.append(c_stack)
             md = (("authorization", f"Bearer {c_stack.issue_token()}"),)
             pop_c = asyncio.run(
@@ -777,7 +780,11 @@ def run_ladder(opts: argparse.Namespace, rows_wanted: set[str], work: Path) -> l
         if "p" in rows_wanted:
             say("setup: pdvault up, cells and control plane on PostgreSQL ...")
             databases = PostgresDatabases(opts.pg_admin, work)
-            p_stack = Stack(work / "stack-postgresql", regions_file=databases.regions_file)
+            p_stack = Stack(
+                work / "stack-postgresql",
+                regions_file=databases.regions_file,
+                audit_batch_ms=opts.audit_batch_ms,
+            )
             running.append(p_stack)
             steps += pdvault_steps("p", "pdvault {}, PostgreSQL", p_stack, opts, countries, value)
         if "f" in rows_wanted:
@@ -1192,6 +1199,14 @@ def main() -> int:
         help="libpq DSN of a PostgreSQL role that may create databases (row p)",
     )
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--audit-batch-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="the audited nodes' audit batch window (pdvault up --audit-batch-ms; default: "
+        "the node's own)",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "out", help="CSV, PNG and text report")
     ap.add_argument("--gate", action="store_true", help="exit 1 when a target is missed")
     ap.add_argument(

@@ -423,10 +423,10 @@ class NodeSettings:
     #: How long a request waits for its audit entry to be durable before it
     #: fails UNAVAILABLE (AUDIT_UNAVAILABLE).
     audit_timeout_seconds: float = 5.0
-    #: How long the first pending audit entry waits for others to share its
-    #: commit (``--audit-batch-ms``): fewer commits on a busy node, that much
-    #: more latency on every audited call. 0: commit after each loop turn.
-    audit_batch_window_seconds: float = 0.0  # vault.audit.DEFAULT_BATCH_WINDOW
+    #: The longest an audit entry waits for the entries of other callers' calls
+    #: to share its commit (``--audit-batch-ms``); it waits only while other
+    #: calls are in progress (vault.audit._writer). 0: commit after each turn.
+    audit_batch_window_seconds: float = 0.005  # vault.audit.DEFAULT_BATCH_WINDOW
     #: SQLite audit files: sync every commit to disk (``synchronous=FULL``)
     #: rather than to the write-ahead log, like the cells (``NORMAL``).
     audit_fsync: bool = False

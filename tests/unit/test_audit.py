@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from vault.audit import (
     CONTROL_LOG,
     DEFAULT_BATCH_WINDOW,
+    Auditor,
     AuditStore,
     AuditWriter,
     BadCheckpoint,
@@ -170,7 +172,7 @@ def test_the_batch_window_puts_entries_of_several_loop_turns_in_one_commit(
         loop = asyncio.get_running_loop()
         futures = []
         for i in range(5):  # one entry per loop turn, as gRPC hands calls over
-            futures.append(writer.submit_on_loop([_entry(i)], loop))
+            futures.append(writer.submit_on_loop([_entry(i)], loop, now=False))
             await asyncio.sleep(0)
         return list(await asyncio.gather(*futures))
 
@@ -184,6 +186,53 @@ def test_the_batch_window_puts_entries_of_several_loop_turns_in_one_commit(
         assert verify_log(engine, "de", {}).entries == 5
     finally:
         engine.dispose()
+
+
+def test_the_auditor_waits_for_the_callers_it_saw_and_never_holds_a_lone_one(
+    tmp_path: Path,
+) -> None:
+    """A lone call is committed after its turn (no wait, even with a long
+    window); once three calls were in progress at once, the third waiting call
+    brings the commit of all three at once — long before the window ends."""
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'audit-de.sqlite'}", "de")
+    calls: list[int] = []
+    real_append = store.append_nowait
+
+    def append_nowait(batch: Any) -> tuple[int, bytes]:
+        calls.append(len(batch))
+        return real_append(batch)
+
+    store.append_nowait = append_nowait  # type: ignore[method-assign]
+    auditor = Auditor({"de": AuditWriter(store, batch_window=30.0)}, node="n")
+
+    def note(i: int) -> RequestNote:
+        n = RequestNote("GetRecord", f"r{i}")
+        n.region = "de"
+        return n
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        lone = note(0)
+        auditor.begin(lone)
+        started = time.monotonic()
+        await asyncio.gather(*auditor.submit_on_loop(lone, loop))
+        auditor.end(lone)
+        assert calls == [1] and time.monotonic() - started < 1
+        three = [note(i) for i in (1, 2, 3)]
+        for n in three:
+            auditor.begin(n)
+        futures = []
+        for n in three:
+            futures += auditor.submit_on_loop(n, loop)
+            await asyncio.sleep(0)
+        await asyncio.gather(*futures)
+        for n in three:
+            auditor.end(n)
+        return time.monotonic() - started
+
+    took = asyncio.run(run())
+    auditor.close()
+    assert calls == [1, 3] and took < 5  # one commit for the three, no 30 s window
 
 
 def test_a_negative_batch_window_is_refused(tmp_path: Path) -> None:

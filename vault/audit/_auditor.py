@@ -38,6 +38,39 @@ class Auditor:
         self.writers = dict(writers)
         self.node = node or node_name()
         self._clock = clock
+        # The batch window's bookkeeping (calls on the event loop only): calls
+        # in progress, calls waiting for their commit, and the most calls in
+        # progress at once in this second and the last (how many callers there
+        # are, as far as the node can tell).
+        self._in_progress = 0
+        self._waiting = 0
+        self._peak = self._peak_before = 1
+        self._peak_second = 0
+
+    def begin(self, note: RequestNote) -> None:
+        """A call on the event loop that will submit entries started."""
+        if note.active:
+            return
+        note.active = True
+        self._in_progress += 1
+        second = int(time.monotonic())
+        if second != self._peak_second:
+            self._peak_before = self._peak if second == self._peak_second + 1 else 1
+            self._peak, self._peak_second = 1, second
+        self._peak = max(self._peak, self._in_progress)
+
+    def end(self, note: RequestNote) -> None:
+        """The call ended (answered or failed)."""
+        if note.active:
+            note.active = False
+            self._in_progress -= 1
+
+    def callers(self) -> int:
+        """How many calls were in progress at once lately (at least 1)."""
+        return max(self._peak, self._peak_before, 1)
+
+    def _flushed(self, submissions: int) -> None:
+        self._waiting = max(0, self._waiting - submissions)
 
     def writer(self, log: str) -> AuditWriter:
         w = self.writers.get(log)
@@ -55,14 +88,23 @@ class Auditor:
         """Like :meth:`submit`, for a caller on the event loop (see
         :meth:`AuditWriter.submit_on_loop`)."""
         out = []
-        for log, batch in note.entries(self.node, self._clock()).items():
+        # Commit at once when every caller seen lately is waiting for its
+        # commit (nobody else will come to share it); else the batch window.
+        by_log = note.entries(self.node, self._clock())
+        self._waiting += len(by_log)
+        now = self._waiting >= self.callers()
+        for log, batch in by_log.items():
             w = self.writers.get(log) or self.writers.get(CONTROL_LOG)
             if w is None:
                 f: asyncio.Future[int] = loop.create_future()
                 f.set_exception(AuditUnavailable(f"no audit log {log!r} on this node"))
                 out.append(f)
+                self._flushed(1)
             else:
-                out.append(w.submit_on_loop(batch, loop))
+                out.append(w.submit_on_loop(batch, loop, now=now, flushed=self._flushed))
+        if now:
+            for w in self.writers.values():
+                w.flush_soon(loop)
         return out
 
     def submit_entries(self, by_log: Mapping[str, list[dict[str, Any]]]) -> list[Future[int]]:

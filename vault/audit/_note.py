@@ -68,6 +68,8 @@ class RequestNote:
     #: subject id: its pseudonyms need no second unwrap.
     keys_used: dict[str, bytes] = field(default_factory=dict, repr=False)
     sealed: bool = False
+    #: Counted by the auditor among the calls in progress (its batch window).
+    active: bool = False
 
     def restart(self) -> None:
         """Forgets what a try noted (the call is run again on the thread pool)."""

@@ -6,10 +6,11 @@ every N entries or T seconds.
 On the event loop, a commit costs about as much as the rest of a cached read,
 and a busy node's calls reach their audit step one loop turn apart (gRPC
 hands them over one per turn), so committing after every turn writes about
-one entry per transaction. A *batch window* (``--audit-batch-ms``, off by
-default) holds the first pending entry that long, so that the entries of the
-calls served meanwhile share its commit: fewer commits per call for a busy
-node, at the cost of that much latency on every audited call.
+one entry per transaction. The writers therefore wait, up to a *batch window*
+(``--audit-batch-ms``, 5 ms by default), for the calls of the other callers:
+:class:`vault.audit.Auditor` counts the calls in progress, and commits at once
+when as many calls wait for their commit as were lately in progress at once
+(a lone caller, or every caller of a busy node, waits for nobody).
 
 A request waits on the returned future before it returns anything; the
 future fails when the batch could not be made durable (the request then
@@ -35,9 +36,9 @@ from vault.audit._store import AuditStore
 log = logging.getLogger("vault.audit")
 
 MAX_BATCH = 512
-#: How long the first pending entry on the event loop waits for others to
-#: share its commit; 0: the commit follows the loop turn.
-DEFAULT_BATCH_WINDOW = 0.0
+#: The longest an entry on the event loop waits for others to share its
+#: commit; 0: the commit follows the loop turn.
+DEFAULT_BATCH_WINDOW = 0.005
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class AuditWriter:
         self._last_checkpoint = time.monotonic()
         self._closed = False
         self._pending: list[tuple[Sequence[Mapping[str, Any]], asyncio.Future[int]]] = []
+        self._soon = False  # a commit is queued for the next turn of the loop
+        self._timer: asyncio.TimerHandle | None = None  # the batch window's end
+        self._on_flush: Callable[[int], None] | None = None
         self._inline_since_poke = 0
         # Bound once: a batch costs two increments.
         self._ok = metrics.AUDIT_BATCHES.labels(store.log, "ok")
@@ -87,30 +91,51 @@ class AuditWriter:
         self._thread.start()
 
     def submit_on_loop(
-        self, batch: Sequence[Mapping[str, Any]], loop: asyncio.AbstractEventLoop
+        self,
+        batch: Sequence[Mapping[str, Any]],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        now: bool = True,
+        flushed: Callable[[int], None] | None = None,
     ) -> asyncio.Future[int]:
         """Like :meth:`submit`, for a caller on the event loop ``loop``.
 
         With a local SQLite file the entries are appended on the loop itself,
-        with the others pending, in one transaction after this turn of the
-        loop or at the end of the batch window (no thread hand-off: one per
-        call costs more than the insert). When another writer holds the lock,
-        or with another database, the batch goes to the writer thread.
+        with the others pending, in one transaction: right after this turn of
+        the loop when ``now`` (or without a batch window), else when
+        :meth:`flush_soon` is called or the batch window ends (no thread
+        hand-off: one per call costs more than the insert). ``flushed(n)`` is
+        told how many submissions each commit took. When another writer holds
+        the lock, or with another database, the batch goes to the writer thread.
         """
         fut: asyncio.Future[int] = loop.create_future()
         if not self.store.inline_capable or self._closed:
             _chain(self.submit(batch), fut, loop)
             return fut
         self._pending.append((batch, fut))
-        if len(self._pending) == 1:
-            if self._window:
-                loop.call_later(self._window, self._flush_on_loop, loop)
-            else:
-                loop.call_soon(self._flush_on_loop, loop)
+        self._on_flush = flushed
+        if now or not self._window:
+            self.flush_soon(loop)
+        elif self._timer is None and not self._soon:
+            self._timer = loop.call_later(self._window, self._flush_on_loop, loop)
         return fut
 
+    def flush_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commits what is pending right after this turn of the loop."""
+        if self._pending and not self._soon:
+            self._soon = True
+            loop.call_soon(self._flush_on_loop, loop)
+
     def _flush_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._soon = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         items, self._pending = self._pending, []
+        if not items:
+            return
+        if self._on_flush is not None:
+            self._on_flush(len(items))
         entries = [e for batch, _ in items for e in batch]
         try:
             size, _ = self.store.append_nowait(entries)

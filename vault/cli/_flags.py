@@ -101,10 +101,9 @@ def add_audit_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_BATCH_WINDOW * 1000,
         metavar="MS",
-        help="hold the first pending audit entry this long so that the entries of the "
-        "calls served meanwhile share its commit: fewer commits on a busy node, that "
-        "much latency on every audited call (default %(default)g: commit after each "
-        "turn of the event loop; local SQLite audit files only)",
+        help="the longest an audit entry waits for the calls of other callers to share its "
+        "commit (default %(default)g; it waits only while other calls are in progress, so a "
+        "lone caller is not held; 0: commit after every turn of the event loop)",
     )
 
 

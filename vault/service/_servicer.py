@@ -213,8 +213,27 @@ class _Base:
 
         With a ``note``, the call's audit entries are made durable before
         anything is answered, refusals included; if they cannot be, the call
-        fails UNAVAILABLE (``AUDIT_UNAVAILABLE``) and returns nothing.
+        fails UNAVAILABLE (``AUDIT_UNAVAILABLE``) and returns nothing. The call
+        counts among the calls in progress for the audit's batch window.
         """
+        if note is None or self._audit is None:
+            return await self._run_guarded(method, context, fn, pool=pool, who=who, note=None)
+        self._audit.begin(note)
+        try:
+            return await self._run_guarded(method, context, fn, pool=pool, who=who, note=note)
+        finally:
+            self._audit.end(note)
+
+    async def _run_guarded(
+        self,
+        method: str,
+        context: Ctx,
+        fn: Callable[[], T],
+        *,
+        pool: bool,
+        who: _Who | None,
+        note: RequestNote | None,
+    ) -> T:
         start = time.perf_counter()
         who = who or _Who.of(context)
         try:
