@@ -5,9 +5,11 @@ key) and key coverage."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,29 @@ def _run_rekey(
     return 0 if s.rotated in (None, "rotated") else 1
 
 
+@contextlib.contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[str, str], None]]:
+    """A progress bar on stderr with the rate in subjects/s; yields the job's
+    per-subject callback."""
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task("job", total=total, rate="")
+        started = time.monotonic()
+        count = [0]
+
+        def tick(_: str, __: str) -> None:
+            count[0] += 1
+            elapsed = max(time.monotonic() - started, 1e-9)
+            bar.update(task, advance=1, rate=f"{count[0] / elapsed:.1f} subjects/s")
+
+        yield tick
+
+
 def _run_rotation(
     args: argparse.Namespace, region: RegionConfig, credential: OpenBaoCredential
 ) -> int:
@@ -207,22 +232,7 @@ def _run_rotation(
     job = SubjectKeyRotation(store, region_rotator(region, credential), region.id)
     limiter = RateLimiter(args.rate)
     total = store.coverage().subjects
-    with Progress(
-        TextColumn(f"rotating {region.id} subject keys"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        console=Console(stderr=True),
-    ) as bar:
-        task = bar.add_task("rotate", total=total, rate="")
-        started = time.monotonic()
-        count = [0]
-
-        def tick(_: str, __: str) -> None:
-            count[0] += 1
-            elapsed = max(time.monotonic() - started, 1e-9)
-            bar.update(task, advance=1, rate=f"{count[0] / elapsed:.1f} subjects/s")
-
+    with _progress(f"rotating {region.id} subject keys", total) as tick:
         try:
             s = job.run(args.older_than, limiter=limiter, progress=tick)
         except KeyServiceUnavailable as e:
@@ -263,22 +273,7 @@ def _run_reindex(
     index = IndexStore(engine)
     total = index.count_candidates(min(index.active(), default=1))
     engine.dispose()
-    with Progress(
-        TextColumn(f"re-indexing {region.id} lookups"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        console=Console(stderr=True),
-    ) as bar:
-        task = bar.add_task("reindex", total=total, rate="")
-        started = time.monotonic()
-        count = [0]
-
-        def tick(_: str, __: str) -> None:
-            count[0] += 1
-            elapsed = max(time.monotonic() - started, 1e-9)
-            bar.update(task, advance=1, rate=f"{count[0] / elapsed:.1f} subjects/s")
-
+    with _progress(f"re-indexing {region.id} lookups", total) as tick:
         try:
             s = job.run(drop_unsealed=args.drop_unsealed, limiter=limiter, progress=tick)
         except KeyServiceUnavailable as e:

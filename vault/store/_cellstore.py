@@ -947,16 +947,7 @@ class CellStore:
                     if conn.execute(_INSERT_LOOKUP, {**live_params, **params}).rowcount != 1:
                         raise _NotLive
                 for x in sealed.values():
-                    params = {
-                        "subject_id": subject_id,
-                        "value_id": x.value_id,
-                        "kind": x.kind,
-                        "sealed": x.sealed,
-                        "dek_generation": x.generation,
-                        "newest_gen": x.generation,
-                    }
-                    if conn.execute(_INSERT_LOOKUP_VALUE, {**live_params, **params}).rowcount != 1:
-                        self._not_live_or_stale(conn, live_params)
+                    self._insert_sealed(conn, subject_id, x, live_params)
                 if new:
                     self._check_index_versions(conn, entries)
         except _NotLive:
@@ -990,6 +981,23 @@ class CellStore:
             ).all()
         return [sealed_lookup(r) for r in rows]
 
+    @classmethod
+    def _insert_sealed(
+        cls, conn: Connection, subject_id: str, x: SealedLookup, live_params: dict[str, Any]
+    ) -> None:
+        """Inserts one sealed lookup value while the subject is live and ``x``'s
+        generation is its newest; _NotLive or DataKeyChanged otherwise."""
+        params = {
+            "subject_id": subject_id,
+            "value_id": x.value_id,
+            "kind": x.kind,
+            "sealed": x.sealed,
+            "dek_generation": x.generation,
+            "newest_gen": x.generation,
+        }
+        if conn.execute(_INSERT_LOOKUP_VALUE, {**live_params, **params}).rowcount != 1:
+            cls._not_live_or_stale(conn, live_params)
+
     @staticmethod
     def _not_live_or_stale(conn: Connection, live_params: dict[str, Any]) -> NoReturn:
         """After a guarded insert wrote nothing: the subject is not live
@@ -1015,16 +1023,7 @@ class CellStore:
                     return False
                 conn.execute(delete(lookup_values).where(lookup_values.c.subject_id == subject_id))
                 for x in {x.value_id: x for x in values}.values():
-                    params = {
-                        "subject_id": subject_id,
-                        "value_id": x.value_id,
-                        "kind": x.kind,
-                        "sealed": x.sealed,
-                        "dek_generation": x.generation,
-                        "newest_gen": x.generation,
-                    }
-                    if conn.execute(_INSERT_LOOKUP_VALUE, {**live_params, **params}).rowcount != 1:
-                        self._not_live_or_stale(conn, live_params)
+                    self._insert_sealed(conn, subject_id, x, live_params)
                 if not values and conn.execute(_SUBJECT_LIVE_ROW, live_params).first() is None:
                     raise _NotLive
         except _NotLive:
