@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -83,6 +83,11 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 #: may belong to a CreateSubject still in flight.
 ORPHAN_KEY_MIN_AGE_SECONDS = 15 * 60
 SERVICE_NAMES = (vault_pb2.DESCRIPTOR.services_by_name["PersonalDataVault"].full_name,)
+
+
+#: A key-service client of one cluster, and the same routed over several.
+C = TypeVar("C")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -196,42 +201,48 @@ class KeyServices:
     def region_provider(self, rc: RegionConfig) -> KeyProvider:
         """The region's subject-key client: its OpenBao's, or routed by mount
         when the region spreads its mounts over several clusters."""
-        if not rc.mount_addresses:
-            return self.provider(rc.openbao_address)
-        return RoutedKeyProvider({m: self.provider(rc.address_of(m)) for m in rc.transit_mounts})
+        return by_cluster(rc, self.provider, RoutedKeyProvider)
 
     def region_shredder(self, rc: RegionConfig) -> KeyShredder | None:
         """Like :meth:`region_provider`, for the eraser credential (None without it)."""
         if self._eraser_token is None:
             return None
-        if not rc.mount_addresses:
-            return self.shredder(rc.openbao_address)
-        routes: dict[str, KeyShredder] = {}
-        for m in rc.transit_mounts:
-            s = self.shredder(rc.address_of(m))
+
+        def shredder(address: str) -> KeyShredder:
+            s = self.shredder(address)
             assert s is not None
-            routes[m] = s
-        return RoutedKeyShredder(routes)
+            return s
+
+        return by_cluster(rc, shredder, RoutedKeyShredder)
+
+
+def by_cluster(
+    rc: RegionConfig, connect: Callable[[str], C], routed: Callable[[dict[str, C]], R]
+) -> C | R:
+    """One client per OpenBao cluster of the region (``connect(address)``):
+    the only cluster's, or ``routed`` over every mount to its cluster's."""
+    clients = {a: connect(a) for a in rc.clusters()}
+    if len(clients) == 1:
+        return clients[rc.openbao_address]
+    return routed({m: clients[rc.address_of(m)] for m in rc.transit_mounts})
 
 
 def region_key_provider(
     rc: RegionConfig, credential: OpenBaoCredential, timeout: float | None = None
 ) -> KeyProvider:
     """A key client of a region with ``credential`` (routed by mount over its clusters)."""
-    clients = {a: TransitKeyProvider.connect(a, credential, timeout=timeout) for a in rc.clusters()}
-    if len(clients) == 1:
-        return clients[rc.openbao_address]
-    return RoutedKeyProvider({m: clients[rc.address_of(m)] for m in rc.transit_mounts})
+    return by_cluster(
+        rc, lambda a: TransitKeyProvider.connect(a, credential, timeout=timeout), RoutedKeyProvider
+    )
 
 
 def region_rotator(
     rc: RegionConfig, credential: OpenBaoCredential, timeout: float | None = None
 ) -> TransitKeyRotator | RoutedKeyRotator:
     """The rotation role's client of a region (routed by mount over its clusters)."""
-    clients = {a: TransitKeyRotator.connect(a, credential, timeout=timeout) for a in rc.clusters()}
-    if len(clients) == 1:
-        return clients[rc.openbao_address]
-    return RoutedKeyRotator({m: clients[rc.address_of(m)] for m in rc.transit_mounts})
+    return by_cluster(
+        rc, lambda a: TransitKeyRotator.connect(a, credential, timeout=timeout), RoutedKeyRotator
+    )
 
 
 def build_cells(

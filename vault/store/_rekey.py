@@ -21,7 +21,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, exists, insert, or_, select, update
+from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from vault.db import transaction
@@ -39,6 +39,7 @@ from vault.store._cellstore import (
     wrap_key_version,
 )
 from vault.store._models import lookup_values, records, subjects
+from vault.store._rotation import claim_subject, release_subject
 
 _LIVE = [str(s) for s in LIVE_STATES]
 
@@ -77,30 +78,11 @@ class RekeyStore:
     def claim(self, subject_id: str, owner: str, now: int, until: int) -> bool:
         """Claims a live subject unless a job (rotation or rekey) holds a live claim."""
         with self._tx() as conn:
-            res = conn.execute(
-                update(subjects)
-                .where(
-                    and_(
-                        subjects.c.id == subject_id,
-                        subjects.c.state.in_(_LIVE),
-                        or_(
-                            subjects.c.rotation_claim.is_(None),
-                            subjects.c.rotation_claim == owner,
-                            subjects.c.rotation_claimed_until < now,
-                        ),
-                    )
-                )
-                .values(rotation_claim=owner, rotation_claimed_until=until)
-            )
-        return res.rowcount == 1
+            return claim_subject(conn, subject_id, owner, now, until)
 
     def release(self, subject_id: str, owner: str) -> None:
         with self._tx() as conn:
-            conn.execute(
-                update(subjects)
-                .where(and_(subjects.c.id == subject_id, subjects.c.rotation_claim == owner))
-                .values(rotation_claim=None, rotation_claimed_until=None)
-            )
+            release_subject(conn, subject_id, owner)
 
     def start(self, subject_id: str, owner: str, generation: int, wrapped_next: str) -> bool:
         """Stores the next data key if the subject is live, claimed by ``owner``,
@@ -300,8 +282,6 @@ class RekeyStore:
     def old_left(self, subject_id: str, generation: int) -> int:
         """How many records and lookup values of the subject are still sealed
         under ``generation``."""
-        from sqlalchemy import func
-
         with self._tx() as conn:
             n = 0
             for table in (records, lookup_values):

@@ -39,6 +39,40 @@ _CANDIDATE = (
 _LAST_ROTATION = func.coalesce(subjects.c.key_rotated_at, subjects.c.created_at)
 
 
+def claim_subject(
+    conn: Connection, subject_id: str, owner: str, now: int, until: int, *also: Any
+) -> bool:
+    """Takes (or renews) the key-job claim of a live subject — the one claim
+    rotations and rekeys share — unless another job holds a live claim; ``also``:
+    further conditions. Compare-and-set: True if taken."""
+    res = conn.execute(
+        update(subjects)
+        .where(
+            and_(
+                subjects.c.id == subject_id,
+                subjects.c.state.in_(_LIVE),
+                or_(
+                    subjects.c.rotation_claim.is_(None),
+                    subjects.c.rotation_claim == owner,
+                    subjects.c.rotation_claimed_until < now,
+                ),
+                *also,
+            )
+        )
+        .values(rotation_claim=owner, rotation_claimed_until=until)
+    )
+    return res.rowcount == 1
+
+
+def release_subject(conn: Connection, subject_id: str, owner: str) -> None:
+    """Gives up ``owner``'s claim of the subject (none held: nothing happens)."""
+    conn.execute(
+        update(subjects)
+        .where(and_(subjects.c.id == subject_id, subjects.c.rotation_claim == owner))
+        .values(rotation_claim=None, rotation_claimed_until=None)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """A subject whose key is due for rotation."""
@@ -175,22 +209,7 @@ class RotationStore:
     def claim(self, subject_id: str, owner: str, cutoff_us: int, now: int, until: int) -> bool:
         """Claims a live subject still due, unless another job holds a live claim."""
         with self._tx() as conn:
-            res = conn.execute(
-                update(subjects)
-                .where(
-                    and_(
-                        subjects.c.id == subject_id,
-                        subjects.c.state.in_(_LIVE),
-                        cutoff_us > _LAST_ROTATION,
-                        or_(
-                            subjects.c.rotation_claim.is_(None),
-                            subjects.c.rotation_claimed_until < now,
-                        ),
-                    )
-                )
-                .values(rotation_claim=owner, rotation_claimed_until=until)
-            )
-        return res.rowcount == 1
+            return claim_subject(conn, subject_id, owner, now, until, cutoff_us > _LAST_ROTATION)
 
     def is_due(self, subject_id: str, cutoff_us: int) -> bool:
         """Live, and its key last rotated (or created) before ``cutoff_us``."""
@@ -261,11 +280,7 @@ class RotationStore:
 
     def release(self, subject_id: str, owner: str) -> None:
         with self._tx() as conn:
-            conn.execute(
-                update(subjects)
-                .where(and_(subjects.c.id == subject_id, subjects.c.rotation_claim == owner))
-                .values(rotation_claim=None, rotation_claimed_until=None)
-            )
+            release_subject(conn, subject_id, owner)
 
     def coverage(self) -> Coverage:
         """Subjects (live), and how many data keys are on their key's newest
