@@ -269,10 +269,11 @@ def test_a_node_with_read_only_key_files_only_says_the_key_is_due(
 ) -> None:
     """Key files mounted read-only (a Kubernetes Secret): nothing is rotated or
     written, and the node logs that the key is due (no key material)."""
-    s = start_stack(bao, tmp_path, signing_key_rotation=1)
+    s = start_stack(bao, tmp_path)  # the node's own schedule (90 days) stays idle
     tokens = _tokens_dir(s)
-    schedule = s.vault.signing_schedule
-    assert schedule is not None
+    schedule = keyfiles.SigningKeySchedule(
+        tokens, s.provider, s.regions.control.transit_mount, period_seconds=1
+    )
     kid = s.vault.authority.signing_kid
     protect = ["chattr", "+i", str(tokens)] if os.geteuid() == 0 else None
     try:
