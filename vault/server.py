@@ -320,6 +320,7 @@ def build_auditor(
                 key_name=f"{mount}/{SIGNING_KEY_NAME}",
                 checkpoints=policy,
                 batch_window=settings.audit_batch_window_seconds,
+                timeout=settings.audit_timeout_seconds,
             )
             for name, (store, address, mount) in logs.items()
         }
@@ -507,7 +508,6 @@ class VaultServer:
                 self._executor,
                 self.peers,
                 self.vault.audit,
-                self.settings.audit_timeout_seconds,
             ),
             server,
         )
@@ -517,7 +517,6 @@ class VaultServer:
                 self.vault.authority,
                 self._executor,
                 audit=self.vault.audit,
-                audit_timeout=self.settings.audit_timeout_seconds,
             ),
             server,
         )

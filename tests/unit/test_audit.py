@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -258,6 +259,119 @@ def test_a_failed_batch_fails_every_request_in_it(tmp_path: Path) -> None:
             f.result(10)
     writer.close()
     store.close()
+
+
+def test_appends_on_the_loop_chain_onto_what_another_writer_appended_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """The loop's connection remembers the head it wrote; when another
+    process's writer moved it since, the entries are chained onto the head
+    as it is, not onto the remembered one (the chain verifies, no seq twice)."""
+    url = f"sqlite:///{tmp_path / 'audit-de.sqlite'}"
+    ours, theirs = AuditStore.open(url, "de"), AuditStore.open(url, "de")
+    try:
+        assert ours.append_nowait([_entry(1)])[0] == 1
+        assert theirs.append_nowait([_entry(2), _entry(3)])[0] == 3  # our head is stale now
+        assert theirs.append([_entry(4)])[0] == 4  # the writer thread's path too
+        size, head = ours.append_nowait([_entry(5)])
+        assert size == 5 and (size, head) == ours.head()
+        assert ours.append_nowait([_entry(6)])[0] == 6  # its own head again
+    finally:
+        ours.close()
+        theirs.close()
+    engine = read_only_engine(url)
+    try:
+        assert [e.seq for e in read_log(engine, "de")] == [1, 2, 3, 4, 5, 6]
+        assert verify_log(engine, "de", {}).entries == 6
+    finally:
+        engine.dispose()
+
+
+def test_a_failed_append_on_the_loop_forgets_the_head_it_knew(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit-de.sqlite'}"
+    store = AuditStore.open(url, "de")
+    try:
+        store.append_nowait([_entry(1)])
+        with pytest.raises(ValueError, match="unknown audit fields"):
+            store.append_nowait([{**_entry(2), "value": "x"}])
+        store.append([_entry(3)])
+        assert store.append_nowait([_entry(4)])[0] == 3
+    finally:
+        store.close()
+    engine = read_only_engine(url)
+    try:
+        assert verify_log(engine, "de", {}).entries == 3
+    finally:
+        engine.dispose()
+
+
+def test_the_writer_thread_copies_the_write_ahead_log_of_the_loops_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's connection never checkpoints (SQLite would do it inside a
+    commit, on the loop); the writer thread does, every so many commits."""
+    monkeypatch.setattr("vault.audit._writer.WAL_CHECKPOINT_COMMITS", 3)
+    path = tmp_path / "audit-de.sqlite"
+    store = AuditStore.open(f"sqlite:///{path}", "de")
+    threads: list[str] = []
+    real = store.checkpoint_wal
+
+    def checkpoint_wal() -> None:
+        threads.append(threading.current_thread().name)
+        real()
+
+    store.checkpoint_wal = checkpoint_wal  # type: ignore[method-assign]
+    writer = AuditWriter(store, batch_window=0.0)
+
+    async def commits(n: int) -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(n):
+            await writer.submit_on_loop([_entry(i)], loop)
+
+    asyncio.run(commits(7))
+    assert store._raw is not None
+    assert store._raw.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    deadline = time.monotonic() + 10
+    while not threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.close()
+    store.close()
+    # After commits 3 and 6 (one copy for both if the thread comes late), on
+    # the thread, never on the loop.
+    assert threads in (["audit-de"], ["audit-de", "audit-de"])
+
+
+def test_a_batch_handed_to_a_stuck_writer_thread_fails_after_the_timeout(
+    tmp_path: Path,
+) -> None:
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'audit-de.sqlite'}", "de")
+    release = threading.Event()
+    real_append = store.append
+
+    def stuck(batch: Any) -> tuple[int, bytes]:
+        release.wait(30)
+        return real_append(batch)
+
+    def locked(batch: Any) -> tuple[int, bytes]:
+        raise sqlite3.OperationalError("database is locked")
+
+    store.append = stuck  # type: ignore[method-assign]
+    store.append_nowait = locked  # type: ignore[method-assign]
+    writer = AuditWriter(store, batch_window=0.0, timeout=0.3)
+
+    async def call() -> float:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await writer.submit_on_loop([_entry(1)], asyncio.get_running_loop())
+        return time.monotonic() - started
+
+    try:
+        took = asyncio.run(call())
+    finally:
+        release.set()
+        writer.close()
+        store.close()
+    assert 0.25 < took < 5
 
 
 def test_the_settings_default_is_the_writers() -> None:

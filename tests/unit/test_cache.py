@@ -87,3 +87,28 @@ def test_evicting_or_clearing_what_is_not_there_is_harmless() -> None:
     assert len(cache) == 0
     cache.clear()
     assert cache.get("a") is None
+
+
+def test_pseudonym_keys_go_with_the_subjects_data_keys() -> None:
+    cache = DataKeyCache(CacheSettings(max_entries=2, max_age_seconds=60), Clock())
+    cache.put("s1", b"k" * 32)
+    cache.put_pseudonym_key("s1", b"p" * 32)
+    cache.put_pseudonym_key("s2", b"q" * 32)
+    assert cache.pseudonym_key("s1") == b"p" * 32
+    assert len(cache) == 1  # kept apart: they take no data key's place
+    cache.evict("s1")
+    assert cache.pseudonym_key("s1") is None and cache.get("s1") is None
+    assert cache.pseudonym_key("s2") == b"q" * 32
+    cache.put_pseudonym_key("s3", b"r" * 32)
+    cache.put_pseudonym_key("s4", b"s" * 32)
+    assert cache.pseudonym_key("s2") is None  # bounded like the data keys
+    cache.clear()
+    assert cache.pseudonym_key("s4") is None
+
+
+def test_pseudonym_keys_expire_like_data_keys() -> None:
+    clock = Clock()
+    cache = DataKeyCache(CacheSettings(max_entries=10, max_age_seconds=30), clock)
+    cache.put_pseudonym_key("s1", b"p" * 32)
+    clock.t += 31
+    assert cache.pseudonym_key("s1") is None

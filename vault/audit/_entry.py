@@ -60,11 +60,14 @@ FIELDS = frozenset(
 )
 
 
+#: ``json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+#: with one encoder made once (``json.dumps`` makes one per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical(entry: Mapping[str, Any]) -> bytes:
     """The bytes an entry is hashed and stored as."""
-    return json.dumps(
-        dict(entry), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode()
+    return _CANONICAL.encode(entry if type(entry) is dict else dict(entry)).encode()
 
 
 def chain_hash(previous: bytes, canonical_entry: bytes) -> bytes:

@@ -75,6 +75,8 @@ class _Statements:
     head: str
     insert: str
     update: str
+    #: The update only if the head is still the one this node last wrote.
+    update_if: str = ""
 
 
 # The append path's statements, per DB-API parameter style. On PostgreSQL the
@@ -83,6 +85,7 @@ _SQLITE = _Statements(
     "SELECT seq, hash FROM audit_heads WHERE log = ?",
     "INSERT INTO audit_entries (log, seq, at_us, subject, entry, hash) VALUES (?, ?, ?, ?, ?, ?)",
     "UPDATE audit_heads SET seq = ?, hash = ? WHERE log = ?",
+    "UPDATE audit_heads SET seq = ?, hash = ? WHERE log = ? AND seq = ? AND hash = ?",
 )
 _POSTGRES = _Statements(
     "SELECT seq, hash FROM audit_heads WHERE log = %s FOR UPDATE",
@@ -126,6 +129,12 @@ class AuditStore:
         self._path = u.database if local else None
         self._synchronous = "FULL" if fsync else "NORMAL"
         self._raw: sqlite3.Connection | None = None
+        #: The head as the loop's connection last committed it (None: read it).
+        self._raw_head: tuple[int, bytes] | None = None
+        #: Whether the loop's connection leaves WAL checkpoints to
+        #: :meth:`checkpoint_wal` (see :meth:`defer_wal_checkpoints`).
+        self._deferred_checkpoints = False
+        self._checkpointer: sqlite3.Connection | None = None
         self.log = log
         self._sql = _SQLITE if writer.dialect.name == "sqlite" else _POSTGRES
         try:
@@ -148,9 +157,10 @@ class AuditStore:
         self._writer.dispose()
         if self._reader is not self._writer:
             self._reader.dispose()
-        if self._raw is not None:
-            self._raw.close()
-            self._raw = None
+        for con in (self._raw, self._checkpointer):
+            if con is not None:
+                con.close()
+        self._raw = self._checkpointer = None
 
     def _rows(
         self, batch: Sequence[Mapping[str, Any]], seq: int, head: bytes
@@ -192,31 +202,72 @@ class AuditStore:
     def append_nowait(self, batch: Sequence[Mapping[str, Any]]) -> tuple[int, bytes]:
         """:meth:`append` on a local SQLite file through one plain connection
         that gives up at once (``sqlite3.OperationalError``) when another
-        writer holds the lock. For one thread only (the event loop's)."""
-        if self._raw is None:
-            if self._path is None:
-                raise RuntimeError("not a local SQLite audit file")
-            raw = sqlite3.connect(
-                self._path, timeout=0, isolation_level=None, check_same_thread=False
-            )
-            raw.execute(f"PRAGMA synchronous={self._synchronous}")
-            self._raw = raw
-        con = self._raw
+        writer holds the lock. For one thread only (the event loop's).
+
+        The entries are chained onto the head this connection last wrote, and
+        the head is moved only if it is still that one (another node or
+        process may have appended since): if not, the head is read under the
+        lock this transaction holds and the entries are chained again."""
+        con = self._raw or self._connect_raw()
         try:
             con.execute("BEGIN IMMEDIATE")
-            found = con.execute(_SQLITE.head, (self.log,)).fetchone()
-            if found is None:
-                raise StoreUnavailable("audit log head missing")
-            rows, seq, head = self._rows(batch, int(found[0]), bytes.fromhex(found[1]))
+            known = self._raw_head
+            if known is None:
+                known = self._read_head(con)
+            rows, seq, head = self._rows(batch, known[0], known[1])
             if rows:
+                moved = con.execute(
+                    _SQLITE.update_if, (seq, head.hex(), self.log, known[0], known[1].hex())
+                ).rowcount
+                if moved != 1:
+                    known = self._read_head(con)
+                    rows, seq, head = self._rows(batch, known[0], known[1])
+                    con.execute(_SQLITE.update, (seq, head.hex(), self.log))
                 con.executemany(_SQLITE.insert, rows)
-                con.execute(_SQLITE.update, (seq, head.hex(), self.log))
             con.execute("COMMIT")
         except BaseException:
+            self._raw_head = None
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
+        self._raw_head = (seq, head)
         return seq, head
+
+    def _connect_raw(self) -> sqlite3.Connection:
+        if self._path is None:
+            raise RuntimeError("not a local SQLite audit file")
+        raw = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
+        raw.execute(f"PRAGMA synchronous={self._synchronous}")
+        if self._deferred_checkpoints:
+            raw.execute("PRAGMA wal_autocheckpoint=0")
+        self._raw = raw
+        return raw
+
+    def _read_head(self, con: sqlite3.Connection) -> tuple[int, bytes]:
+        found = con.execute(_SQLITE.head, (self.log,)).fetchone()
+        if found is None:
+            raise StoreUnavailable("audit log head missing")
+        return int(found[0]), bytes.fromhex(found[1])
+
+    def defer_wal_checkpoints(self) -> None:
+        """The loop's connection no longer copies the write-ahead log into the
+        database when it grows (SQLite does that in the commit that crosses
+        the threshold: milliseconds on the event loop); the caller runs
+        :meth:`checkpoint_wal` from another thread instead."""
+        self._deferred_checkpoints = True
+        if self._raw is not None:
+            self._raw.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint_wal(self) -> None:
+        """Copies what it can of the write-ahead log into the database without
+        waiting for anyone (``PASSIVE``); for one thread only (not the loop's)."""
+        if self._path is None:
+            return
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(
+                self._path, timeout=0, isolation_level=None, check_same_thread=False
+            )
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def head(self) -> tuple[int, bytes]:
         with transaction(self._reader, "audit") as conn:

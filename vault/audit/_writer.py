@@ -36,6 +36,11 @@ from vault.audit._store import AuditStore
 log = logging.getLogger("vault.audit")
 
 MAX_BATCH = 512
+#: Commits on the event loop between two copies of the write-ahead log into
+#: the database, which the writer thread makes (see
+#: :meth:`AuditStore.defer_wal_checkpoints`); SQLite's own threshold is 1,000
+#: pages, a few hundred commits of a busy node.
+WAL_CHECKPOINT_COMMITS = 200
 #: The longest an entry on the event loop waits for others to share its
 #: commit; 0: the commit follows the loop turn.
 DEFAULT_BATCH_WINDOW = 0.005
@@ -64,12 +69,14 @@ class AuditWriter:
         key_name: str = "",
         checkpoints: CheckpointPolicy | None = None,
         batch_window: float = DEFAULT_BATCH_WINDOW,
+        timeout: float = 5.0,
         clock: Callable[[], int] = lambda: time.time_ns() // 1000,
     ) -> None:
         if batch_window < 0:
             raise ValueError("the batch window must not be negative")
         self.store = store
         self._window = batch_window
+        self._timeout = timeout
         self._signer = signer
         self._key_name = key_name
         self._policy = checkpoints or CheckpointPolicy()
@@ -83,6 +90,10 @@ class AuditWriter:
         self._timer: asyncio.TimerHandle | None = None  # the batch window's end
         self._on_flush: Callable[[int], None] | None = None
         self._inline_since_poke = 0
+        self._commits_since_wal = 0
+        self._wal_due = False  # the thread copies the write-ahead log on its next round
+        if store.inline_capable:
+            store.defer_wal_checkpoints()
         # Bound once: a batch costs two increments.
         self._ok = metrics.AUDIT_BATCHES.labels(store.log, "ok")
         self._failed = metrics.AUDIT_BATCHES.labels(store.log, "failed")
@@ -107,10 +118,15 @@ class AuditWriter:
         hand-off: one per call costs more than the insert). ``flushed(n)`` is
         told how many submissions each commit took. When another writer holds
         the lock, or with another database, the batch goes to the writer thread.
+
+        The future is settled at the latest when the batch window ends (the
+        commit on the loop, or its failure); a batch handed to the writer
+        thread fails ``TimeoutError`` if it is not durable ``timeout`` seconds
+        later, so the caller needs no timer of its own.
         """
         fut: asyncio.Future[int] = loop.create_future()
         if not self.store.inline_capable or self._closed:
-            _chain(self.submit(batch), fut, loop)
+            self._hand_over([(batch, fut)], loop)
             return fut
         self._pending.append((batch, fut))
         self._on_flush = flushed
@@ -141,18 +157,47 @@ class AuditWriter:
             size, _ = self.store.append_nowait(entries)
         except Exception:
             # Locked by another writer (or failing): the thread waits and retries.
-            handed = self.submit(entries)
-            for _, fut in items:
-                _chain(handed, fut, loop)
+            self._hand_over(items, loop, entries)
             return
         self._counted(len(entries))
         for _, fut in items:
             if not fut.done():
                 fut.set_result(size)
         self._inline_since_poke += len(entries)
+        self._commits_since_wal += 1
+        poke = False
         if self._signer is not None and self._inline_since_poke >= self._policy.every_entries:
             self._inline_since_poke = 0
-            self._queue.put(((), Future()))  # the thread looks whether a checkpoint is due
+            poke = True  # the thread looks whether a checkpoint is due
+        if self._commits_since_wal >= WAL_CHECKPOINT_COMMITS:
+            self._commits_since_wal = 0
+            self._wal_due = poke = True
+        if poke:
+            self._queue.put(((), Future()))
+
+    def _hand_over(
+        self,
+        items: list[tuple[Sequence[Mapping[str, Any]], asyncio.Future[int]]],
+        loop: asyncio.AbstractEventLoop,
+        entries: list[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Gives the batch to the writer thread; its futures fail with
+        ``TimeoutError`` if it is not durable within the timeout."""
+        if entries is None:
+            entries = [e for batch, _ in items for e in batch]
+        handed = self.submit(entries)
+        futures = [fut for _, fut in items]
+        for fut in futures:
+            _chain(handed, fut, loop)
+
+        def expire() -> None:
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(TimeoutError("the audit batch was not durable in time"))
+
+        if not handed.done():
+            timer = loop.call_later(self._timeout, expire)
+            handed.add_done_callback(lambda _: loop.call_soon_threadsafe(timer.cancel))
 
     def submit(self, batch: Sequence[Mapping[str, Any]]) -> Future[int]:
         """Queues entries; the future gives the log size once they are durable."""
@@ -195,6 +240,9 @@ class AuditWriter:
                 items.append(nxt)
             if items:
                 self._commit(items)
+            if self._wal_due:
+                self._wal_due = False
+                self._checkpoint_wal()
             self._maybe_checkpoint(idle=stop)
 
     def _commit(self, items: list[_Item]) -> None:
@@ -216,6 +264,12 @@ class AuditWriter:
             self._counted(len(entries))
         for _, fut in items:
             _settle(fut, size)
+
+    def _checkpoint_wal(self) -> None:
+        try:
+            self.store.checkpoint_wal()
+        except Exception as e:  # busy or failing: the next round tries again
+            log.debug("audit %s: write-ahead log not copied: %s", self.store.log, type(e).__name__)
 
     def _counted(self, entries: int) -> None:
         self._ok.inc()

@@ -231,12 +231,18 @@ class CellBase:
         known = None if note is None else note.keys_used.get(row.id)
         if known is not None:
             return known
+        known = self._data_keys.pseudonym_key(row.id)
+        if known is not None:
+            return known
         dek = current if current is not None else self._dek(row, row.dek_generation)
         if row.pseudonym_seal is None:
-            return audit.pseudonym_key(dek)
-        return open_subject_secret(
-            dek, PSEUDONYM_SEAL, row.id, row.region, row.dek_generation, row.pseudonym_seal
-        )
+            known = audit.pseudonym_key(dek)
+        else:
+            known = open_subject_secret(
+                dek, PSEUDONYM_SEAL, row.id, row.region, row.dek_generation, row.pseudonym_seal
+            )
+        self._data_keys.put_pseudonym_key(row.id, known)
+        return known
 
     def _audit(self, row: SubjectRow, record_id: str | None = None) -> None:
         """Notes for the request's audit entry that it concerns this subject

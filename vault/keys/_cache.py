@@ -81,6 +81,11 @@ class DataKeyCache(BoundedCache[bytes]):
     A subject being rekeyed has two generations in use at once (records not
     yet re-encrypted, and new writes); both are cached, as separate entries.
     ``evict`` drops every generation of the subject.
+
+    Beside the data keys it keeps each subject's audit pseudonym key (derived
+    from its first data key, the same for every generation) in a cache of the
+    same bounds, dropped with the subject's data keys: a read need not derive
+    it again (:meth:`pseudonym_key`, :meth:`put_pseudonym_key`).
     """
 
     metric_name = "data_key"
@@ -94,6 +99,13 @@ class DataKeyCache(BoundedCache[bytes]):
         #: by ``evict`` and ``clear`` (an entry left after an LRU eviction only
         #: costs a failed pop).
         self._later: dict[str, set[int]] = {}
+        self._pseudonyms = PseudonymKeyCache(settings, clock)
+
+    def pseudonym_key(self, subject_id: str) -> bytes | None:
+        return self._pseudonyms.get(subject_id)
+
+    def put_pseudonym_key(self, subject_id: str, key: bytes) -> None:
+        self._pseudonyms.put(subject_id, key)
 
     @staticmethod
     def _key(subject_id: str, generation: int) -> str:
@@ -113,8 +125,16 @@ class DataKeyCache(BoundedCache[bytes]):
             later = self._later.pop(key, set())
             for g in (1, *later):
                 self._entries.pop(self._key(key, g), None)
+        self._pseudonyms.evict(key)
 
     def clear(self) -> None:
         with self._lock:
             self._later.clear()
             self._entries.clear()
+        self._pseudonyms.clear()
+
+
+class PseudonymKeyCache(BoundedCache[bytes]):
+    """Subjects' audit pseudonym keys (see :class:`DataKeyCache`)."""
+
+    metric_name = "pseudonym_key"
