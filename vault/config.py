@@ -426,7 +426,7 @@ class NodeSettings:
     #: The longest an audit entry waits for the entries of other callers' calls
     #: to share its commit (``--audit-batch-ms``); it waits only while other
     #: calls are in progress (vault.audit._writer). 0: commit after each turn.
-    audit_batch_window_seconds: float = 0.005  # vault.audit.DEFAULT_BATCH_WINDOW
+    audit_batch_window_seconds: float = 0.008  # vault.audit.DEFAULT_BATCH_WINDOW
     #: SQLite audit files: sync every commit to disk (``synchronous=FULL``)
     #: rather than to the write-ahead log, like the cells (``NORMAL``).
     audit_fsync: bool = False
