@@ -307,13 +307,19 @@ class KeyPoolSettings:
     ``size`` entries per region (0: this node mints none, but still claims
     what other nodes minted); the filler adds at most ``batch`` per round,
     ``concurrency`` key-service calls at a time, and looks again every
-    ``poll_seconds``.
+    ``poll_seconds``. While entries are claimed faster than
+    ``burst_claims_per_second`` (by any node: the pool's depth falls), the
+    filler waits for the burst to end, unless the pool holds a batch or less:
+    minting competes with the calls for the CPU and the key service, and the
+    pool exists to serve such bursts from what was minted in quieter times
+    (once it is nearly empty, the filler keeps up with sign-ups as it can).
     """
 
     size: int = 0
     batch: int = 50
     concurrency: int = 4
     poll_seconds: float = 1.0
+    burst_claims_per_second: float = 50.0
     #: The regions this node fills pools for (None: every region it serves).
     regions: frozenset[str] | None = None
 
@@ -321,8 +327,16 @@ class KeyPoolSettings:
         return self.size > 0 and (self.regions is None or region in self.regions)
 
     def __post_init__(self) -> None:
-        if self.size < 0 or self.batch < 1 or self.concurrency < 1 or self.poll_seconds <= 0:
-            raise ValueError("pool size must be >= 0, batch and concurrency >= 1, poll > 0")
+        if (
+            self.size < 0
+            or self.batch < 1
+            or self.concurrency < 1
+            or self.poll_seconds <= 0
+            or self.burst_claims_per_second <= 0
+        ):
+            raise ValueError(
+                "pool size must be >= 0, batch and concurrency >= 1, poll and burst rate > 0"
+            )
 
 
 @dataclass(frozen=True)

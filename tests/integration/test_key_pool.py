@@ -21,6 +21,7 @@ from sqlalchemy import Engine, func, select
 
 from tests.conftest import Bao, Stack, live_sql, postgres_database, start_stack
 from vault import ids
+from vault.cell._pool import KeyPool
 from vault.client import VaultClientError
 from vault.config import KeyPoolSettings
 from vault.db import now_us
@@ -82,6 +83,39 @@ def test_create_subject_takes_pooled_subjects_then_falls_back_inline(pool_stack:
     row = stack.node.cells["de"]._store.get_subject(created[0])
     assert row is not None and row.key_name == f"subject-{created[0]}"
     assert row.key_mount in stack.regions.regions["de"].transit_mounts
+
+
+def test_the_filler_waits_while_a_burst_is_served_from_the_pool(pool_stack: Stack) -> None:
+    """Claims faster than the burst rate hold the filler back (it would compete
+    with the calls for the CPU and OpenBao) until the pool holds a batch or
+    less, or the burst is over; a trickle of claims does not hold it back."""
+    stack = pool_stack
+    node_pool = stack.vault.parts.pools["de"]
+    pool = KeyPool(
+        node_pool.region,
+        node_pool._keys,
+        node_pool._store,
+        KeyPoolSettings(size=8, batch=2, burst_claims_per_second=2.0),
+    )
+    c = stack.client()
+    try:
+        assert [pool.refill() for _ in range(5)] == [2, 2, 2, 2, 0]
+        assert _depth(stack) == 8
+        for _ in range(5):  # a burst: 5 claims in well under 2.5 s
+            c.create_subject("DE")
+        assert pool.refill() == 0 and _depth(stack) == 3
+        c.create_subject("DE")
+        assert _depth(stack) == 2
+        assert pool.refill() == 2  # a batch or less left: the filler mints whatever the rate
+        time.sleep(1.2)  # the burst is over
+        assert [pool.refill(), pool.refill()] == [2, 2] and _depth(stack) == 8
+        c.create_subject("DE")  # a trickle: one claim in over a second
+        time.sleep(1.2)
+        assert pool.refill() == 1 and _depth(stack) == 8
+    finally:
+        pool.close()
+        while _depth(stack):  # the module's node starts every test with an empty pool
+            c.create_subject("DE")
 
 
 def test_pooled_subject_keys_are_derived_and_the_flag_survives_the_claim(

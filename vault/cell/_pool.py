@@ -86,6 +86,9 @@ class KeyPool:
         self._store = store
         self._threads: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        #: The depth after the last round, and when that round began: the
+        #: claims since, per second, tell a burst.
+        self._seen: tuple[int, float] | None = None
         # The data keys this node minted and nobody claimed yet: a claim on this
         # node then needs no unwrap. They guard no data until claimed; a restart
         # loses them (the claim then unwraps, as for another node's entry).
@@ -131,11 +134,24 @@ class KeyPool:
         return len(minted)
 
     def refill(self) -> int:
-        """One round of the filler: mints up to a batch towards the pool size."""
+        """One round of the filler: mints up to a batch towards the pool size,
+        unless a burst of claims is being served from the pool (see
+        :class:`vault.config.KeyPoolSettings`)."""
         depth = self._store.depth()
+        now = time.monotonic()
         metrics.KEY_POOL_DEPTH.labels(self.region.id).set(depth)
+        seen, self._seen = self._seen, (depth, now)
+        if seen is not None and depth > self.settings.batch:
+            claimed = seen[0] - depth
+            if claimed / max(now - seen[1], 1e-3) > self.settings.burst_claims_per_second:
+                return 0
         missing = self.settings.size - depth
-        return self.mint(min(self.settings.batch, missing)) if missing > 0 else 0
+        if missing <= 0:
+            return 0
+        added = self.mint(min(self.settings.batch, missing))
+        # Claims made while minting count towards the next round's rate.
+        self._seen = (depth + added, now)
+        return added
 
     def status(self) -> PoolStatus:
         return self._store.status(now_us())

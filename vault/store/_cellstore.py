@@ -194,6 +194,7 @@ _GET_RECORD = (
     .where(records.c.id == bindparam("rid"))
 )
 _N_RECORD_COLS = len(_RECORD_COLS)
+_INSERT_SUBJECT = insert(subjects)
 
 
 def _subject_row(r: Sequence[Any]) -> SubjectRow:
@@ -497,21 +498,22 @@ class CellStore:
         lookups: LookupWrite | None,
     ) -> None:
         conn.execute(
-            insert(subjects).values(
-                id=row.id,
-                region=row.region,
-                state=str(row.state),
-                minor=row.minor,
-                key_mount=row.key_mount,
-                key_name=row.key_name,
-                key_derived=row.key_derived,
-                wrapped_dek=row.wrapped_dek,
-                key_version=wrap_key_version(row.wrapped_dek),
-                idempotency_key=idempotency_key,
-                request_digest=request_digest,
-                created_at=row.created_at,
-                updated_at=row.updated_at,
-            )
+            _INSERT_SUBJECT,
+            {
+                "id": row.id,
+                "region": row.region,
+                "state": str(row.state),
+                "minor": row.minor,
+                "key_mount": row.key_mount,
+                "key_name": row.key_name,
+                "key_derived": row.key_derived,
+                "wrapped_dek": row.wrapped_dek,
+                "key_version": wrap_key_version(row.wrapped_dek),
+                "idempotency_key": idempotency_key,
+                "request_digest": request_digest,
+                "created_at": row.created_at,
+                "updated_at": row.updated_at,
+            },
         )
         if lookups and lookups.digests:
             conn.execute(
