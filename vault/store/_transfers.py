@@ -67,6 +67,10 @@ _COLS = (
 )
 
 
+#: Built once: SQLAlchemy reuses its compiled form (one per forwarded read).
+_INSERT = insert(transfers)
+
+
 class CellTransferLog:
     """The transfer log in a cell database (table ``transfers``)."""
 
@@ -77,7 +81,7 @@ class CellTransferLog:
         values = entry.as_dict()
         values["categories"] = ",".join(entry.categories)
         with transaction(self._engine, "cell") as conn:
-            conn.execute(insert(transfers).values(**values))
+            conn.execute(_INSERT, values)
 
     def for_subject(self, subject_id: str) -> list[TransferEntry]:
         """Every entry about a subject, oldest first."""
