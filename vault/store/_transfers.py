@@ -8,7 +8,7 @@ tamper-evident audit log can later implement with the same entries.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import Engine, insert, select
@@ -43,7 +43,9 @@ class TransferEntry:
     reason: str
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # Field by field (``dataclasses.asdict`` deep-copies: slower, and
+        # this runs for every forwarded read).
+        d = {f: getattr(self, f) for f in _FIELDS}
         d["categories"] = list(self.categories)
         return d
 
@@ -67,6 +69,7 @@ _COLS = (
 )
 
 
+_FIELDS = tuple(f.name for f in fields(TransferEntry))
 #: Built once: SQLAlchemy reuses its compiled form (one per forwarded read).
 _INSERT = insert(transfers)
 
