@@ -54,7 +54,7 @@ from vault.keys import (
 from vault.logs import RequestIdInterceptor
 from vault.metrics import MetricsInterceptor, serve_metrics
 from vault.policy import Authorizer, Policy
-from vault.residency import Node, TransferGate
+from vault.residency import Node, TransferBatch, TransferGate
 from vault.rotation import LookupReindex, RateLimiter, SubjectKeyRotation
 from vault.service import MalformedRequests, Peers, PersonalDataVaultServicer, TokenServicer
 from vault.store import (
@@ -280,10 +280,19 @@ def build_cells(
             authz,
             shredder=keys.region_shredder(rc),
             pool=pool,
-            transfers=TransferGate(regions.transfers, rid, CellTransferLog(engine), now_us),
+            transfers=transfer_gate(regions, rid, CellTransferLog(engine), settings),
             access=built.audit_stores.get(rid),
         )
     return built
+
+
+def transfer_gate(
+    regions: RegionsConfig, rid: str, log: CellTransferLog, settings: NodeSettings
+) -> TransferGate:
+    """A region's transfer gate: reads' entries stored in batches with the
+    calls' audit entries (see vault.residency.TransferBatch)."""
+    batch = TransferBatch(log, settings.audit_batch_window_seconds)
+    return TransferGate(regions.transfers, rid, log, now_us, batch)
 
 
 def build_auditor(

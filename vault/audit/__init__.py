@@ -17,9 +17,11 @@ from vault.audit._checkpoint import (
 from vault.audit._entry import canonical, chain_hash, pseudonym, pseudonym_key
 from vault.audit._note import (
     CONTROL_LOG,
+    DeferredSink,
     RequestNote,
     about,
     current,
+    defer,
     key_used,
     noting,
     served_by,
@@ -40,6 +42,7 @@ __all__ = [
     "BadCheckpoint",
     "Checkpoint",
     "CheckpointPolicy",
+    "DeferredSink",
     "RequestNote",
     "StoredEntry",
     "about",
@@ -47,6 +50,7 @@ __all__ = [
     "canonical",
     "chain_hash",
     "current",
+    "defer",
     "key_used",
     "load_checkpoints",
     "load_public_keys",

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
-from vault.audit._note import CONTROL_LOG, RequestNote
+from vault.audit._note import CONTROL_LOG, DeferredSink, RequestNote
 from vault.audit._writer import AuditWriter
 from vault.errors import StoreUnavailable
 
@@ -46,6 +46,8 @@ class Auditor:
         self._waiting = 0
         self._peak = self._peak_before = 1
         self._peak_second = 0
+        #: The deferred sinks calls used (flushed with the writers).
+        self._sinks: set[DeferredSink] = set()
 
     def begin(self, note: RequestNote) -> None:
         """A call on the event loop that will submit entries started."""
@@ -84,10 +86,10 @@ class Auditor:
 
     def submit_on_loop(
         self, note: RequestNote, loop: asyncio.AbstractEventLoop
-    ) -> list[asyncio.Future[int]]:
+    ) -> list[asyncio.Future[Any]]:
         """Like :meth:`submit`, for a caller on the event loop (see
         :meth:`AuditWriter.submit_on_loop`)."""
-        out = []
+        out: list[asyncio.Future[Any]] = []
         # Commit at once when every caller seen lately is waiting for its
         # commit (nobody else will come to share it); else the batch window.
         by_log = note.entries(self.node, self._clock())
@@ -102,9 +104,14 @@ class Auditor:
                 self._flushed(1)
             else:
                 out.append(w.submit_on_loop(batch, loop, now=now, flushed=self._flushed))
+        for sink, items in note.deferred.items():
+            out.append(sink.submit_on_loop(items, loop, now=now))
+            self._sinks.add(sink)
         if now:
             for w in self.writers.values():
                 w.flush_soon(loop)
+            for sink in self._sinks:
+                sink.flush_soon(loop)
         return out
 
     def submit_entries(self, by_log: Mapping[str, list[dict[str, Any]]]) -> list[Future[int]]:

@@ -10,11 +10,12 @@ the call — done or refused — :meth:`RequestNote.seal` computes the pseudonym
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from vault.audit._entry import pseudonym
 from vault.policy import Caller
@@ -70,6 +71,9 @@ class RequestNote:
     sealed: bool = False
     #: Counted by the auditor among the calls in progress (its batch window).
     active: bool = False
+    #: Records other than audit entries that must be durable before the call
+    #: answers, by the sink that writes them in batches (see :func:`defer`).
+    deferred: dict[Any, list[Any]] = field(default_factory=dict, repr=False)
 
     def restart(self) -> None:
         """Forgets what a try noted (the call is run again on the thread pool)."""
@@ -79,6 +83,7 @@ class RequestNote:
         self.transfers.clear()
         self.detail.clear()
         self.keys_used.clear()
+        self.deferred.clear()
         self.region = None
         self.decision = "ok"
 
@@ -195,6 +200,29 @@ def touched(category: str | None, fields: Any = ()) -> None:
     if category:
         n.categories.add(category)
     n.fields.update(str(f) for f in fields)
+
+
+class DeferredSink(Protocol):
+    """Writes records of calls in batches on the event loop: each call's are
+    durable when the future settles (the call waits for it with its audit
+    entries). :class:`vault.audit.Auditor` flushes every sink when it commits
+    its own entries at once, so that a batch of calls waits once."""
+
+    def submit_on_loop(
+        self, items: list[Any], loop: asyncio.AbstractEventLoop, *, now: bool
+    ) -> asyncio.Future[None]: ...
+
+    def flush_soon(self, loop: asyncio.AbstractEventLoop) -> None: ...
+
+
+def defer(sink: DeferredSink, item: Any) -> bool:
+    """Hands ``item`` to ``sink``, to be durable before the current call
+    answers; False outside an audited call (the caller then writes it itself)."""
+    n = _CURRENT.get()
+    if n is None:
+        return False
+    n.deferred.setdefault(sink, []).append(item)
+    return True
 
 
 def transfer(record: dict[str, Any]) -> None:

@@ -1,7 +1,14 @@
 """Residency: which region a person's data lives in, routing requests there, and
 whether their plaintext may cross a region border (transfer rules)."""
 
-from vault.residency._gate import TransferGate, TransferLog, TransferRefused, transfer_decision
+from vault.residency._gate import (
+    TransferBatch,
+    TransferGate,
+    TransferLog,
+    TransferNotRecorded,
+    TransferRefused,
+    transfer_decision,
+)
 from vault.residency._node import Node, RegionNotServed
 from vault.residency._transfers import (
     NO_TRANSFER,
@@ -28,9 +35,11 @@ __all__ = [
     "TRANSFER_UNKNOWN_REGION",
     "Node",
     "RegionNotServed",
+    "TransferBatch",
     "TransferDecision",
     "TransferGate",
     "TransferLog",
+    "TransferNotRecorded",
     "TransferRefused",
     "TransferRule",
     "TransferRules",

@@ -9,20 +9,27 @@ that entered by the home region itself crosses no border and nothing is
 recorded.
 
 Every decision about a crossing, allowed or refused, is recorded in the home
-region through :class:`TransferLog` before the request goes on: if it cannot
-be recorded, the request fails and nothing crosses.
+region through :class:`TransferLog`: a write's before anything is written, a
+read's before the call answers (with the call's audit entries, in batches:
+:class:`TransferBatch`). If it cannot be recorded, the request fails and
+nothing crosses.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from vault import audit
+from vault.audit import AuditUnavailable
 from vault.errors import AccessDenied
 from vault.policy import Caller
 from vault.residency._transfers import TransferDecision, TransferRules
 from vault.store import TransferEntry
+
+log = logging.getLogger("vault.residency")
 
 
 class TransferLog(Protocol):
@@ -30,6 +37,8 @@ class TransferLog(Protocol):
     tamper-evident audit log can chain the same entries)."""
 
     def record(self, entry: TransferEntry) -> None: ...
+
+    def record_many(self, entries: Sequence[TransferEntry]) -> None: ...
 
     def for_subject(self, subject_id: str) -> list[TransferEntry]: ...
 
@@ -68,16 +77,88 @@ def transfer_decision(
     return decision
 
 
+#: The reads whose transfer entry goes with the call's audit entries (the
+#: export and the access report list the subject's transfers, their own
+#: included: theirs is stored before they read them).
+DEFERRED_READS = frozenset({"GetRecord", "ListRecords"})
+
+
+class TransferNotRecorded(AuditUnavailable):
+    """A batch of transfer entries could not be stored: its calls fail
+    UNAVAILABLE and return nothing (handled like an audit entry that could
+    not be made durable, under the cell database's reason)."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
+class TransferBatch:
+    """The transfer entries of audited reads, stored in one transaction per
+    batch on the event loop (a :class:`vault.audit.DeferredSink`): a read
+    that crosses a border answers only once its entry is stored, like its
+    audit entry, and waits for it no longer than the audit's batch window.
+    A write's entry is stored before the write (:meth:`TransferGate.check`)."""
+
+    def __init__(self, log: TransferLog, window: float) -> None:
+        self._log = log
+        self._window = window
+        self._pending: list[tuple[list[TransferEntry], asyncio.Future[None]]] = []
+        self._soon = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def submit_on_loop(
+        self, items: list[Any], loop: asyncio.AbstractEventLoop, *, now: bool
+    ) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = loop.create_future()
+        self._pending.append((items, fut))
+        if now or not self._window:
+            self.flush_soon(loop)
+        elif self._timer is None and not self._soon:
+            self._timer = loop.call_later(self._window, self._flush)
+        return fut
+
+    def flush_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._pending and not self._soon:
+            self._soon = True
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._soon = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        items, self._pending = self._pending, []
+        if not items:
+            return
+        try:
+            self._log.record_many([e for batch, _ in items for e in batch])
+        except Exception as e:
+            for _, fut in items:
+                if not fut.done():
+                    fut.set_exception(TransferNotRecorded("transfer record not stored"))
+            log.error("transfer entries not stored: %s", type(e).__name__)
+            return
+        for _, fut in items:
+            if not fut.done():
+                fut.set_result(None)
+
+
 class TransferGate:
-    """The transfer decisions of one home region, each recorded in its log."""
+    """The transfer decisions of one home region, each recorded in its log
+    (a read's through ``batch`` when the call is audited)."""
 
     def __init__(
-        self, rules: TransferRules, home: str, log: TransferLog, clock: Callable[[], int]
+        self,
+        rules: TransferRules,
+        home: str,
+        log: TransferLog,
+        clock: Callable[[], int],
+        batch: TransferBatch | None = None,
     ) -> None:
         self.rules = rules
         self.home = home
         self.log = log
         self._clock = clock
+        self._batch = batch
 
     def check(
         self,
@@ -114,7 +195,12 @@ class TransferGate:
             rule=decision.rule,
             reason=decision.reason,
         )
-        self.log.record(record)
+        # A read's entry is stored with the call's audit entries, before it
+        # answers; a write's now, before anything is written (and so is the
+        # entry of a read whose answer lists the subject's transfers).
+        batch = None if write or operation not in DEFERRED_READS else self._batch
+        if batch is None or not audit.defer(batch, record):
+            self.log.record(record)
         # Chained into the home region's audit with the request (pseudonymised).
         audit.transfer(
             {

@@ -34,7 +34,7 @@ from vault.errors import (
 )
 from vault.inline import WouldBlock, nonblocking
 from vault.policy import Caller
-from vault.residency import Node, TransferRefused, transfer_decision
+from vault.residency import Node, TransferNotRecorded, TransferRefused, transfer_decision
 from vault.service._convert import access_pb, consent_pb, erasure_pb, record_pb, subject_pb
 from vault.service._forward import (
     REQUEST_ID_HEADER,
@@ -153,6 +153,8 @@ class _Base:
             # fails when handed to a writer thread that misses the timeout.
             for f in futures:
                 await f
+        except TransferNotRecorded:
+            raise
         except Exception as e:
             raise AuditUnavailable("the audit log is unavailable; nothing was returned") from e
 

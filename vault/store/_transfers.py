@@ -8,6 +8,7 @@ tamper-evident audit log can later implement with the same entries.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -81,10 +82,18 @@ class CellTransferLog:
         self._engine = engine
 
     def record(self, entry: TransferEntry) -> None:
-        values = entry.as_dict()
-        values["categories"] = ",".join(entry.categories)
-        with transaction(self._engine, "cell") as conn:
-            conn.execute(_INSERT, values)
+        self.record_many([entry])
+
+    def record_many(self, entries: Sequence[TransferEntry]) -> None:
+        """Stores entries in one transaction (StoreUnavailable if not)."""
+        rows = []
+        for entry in entries:
+            values = entry.as_dict()
+            values["categories"] = ",".join(entry.categories)
+            rows.append(values)
+        if rows:
+            with transaction(self._engine, "cell") as conn:
+                conn.execute(_INSERT, rows)
 
     def for_subject(self, subject_id: str) -> list[TransferEntry]:
         """Every entry about a subject, oldest first."""
