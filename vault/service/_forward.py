@@ -111,6 +111,7 @@ class Peers:
         self._tls = settings.peer_tls
         self._credentials = None if self._tls is None else _peer_credentials(self._tls)
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, pb_grpc.PersonalDataVaultStub] = {}
 
     def check(self) -> None:
         """Refuses plaintext forwarding to an endpoint that is not loopback."""
@@ -132,8 +133,8 @@ class Peers:
         """The stub of ``region``'s node, for one forwarded call (counted)."""
         metrics.FORWARDED.labels(self.entry, region).inc()
         endpoint = self.regions.regions[region].endpoint
-        channel = self._channels.get(endpoint)
-        if channel is None:
+        stub = self._stubs.get(endpoint)
+        if stub is None:
             if self._credentials is None:
                 channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
             else:
@@ -141,7 +142,9 @@ class Peers:
                     endpoint, self._credentials, options=_CHANNEL_OPTIONS
                 )
             self._channels[endpoint] = channel
-        return pb_grpc.PersonalDataVaultStub(channel)  # type: ignore[no-untyped-call]
+            # One stub per channel: making one builds a callable per RPC.
+            stub = self._stubs[endpoint] = pb_grpc.PersonalDataVaultStub(channel)  # type: ignore[no-untyped-call]
+        return stub
 
     def metadata(self, invocation: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, str], ...]:
         md: list[tuple[str, str]] = [
@@ -153,6 +156,7 @@ class Peers:
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
+        self._stubs.clear()
         for c in channels.values():
             await c.close()
 
