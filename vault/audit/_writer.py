@@ -32,6 +32,7 @@ from typing import Any
 from vault import metrics
 from vault.audit._checkpoint import Checkpoint, Signer, sign_checkpoint
 from vault.audit._store import AuditStore
+from vault.loopbatch import LoopBatch
 
 log = logging.getLogger("vault.audit")
 
@@ -58,7 +59,7 @@ class CheckpointPolicy:
 _Item = tuple[Sequence[Mapping[str, Any]], "Future[int]"]
 
 
-class AuditWriter:
+class AuditWriter(LoopBatch[Mapping[str, Any], int]):
     """The one writer of a log in this process."""
 
     def __init__(
@@ -72,10 +73,8 @@ class AuditWriter:
         timeout: float = 5.0,
         clock: Callable[[], int] = lambda: time.time_ns() // 1000,
     ) -> None:
-        if batch_window < 0:
-            raise ValueError("the batch window must not be negative")
+        super().__init__(batch_window)
         self.store = store
-        self._window = batch_window
         self._timeout = timeout
         self._signer = signer
         self._key_name = key_name
@@ -88,9 +87,6 @@ class AuditWriter:
         self._committed_size = self._signed_size
         self._last_checkpoint = time.monotonic()
         self._closed = False
-        self._pending: list[tuple[Sequence[Mapping[str, Any]], asyncio.Future[int]]] = []
-        self._soon = False  # a commit is queued for the next turn of the loop
-        self._timer: asyncio.TimerHandle | None = None  # the batch window's end
         self._on_flush: Callable[[int], None] | None = None
         self._inline_since_poke = 0
         self._commits_since_wal = 0
@@ -131,28 +127,16 @@ class AuditWriter:
         if not self.store.inline_capable or self._closed:
             self._hand_over([(batch, fut)], loop)
             return fut
-        self._pending.append((batch, fut))
         self._on_flush = flushed
-        if now or not self._window:
-            self.flush_soon(loop)
-        elif self._timer is None and not self._soon:
-            self._timer = loop.call_later(self._window, self._flush_on_loop, loop)
+        self._add(batch, fut, loop, now)
         return fut
 
-    def flush_soon(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Commits what is pending right after this turn of the loop."""
-        if self._pending and not self._soon:
-            self._soon = True
-            loop.call_soon(self._flush_on_loop, loop)
-
-    def _flush_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._soon = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        items, self._pending = self._pending, []
-        if not items:
-            return
+    def _write(
+        self,
+        items: list[tuple[Sequence[Mapping[str, Any]], asyncio.Future[int]]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """The commit on the loop of what calls handed over (see :meth:`submit_on_loop`)."""
         if self._on_flush is not None:
             self._on_flush(len(items))
         entries = [e for batch, _ in items for e in batch]

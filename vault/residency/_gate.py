@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from vault import audit
 from vault.audit import AuditUnavailable
 from vault.errors import AccessDenied
+from vault.loopbatch import LoopBatch
 from vault.policy import Caller
 from vault.residency._transfers import TransferDecision, TransferRules
 from vault.store import TransferEntry
@@ -91,7 +92,7 @@ class TransferNotRecorded(AuditUnavailable):
     reason = "STORE_UNAVAILABLE"
 
 
-class TransferBatch:
+class TransferBatch(LoopBatch[TransferEntry, None]):
     """The transfer entries of audited reads, stored in one transaction per
     batch on the event loop (a :class:`vault.audit.DeferredSink`): a read
     that crosses a border answers only once its entry is stored, like its
@@ -99,36 +100,21 @@ class TransferBatch:
     A write's entry is stored before the write (:meth:`TransferGate.check`)."""
 
     def __init__(self, log: TransferLog, window: float) -> None:
+        super().__init__(window)
         self._log = log
-        self._window = window
-        self._pending: list[tuple[list[TransferEntry], asyncio.Future[None]]] = []
-        self._soon = False
-        self._timer: asyncio.TimerHandle | None = None
 
     def submit_on_loop(
         self, items: list[Any], loop: asyncio.AbstractEventLoop, *, now: bool
     ) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = loop.create_future()
-        self._pending.append((items, fut))
-        if now or not self._window:
-            self.flush_soon(loop)
-        elif self._timer is None and not self._soon:
-            self._timer = loop.call_later(self._window, self._flush)
+        self._add(items, fut, loop, now)
         return fut
 
-    def flush_soon(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._pending and not self._soon:
-            self._soon = True
-            loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._soon = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        items, self._pending = self._pending, []
-        if not items:
-            return
+    def _write(
+        self,
+        items: list[tuple[Sequence[TransferEntry], asyncio.Future[None]]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         try:
             self._log.record_many([e for batch, _ in items for e in batch])
         except Exception as e:
