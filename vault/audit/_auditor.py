@@ -7,7 +7,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from typing import Any
 
 from vault.audit._note import CONTROL_LOG, DeferredSink, RequestNote
@@ -80,15 +79,13 @@ class Auditor:
             raise AuditUnavailable(f"no audit log {log!r} on this node")
         return w
 
-    def submit(self, note: RequestNote) -> list[Future[int]]:
-        """Queues the note's entries (sealed) in their logs."""
-        return self.submit_entries(note.entries(self.node, self._clock()))
-
     def submit_on_loop(
         self, note: RequestNote, loop: asyncio.AbstractEventLoop
     ) -> list[asyncio.Future[Any]]:
-        """Like :meth:`submit`, for a caller on the event loop (see
-        :meth:`AuditWriter.submit_on_loop`)."""
+        """Queues the note's entries (sealed) in their logs, and its deferred
+        records in their sinks, for a caller on the event loop (see
+        :meth:`AuditWriter.submit_on_loop`): the futures settle once each is
+        durable."""
         out: list[asyncio.Future[Any]] = []
         # Commit at once when every caller seen lately is waiting for its
         # commit (nobody else will come to share it); else the batch window.
@@ -113,26 +110,6 @@ class Auditor:
             for sink in self._sinks:
                 sink.flush_soon(loop)
         return out
-
-    def submit_entries(self, by_log: Mapping[str, list[dict[str, Any]]]) -> list[Future[int]]:
-        out = []
-        for log, batch in by_log.items():
-            w = self.writers.get(log) or self.writers.get(CONTROL_LOG)
-            if w is None:
-                f: Future[int] = Future()
-                f.set_exception(AuditUnavailable(f"no audit log {log!r} on this node"))
-                out.append(f)
-            else:
-                out.append(w.submit(batch))
-        return out
-
-    def record_now(self, note: RequestNote, timeout: float) -> None:
-        """Submits and waits (for callers off the event loop)."""
-        for f in self.submit(note):
-            try:
-                f.result(timeout=timeout)
-            except Exception as e:
-                raise AuditUnavailable("the audit log is unavailable; nothing was done") from e
 
     def close(self) -> None:
         for w in self.writers.values():
