@@ -287,13 +287,16 @@ def test_appends_on_the_loop_chain_onto_what_another_writer_appended_meanwhile(
         engine.dispose()
 
 
-def test_a_failed_append_on_the_loop_forgets_the_head_it_knew(tmp_path: Path) -> None:
+def test_after_a_failed_append_on_the_loop_the_chain_goes_on_from_the_stored_head(
+    tmp_path: Path,
+) -> None:
     url = f"sqlite:///{tmp_path / 'audit-de.sqlite'}"
     store = AuditStore.open(url, "de")
     try:
         store.append_nowait([_entry(1)])
         with pytest.raises(ValueError, match="unknown audit fields"):
             store.append_nowait([{**_entry(2), "value": "x"}])
+        assert store._raw_head is None  # read again under the next append's lock
         store.append([_entry(3)])
         assert store.append_nowait([_entry(4)])[0] == 3
     finally:

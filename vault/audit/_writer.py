@@ -175,17 +175,23 @@ class AuditWriter(LoopBatch[Mapping[str, Any], int]):
             entries = [e for batch, _ in items for e in batch]
         handed = self.submit(entries)
         futures = [fut for _, fut in items]
-        for fut in futures:
-            _chain(handed, fut, loop)
+        timer = loop.call_later(
+            self._timeout,
+            _settle_all,
+            futures,
+            TimeoutError("the audit batch was not durable in time"),
+        )
 
-        def expire() -> None:
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(TimeoutError("the audit batch was not durable in time"))
+        def done(src: Future[int]) -> None:  # on the loop, once the thread is done
+            timer.cancel()
+            if src.cancelled():
+                for fut in futures:
+                    fut.cancel()
+                return
+            error = src.exception()
+            _settle_all(futures, error, None if error is not None else src.result())
 
-        if not handed.done():
-            timer = loop.call_later(self._timeout, expire)
-            handed.add_done_callback(lambda _: loop.call_soon_threadsafe(timer.cancel))
+        handed.add_done_callback(lambda src: loop.call_soon_threadsafe(done, src))
 
     def submit(self, batch: Sequence[Mapping[str, Any]]) -> Future[int]:
         """Queues entries; the future gives the log size once they are durable."""
@@ -307,20 +313,18 @@ class AuditWriter(LoopBatch[Mapping[str, Any], int]):
         return note
 
 
-def _chain(src: Future[int], dst: asyncio.Future[int], loop: asyncio.AbstractEventLoop) -> None:
-    """Resolves ``dst`` (on ``loop``) with the outcome of ``src`` (a thread's future)."""
-
-    def copy(done: Future[int]) -> None:
-        if dst.done():
-            return
-        if done.cancelled():
-            dst.cancel()
-        elif (error := done.exception()) is not None:
-            dst.set_exception(error)
+def _settle_all(
+    futures: list[asyncio.Future[int]], error: BaseException | None, size: int | None = None
+) -> None:
+    """Resolves the loop's futures of a batch (those still waiting)."""
+    for fut in futures:
+        if fut.done():
+            continue
+        if error is not None:
+            fut.set_exception(error)
         else:
-            dst.set_result(done.result())
-
-    src.add_done_callback(lambda done: loop.call_soon_threadsafe(copy, done))
+            assert size is not None
+            fut.set_result(size)
 
 
 def _settle(fut: Future[int], size: int = 0, error: Exception | None = None) -> None:
