@@ -63,6 +63,49 @@ def start_five(data_dir: Path) -> subprocess.Popen[str]:
     raise SystemExit("pdvault up --regions-mode five did not start")
 
 
+def _processes(data_dir: Path) -> dict[str, int]:
+    """The stack's processes by role (Linux /proc): each region's node, OpenBao, this client."""
+    found = {"client": os.getpid()}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        if not any(str(data_dir) in a for a in args):
+            continue
+        if "serve" in args and "--region" in args:
+            found[args[args.index("--region") + 1]] = int(entry.name)
+        elif any(a.endswith("/bao") for a in args):
+            found["openbao"] = int(entry.name)
+    return found
+
+
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds used so far by each process (its threads included)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for role, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        used[role] = (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def _cpu_row(
+    before: dict[str, float], after: dict[str, float], calls: int, roles: list[str]
+) -> str:
+    per = {r: (after[r] - before[r]) * 1e6 / calls for r in after if r in before and calls}
+    shown = [r for r in roles if r in per]
+    rest = sum(v for r, v in per.items() if r not in shown)
+    parts = [f"{r} {per[r]:4.0f}" for r in shown] + [f"other {rest:4.0f}"]
+    return f"{'':<28} cpu us/call: " + ", ".join(parts) + f"; total {sum(per.values()):4.0f}"
+
+
 def _channel(endpoint: str, pki: Path) -> grpc.aio.Channel:
     creds = grpc.ssl_channel_credentials(
         root_certificates=(pki / "ca.pem").read_bytes(),
@@ -101,9 +144,11 @@ async def bench(args: argparse.Namespace, data_dir: Path) -> list[tuple[Result, 
             rids.append(r.record_id)
             sids.append(s.subject_id)
         rng = random.Random(7)
+        calls = [0]
 
         def getter(stub: pb_grpc.PersonalDataVaultStub):  # type: ignore[no-untyped-def]
             async def get(_: int) -> None:
+                calls[0] += 1
                 if args.rpc == "GetSubject":
                     sreq = pb.GetSubjectRequest(subject_id=rng.choice(sids))
                     await stub.GetSubject(sreq, metadata=md, timeout=30)
@@ -119,22 +164,24 @@ async def bench(args: argparse.Namespace, data_dir: Path) -> list[tuple[Result, 
             f"{args.rounds} round(s), {args.payload}-byte field; {os.cpu_count()} cores, "
             f"Python {platform.python_version()}, grpcio {grpc.__version__}"
         )
+        pids = _processes(data_dir) if args.cpu else {}
+        roles = ["client", args.entry, args.home, "openbao"]
+
+        async def row(name: str, stub: pb_grpc.PersonalDataVaultStub) -> Result:
+            calls[0] = 0
+            before = _cpu_seconds(pids)
+            result = await run(
+                name, getter(stub), concurrency=args.concurrency, seconds=args.seconds
+            )
+            print(result.row(), flush=True)
+            if pids:
+                print(_cpu_row(before, _cpu_seconds(pids), calls[0], roles), flush=True)
+            return result
+
         rounds = []
         for i in range(args.rounds):
-            h = await run(
-                f"{args.rpc} at home ({args.home})",
-                getter(home),
-                concurrency=args.concurrency,
-                seconds=args.seconds,
-            )
-            print(h.row(), flush=True)
-            f = await run(
-                f"{args.rpc} {args.entry}->{args.home}",
-                getter(entry),
-                concurrency=args.concurrency,
-                seconds=args.seconds,
-            )
-            print(f.row(), flush=True)
+            h = await row(f"{args.rpc} at home ({args.home})", home)
+            f = await row(f"{args.rpc} {args.entry}->{args.home}", entry)
             ratio = f.rps / h.rps if h.rps else 0.0
             print(f"round {i + 1}: forwarded / home throughput = {ratio:.0%}", flush=True)
             rounds.append((h, f))
@@ -161,6 +208,12 @@ def main() -> None:
         default="GetRecord",
         help="GetSubject: forwarded too, but no plaintext, so no transfer decision or "
         "record (isolates the cost of the extra hop)",
+    )
+    ap.add_argument(
+        "--cpu",
+        action="store_true",
+        help="also print each process's CPU time per call (client, entry node, home node, "
+        "OpenBao, the other nodes), from /proc (Linux)",
     )
     args = ap.parse_args()
     proc = None
