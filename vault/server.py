@@ -56,7 +56,14 @@ from vault.metrics import MetricsInterceptor, serve_metrics
 from vault.policy import Authorizer, Policy
 from vault.residency import Node, TransferBatch, TransferGate
 from vault.rotation import LookupReindex, RateLimiter, SubjectKeyRotation
-from vault.service import MalformedRequests, Peers, PersonalDataVaultServicer, TokenServicer
+from vault.service import (
+    MalformedRequests,
+    Peers,
+    PersonalDataVaultServicer,
+    RelayServicer,
+    TokenServicer,
+    method_handlers,
+)
 from vault.store import (
     CellStore,
     CellTransferLog,
@@ -74,7 +81,7 @@ from vault.tokens.keyfiles import (
     load_or_create_signing_key,
 )
 from vault.transport import INSECURE_LOCAL, TLS_FLAGS, certificate_problem, server_credentials
-from vault.v1 import vault_pb2, vault_pb2_grpc
+from vault.v1 import relay_pb2_grpc, vault_pb2, vault_pb2_grpc
 
 log = logging.getLogger("vault.server")
 
@@ -473,6 +480,7 @@ class VaultServer:
         self.metrics_port = 0
         self._metrics_http: Any = None
         self._metrics_interceptor: MetricsInterceptor | None = None
+        self._relay: RelayServicer | None = None
         self._workers: list[asyncio.Task[None]] = []
         #: Channels to the other regions' nodes: a node serving one region of
         #: several forwards calls about the others (vault.service._forward).
@@ -510,16 +518,23 @@ class VaultServer:
                 ("grpc.so_reuseport", 1 if self.settings.reuse_port else 0),
             ],
         )
-        vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(  # type: ignore[no-untyped-call]
-            PersonalDataVaultServicer(
-                self.node,
-                self.vault.authority,
-                self._executor,
-                self.peers,
-                self.vault.audit,
-            ),
-            server,
+        servicer = PersonalDataVaultServicer(
+            self.node,
+            self.vault.authority,
+            self._executor,
+            self.peers,
+            self.vault.audit,
         )
+        vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        # Forwarded calls of the other regions' nodes, on their relay streams.
+        self._relay = RelayServicer(
+            self.node.regions,
+            method_handlers(
+                lambda s: vault_pb2_grpc.add_PersonalDataVaultServicer_to_server(servicer, s)  # type: ignore[no-untyped-call]
+            ),
+            interceptors,
+        )
+        relay_pb2_grpc.add_NodeRelayServicer_to_server(self._relay, server)  # type: ignore[no-untyped-call]
         vault_pb2_grpc.add_TokenServiceServicer_to_server(  # type: ignore[no-untyped-call]
             TokenServicer(
                 self.node,
@@ -780,6 +795,8 @@ class VaultServer:
         for w in self._workers:
             w.cancel()
         await self.health.enter_graceful_shutdown()
+        if self._relay is not None:
+            self._relay.drain()
         await self._server.stop(grace)
         self._server = None
         if self._metrics_http is not None:

@@ -3,7 +3,9 @@
 A node that serves exactly one region (``pdvault serve --region R``) and gets
 a call about an id of another region forwards it, as the raw request message,
 to that region's ``endpoint`` (regions.yaml) over mutual TLS
-(:class:`~vault.config.PeerTlsSettings`), with
+(:class:`~vault.config.PeerTlsSettings`) — a unary call on the node's relay
+stream to that node (:mod:`vault.service._relay`), a streaming one as a call
+of its own — with
 
 - the caller's ``authorization`` metadata, unchanged (the home node
   authenticates and authorises the caller itself);
@@ -33,7 +35,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -41,11 +43,15 @@ from vault import metrics
 from vault.config import NodeSettings, PeerTlsSettings, RegionsConfig
 from vault.errors import AccessDenied, ConfigError, ConfigProblem, KeyServiceUnavailable
 from vault.logs import current_request_id
+from vault.service._relay import RelayFailed, RelayLink, RelayUnsupported, status_code
 from vault.transport import is_loopback
+from vault.v1 import relay_pb2_grpc as rpb_grpc
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
 ENTRY_HEADER = "x-pdvault-entry-region"
+STATUS_DETAILS = "grpc-status-details-bin"
 REQUEST_ID_HEADER = "x-request-id"
+R = TypeVar("R")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 #: Reconnect quickly to a node that comes back (gRPC's default backoff grows to 2 minutes).
 _CHANNEL_OPTIONS = [
@@ -55,6 +61,24 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 1024 * 1024),
 ]
+
+
+class ForwardFailed(Exception):
+    """The home node's answer to a forwarded call was an error status (or
+    there was no answer: ``UNAVAILABLE``/``DEADLINE_EXCEEDED`` without details)."""
+
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, Any], ...]
+    ) -> None:
+        super().__init__(code.name)
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+    @classmethod
+    def of(cls, err: grpc.aio.AioRpcError) -> ForwardFailed:
+        """The failure a direct call to the home node ended with."""
+        return cls(err.code(), err.details() or "", tuple(err.trailing_metadata() or ()))
 
 
 class RegionUnavailable(KeyServiceUnavailable):
@@ -112,6 +136,10 @@ class Peers:
         self._credentials = None if self._tls is None else _peer_credentials(self._tls)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pb_grpc.PersonalDataVaultStub] = {}
+        self._links: dict[str, RelayLink] = {}
+        self._counters = {
+            r: metrics.FORWARDED.labels(entry, r) for r in regions.regions if r != entry
+        }
 
     def check(self) -> None:
         """Refuses plaintext forwarding to an endpoint that is not loopback."""
@@ -129,12 +157,9 @@ class Peers:
         if problems:
             raise ConfigError("forwarding", problems)
 
-    def stub(self, region: str) -> pb_grpc.PersonalDataVaultStub:
-        """The stub of ``region``'s node, for one forwarded call (counted)."""
-        metrics.FORWARDED.labels(self.entry, region).inc()
-        endpoint = self.regions.regions[region].endpoint
-        stub = self._stubs.get(endpoint)
-        if stub is None:
+    def _channel(self, endpoint: str) -> grpc.aio.Channel:
+        channel = self._channels.get(endpoint)
+        if channel is None:
             if self._credentials is None:
                 channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
             else:
@@ -142,9 +167,63 @@ class Peers:
                     endpoint, self._credentials, options=_CHANNEL_OPTIONS
                 )
             self._channels[endpoint] = channel
+        return channel
+
+    def stub(self, region: str) -> pb_grpc.PersonalDataVaultStub:
+        """The stub of ``region``'s node, for one forwarded call (counted)."""
+        self._counters[region].inc()
+        return self._stub(self.regions.regions[region].endpoint)
+
+    def _stub(self, endpoint: str) -> pb_grpc.PersonalDataVaultStub:
+        stub = self._stubs.get(endpoint)
+        if stub is None:
             # One stub per channel: making one builds a callable per RPC.
-            stub = self._stubs[endpoint] = pb_grpc.PersonalDataVaultStub(channel)  # type: ignore[no-untyped-call]
+            stub = self._stubs[endpoint] = pb_grpc.PersonalDataVaultStub(self._channel(endpoint))  # type: ignore[no-untyped-call]
         return stub
+
+    def _link(self, endpoint: str) -> RelayLink:
+        link = self._links.get(endpoint)
+        if link is None:
+            stub = rpb_grpc.NodeRelayStub(self._channel(endpoint))  # type: ignore[no-untyped-call]
+            link = self._links[endpoint] = RelayLink(stub)
+        return link
+
+    async def call(
+        self,
+        region: str,
+        method: str,
+        request: Any,
+        metadata: tuple[tuple[str, str], ...],
+        timeout: float,
+        reply_type: type[R],
+    ) -> R:
+        """One unary call forwarded to ``region``'s node: on the relay stream
+        (:mod:`vault.service._relay`), or directly when that node has none.
+        :class:`ForwardFailed` with the home node's status if it fails."""
+        self._counters[region].inc()
+        endpoint = self.regions.regions[region].endpoint
+        link = self._link(endpoint)
+        if link.usable:
+            try:
+                reply = await link.call(method, request.SerializeToString(), metadata, timeout)
+            except RelayFailed as e:
+                raise ForwardFailed(e.code, e.details, ()) from None
+            except RelayUnsupported:
+                pass  # not run there: call it directly
+            else:
+                if reply.code:
+                    trailing = (
+                        ((STATUS_DETAILS, reply.status_details),) if reply.status_details else ()
+                    )
+                    raise ForwardFailed(status_code(reply.code), reply.details, trailing)
+                return cast(R, cast(Any, reply_type).FromString(reply.reply))
+        try:
+            answer = await getattr(self._stub(endpoint), method)(
+                request, metadata=metadata, timeout=timeout
+            )
+        except grpc.aio.AioRpcError as e:
+            raise ForwardFailed.of(e) from None
+        return cast(R, answer)
 
     def metadata(self, invocation: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, str], ...]:
         md: list[tuple[str, str]] = [
@@ -157,6 +236,9 @@ class Peers:
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
         self._stubs.clear()
+        links, self._links = self._links, {}
+        for link in links.values():
+            await link.close()
         for c in channels.values():
             await c.close()
 

@@ -17,11 +17,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 from vault.audit import Auditor, AuditUnavailable, RequestNote, current, noting
 from vault.errors import (
@@ -38,6 +38,7 @@ from vault.residency import Node, TransferNotRecorded, TransferRefused, transfer
 from vault.service._convert import access_pb, consent_pb, erasure_pb, record_pb, subject_pb
 from vault.service._forward import (
     REQUEST_ID_HEADER,
+    ForwardFailed,
     Peers,
     RegionUnavailable,
     entry_region,
@@ -324,12 +325,12 @@ class _Base:
         return who, md
 
     async def _relay(
-        self, method: str, context: Ctx, err: grpc.aio.AioRpcError, start: float, who: _Who
+        self, method: str, context: Ctx, err: ForwardFailed, start: float, who: _Who
     ) -> NoReturn:
         """The home node's error, as it sent it; an unreachable home node is
         UNAVAILABLE (REGION_UNAVAILABLE)."""
-        code = err.code()
-        details = [(k, v) for k, v in err.trailing_metadata() or () if k == _STATUS_DETAILS]
+        code = err.code
+        details = [(k, v) for k, v in err.trailing_metadata if k == _STATUS_DETAILS]
         if not details and code in (
             grpc.StatusCode.UNAVAILABLE,
             grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -340,7 +341,7 @@ class _Base:
             log.info("%s UNAVAILABLE %s %.1fms %s", method, e.reason, _ms(start), who)
             await _abort(context, to_status(e))
         log.info("%s %s relayed %.1fms %s", method, code.name, _ms(start), who)
-        await context.abort(code, err.details() or "", trailing_metadata=tuple(details))
+        await context.abort(code, err.details, trailing_metadata=tuple(details))
         raise AssertionError("abort returned")  # pragma: no cover
 
     async def _check_reply(
@@ -386,12 +387,12 @@ class _Base:
         caller = await self._entry_caller(method, context, who)
         start = time.perf_counter()
         try:
-            reply = await getattr(self._peers.stub(home), method)(
-                request, metadata=md, timeout=self._timeout(context)
+            reply = await self._peers.call(
+                home, method, request, md, self._timeout(context), reply_type
             )
-        except grpc.aio.AioRpcError as e:
+        except ForwardFailed as e:
             await self._relay(method, context, e, start, who)
-        if not isinstance(reply, reply_type):
+        except DecodeError:
             await _abort(context, internal_status())
         if categories is not None:
             await self._check_reply(method, context, caller, home, categories(reply), who)
@@ -419,7 +420,7 @@ class _Base:
                     checked = True
                 yield chunk
         except grpc.aio.AioRpcError as e:
-            await self._relay(method, context, e, start, who)
+            await self._relay(method, context, ForwardFailed.of(e), start, who)
         finally:
             call.cancel()
         log.debug("%s OK %.1fms %s", method, _ms(start), who)
@@ -467,13 +468,21 @@ class _Base:
 
         async def one(r: str) -> None:
             try:
-                reply = await peers.stub(r).FindSubjects(
+                reply = await peers.call(
+                    r,
+                    "FindSubjects",
                     pb.FindSubjectsRequest(lookup=request.lookup, region=r),
-                    metadata=md,
-                    timeout=timeout,
+                    md,
+                    timeout,
+                    pb.FindSubjectsResponse,
                 )
-            except grpc.aio.AioRpcError as e:
-                errors.append(pb.RegionError(region=r, code=e.code().name, reason=_reason(e)))
+            except ForwardFailed as e:
+                errors.append(pb.RegionError(region=r, code=e.code.name, reason=_reason(e)))
+                return
+            except DecodeError:
+                errors.append(
+                    pb.RegionError(region=r, code="INTERNAL", reason=RegionUnavailable.reason)
+                )
                 return
             # Only ids of that region: a node answers for its own region.
             found[r] = [i for i in reply.subject_ids if self._node.home_of(i, "sub") == r]
@@ -807,17 +816,20 @@ def _listed(request: pb.ListRecordsRequest, reply: pb.ListRecordsResponse) -> li
     return [request.category, *(r.category for r in reply.records)]
 
 
-def _reason(err: grpc.aio.AioRpcError) -> str:
+def _reason(err: ForwardFailed) -> str:
     """The ErrorInfo reason of a peer's error; REGION_UNAVAILABLE if it sent none."""
-    try:
-        status = rpc_status.from_call(cast(grpc.Call, err))
-    except ValueError:
-        status = None
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
+    for key, value in err.trailing_metadata:
+        if key != _STATUS_DETAILS or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            break
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return str(info.reason)
     return RegionUnavailable.reason
 
 
