@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from tests.conftest import Bao
 from tests.integration._mesh import Mesh, start_mesh
+from vault.client import VaultClientError
 from vault.service._forward import ENTRY_HEADER
 from vault.v1 import relay_pb2 as rpb
 from vault.v1 import relay_pb2_grpc as rpb_grpc
@@ -221,3 +222,41 @@ def test_forwarded_calls_share_one_relay_stream(mesh: Mesh) -> None:
     links = peers._links
     assert mesh.target("de") in links
     assert links[mesh.target("de")]._stream is not None
+
+
+def test_big_calls_are_forwarded_whole_and_refused_as_at_home(mesh: Mesh) -> None:
+    """Records near the size limit, several at once, through the us node; a
+    request too big for any relay message still gets the home node's own
+    answer (it is forwarded as a call of its own), not a broken stream."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = mesh.issue("scc")
+    home = mesh.client("de", token)
+    sids = [home.create_subject("DE").subject_id for _ in range(6)]
+    entry = mesh.client("us", token)
+
+    def put(i: int) -> str:
+        fields = {f: chr(65 + i) * 60_000 for f in ("first", "last", "full")}  # 180 KB
+        return entry.put_record(sids[i], CATEGORY, fields).record_id
+
+    with ThreadPoolExecutor(6) as pool:
+        rids = list(pool.map(put, range(6)))
+    for i, rid in enumerate(rids):
+        assert dict(home.get_record(rid).fields)["first"] == chr(65 + i) * 60_000
+    # Just under the 1 MiB a node takes: no room left for a relay envelope.
+    room = 1024 * 1024 - 200
+    probe = pb.PutRecordRequest(subject_id=sids[0], category=CATEGORY, fields={"first": ""})
+    huge = {"first": "x" * (room - probe.ByteSize() - 4)}
+    assert (
+        room - 8
+        < pb.PutRecordRequest(subject_id=sids[0], category=CATEGORY, fields=huge).ByteSize()
+        <= room
+    )
+    errors = []
+    for c in (home, entry):
+        with pytest.raises(VaultClientError) as e:
+            c.put_record(sids[0], CATEGORY, huge)
+        errors.append((e.value.code, e.value.reason))
+    assert errors[0] == errors[1]
+    assert errors[0][0] in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT)
+    assert dict(entry.get_record(rids[0]).fields)["last"] == "A" * 60_000  # the relay still serves

@@ -15,7 +15,10 @@ import grpc
 import pytest
 
 from vault.config import load_regions
+from vault.service._forward import _CHANNEL_OPTIONS
 from vault.service._relay import (
+    MAX_CALLS_BYTES,
+    MAX_REPLIES_BYTES,
     UNSUPPORTED_RETRY_SECONDS,
     RelayFailed,
     RelayLink,
@@ -30,7 +33,8 @@ Peer = Callable[[AsyncIterator[rpb.RelayedCalls], Any], AsyncIterator[rpb.Relaye
 
 
 async def _serve(relay: Peer | None = None, **services: Any) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server()
+    # A node's limit on what it receives (vault.server.MAX_MESSAGE_BYTES).
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 1024 * 1024)])
     if relay is not None:
         handler = grpc.method_handlers_generic_handler(
             "vault.v1.NodeRelay",
@@ -54,7 +58,7 @@ def _echo(call: rpb.RelayedCall) -> rpb.RelayedReply:
 
 
 async def _link(target: str, clock: Callable[[], float] | None = None) -> RelayLink:
-    channel = grpc.aio.insecure_channel(target)
+    channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
     stub = rpb_grpc.NodeRelayStub(channel)  # type: ignore[no-untyped-call]
     return RelayLink(stub) if clock is None else RelayLink(stub, clock=clock)
 
@@ -82,6 +86,43 @@ def test_replies_reach_their_calls_in_any_order() -> None:
                 *(link.call("GetRecord", f"r{i}".encode(), (), 5.0) for i in range(8))
             )
             assert [g.reply for g in got] == [f"r{i}".encode() for i in range(8)]
+        finally:
+            await link.close()
+            await server.stop(0)
+
+    run(main)
+
+
+def test_messages_stay_within_what_a_node_receives() -> None:
+    """Calls of 300 KB each, all at once: as many per message as fit in a
+    node's 1 MiB; replies up to their own bound; a call too big for any
+    message is not sent on the stream at all."""
+    sizes: list[int] = []
+    reply_sizes: list[int] = []
+
+    async def echo(
+        calls: AsyncIterator[rpb.RelayedCalls], _: Any
+    ) -> AsyncIterator[rpb.RelayedReplies]:
+        async for message in calls:
+            sizes.append(message.ByteSize())
+            replies = rpb.RelayedReplies(replies=[_echo(c) for c in message.calls])
+            reply_sizes.append(replies.ByteSize())
+            yield replies
+
+    async def main() -> None:
+        server, target = await _serve(echo)
+        link = await _link(target)
+        md = (("authorization", "Bearer " + "t" * 400),)
+        try:
+            bodies = [bytes([i]) * 300_000 for i in range(12)]
+            got = await asyncio.gather(*(link.call("PutRecord", b, md, 10.0) for b in bodies))
+            assert [g.reply for g in got] == bodies
+            assert len(sizes) > 1 and max(sizes) <= MAX_CALLS_BYTES
+            assert max(reply_sizes) <= MAX_REPLIES_BYTES
+            opened = len(sizes)
+            with pytest.raises(RelayUnsupported):
+                await link.call("PutRecord", b"x" * MAX_CALLS_BYTES, md, 10.0)
+            assert len(sizes) == opened
         finally:
             await link.close()
             await server.stop(0)

@@ -185,7 +185,7 @@ class Peers:
         link = self._links.get(endpoint)
         if link is None:
             stub = rpb_grpc.NodeRelayStub(self._channel(endpoint))  # type: ignore[no-untyped-call]
-            link = self._links[endpoint] = RelayLink(stub)
+            link = self._links[endpoint] = RelayLink(stub, peer=endpoint)
         return link
 
     async def call(

@@ -61,6 +61,16 @@ RELAYED = frozenset(
 MAX_IN_FLIGHT = 256
 #: How long a peer that has no relay is called directly before it is asked again.
 UNSUPPORTED_RETRY_SECONDS = 60.0
+#: The most request bytes in one message of calls: a node receives messages of
+#: at most 1 MiB (vault.server.MAX_MESSAGE_BYTES), less room for the envelope
+#: and the metadata. A call bigger on its own is forwarded as a call of its own.
+MAX_CALLS_BYTES = 1024 * 1024 - 64 * 1024
+#: The most reply bytes in one message of replies (more wait for the next one).
+MAX_REPLIES_BYTES = 4 * 1024 * 1024
+#: The largest reply a relay carries: what a forwarding node receives (16 MiB,
+#: vault.service._forward), less room for the envelope. A bigger one is
+#: RESOURCE_EXHAUSTED for its call alone, as it would be on a call of its own.
+MAX_REPLY_BYTES = 16 * 1024 * 1024 - 64 * 1024
 _STATUS_DETAILS = "grpc-status-details-bin"
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
@@ -278,15 +288,25 @@ class RelayServicer(rpb_grpc.NodeRelayServicer):
 
         taker = loop.create_task(take())
         try:
-            while (reply := await replies.get()) is not None:
-                # The replies that are ready go in one message.
-                batch = [reply]
+            ended = False
+            held: rpb.RelayedReply | None = None
+            while not ended:
+                first = held if held is not None else await replies.get()
+                held = None
+                if first is None:
+                    break
+                # The replies that are ready go in one message, up to a size.
+                batch, size = [first], _reply_size(first)
                 while not replies.empty():
                     more = replies.get_nowait()
                     if more is None:
-                        yield rpb.RelayedReplies(replies=batch)
-                        return
+                        ended = True
+                        break
+                    if size + _reply_size(more) > MAX_REPLIES_BYTES:
+                        held = more
+                        break
                     batch.append(more)
+                    size += _reply_size(more)
                 yield rpb.RelayedReplies(replies=batch)
         finally:
             self._streams.discard(stop)
@@ -327,7 +347,22 @@ class RelayServicer(rpb_grpc.NodeRelayServicer):
             return rpb.RelayedReply(
                 id=call.id, code=grpc.StatusCode.INTERNAL.value[0], details="internal error"
             )
+        if len(body) > MAX_REPLY_BYTES:
+            return rpb.RelayedReply(
+                id=call.id,
+                code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                details="the reply is larger than a forwarded call may carry",
+            )
         return rpb.RelayedReply(id=call.id, reply=body)
+
+
+def _reply_size(reply: rpb.RelayedReply) -> int:
+    return len(reply.reply) + len(reply.details) + len(reply.status_details) + 32
+
+
+def call_size(request: bytes, metadata: Sequence[tuple[str, str]]) -> int:
+    """About how many bytes a call takes in a message of calls (an upper bound)."""
+    return len(request) + sum(len(k) + len(v) + 8 for k, v in metadata) + 32
 
 
 # -- the entry side --------------------------------------------------------------
@@ -343,7 +378,7 @@ class RelayFailed(Exception):
 
 
 class RelayUnsupported(Exception):
-    """The peer has no relay: call it directly."""
+    """The peer has no relay, or the call is too big for it: call it directly."""
 
 
 class _Stream:
@@ -352,7 +387,7 @@ class _Stream:
     def __init__(self, call: Any) -> None:
         self.call = call
         self.pending: dict[int, asyncio.Future[rpb.RelayedReply]] = {}
-        self.outbox: asyncio.Queue[rpb.RelayedCall] = asyncio.Queue()
+        self.outbox: asyncio.Queue[tuple[rpb.RelayedCall, int]] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
 
 
@@ -364,9 +399,11 @@ class RelayLink:
         self,
         stub: rpb_grpc.NodeRelayStub,
         *,
+        peer: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stub = stub
+        self._peer = peer or "peer"
         self._clock = clock
         self._stream: _Stream | None = None
         self._ids = itertools.count(1)
@@ -396,18 +433,24 @@ class RelayLink:
     ) -> rpb.RelayedReply:
         """Sends one call and waits for its reply; :class:`RelayFailed` or
         :class:`RelayUnsupported` if there is none."""
+        size = call_size(request, metadata)
+        if size > MAX_CALLS_BYTES:
+            raise RelayUnsupported()
         stream = self._stream or self._open()
         loop = asyncio.get_running_loop()
         call_id = next(self._ids)
         fut: asyncio.Future[rpb.RelayedReply] = loop.create_future()
         stream.pending[call_id] = fut
         stream.outbox.put_nowait(
-            rpb.RelayedCall(
-                id=call_id,
-                method=method,
-                request=request,
-                metadata=[rpb.RelayedHeader(key=k, value=v) for k, v in metadata],
-                timeout_ms=max(1, int(timeout * 1000)),
+            (
+                rpb.RelayedCall(
+                    id=call_id,
+                    method=method,
+                    request=request,
+                    metadata=[rpb.RelayedHeader(key=k, value=v) for k, v in metadata],
+                    timeout_ms=max(1, int(timeout * 1000)),
+                ),
+                size,
             )
         )
         timer = loop.call_later(timeout, _expire, fut)
@@ -419,12 +462,21 @@ class RelayLink:
 
     async def _write(self, stream: _Stream) -> None:
         outbox = stream.outbox
+        held: tuple[rpb.RelayedCall, int] | None = None
         try:
             while True:
-                # The calls queued while the last message was being sent go in one.
-                batch = [await outbox.get()]
+                # The calls queued while the last message was being sent go in
+                # one, up to a size.
+                call, size = held or await outbox.get()
+                held = None
+                batch = [call]
                 while not outbox.empty():
-                    batch.append(outbox.get_nowait())
+                    call, more = outbox.get_nowait()
+                    if size + more > MAX_CALLS_BYTES:
+                        held = (call, more)
+                        break
+                    batch.append(call)
+                    size += more
                 await stream.call.write(rpb.RelayedCalls(calls=batch))
         except asyncio.CancelledError:
             raise
@@ -457,17 +509,21 @@ class RelayLink:
         unsupported = code == grpc.StatusCode.UNIMPLEMENTED
         if unsupported:
             self._unsupported_until = self._clock() + UNSUPPORTED_RETRY_SECONDS
+        # Whatever ended the stream, its calls got no answer: UNAVAILABLE.
+        failure = RelayUnsupported() if unsupported else RelayFailed(grpc.StatusCode.UNAVAILABLE)
         for fut in stream.pending.values():
             if not fut.done():
-                fut.set_exception(RelayUnsupported() if unsupported else RelayFailed(code))
+                fut.set_exception(failure)
         stream.pending.clear()
         current = asyncio.current_task()
         for task in stream.tasks:
             if task is not current:
                 task.cancel()
         stream.call.cancel()
-        if code != grpc.StatusCode.CANCELLED:
-            log.info("relay stream ended: %s %s", code.name, details)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED):
+            log.info("relay stream to %s ended: %s %s", self._peer, code.name, details)
+        elif code != grpc.StatusCode.CANCELLED:
+            log.warning("relay stream to %s ended: %s %s", self._peer, code.name, details)
 
     async def close(self) -> None:
         stream, self._stream = self._stream, None
