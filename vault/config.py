@@ -416,6 +416,14 @@ class NodeSettings:
     peer_tls: PeerTlsSettings | None = None
     #: How long a forwarded call may take when the caller set no deadline.
     forward_timeout_seconds: float = 30.0
+    #: How often a node pings the nodes it forwards to (HTTP/2 keepalive), so
+    #: that a connection a firewall or load balancer dropped while idle is
+    #: noticed and replaced before calls wait on it, and an idle one is not dropped.
+    peer_keepalive_seconds: float = 30.0
+    #: The shortest interval at which this node accepts a peer's pings on a
+    #: connection without calls in flight; faster pingers are disconnected
+    #: (gRPC's "too_many_pings"). Below ``peer_keepalive_seconds``.
+    min_ping_interval_seconds: float = 10.0
     #: Connection pool of each PostgreSQL database.
     db_pool: PoolSettings = field(default_factory=PoolSettings)
     #: Port of the Prometheus endpoint (``/metrics``); None: no endpoint and no

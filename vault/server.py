@@ -464,6 +464,22 @@ def _readiness(
     return tuple(checks)
 
 
+def server_options(settings: NodeSettings) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+        # Other nodes' keepalive pings (vault.service._forward), also while
+        # their connection has no call in flight.
+        ("grpc.keepalive_permit_without_calls", 1),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            int(settings.min_ping_interval_seconds * 1000),
+        ),
+    ]
+
+
 class VaultServer:
     """The gRPC server of one node: the vault API, health and (when asked for) reflection."""
 
@@ -510,14 +526,7 @@ class VaultServer:
         if self._metrics_interceptor is not None:
             interceptors.append(self._metrics_interceptor)
         interceptors.append(MalformedRequests())  # innermost: the others see its status
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 1 if self.settings.reuse_port else 0),
-            ],
-        )
+        server = grpc.aio.server(interceptors=interceptors, options=server_options(self.settings))
         servicer = PersonalDataVaultServicer(
             self.node,
             self.vault.authority,

@@ -8,14 +8,17 @@ one that never answers, one that ends the stream, one without the relay.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from vault.config import load_regions
-from vault.service._forward import _CHANNEL_OPTIONS
+from vault.config import NodeSettings, load_regions
+from vault.server import server_options
+from vault.service._forward import channel_options
 from vault.service._relay import (
     MAX_CALLS_BYTES,
     MAX_REPLIES_BYTES,
@@ -32,9 +35,14 @@ from vault.v1 import vault_pb2 as pb
 Peer = Callable[[AsyncIterator[rpb.RelayedCalls], Any], AsyncIterator[rpb.RelayedReplies]]
 
 
-async def _serve(relay: Peer | None = None, **services: Any) -> tuple[grpc.aio.Server, str]:
-    # A node's limit on what it receives (vault.server.MAX_MESSAGE_BYTES).
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 1024 * 1024)])
+SETTINGS = NodeSettings(data_dir=Path("unused"))
+
+
+async def _serve(
+    relay: Peer | None = None, settings: NodeSettings = SETTINGS, **services: Any
+) -> tuple[grpc.aio.Server, str]:
+    """A server with a node's options (message limits, keepalive policy)."""
+    server = grpc.aio.server(options=server_options(settings))
     if relay is not None:
         handler = grpc.method_handlers_generic_handler(
             "vault.v1.NodeRelay",
@@ -57,8 +65,10 @@ def _echo(call: rpb.RelayedCall) -> rpb.RelayedReply:
     return rpb.RelayedReply(id=call.id, reply=call.request)
 
 
-async def _link(target: str, clock: Callable[[], float] | None = None) -> RelayLink:
-    channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+async def _link(
+    target: str, clock: Callable[[], float] | None = None, settings: NodeSettings = SETTINGS
+) -> RelayLink:
+    channel = grpc.aio.insecure_channel(target, options=channel_options(settings))
     stub = rpb_grpc.NodeRelayStub(channel)  # type: ignore[no-untyped-call]
     return RelayLink(stub) if clock is None else RelayLink(stub, clock=clock)
 
@@ -126,6 +136,41 @@ def test_messages_stay_within_what_a_node_receives() -> None:
         finally:
             await link.close()
             await server.stop(0)
+
+    run(main)
+
+
+def test_an_idle_relay_stream_is_kept_alive_by_pings_the_peer_accepts() -> None:
+    """The nodes' keepalive settings, scaled down: pings every 0.3 s that the
+    peer accepts keep an idle stream open; a peer that takes pings only every
+    10 s (gRPC's policy without the node's server options) hangs up on them
+    ("too_many_pings"), which is what the node's server options prevent."""
+    fast = dataclasses.replace(SETTINGS, peer_keepalive_seconds=0.3, min_ping_interval_seconds=0.2)
+    strict = dataclasses.replace(SETTINGS, min_ping_interval_seconds=10.0)
+
+    async def echo(
+        calls: AsyncIterator[rpb.RelayedCalls], _: Any
+    ) -> AsyncIterator[rpb.RelayedReplies]:
+        async for message in calls:
+            yield rpb.RelayedReplies(replies=[_echo(c) for c in message.calls])
+
+    async def idle_stream_survives(server_settings: NodeSettings) -> bool:
+        server, target = await _serve(echo, server_settings)
+        link = await _link(target, settings=fast)
+        try:
+            assert (await link.call("GetRecord", b"a", (), 5.0)).reply == b"a"
+            stream = link._stream
+            await asyncio.sleep(5.0)  # the strict peer hangs up after about 4 s
+            survived = link._stream is stream and stream is not None
+            assert (await link.call("GetRecord", b"b", (), 5.0)).reply == b"b"
+            return survived
+        finally:
+            await link.close()
+            await server.stop(0)
+
+    async def main() -> None:
+        assert await idle_stream_survives(fast)
+        assert not await idle_stream_survives(strict)
 
     run(main)
 
@@ -329,9 +374,6 @@ class _Context:
 def test_peers_call_a_node_without_the_relay_directly(tmp_path: Any) -> None:
     """An older home node (no NodeRelay): the forwarded call is made as a call
     of its own, its reply and its error statuses come back as they were sent."""
-    import dataclasses
-
-    from vault.config import NodeSettings
     from vault.service._forward import ForwardFailed, Peers
 
     async def get_subject(request: pb.GetSubjectRequest, context: Any) -> pb.Subject:

@@ -53,14 +53,24 @@ STATUS_DETAILS = "grpc-status-details-bin"
 REQUEST_ID_HEADER = "x-request-id"
 R = TypeVar("R")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-#: Reconnect quickly to a node that comes back (gRPC's default backoff grows to 2 minutes).
-_CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.max_send_message_length", 1024 * 1024),
-]
+
+
+def channel_options(settings: NodeSettings) -> list[tuple[str, int]]:
+    """The arguments of a channel to another node."""
+    return [
+        # Reconnect quickly to a node that comes back (gRPC's default backoff
+        # grows to 2 minutes).
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ("grpc.max_send_message_length", 1024 * 1024),
+        # Ping the peer, idle or not: a relay stream is open for days.
+        ("grpc.keepalive_time_ms", int(settings.peer_keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 class ForwardFailed(Exception):
@@ -133,6 +143,7 @@ class Peers:
         self.entry = entry
         self.timeout = settings.forward_timeout_seconds
         self._tls = settings.peer_tls
+        self._options = channel_options(settings)
         self._credentials = None if self._tls is None else _peer_credentials(self._tls)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pb_grpc.PersonalDataVaultStub] = {}
@@ -161,10 +172,10 @@ class Peers:
         channel = self._channels.get(endpoint)
         if channel is None:
             if self._credentials is None:
-                channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+                channel = grpc.aio.insecure_channel(endpoint, options=self._options)
             else:
                 channel = grpc.aio.secure_channel(
-                    endpoint, self._credentials, options=_CHANNEL_OPTIONS
+                    endpoint, self._credentials, options=self._options
                 )
             self._channels[endpoint] = channel
         return channel
