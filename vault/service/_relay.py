@@ -13,9 +13,12 @@ certificate, the token is still checked by the home node, the transfer rules
 still decide there. The reply goes back on the stream with the call's id;
 calls are answered in any order.
 
-One stream instead of one gRPC call per forwarded request: on this project's
-2-core machine a call costs the entry node and the home node about twice what
-a message on an open stream does (``loadtests/forward_bench.py``).
+One stream instead of one gRPC call per forwarded request: gRPC's per-call
+work (an HTTP/2 stream with headers and trailers, call objects and tasks on
+both nodes, their completion events) was most of what forwarding cost, and
+the calls that are ready at the same moment share one message. Forwarded
+GetRecord: a fifth less CPU per call and a quarter more throughput
+(``loadtests/forward_bench.py``, figures in ``loadtests/README.md``).
 
 - Only a peer presenting a node identity of ``regions.yaml`` may open the
   stream (``PERMISSION_DENIED`` otherwise); what it relays is authenticated
