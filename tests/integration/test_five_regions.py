@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -134,12 +135,40 @@ def test_five_region_topology_serves_forwards_follows_the_rules_and_stops(tmp_pa
     logs = "".join(p.read_text() for p in (data_dir / "five" / "logs").glob("*.log"))
     assert "Bob" not in logs and "Lovelace" not in logs and "v4.public." not in logs
 
-    # Started again: the same data, new ports, the old tokens still verify.
-    up = PdvaultUp(data_dir, tmp_path / "up.log", "--regions-mode", "five")
+    # Started again: the same data, new ports, the old tokens still verify;
+    # the node flags of `pdvault up` reach every node.
+    logs_before = {p.name: p.stat().st_size for p in (data_dir / "five" / "logs").glob("*.log")}
+    up = PdvaultUp(
+        data_dir,
+        tmp_path / "up.log",
+        *("--regions-mode", "five", "--log-format", "json"),
+        *("--metrics-port", "0", "--audit-batch-ms", "3"),
+    )
     try:
         endpoints = json.loads((data_dir / "endpoints.json").read_text())
-        with client("us", plain) as at_home:
-            assert at_home.get_record(rec.record_id).fields == {"first": "Bob"}
+        with client("de", scc) as via_de:
+            assert via_de.get_record(rec.record_id).fields == {"first": "Bob"}
+        assert "metrics      each node on a free port" in up.output
+        for region in REGIONS:
+            log = data_dir / "five" / "logs" / f"{region}.log"
+            text = log.read_bytes()[logs_before[log.name] :].decode()
+            lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+            served = [x for x in lines if x["msg"].startswith("metrics on http://")]
+            assert served, (region, text[-2000:])
+            port = int(served[0]["msg"].rsplit(":", 1)[1].split("/")[0])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                body = r.read().decode()
+            assert "pdvault_grpc_requests_total" in body, region
+            if region in ("de", "us"):
+                # The forwarded read, counted where it entered and where it was served.
+                counted = [
+                    line
+                    for line in body.splitlines()
+                    if line.startswith("pdvault_grpc_requests_total{")
+                    and 'method="GetRecord"' in line
+                    and 'code="OK"' in line
+                ]
+                assert counted, region
     finally:
         assert up.stop() == 0
     assert _processes(data_dir) == []

@@ -129,7 +129,16 @@ class Five:
         self.key_pool: int = args.key_pool
         self.workers: int = args.workers
         self.pool_regions: str | None = args.key_pool_regions
+        # Passed on to every node as given to `pdvault up`.
+        self.log_format: str = args.log_format
+        self.audit_batch_ms: float = args.audit_batch_ms
+        self.metrics_host: str = args.metrics_host
+        #: The first node's metrics port; the others get the next ones, in
+        #: region order (None: no metrics; 0: each a free port, in its log).
+        self.metrics_port: int | None = args.metrics_port
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        #: The regions in the order their nodes start (the entry region first).
+        self.order: list[str] = []
         self.endpoints: dict[str, str] = {}
 
     def write_config(self, ports: dict[str, int]) -> Path:
@@ -167,6 +176,8 @@ class Five:
                 *("--peer-key", str(peer_key), "--key-pool", str(self.key_pool)),
                 *("--workers", str(self.workers)),
                 *(("--key-pool-regions", self.pool_regions) if self.pool_regions else ()),
+                *("--log-format", self.log_format, "--audit-batch-ms", f"{self.audit_batch_ms:g}"),
+                *self._metrics_flags(region),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -176,6 +187,18 @@ class Five:
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         log.close()
+
+    def metrics_port_of(self, region: str) -> int | None:
+        """The node's metrics port: the first one plus the region's place in order."""
+        if not self.metrics_port:
+            return self.metrics_port
+        return self.metrics_port + self.order.index(region)
+
+    def _metrics_flags(self, region: str) -> tuple[str, ...]:
+        port = self.metrics_port_of(region)
+        if port is None:
+            return ()
+        return ("--metrics-port", str(port), "--metrics-host", self.metrics_host)
 
     async def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -242,6 +265,7 @@ async def up_five(args: argparse.Namespace, lock_data_dir: Any) -> int:
     layout.endpoint.unlink(missing_ok=True)
     layout.endpoints.unlink(missing_ok=True)
     ports = _ports(order, five.first_port)
+    five.order = order
     five.write_config(ports)
     pki = ensure_local_pki(layout.pki, identities)
     print(f"pdvault: starting OpenBao ({bao.address}, data in {bao.dir})", file=sys.stderr)
@@ -307,6 +331,16 @@ async def up_five(args: argparse.Namespace, lock_data_dir: Any) -> int:
     return code
 
 
+def _metrics_lines(five: Five) -> str:
+    """The banner's line about the nodes' metrics endpoints (empty without)."""
+    if five.metrics_port is None:
+        return ""
+    if five.metrics_port == 0:
+        return f"  metrics      each node on a free port (see its log in {five.logs}/)\n"
+    where = ", ".join(f"{r} {five.metrics_host}:{five.metrics_port_of(r)}" for r in five.order)
+    return f"  metrics      /metrics of {where}\n"
+
+
 def _banner(
     args: argparse.Namespace,
     five: Five,
@@ -322,6 +356,7 @@ def _banner(
         for r, ep in five.endpoints.items()
     )
     cert, key = pki.client
+    config = five.config_dir / "regions.yaml"
     print(
         f"""
 pdvault is running: five regions, one node each (--regions-mode five).
@@ -332,7 +367,7 @@ pdvault is running: five regions, one node each (--regions-mode five).
   transport    mutual TLS, nodes and callers: CA {pki.ca}
                client certificate {cert} (key {key.name}, 0600)
                the CLI uses them for these endpoints by itself
-  config       {five.config_dir / "regions.yaml"} (generated), node logs {five.logs}/
+{_metrics_lines(five)}  config       {config} (generated), node logs {five.logs}/
   data dir     {five.data_dir}
   OpenBao      {bao.address}  (one server, a Transit mount per region; each node's
                token reaches only its region's mounts; unseal material:
