@@ -10,13 +10,11 @@ forwarded once more.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import grpc
 import pytest
 
-from tests.conftest import Bao
-from tests.integration._mesh import Mesh, start_mesh
+from tests.integration._mesh import Mesh
 from vault.client import VaultClient, VaultClientError
 from vault.service._forward import ENTRY_HEADER, REQUEST_ID_HEADER
 from vault.v1 import vault_pb2 as pb
@@ -24,21 +22,6 @@ from vault.v1 import vault_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
 CATEGORY = "user.name"
-
-
-@pytest.fixture(scope="module")
-def mesh(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    m = start_mesh(bao, tmp_path_factory.mktemp("mesh"))
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
-def ru_record(mesh: Mesh) -> tuple[str, str]:
-    """A Russian subject's record (ru allows no transfer at all)."""
-    c = mesh.client("ru", mesh.issue("scc"))
-    sid = c.create_subject("RU").subject_id
-    return sid, c.put_record(sid, CATEGORY, {"first": "Ivan"}).record_id
 
 
 def _get(

@@ -8,14 +8,11 @@ rules). It runs only the public service's unary methods.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from tests.conftest import Bao
-from tests.integration._mesh import Mesh, start_mesh
+from tests.integration._mesh import Mesh
 from vault.client import VaultClientError
 from vault.service._forward import ENTRY_HEADER
 from vault.v1 import relay_pb2 as rpb
@@ -25,21 +22,6 @@ from vault.v1 import vault_pb2 as pb
 pytestmark = pytest.mark.integration
 CATEGORY = "user.name"
 OK = grpc.StatusCode.OK.value[0]
-
-
-@pytest.fixture(scope="module")
-def mesh(bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    m = start_mesh(bao, tmp_path_factory.mktemp("relay"), nodes=("de", "us", "ru"))
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
-def ru_record(mesh: Mesh) -> tuple[str, str]:
-    """A Russian subject's record (ru allows no transfer at all)."""
-    c = mesh.client("ru", mesh.issue("scc"))
-    sid = c.create_subject("RU").subject_id
-    return sid, c.put_record(sid, CATEGORY, {"first": "Ivan"}).record_id
 
 
 def _node_credentials(mesh: Mesh, region: str) -> grpc.ChannelCredentials:
