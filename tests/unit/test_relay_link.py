@@ -294,13 +294,49 @@ class _Slow:
         return pb.Subject(subject_id=request.subject_id)
 
 
-def _relay_servicer(handler: Any) -> RelayServicer:
+def _relay_servicer(handler: Any, **kwargs: Any) -> RelayServicer:
     method = grpc.unary_unary_rpc_method_handler(
         handler,
         request_deserializer=pb.GetSubjectRequest.FromString,
         response_serializer=pb.Subject.SerializeToString,
     )
-    return RelayServicer(load_regions(), {"/vault.v1.PersonalDataVault/GetSubject": method})
+    return RelayServicer(
+        load_regions(), {"/vault.v1.PersonalDataVault/GetSubject": method}, **kwargs
+    )
+
+
+def test_a_call_whose_deadline_passed_before_it_starts_is_not_run() -> None:
+    """The clock moves a second between reading a call and starting it: a
+    call with 0.5 s left is answered DEADLINE_EXCEEDED without running, one
+    with 5 s runs."""
+    ran: list[str] = []
+
+    async def get_subject(request: pb.GetSubjectRequest, context: Any) -> pb.Subject:
+        ran.append(request.subject_id)
+        return pb.Subject(subject_id=request.subject_id)
+
+    ticks = iter(float(i) for i in range(100))
+    relay = _relay_servicer(get_subject, clock=lambda: next(ticks))
+    node = load_regions().regions["de"].node_identity
+
+    def call(call_id: int, sid: str, timeout_ms: int) -> rpb.RelayedCall:
+        request = pb.GetSubjectRequest(subject_id=sid).SerializeToString()
+        return rpb.RelayedCall(
+            id=call_id, method="GetSubject", request=request, timeout_ms=timeout_ms
+        )
+
+    async def main() -> None:
+        async def calls() -> AsyncIterator[rpb.RelayedCalls]:
+            yield rpb.RelayedCalls(calls=[call(1, "de_sub_late", 500)])
+            yield rpb.RelayedCalls(calls=[call(2, "de_sub_on_time", 5000)])
+
+        ctx = _Context({"x509_common_name": [node.encode()]})
+        got = {r.id: r async for m in relay.Relay(calls(), ctx) for r in m.replies}
+        assert got[1].code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+        assert got[2].code == 0
+        assert ran == ["de_sub_on_time"]
+
+    run(main)
 
 
 def test_a_draining_home_node_answers_what_is_in_flight_and_ends_the_stream() -> None:

@@ -30,6 +30,8 @@ GetRecord: a fifth less CPU per call and a quarter more throughput
   is called directly, one call per request, and asked again a minute later.
 - A home node that shuts down stops taking calls on its streams, answers
   those in flight and ends the streams.
+- A relayed call whose deadline has passed when the home node comes to it
+  is not run (``DEADLINE_EXCEEDED``): its caller has stopped waiting.
 - Streaming methods (``ExportSubject``, ``GetAccessReport``,
   ``ImportSubjects``) are not relayed: they are forwarded as calls of their own.
 """
@@ -198,8 +200,11 @@ class RelayServicer(rpb_grpc.NodeRelayServicer):
         regions: RegionsConfig,
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]],
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._regions = regions
+        self._clock = clock
         self._base = handlers
         self._interceptors = tuple(interceptors)
         self._resolved: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
@@ -258,9 +263,9 @@ class RelayServicer(rpb_grpc.NodeRelayServicer):
         stop = asyncio.Event()
         self._streams.add(stop)
 
-        async def serve(call: rpb.RelayedCall) -> None:
+        async def serve(call: rpb.RelayedCall, received: float) -> None:
             try:
-                replies.put_nowait(await self._serve(call, auth))
+                replies.put_nowait(await self._serve(call, auth, received))
             finally:
                 slots.release()
 
@@ -271,7 +276,7 @@ class RelayServicer(rpb_grpc.NodeRelayServicer):
                     if stop.is_set():  # draining: what comes now is not run
                         slots.release()
                         return
-                    task = loop.create_task(serve(call))
+                    task = loop.create_task(serve(call, self._clock()))
                     running.add(task)
                     task.add_done_callback(running.discard)
 
@@ -315,7 +320,7 @@ class RelayServicer(rpb_grpc.NodeRelayServicer):
             self._streams.discard(stop)
             taker.cancel()
 
-    async def _serve(self, call: rpb.RelayedCall, auth: Any) -> rpb.RelayedReply:
+    async def _serve(self, call: rpb.RelayedCall, auth: Any, received: float) -> rpb.RelayedReply:
         handler = await self._handler(call.method)
         if handler is None or handler.unary_unary is None:
             return rpb.RelayedReply(
@@ -323,7 +328,14 @@ class RelayServicer(rpb_grpc.NodeRelayServicer):
                 code=grpc.StatusCode.UNIMPLEMENTED.value[0],
                 details="the method is not relayed",
             )
-        deadline = time.monotonic() + call.timeout_ms / 1000 if call.timeout_ms else None
+        deadline = received + call.timeout_ms / 1000 if call.timeout_ms else None
+        if deadline is not None and self._clock() >= deadline:
+            # Its caller has given up (a busy node reached it late): not run.
+            return rpb.RelayedReply(
+                id=call.id,
+                code=grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+                details="the deadline passed before the call could start",
+            )
         ctx = RelayContext(auth, tuple((h.key, h.value) for h in call.metadata), deadline)
         try:
             request = (
