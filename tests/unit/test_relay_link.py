@@ -380,6 +380,38 @@ def test_a_draining_home_node_answers_what_is_in_flight_and_ends_the_stream() ->
     run(main)
 
 
+def test_a_stream_that_ends_leaves_no_task_behind() -> None:
+    """The entry node goes away while the stream waits for its next call:
+    the reader and the drain watch end with the stream (a node serves such
+    streams for days; a task left per stream would pile up)."""
+
+    async def get_subject(request: pb.GetSubjectRequest, context: Any) -> pb.Subject:
+        return pb.Subject(subject_id=request.subject_id)
+
+    async def main() -> None:
+        relay = _relay_servicer(get_subject)
+        node = load_regions().regions["de"].node_identity
+        more = asyncio.Event()
+
+        async def calls() -> AsyncIterator[rpb.RelayedCalls]:
+            request = pb.GetSubjectRequest(subject_id="de_sub_x").SerializeToString()
+            yield rpb.RelayedCalls(
+                calls=[rpb.RelayedCall(id=1, method="GetSubject", request=request)]
+            )
+            await more.wait()  # never: the entry node is gone
+
+        before = asyncio.all_tasks()
+        replies = relay.Relay(calls(), _Context({"x509_common_name": [node.encode()]}))
+        first = await replies.__anext__()
+        assert [r.id for r in first.replies] == [1]
+        await replies.aclose()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert asyncio.all_tasks() - before == set()
+
+    run(main)
+
+
 def test_a_caller_without_a_node_identity_cannot_open_the_relay() -> None:
     async def main() -> None:
         relay = _relay_servicer(_Slow())

@@ -283,13 +283,17 @@ class RelayServicer(rpb_grpc.NodeRelayServicer):
         async def take() -> None:
             reader = loop.create_task(read())
             stopping = loop.create_task(stop.wait())
-            await asyncio.wait((reader, stopping), return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if reader.done():
-                if not reader.cancelled() and reader.exception() is not None:
-                    log.info("relay stream from %s: %s", peer, type(reader.exception()).__name__)
-            else:
-                reader.cancel()  # draining: no more calls from this stream
+            try:
+                await asyncio.wait((reader, stopping), return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the stream ends under it: no task outlives it
+                stopping.cancel()
+                if reader.done():
+                    if not reader.cancelled() and reader.exception() is not None:
+                        log.info(
+                            "relay stream from %s: %s", peer, type(reader.exception()).__name__
+                        )
+                else:
+                    reader.cancel()  # draining: no more calls from this stream
             if running:
                 await asyncio.wait(set(running))
             replies.put_nowait(None)
