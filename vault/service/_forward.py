@@ -33,6 +33,7 @@ more than the caller.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any, TypeVar, cast
@@ -43,13 +44,18 @@ from vault import metrics
 from vault.config import NodeSettings, PeerTlsSettings, RegionsConfig
 from vault.errors import AccessDenied, ConfigError, ConfigProblem, KeyServiceUnavailable
 from vault.logs import current_request_id
-from vault.service._relay import RelayFailed, RelayLink, RelayUnsupported, status_code
+from vault.service._relay import (
+    STATUS_DETAILS,
+    RelayFailed,
+    RelayLink,
+    RelayUnsupported,
+    status_code,
+)
 from vault.transport import is_loopback
 from vault.v1 import relay_pb2_grpc as rpb_grpc
 from vault.v1 import vault_pb2_grpc as pb_grpc
 
 ENTRY_HEADER = "x-pdvault-entry-region"
-STATUS_DETAILS = "grpc-status-details-bin"
 REQUEST_ID_HEADER = "x-request-id"
 R = TypeVar("R")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -214,6 +220,7 @@ class Peers:
         self._counters[region].inc()
         endpoint = self.regions.regions[region].endpoint
         link = self._link(endpoint)
+        deadline = time.monotonic() + timeout
         if link.usable:
             try:
                 reply = await link.call(method, request.SerializeToString(), metadata, timeout)
@@ -230,7 +237,7 @@ class Peers:
                 return cast(R, cast(Any, reply_type).FromString(reply.reply))
         try:
             answer = await getattr(self._stub(endpoint), method)(
-                request, metadata=metadata, timeout=timeout
+                request, metadata=metadata, timeout=max(deadline - time.monotonic(), 0.001)
             )
         except grpc.aio.AioRpcError as e:
             raise ForwardFailed.of(e) from None

@@ -76,7 +76,8 @@ MAX_REPLIES_BYTES = 4 * 1024 * 1024
 #: vault.service._forward), less room for the envelope. A bigger one is
 #: RESOURCE_EXHAUSTED for its call alone, as it would be on a call of its own.
 MAX_REPLY_BYTES = 16 * 1024 * 1024 - 64 * 1024
-_STATUS_DETAILS = "grpc-status-details-bin"
+#: The trailing metadata key of a status's google.rpc.Status details.
+STATUS_DETAILS = "grpc-status-details-bin"
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
@@ -100,7 +101,7 @@ class _Aborted(Exception):
 
 def _status_details(trailing_metadata: Any) -> bytes:
     for key, value in trailing_metadata or ():
-        if key == _STATUS_DETAILS and isinstance(value, bytes):
+        if key == STATUS_DETAILS and isinstance(value, bytes):
             return value
     return b""
 

@@ -45,6 +45,7 @@ from vault.service._forward import (
     metadata_values,
     request_id,
 )
+from vault.service._relay import STATUS_DETAILS
 from vault.service._status import code_for, internal_status, to_status
 from vault.tokens import Claims
 from vault.tokens.authority import DEFAULT_TTL, IssueRequest, TokenAuthority
@@ -57,7 +58,6 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 EXPORT_CHUNK_BYTES = 64 * 1024
 T = TypeVar("T")
 R = TypeVar("R")
-_STATUS_DETAILS = "grpc-status-details-bin"
 #: People per ImportSubjects call, and how many of them are written at a time.
 MAX_IMPORT_SUBJECTS = 1000
 IMPORT_CONCURRENCY = 16
@@ -330,7 +330,7 @@ class _Base:
         """The home node's error, as it sent it; an unreachable home node is
         UNAVAILABLE (REGION_UNAVAILABLE)."""
         code = err.code
-        details = [(k, v) for k, v in err.trailing_metadata if k == _STATUS_DETAILS]
+        details = [(k, v) for k, v in err.trailing_metadata if k == STATUS_DETAILS]
         if not details and code in (
             grpc.StatusCode.UNAVAILABLE,
             grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -819,7 +819,7 @@ def _listed(request: pb.ListRecordsRequest, reply: pb.ListRecordsResponse) -> li
 def _reason(err: ForwardFailed) -> str:
     """The ErrorInfo reason of a peer's error; REGION_UNAVAILABLE if it sent none."""
     for key, value in err.trailing_metadata:
-        if key != _STATUS_DETAILS or not isinstance(value, bytes):
+        if key != STATUS_DETAILS or not isinstance(value, bytes):
             continue
         try:
             status = status_pb2.Status.FromString(value)
