@@ -110,7 +110,7 @@ class RelayContext:
     """What a method handler sees of a relayed call: the relayed metadata and
     deadline, the stream's peer (its verified certificate), and ``abort``."""
 
-    __slots__ = ("_auth", "_code", "_deadline", "_details", "_metadata")
+    __slots__ = ("_auth", "_code", "_deadline", "_metadata")
 
     def __init__(
         self,
@@ -122,7 +122,6 @@ class RelayContext:
         self._metadata = metadata
         self._deadline = deadline
         self._code: grpc.StatusCode | None = None
-        self._details = ""
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
@@ -140,12 +139,6 @@ class RelayContext:
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self._code = code
-
-    def details(self) -> str:
-        return self._details
-
-    def set_details(self, details: str) -> None:
-        self._details = details
 
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
